@@ -1,0 +1,3 @@
+from mailcontinuity.cli import main
+
+main()

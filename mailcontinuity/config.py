@@ -1,0 +1,201 @@
+"""The one configuration file, parsed into typed, validated objects.
+
+Every daemon and command reads the same TOML file. A wrong key or value stops the program with a
+single line that names the file, the key and what was expected, because an operator fixing a
+config at 3 a.m. during an outage should not have to read a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailcontinuity/mailcontinuity.toml")
+CONFIG_ENV_VAR = "MAILCONTINUITY_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator as one line."""
+
+
+class Endpoint(NamedTuple):
+    """A TCP endpoint written as ``host:port`` (IPv6 as ``[::1]:port``)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class DeliveryEndpoint(NamedTuple):
+    """Where the gateway hands mail to a mail store: ``lmtp:host:port`` or ``smtp:host:port``."""
+
+    protocol: Literal["lmtp", "smtp"]
+    endpoint: Endpoint
+
+    def __str__(self) -> str:
+        return f"{self.protocol}:{self.endpoint}"
+
+    @property
+    def postfix_nexthop(self) -> str:
+        """The transport(5) value: brackets suppress MX lookups, as a fixed store needs."""
+        host, port = self.endpoint
+        if self.protocol == "lmtp":
+            return f"lmtp:inet:[{host}]:{port}"
+        return f"smtp:[{host}]:{port}"
+
+
+def parse_endpoint(value: object) -> Endpoint:
+    """Accept ``host:port``; reject anything Postfix or a socket would choke on later."""
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('expected a string "host:port"')
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f'expected "host:port", got {value!r}')
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range 1-65535")
+    return Endpoint(host, number)
+
+
+def parse_delivery_endpoint(value: object) -> DeliveryEndpoint:
+    """Accept ``lmtp:host:port`` or ``smtp:host:port``."""
+    if isinstance(value, DeliveryEndpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('expected a string "lmtp:host:port" or "smtp:host:port"')
+    protocol, sep, rest = value.partition(":")
+    if not sep or protocol not in ("lmtp", "smtp"):
+        raise ValueError(f'expected "lmtp:host:port" or "smtp:host:port", got {value!r}')
+    return DeliveryEndpoint(protocol, parse_endpoint(rest))  # type: ignore[arg-type]
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+def parse_domain(value: object) -> str:
+    """Lower-case a mail domain and reject what cannot be one (a stray ``@``, spaces)."""
+    if not isinstance(value, str) or not _DOMAIN_RE.match(value.lower()):
+        raise ValueError(f"expected a mail domain such as example.org, got {value!r}")
+    return value.lower()
+
+
+EndpointField = Annotated[Endpoint, BeforeValidator(parse_endpoint), PlainSerializer(str)]
+DeliveryField = Annotated[
+    DeliveryEndpoint, BeforeValidator(parse_delivery_endpoint), PlainSerializer(str)
+]
+DomainField = Annotated[str, BeforeValidator(parse_domain)]
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class StateSection(Section):
+    """The SQLite state store every process shares."""
+
+    path: Path = Path("/var/lib/mailcontinuity/state.db")
+
+
+class DomainsSection(Section):
+    """The mail domains whose users the standby protects."""
+
+    protected: list[DomainField] = Field(min_length=1)
+
+
+class PrimarySection(Section):
+    """The primary mail system: where the gateway delivers and users read in normal times."""
+
+    delivery: DeliveryField
+    imap: EndpointField
+
+
+class StandbySection(Section):
+    """The standby Dovecot: journal target in normal times, the users' mailbox during an outage."""
+
+    imap: EndpointField
+    lmtp: EndpointField
+    submission: EndpointField | None = None
+    managesieve: EndpointField | None = None
+    retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class GatewaySection(Section):
+    """The Postfix gateway (MX) whose routing mailcontinuity switches."""
+
+    postfix_config_dir: Path = Path("/etc/postfix")
+    transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
+
+
+class Config(Section):
+    """The whole configuration; ``source`` is the file it came from, for error messages."""
+
+    source: Path = Field(default=Path("<memory>"), exclude=True)
+    state: StateSection = StateSection()
+    domains: DomainsSection
+    primary: PrimarySection
+    standby: StandbySection
+    gateway: GatewaySection = GatewaySection()
+
+
+def default_config_path() -> Path:
+    """``$MAILCONTINUITY_CONFIG`` when set, else the system-wide file."""
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """Turn pydantic's first error into "key 'a.b': what was expected"."""
+    key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}' (check the spelling against the configuration reference)"
+    if kind == "missing":
+        return f"missing key '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {message} (got {error.get('input')!r})"
+
+
+def parse_config(data: dict[str, Any], source: Path) -> Config:
+    """Validate already-parsed TOML; raises ConfigError naming the file and the key."""
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        # A typo'd key also shows up as the missing key it was meant to be: name the typo.
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(f"{source}: {_describe(errors[0])}") from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the configuration file."""
+    path = path or default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: configuration file not found; create it or pass --config PATH"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)

@@ -1,0 +1,1 @@
+"""Hooks run on failover and failback, and sieve replication."""

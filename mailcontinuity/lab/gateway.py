@@ -1,0 +1,134 @@
+"""A private Postfix instance under a directory: the lab's gateway (MX).
+
+Started with ``postfix -c DIR start`` as root; its queue, data and log live under the lab
+directory and it listens only on its own loopback port, so the system's Postfix is untouched.
+Its main.cf is the lab's plumbing plus exactly the settings ``check-config`` prints.
+"""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailcontinuity.config import Config, Endpoint
+from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
+from mailcontinuity.postfix import PostfixError, run_postfix
+from mailcontinuity.required_settings import postfix_main_settings
+from mailcontinuity.routing import write_transport_map
+
+# (service, type, private, unpriv, chroot, wakeup, maxproc, command): chroot off everywhere,
+# because a chroot would need copies of /etc files inside the lab directory.
+_MASTER_SERVICES = [
+    ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
+    ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
+    ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
+    ("tlsmgr", "unix", "-", "-", "n", "1000?", "1", "tlsmgr"),
+    ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
+    ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
+    ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
+    ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+    ("proxywrite", "unix", "-", "-", "n", "-", "1", "proxymap"),
+    ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
+    ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
+    ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
+    ("error", "unix", "-", "-", "n", "-", "-", "error"),
+    ("retry", "unix", "-", "-", "n", "-", "-", "error"),
+    ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
+    ("lmtp", "unix", "-", "-", "n", "-", "-", "lmtp"),
+    ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
+    ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
+    ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
+]
+
+
+@dataclass
+class PostfixGateway:
+    """The lab's Postfix gateway; ``config`` is the lab's mailcontinuity configuration."""
+
+    root: Path
+    smtp: Endpoint
+    config: Config
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "maillog"
+
+    def write_config(self) -> None:
+        postfix_user = pwd.getpwnam("postfix")
+        for sub in ("etc", "queue", "data", "log"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root / "data", postfix_user.pw_uid, postfix_user.pw_gid)
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.root / "data"),
+            "maillog_file_prefixes": str(self.root / "log"),
+            "maillog_file": str(self.log_file),
+            "syslog_name": "mailcontinuity-lab-gateway",
+            "myhostname": "gateway.lab.test",
+            "mydomain": "lab.test",
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "smtputf8_enable": "yes",
+            "message_size_limit": str(64 * 1024 * 1024),
+            # Lab mail that cannot be delivered stays queued long enough to be inspected.
+            "minimal_backoff_time": "5s",
+            "maximal_backoff_time": "30s",
+            "queue_run_delay": "5s",
+            **postfix_main_settings(self.config),
+        }
+        (self.config_dir / "main.cf").write_text(
+            "# Lab gateway, written by mailcontinuity lab; do not edit.\n"
+            + "".join(f"{key} = {value}\n" for key, value in settings.items())
+        )
+        services = [f"{self.smtp} inet n - n - - smtpd"]
+        services += ["  ".join(service) for service in _MASTER_SERVICES]
+        (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
+        write_transport_map(self.config, "primary")
+
+    def pid(self) -> int | None:
+        return read_pid(self.queue_dir / "pid" / "master.pid")
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        if shutil.which("postfix") is None:
+            raise LabError("postfix not found: apt-get install postfix")
+        try:
+            run_postfix(self.config_dir, "postfix", "start")
+        except PostfixError as exc:
+            raise LabError(f"gateway postfix did not start: {exc} (log: {self.log_file})") from None
+        wait_for([self.smtp], up=True, what="gateway postfix")
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            stop_process_tree(pid)
+        wait_for([self.smtp], up=False, what="gateway postfix")
+
+    def reload(self) -> None:
+        run_postfix(self.config_dir, "postfix", "reload")
+
+    def flush(self) -> None:
+        """Retry deferred mail now instead of at the next queue run."""
+        run_postfix(self.config_dir, "postqueue", "-f")

@@ -1,0 +1,214 @@
+"""The local lab: a primary Dovecot, a standby Dovecot and a Postfix gateway under one directory.
+
+This is the controller that ``mailcontinuity lab``, the test fixtures and ``make demo`` all use,
+so the tests exercise the same wiring an operator sees. ``DIR/lab.json`` (a contract) tells
+scripts where everything listens; ``DIR/mailcontinuity.toml`` is a real configuration for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
+from mailcontinuity.lab.dovecot import DovecotInstance, LabUser
+from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.process import LabError, free_port
+
+log = logging.getLogger(__name__)
+
+LAB_DOMAIN = "example.test"
+LAB_USERS = ("alice", "bob", "carol")
+ADMIN_LOGIN = "mcadmin"
+REQUIRED_PROGRAMS = {
+    "postfix": "postfix",
+    "dovecot": "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve"
+    " dovecot-submissiond",
+}
+
+
+class LabPart(Protocol):
+    """Anything the lab can stop and start by name."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def pid(self) -> int | None: ...
+
+
+@dataclass
+class Lab:
+    """A lab's parts, reconstructed from its directory."""
+
+    dir: Path
+    config: Config
+    users: list[LabUser]
+    primary: DovecotInstance
+    standby: DovecotInstance
+    gateway: PostfixGateway
+
+    @property
+    def parts(self) -> dict[str, LabPart]:
+        """Start order; stop runs it backwards."""
+        return {"primary": self.primary, "standby": self.standby, "gateway": self.gateway}
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "mailcontinuity.toml"
+
+    @classmethod
+    def up(cls, directory: Path) -> Lab:
+        """Create the lab in ``directory`` if needed, then start every part."""
+        _check_programs()
+        directory = directory.absolute()
+        _prepare_directory(directory)
+        lab = cls.load(directory) if (directory / "lab.json").exists() else cls._create(directory)
+        for part in lab.parts.values():
+            part.start()
+        log.info("event=lab_up dir=%s", directory)
+        return lab
+
+    @classmethod
+    def down(cls, directory: Path) -> None:
+        """Stop every part of the lab in ``directory``; a lab already down is fine."""
+        if not (directory / "lab.json").exists():
+            return
+        lab = cls.load(directory.absolute())
+        for part in reversed(lab.parts.values()):
+            part.stop()
+        log.info("event=lab_down dir=%s", directory)
+
+    def part(self, name: str) -> LabPart:
+        try:
+            return self.parts[name]
+        except KeyError:
+            raise LabError(
+                f"no lab part named {name!r}; choose one of {', '.join(self.parts)}"
+            ) from None
+
+    def running(self) -> dict[str, bool]:
+        return {name: part.pid() is not None for name, part in self.parts.items()}
+
+    @classmethod
+    def _create(cls, directory: Path) -> Lab:
+        ports = {
+            "gateway": {"smtp": free_port()},
+            "primary": {"imap": free_port(), "lmtp": free_port(), "managesieve": free_port()},
+            "standby": {
+                "imap": free_port(),
+                "lmtp": free_port(),
+                "managesieve": free_port(),
+                "submission": free_port(),
+            },
+        }
+        users = [
+            {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
+             "password": secrets.token_urlsafe(12)}
+            for name in LAB_USERS
+        ]
+        description: dict[str, Any] = {
+            role: {key: f"127.0.0.1:{port}" for key, port in listeners.items()}
+            for role, listeners in ports.items()
+        }
+        description |= {
+            "users": users,
+            "domains": [LAB_DOMAIN],
+            "config": str(directory / "mailcontinuity.toml"),
+        }
+        secrets_dir = directory / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        admin_file = secrets_dir / "admin-password"
+        admin_file.touch(mode=0o600)
+        admin_file.write_text(secrets.token_urlsafe(16) + "\n")
+        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description))
+        (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        lab = cls.load(directory)
+        lab.primary.write_config()
+        lab.standby.write_config()
+        lab.gateway.write_config()
+        return lab
+
+    @classmethod
+    def load(cls, directory: Path) -> Lab:
+        try:
+            description = json.loads((directory / "lab.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{directory}/lab.json: {exc}; run 'mailcontinuity lab up'") from None
+        config = load_config(Path(description["config"]))
+        users = [LabUser(user["address"], user["password"]) for user in description["users"]]
+        admin = LabUser(ADMIN_LOGIN, (directory / "secrets" / "admin-password").read_text().strip())
+        gateway_smtp = parse_endpoint(description["gateway"]["smtp"])
+
+        def dovecot(role: str, protocols: dict[str, str]) -> DovecotInstance:
+            listeners = {protocol: parse_endpoint(description[role][key])
+                         for protocol, key in protocols.items()}
+            return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp)
+
+        return cls(
+            dir=directory,
+            config=config,
+            users=users,
+            primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
+            standby=dovecot(
+                "standby",
+                {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
+                 "submission": "submission"},
+            ),
+            gateway=PostfixGateway(directory / "gateway", gateway_smtp, config),
+        )
+
+    def endpoint(self, role: str, protocol: str) -> Endpoint:
+        """A listener of a lab part, e.g. ``endpoint("standby", "imap")``."""
+        instance = {"primary": self.primary, "standby": self.standby}[role]
+        return instance.listeners[protocol]
+
+
+def _render_config(directory: Path, description: dict[str, Any]) -> str:
+    primary, standby = description["primary"], description["standby"]
+    return f"""# mailcontinuity configuration for the lab in {directory}
+[state]
+path = {json.dumps(str(directory / "state" / "state.db"))}
+
+[domains]
+protected = {json.dumps(description["domains"])}
+
+[primary]
+delivery = "lmtp:{primary["lmtp"]}"
+imap = "{primary["imap"]}"
+
+[standby]
+imap = "{standby["imap"]}"
+lmtp = "{standby["lmtp"]}"
+submission = "{standby["submission"]}"
+managesieve = "{standby["managesieve"]}"
+retention_days = 30
+
+[gateway]
+postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
+transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
+"""
+
+
+def _check_programs() -> None:
+    missing = [pkg for program, pkg in REQUIRED_PROGRAMS.items() if shutil.which(program) is None]
+    if missing:
+        raise LabError(f"the lab needs Debian's packages: apt-get install {' '.join(missing)}")
+
+
+def _prepare_directory(directory: Path) -> None:
+    """The mail daemons run as postfix/dovecot/mail and must be able to reach the lab files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    for ancestor in directory.parents:
+        if not ancestor.stat().st_mode & stat.S_IXOTH:
+            raise LabError(
+                f"lab directory {directory}: {ancestor} is not searchable by other users, so"
+                " Postfix and Dovecot cannot reach it; choose a directory such as /srv/mclab"
+            )

@@ -1,0 +1,73 @@
+"""Client-side helpers on the lab: send through the gateway, look into a mailbox over IMAP.
+
+Tests, ``make demo`` and the drill all act like a user would: SMTP in, IMAP out. Nothing here
+peeks at files on disk, so the same calls work against a deployment that is not a lab.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from imapclient import IMAPClient
+
+from mailcontinuity.config import Endpoint
+
+
+def make_message(sender: str, recipients: Sequence[str], subject: str, body: str = "") -> EmailMessage:
+    """A well-formed message with a unique Message-ID, so it can be found again."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@lab.test>"
+    message.set_content(body or f"{subject}\n")
+    return message
+
+
+def send_message(gateway: Endpoint, message: EmailMessage, sender: str,
+                 recipients: Sequence[str]) -> None:
+    """Submit over SMTP; raises smtplib's errors if the gateway refuses any recipient."""
+    with smtplib.SMTP(gateway.host, gateway.port, timeout=30) as smtp:
+        refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
+    if refused:
+        raise smtplib.SMTPRecipientsRefused(refused)
+
+
+@contextmanager
+def imap_login(endpoint: Endpoint, login: str, password: str) -> Iterator[IMAPClient]:
+    client = IMAPClient(endpoint.host, endpoint.port, ssl=False, timeout=30)
+    try:
+        client.login(login, password)
+        yield client
+    finally:
+        try:
+            client.logout()
+        except Exception:  # noqa: BLE001 - the server may already be gone; nothing to save
+            pass
+
+
+def find_by_message_id(client: IMAPClient, folder: str, message_id: str) -> list[int]:
+    """UIDs in ``folder`` whose Message-ID header contains ``message_id``."""
+    client.select_folder(folder, readonly=True)
+    return list(client.search(["HEADER", "Message-ID", message_id]))
+
+
+def wait_for_message(endpoint: Endpoint, login: str, password: str, message_id: str,
+                     folder: str = "INBOX", timeout: float = 30.0) -> bytes | None:
+    """The raw message once it shows up in ``folder``, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with imap_login(endpoint, login, password) as client:
+            uids = find_by_message_id(client, folder, message_id)
+            if uids:
+                return client.fetch(uids[:1], ["BODY.PEEK[]"])[uids[0]][b"BODY[]"]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)

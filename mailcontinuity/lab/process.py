@@ -1,0 +1,109 @@
+"""Ports and processes for the lab's private server instances.
+
+Postfix and Dovecot daemonise themselves; what the lab needs is to know when a listener is up,
+when it is really gone, and to take down a master process together with every child it forked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from mailcontinuity.config import Endpoint
+
+
+class LabError(Exception):
+    """The lab could not do what was asked; the message says what to do about it."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel picks it, so parallel labs differ)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def accepts_connections(endpoint: Endpoint, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(endpoints: Iterable[Endpoint], up: bool, what: str, timeout: float = 20.0) -> None:
+    """Wait until every endpoint accepts (``up``) or refuses (not ``up``) connections."""
+    pending = list(endpoints)
+    deadline = time.monotonic() + timeout
+    while pending:
+        pending = [ep for ep in pending if accepts_connections(ep, 0.5) != up]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            state = "accept" if up else "stop accepting"
+            names = ", ".join(str(ep) for ep in pending)
+            raise LabError(f"{what}: {names} did not {state} connections within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is alive, else None."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if is_alive(pid) else None
+
+
+def is_alive(pid: int) -> bool:
+    """True for a running process; a zombie has already exited and only awaits reaping."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rpartition(")")[2].split()[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return [child for child in found if is_alive(child)]
+
+
+def stop_process_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a master and its children, wait, then SIGKILL whatever is left."""
+    victims = [pid, *descendants(pid)]
+    _signal_all(victims, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(is_alive(victim) for victim in victims) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_all([v for v in victims if is_alive(v)], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(is_alive(victim) for victim in victims) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
+    for victim in pids:
+        try:
+            os.kill(victim, sig)
+        except ProcessLookupError:
+            pass

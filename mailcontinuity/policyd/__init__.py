@@ -1,0 +1,1 @@
+"""The policy daemon and health monitor: routes protected domains to the standby on failure."""

@@ -1,0 +1,186 @@
+"""The state store: one SQLite file per host, shared by every mailcontinuity process.
+
+Each process opens its own connection. WAL lets readers (``status``) run while a daemon writes,
+and the busy timeout turns a concurrent writer into a short wait instead of an error. Schema
+changes are numbered migrations tracked in ``PRAGMA user_version``, so an upgraded package
+brings an old database forward the first time any process opens it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+StateName = Literal["normal", "failover", "failback"]
+STATES: tuple[StateName, ...] = ("normal", "failover", "failback")
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class StateStoreError(Exception):
+    """The state store cannot be opened or written; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class State:
+    """The current continuity state and how it came about."""
+
+    name: StateName
+    since: float
+    cause: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log: a state transition or an operator command."""
+
+    id: int
+    at: float
+    event: str
+    from_state: str | None
+    to_state: str | None
+    cause: str
+    actor: str
+    detail: dict[str, Any]
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    """State and audit log: the minimum every other part builds on."""
+    db.execute(
+        "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL,"
+        " since REAL NOT NULL, cause TEXT NOT NULL, actor TEXT NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO state (id, name, since, cause, actor) VALUES (1, 'normal', ?, ?, ?)",
+        [time.time(), "state store created", "mailcontinuity"],
+    )
+    db.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " event TEXT NOT NULL, from_state TEXT, to_state TEXT, cause TEXT NOT NULL,"
+        " actor TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}')"
+    )
+    db.execute("CREATE INDEX audit_at ON audit (at)")
+
+
+# Append only: a released migration is never edited, a change is a new entry.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+
+
+class StateStore:
+    """One process's connection to the shared state database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StateStoreError(
+                f"state store {path}: {exc}; check that the directory exists and is writable"
+                " by this user"
+            ) from None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """A write transaction that takes the lock up front, so two writers never deadlock."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StateStoreError(
+                    f"state store {self.path} has schema version {version}, newer than this"
+                    f" mailcontinuity knows ({len(MIGRATIONS)}); upgrade the package"
+                )
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                migration(db)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def current_state(self) -> State:
+        name, since, cause, actor = self.db.execute(
+            "SELECT name, since, cause, actor FROM state WHERE id = 1"
+        ).fetchone()
+        return State(name, since, cause, actor)
+
+    def transition(
+        self,
+        to_state: StateName,
+        cause: str,
+        actor: str,
+        expect: tuple[StateName, ...] | None = None,
+    ) -> State | None:
+        """Move to ``to_state`` and audit it; returns the old state, or None if not applied.
+
+        ``expect`` guards against a race between two deciders (the health monitor and an
+        operator): the transition happens only if the current state is one of these.
+        """
+        if to_state not in STATES:
+            raise ValueError(f"unknown state {to_state!r}")
+        with self.transaction() as db:
+            old = self.current_state()
+            if expect is not None and old.name not in expect:
+                return None
+            now = time.time()
+            db.execute(
+                "UPDATE state SET name = ?, since = ?, cause = ?, actor = ? WHERE id = 1",
+                [to_state, now, cause, actor],
+            )
+            self._audit(db, now, "transition", old.name, to_state, cause, actor, {})
+        return old
+
+    def record_command(self, command: str, actor: str, detail: dict[str, Any]) -> None:
+        """Audit an operator command that is not itself a transition."""
+        with self.transaction() as db:
+            self._audit(db, time.time(), "command", None, None, command, actor, detail)
+
+    @staticmethod
+    def _audit(
+        db: sqlite_utils.Database,
+        at: float,
+        event: str,
+        from_state: str | None,
+        to_state: str | None,
+        cause: str,
+        actor: str,
+        detail: dict[str, Any],
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit (at, event, from_state, to_state, cause, actor, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [at, event, from_state, to_state, cause, actor, json.dumps(detail, sort_keys=True)],
+        )
+
+    def audit_log(self, since: float = 0.0) -> list[AuditEntry]:
+        rows = self.db.execute(
+            "SELECT id, at, event, from_state, to_state, cause, actor, detail FROM audit"
+            " WHERE at >= ? ORDER BY id",
+            [since],
+        ).fetchall()
+        return [AuditEntry(*row[:7], json.loads(row[7])) for row in rows]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages mailcontinuity needs to build, test and run its lab.
+# Idempotent: installs only what is missing. Needs root (or nothing to install).
+set -euo pipefail
+
+packages=(
+    postfix
+    dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve
+    dovecot-submissiond
+    libmilter-dev gcc make python3-dev python3-venv
+    swaks
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}; run this script as root" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# The lab runs private Postfix instances; the system one stays unconfigured and stopped.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

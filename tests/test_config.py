@@ -1,0 +1,105 @@
+"""The configuration loader: valid files load, every mistake is one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailcontinuity.cli import main
+from mailcontinuity.config import ConfigError, DeliveryEndpoint, Endpoint, load_config
+
+VALID = """
+[state]
+path = "/var/lib/mailcontinuity/state.db"
+
+[domains]
+protected = ["Example.ORG", "example.net"]
+
+[primary]
+delivery = "smtp:mail.example.org:25"
+imap = "mail.example.org:143"
+
+[standby]
+imap = "127.0.0.1:143"
+lmtp = "127.0.0.1:24"
+retention_days = 45
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mailcontinuity.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_loads_into_typed_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert config.domains.protected == ["example.org", "example.net"]
+    assert config.primary.delivery == DeliveryEndpoint("smtp", Endpoint("mail.example.org", 25))
+    assert config.primary.delivery.postfix_nexthop == "smtp:[mail.example.org]:25"
+    assert config.standby.lmtp == Endpoint("127.0.0.1", 24)
+    assert config.standby.retention_days == 45
+    assert config.standby.submission is None
+    assert config.gateway.postfix_config_dir == Path("/etc/postfix")
+
+
+def test_lmtp_delivery_uses_postfix_inet_syntax(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID.replace("smtp:mail", "lmtp:mail")))
+    assert config.primary.delivery.postfix_nexthop == "lmtp:inet:[mail.example.org]:25"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("imap = \"mail.example.org:143\"", "imapp = \"mail.example.org:143\""),
+         "unknown key 'primary.imapp'"),
+        (("retention_days = 45", "retention_days = 0"), "key 'standby.retention_days'"),
+        (("retention_days = 45", "retention_days = \"soon\""), "key 'standby.retention_days'"),
+        (("127.0.0.1:143", "127.0.0.1:70000"), "port 70000 is out of range 1-65535"),
+        (("127.0.0.1:143", "127.0.0.1"), "key 'standby.imap': expected \"host:port\""),
+        (("smtp:mail", "pop3:mail"), "key 'primary.delivery'"),
+        (("\"example.net\"", "\"user@example.net\""), "key 'domains.protected'"),
+        (("protected = [\"Example.ORG\", \"example.net\"]", "protected = []"),
+         "key 'domains.protected'"),
+        (("[standby]", "[standby]\n[standby.extra]"), "unknown key 'standby.extra'"),
+        (("lmtp = \"127.0.0.1:24\"", ""), "missing key 'standby.lmtp'"),
+        (("[primary]", "[primary"), "not valid TOML"),
+    ],
+)
+def test_each_mistake_is_one_line_naming_file_and_key(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    path = write(tmp_path, VALID.replace(*edit))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found; create it or pass --config"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_environment_variable_names_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, VALID.replace("retention_days = 45", "retention_days = -1"))
+    monkeypatch.setenv("MAILCONTINUITY_CONFIG", str(path))
+    result = CliRunner().invoke(main, ["check-config"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert str(path) in result.stderr and "standby.retention_days" in result.stderr
+
+
+def test_check_config_prints_settings_to_apply(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "postconf -e 'relay_domains = example.org, example.net'" in out
+    assert "postconf -e 'transport_maps = hash:/etc/postfix/mailcontinuity_transport'" in out
+    assert "example.org smtp:[mail.example.org]:25" in out
+    assert "inet_listener lmtp {\n    address = 127.0.0.1\n    port = 24" in out

@@ -1,0 +1,27 @@
+"""``mailcontinuity status`` on the lab's configuration."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from mailcontinuity.cli import main
+from mailcontinuity.lab import Lab
+
+
+def test_status_json_reports_normal_on_a_fresh_store(lab: Lab) -> None:
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["state"] == "normal"
+    assert report["primary"]["healthy"] is None
+    assert report["outage"] is None
+    assert report["protected_domains"] == ["example.test"]
+
+
+def test_status_text_is_readable(lab: Lab) -> None:
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("state:    normal since ")
+    assert "primary:  unknown (no probe yet)" in result.stdout
