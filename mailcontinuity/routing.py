@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from mailcontinuity.config import Config, DeliveryEndpoint
-from mailcontinuity.postfix import write_indexed_map
+from mailcontinuity.postfix import run_postfix, write_indexed_map
 
 Route = Literal["primary", "standby"]
 
@@ -36,3 +36,15 @@ def write_transport_map(config: Config, route: Route) -> None:
         config.gateway.transport_map,
         [header, *transport_entries(config, route)],
     )
+
+
+def switch_route(config: Config, route: Route) -> None:
+    """Route new and already-queued mail for protected domains to ``route`` now.
+
+    ``postfix reload`` makes every process re-read the table at once (without it, trivial-rewrite
+    notices the change only after tens of seconds); ``postqueue -f`` retries deferred mail
+    immediately, so mail queued for a dead primary moves to the standby too.
+    """
+    write_transport_map(config, route)
+    run_postfix(config.gateway.postfix_config_dir, "postfix", "reload")
+    run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")

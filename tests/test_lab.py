@@ -102,3 +102,11 @@ def test_unreachable_directory_is_refused(tmp_path: Path) -> None:
     # pytest's tmp_path lives under a 0700 directory the mail daemons cannot enter.
     with pytest.raises(LabError, match="is not searchable by other users"):
         Lab.up(tmp_path / "lab")
+
+
+def test_ports_of_one_lab_are_distinct_and_outside_the_ephemeral_range() -> None:
+    from mailcontinuity.lab.process import LAB_PORT_RANGE, free_ports
+
+    ports = free_ports(60)
+    assert len(set(ports)) == 60
+    assert all(port in LAB_PORT_RANGE for port in ports)

@@ -174,8 +174,9 @@ plugin {{
 
     def stop(self) -> None:
         pid = self.pid()
-        if pid is not None:
-            stop_process_tree(pid)
+        if pid is None:
+            return
+        stop_process_tree(pid)
         wait_for(self.listeners.values(), up=False, what=f"{self.name} dovecot")
 
 

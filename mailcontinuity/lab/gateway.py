@@ -122,8 +122,9 @@ class PostfixGateway:
 
     def stop(self) -> None:
         pid = self.pid()
-        if pid is not None:
-            stop_process_tree(pid)
+        if pid is None:
+            return
+        stop_process_tree(pid)
         wait_for([self.smtp], up=False, what="gateway postfix")
 
     def reload(self) -> None:

@@ -14,12 +14,14 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
+from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.process import LabError, free_port
+from mailcontinuity.lab.process import LabError, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,12 @@ REQUIRED_PROGRAMS = {
     "dovecot": "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve"
     " dovecot-submissiond",
 }
+
+
+# mailcontinuity daemons the lab runs, by CLI command name, each with a builder of its readiness
+# check. They start after the mail stores and before the gateway, so the gateway never accepts
+# mail before the milter and policyd serve.
+LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {}
 
 
 class LabPart(Protocol):
@@ -57,7 +65,12 @@ class Lab:
     @property
     def parts(self) -> dict[str, LabPart]:
         """Start order; stop runs it backwards."""
-        return {"primary": self.primary, "standby": self.standby, "gateway": self.gateway}
+        daemons = {
+            name: DaemonPart(name, self.config_file, self.dir / "daemons", readiness(self))
+            for name, readiness in LAB_DAEMONS.items()
+        }
+        return {"primary": self.primary, "standby": self.standby, **daemons,
+                "gateway": self.gateway}
 
     @property
     def config_file(self) -> Path:
@@ -81,8 +94,14 @@ class Lab:
         if not (directory / "lab.json").exists():
             return
         lab = cls.load(directory.absolute())
-        for part in reversed(lab.parts.values()):
-            part.stop()
+        failures = []
+        for name, part in reversed(lab.parts.items()):
+            try:
+                part.stop()
+            except LabError as exc:  # stop the rest regardless, then report
+                failures.append(f"{name}: {exc}")
+        if failures:
+            raise LabError("; ".join(failures))
         log.info("event=lab_down dir=%s", directory)
 
     def part(self, name: str) -> LabPart:
@@ -98,16 +117,13 @@ class Lab:
 
     @classmethod
     def _create(cls, directory: Path) -> Lab:
-        ports = {
-            "gateway": {"smtp": free_port()},
-            "primary": {"imap": free_port(), "lmtp": free_port(), "managesieve": free_port()},
-            "standby": {
-                "imap": free_port(),
-                "lmtp": free_port(),
-                "managesieve": free_port(),
-                "submission": free_port(),
-            },
+        listeners = {
+            "gateway": ("smtp",),
+            "primary": ("imap", "lmtp", "managesieve"),
+            "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values())))
+        ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}

@@ -7,6 +7,7 @@ when it is really gone, and to take down a master process together with every ch
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -20,11 +21,28 @@ class LabError(Exception):
     """The lab could not do what was asked; the message says what to do about it."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel picks it, so parallel labs differ)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+# Below Linux's ephemeral range (32768-60999), so that an outgoing connection's local port never
+# takes a listener's port between allocation and start.
+LAB_PORT_RANGE = range(20000, 32768)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nothing listens on now, picked at random so parallel labs
+    rarely meet; each stays bound until all are chosen, so none is handed out twice."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind((host, random.choice(LAB_PORT_RANGE)))
+            except OSError:
+                probe.close()
+                continue
+            held.append(probe)
+        return [int(probe.getsockname()[1]) for probe in held]
+    finally:
+        for probe in held:
+            probe.close()
 
 
 def accepts_connections(endpoint: Endpoint, timeout: float = 1.0) -> bool:

@@ -1,0 +1,70 @@
+"""mailcontinuity's own daemons (milter, policyd, sync-agent) as lab parts.
+
+The lab runs each as ``python -m mailcontinuity --config DIR/mailcontinuity.toml NAME`` in its
+own session, with a pid file and a log file under ``DIR/daemons``, exactly the command line a
+systemd unit would run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree
+
+START_TIMEOUT_SECONDS = 20.0
+
+
+@dataclass
+class DaemonPart:
+    """One mailcontinuity daemon; ``ready`` says when it serves (e.g. its socket accepts)."""
+
+    name: str
+    config_file: Path
+    run_dir: Path
+    ready: Callable[[], bool]
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "mailcontinuity", "--config", str(self.config_file),
+                self.name]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        self.pid_file.write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self.ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+                raise LabError(f"{self.name} did not start: {' | '.join(tail)}"
+                               f" (log: {self.log_file})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            stop_process_tree(pid)
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
+            except ChildProcessError:
+                pass
+        self.pid_file.unlink(missing_ok=True)

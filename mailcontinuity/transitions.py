@@ -1,0 +1,43 @@
+"""Changing the continuity state: the one place where state, routing and the audit log move together.
+
+The health monitor, ``mailcontinuity failover`` and failback all call ``change_state``; none of
+them writes the state table or the transport map on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mailcontinuity.config import Config
+from mailcontinuity.routing import Route, switch_route
+from mailcontinuity.state import StateName, StateStore
+
+log = logging.getLogger(__name__)
+
+ROUTE_IN_STATE: dict[StateName, Route] = {
+    "normal": "primary",
+    "failover": "standby",
+    "failback": "primary",
+}
+
+
+def change_state(
+    config: Config,
+    store: StateStore,
+    to_state: StateName,
+    cause: str,
+    actor: str,
+    expect: tuple[StateName, ...] | None = None,
+) -> bool:
+    """Record the transition, then route mail accordingly; False if ``expect`` did not hold.
+
+    The state is written first: if routing then fails, ``status`` already shows the state the
+    operator asked for and the error says which Postfix command to fix.
+    """
+    old = store.transition(to_state, cause=cause, actor=actor, expect=expect)
+    if old is None:
+        return False
+    log.info("event=transition from=%s to=%s cause=%r actor=%s", old.name, to_state, cause, actor)
+    if ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
+        switch_route(config, ROUTE_IN_STATE[to_state])
+    return True
