@@ -18,7 +18,7 @@ from mailcontinuity.config import Config, ConfigError, default_config_path, load
 from mailcontinuity.lab import Lab, LabError
 from mailcontinuity.logsetup import configure_logging
 from mailcontinuity.commands import CommandError
-from mailcontinuity.required_settings import render_check_config
+from mailcontinuity.required_settings import render_check_config, settings_report
 from mailcontinuity.state import StateStore, StateStoreError
 from mailcontinuity.status import collect_status, render_status
 
@@ -96,11 +96,15 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @main.command("check-config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (for automation).")
 @pass_context
 @operator_errors
-def check_config(ctx: Context) -> None:
+def check_config(ctx: Context, as_json: bool) -> None:
     """Validate the config and print the Postfix and Dovecot settings it needs."""
-    click.echo(render_check_config(ctx.config), nl=False)
+    if as_json:
+        click.echo(json.dumps(settings_report(ctx.config), indent=2, sort_keys=True))
+    else:
+        click.echo(render_check_config(ctx.config), nl=False)
 
 
 @main.group()

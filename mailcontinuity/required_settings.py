@@ -6,6 +6,8 @@ values to its own instances, so what we document is what the tests exercise.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mailcontinuity.config import Config
 from mailcontinuity.routing import transport_entries
 
@@ -46,6 +48,20 @@ def _listener(service: str, name: str, host: str, port: int) -> str:
         f"service {service} {{\n  inet_listener {name} {{\n    address = {host}\n"
         f"    port = {port}\n  }}\n}}"
     )
+
+
+def settings_report(config: Config) -> dict[str, Any]:
+    """``check-config --json``: what the Ansible role (and other automation) applies."""
+    return {
+        "config": str(config.source),
+        "valid": True,
+        "postfix_main": postfix_main_settings(config),
+        "transport_map": {
+            "path": str(config.gateway.transport_map),
+            "lines": transport_entries(config, "primary"),
+        },
+        "dovecot_standby": dovecot_standby_settings(config) + "\n",
+    }
 
 
 def render_check_config(config: Config) -> str:

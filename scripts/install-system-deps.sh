@@ -8,6 +8,7 @@ packages=(
     dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve
     dovecot-submissiond
     libmilter-dev gcc make python3-dev python3-venv
+    python3-apt systemd
     swaks
 )
 

@@ -103,3 +103,17 @@ def test_check_config_prints_settings_to_apply(tmp_path: Path) -> None:
     assert "postconf -e 'transport_maps = hash:/etc/postfix/mailcontinuity_transport'" in out
     assert "example.org smtp:[mail.example.org]:25" in out
     assert "inet_listener lmtp {\n    address = 127.0.0.1\n    port = 24" in out
+
+
+def test_check_config_json_is_what_automation_applies(tmp_path: Path) -> None:
+    import json
+
+    path = write(tmp_path, VALID)
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["valid"] is True
+    assert report["postfix_main"]["relay_domains"] == "example.org, example.net"
+    assert report["transport_map"]["lines"] == [
+        "example.org smtp:[mail.example.org]:25", "example.net smtp:[mail.example.org]:25"]
+    assert "service lmtp {" in report["dovecot_standby"]

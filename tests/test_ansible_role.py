@@ -1,0 +1,97 @@
+"""The Ansible role, applied to this machine as CI does (gateway and standby on one host).
+
+It configures the system's own Postfix and Dovecot (not the lab's private instances), so the
+servers it configures are started by hand here and stopped again; no running systemd is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+VENV_BIN = Path(sys.executable).parent
+CI_USERS = Path("/etc/dovecot/mailcontinuity-ci-users")
+UNITS = [Path(f"/etc/systemd/system/mailcontinuity-{name}")
+         for name in ("milter.service", "policyd.service", "sync-agent.service",
+                      "prune.service", "prune.timer")]
+
+
+def run(*argv: str | Path, cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def play(wheel_dir: Path) -> subprocess.CompletedProcess:
+    return run(VENV_BIN / "ansible-playbook", "-c", "local", "-i", "localhost,",
+               "tests/localhost.yml", "-e", f"wheel_dir={wheel_dir}", "-e", "primary_port=12525")
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Apply the role twice; yields the recap lines of both runs."""
+    if shutil.which("postfix") is None or shutil.which("dovecot") is None:
+        pytest.fail("postfix and dovecot must be installed (scripts/install-system-deps.sh)")
+    wheel_dir = tmp_path_factory.mktemp("wheels")
+    built = run(VENV_BIN / "pip", "wheel", "--no-deps", "-q", "-w", wheel_dir, ROOT, cwd=ROOT)
+    assert built.returncode == 0, built.stderr
+    CI_USERS.write_text("ci@ci.test:{PLAIN}ci-password::::::\n")
+    shutil.chown(CI_USERS, "root", "dovecot")
+    CI_USERS.chmod(0o640)
+    recaps = []
+    for attempt in ("first", "second"):
+        result = play(wheel_dir)
+        assert result.returncode == 0, f"{attempt} run failed:\n{result.stdout[-4000:]}"
+        recaps.append(next(line for line in result.stdout.splitlines()
+                           if line.startswith("localhost") and "ok=" in line))
+    yield recaps
+
+
+def test_second_run_changes_nothing(applied: list[str]) -> None:
+    assert re.search(r"\bchanged=0\b", applied[1]), applied[1]
+
+
+def test_postfix_has_the_settings(applied: list[str]) -> None:
+    assert run("postfix", "check").returncode == 0
+    settings = run("postconf", "-n").stdout
+    assert "relay_domains = ci.test" in settings
+    assert "transport_maps = hash:/etc/postfix/mailcontinuity_transport" in settings
+    assert "inet_interfaces = loopback-only" in settings
+    table = Path("/etc/postfix/mailcontinuity_transport").read_text()
+    assert "ci.test smtp:[127.0.0.1]:12525" in table
+
+
+def test_dovecot_has_the_standby_settings(applied: list[str]) -> None:
+    result = run("doveconf", "-n")
+    assert result.returncode == 0, result.stderr
+    assert "mail_location = maildir:/var/vmail/%d/%n/Maildir" in result.stdout
+    for port in (10143, 10024, 10587, 14190):
+        assert f"port = {port}" in result.stdout
+
+
+def test_units_verify(applied: list[str]) -> None:
+    result = run("systemd-analyze", "verify", *UNITS)
+    assert result.returncode == 0, result.stderr
+    milter = UNITS[0].read_text()
+    assert "ExecStart=/opt/mailcontinuity/bin/mailcontinuity --config" in milter
+    assert "User=mailcontinuity" in milter and "ProtectSystem=strict" in milter
+
+
+def test_config_is_validated_and_private(applied: list[str]) -> None:
+    config = Path("/etc/mailcontinuity/mailcontinuity.toml")
+    assert config.stat().st_mode & 0o007 == 0
+    result = run("/opt/mailcontinuity/bin/mailcontinuity", "--config", config, "check-config")
+    assert result.returncode == 0, result.stderr
+
+
+def test_ansible_lint_is_clean() -> None:
+    result = run(VENV_BIN / "ansible-lint", "--offline", "roles/mailcontinuity", "site.yml",
+                 "tests/localhost.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
