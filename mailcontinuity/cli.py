@@ -6,7 +6,9 @@ one-line message on stderr and a non-zero exit status; tracebacks are for bugs o
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from mailcontinuity.config import Config, ConfigError, default_config_path, load_config
+from mailcontinuity.drill import Drill, archive, render_report
 from mailcontinuity.lab import Lab, LabError
 from mailcontinuity.logsetup import configure_logging
 from mailcontinuity.commands import CommandError
@@ -57,6 +60,11 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def operator() -> str:
+    """Who runs this command, for the audit log (sudo keeps the real user in SUDO_USER)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def emit(report: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
@@ -105,6 +113,26 @@ def check_config(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps(settings_report(ctx.config), indent=2, sort_keys=True))
     else:
         click.echo(render_check_config(ctx.config), nl=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+@operator_errors
+def drill(ctx: Context, as_json: bool) -> None:
+    """Run the continuity drill with the probe account; archive the report."""
+    store = ctx.store()
+    try:
+        report = Drill(ctx.config, store).run()
+        archive(report, ctx.config.drill.report_dir)
+        store.record_command("drill", operator(), {"passed": report.passed,
+                                                   "report": report.archived_to})
+    finally:
+        store.close()
+    emit(report.as_dict(), as_json, lambda _: render_report(report))
+    if not report.passed:
+        failed = [step.name for step in report.steps if not step.passed and not step.skipped]
+        raise click.ClickException(f"drill failed at: {', '.join(failed)}")
 
 
 @main.group()

@@ -141,8 +141,19 @@ class StandbySection(Section):
 class GatewaySection(Section):
     """The Postfix gateway (MX) whose routing mailcontinuity switches."""
 
+    smtp: EndpointField = Endpoint("127.0.0.1", 25)
     postfix_config_dir: Path = Path("/etc/postfix")
     transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
+
+
+class DrillSection(Section):
+    """The continuity drill's probe account and where its reports are archived."""
+
+    probe_address: str | None = None
+    probe_password_file: Path = Path("/etc/mailcontinuity/secrets/drill-probe-password")
+    report_dir: Path = Path("/var/lib/mailcontinuity/drills")
+    step_timeout: float = Field(default=30.0, gt=0, le=600)
+    max_journal_lag_seconds: float = Field(default=60.0, gt=0)
 
 
 class Config(Section):
@@ -154,6 +165,7 @@ class Config(Section):
     primary: PrimarySection
     standby: StandbySection
     gateway: GatewaySection = GatewaySection()
+    drill: DrillSection = DrillSection()
 
 
 def default_config_path() -> Path:

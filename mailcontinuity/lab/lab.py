@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LAB_DOMAIN = "example.test"
 LAB_USERS = ("alice", "bob", "carol")
+DRILL_PROBE = "probe"
 ADMIN_LOGIN = "mcadmin"
 REQUIRED_PROGRAMS = {
     "postfix": "postfix",
@@ -127,7 +128,7 @@ class Lab:
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
-            for name in LAB_USERS
+            for name in (*LAB_USERS, DRILL_PROBE)
         ]
         description: dict[str, Any] = {
             role: {key: f"127.0.0.1:{port}" for key, port in listeners.items()}
@@ -143,6 +144,9 @@ class Lab:
         admin_file = secrets_dir / "admin-password"
         admin_file.touch(mode=0o600)
         admin_file.write_text(secrets.token_urlsafe(16) + "\n")
+        probe_file = secrets_dir / "drill-probe-password"
+        probe_file.touch(mode=0o600)
+        probe_file.write_text(users[-1]["password"] + "\n")
         (directory / "mailcontinuity.toml").write_text(_render_config(directory, description))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
         lab = cls.load(directory)
@@ -207,8 +211,15 @@ managesieve = "{standby["managesieve"]}"
 retention_days = 30
 
 [gateway]
+smtp = "{description["gateway"]["smtp"]}"
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
+
+[drill]
+probe_address = "{DRILL_PROBE}@{LAB_DOMAIN}"
+probe_password_file = {json.dumps(str(directory / "secrets" / "drill-probe-password"))}
+report_dir = {json.dumps(str(directory / "drills"))}
+step_timeout = 15
 """
 
 
