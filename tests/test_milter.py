@@ -91,9 +91,9 @@ def test_status_json_reports_the_journal(lab: Lab) -> None:
     journal = json.loads(result.stdout)["journal"]
     assert journal["spooled"] == 0 and journal["lag_seconds"] == 0
     assert journal["shipped"] >= 1
-    assert journal["unknown_recipients"] == ["nobody@example.test"]
+    assert "nobody@example.test" in journal["unknown_recipients"]
     result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status"])
-    assert "unknown recipients: nobody@example.test" in result.stdout
+    assert "unknown recipients: " in result.stdout and "nobody@example.test" in result.stdout
 
 
 def test_check_config_prints_the_milter_settings_the_lab_applies(lab: Lab) -> None:

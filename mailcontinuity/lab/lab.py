@@ -232,6 +232,8 @@ doveadm_config = {json.dumps(str(directory / "standby" / "dovecot.conf"))}
 lmtp = "{JOURNAL_LMTP_HOST}:{standby_lmtp_port}"
 retry_initial_seconds = 0.5
 retry_max_seconds = 5
+# Short, so that a stopped standby is noticed at once (tests); production keeps the default.
+recipient_cache_seconds = 1
 """
 
 

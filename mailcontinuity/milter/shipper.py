@@ -124,7 +124,7 @@ class Shipper(threading.Thread):
                     if (target.address, target.folder) in settled:
                         continue
                     try:
-                        outcome = self._sink.ship(fd, envelope, target, entry in self._recovered)
+                        outcome = self._sink.ship(fd, envelope, target, seen)
                     except TemporaryFailure as exc:
                         error = str(exc)
                         continue

@@ -1,6 +1,7 @@
-"""Where the shipper puts journal copies: straight into the standby's Maildirs, or over LMTP.
+"""Where the shipper puts journal copies: straight into the standby's Maildirs.
 
-Both sinks answer the same three ways for one copy: stored (``shipped``), refused for good
+(An LMTP sink to the standby's sieve-free journal listener is planned, not built yet.) A sink
+answers the same three ways for one copy: stored (``shipped``), refused for good
 (``unknown`` user or ``failed``), or ``TemporaryFailure`` (standby down, disk full there): the
 shipper keeps the spool entry and retries with backoff. A copy stored twice is stored once:
 the maildir sink derives the file name from the message id and looks before it writes.
@@ -47,7 +48,8 @@ class Sink(Protocol):
     def ship(self, source: int, envelope: Envelope, target: Target, recovered: bool) -> Outcome:
         """Store one copy; ``source`` holds the message in its first ``envelope.size`` bytes.
 
-        ``recovered``: the entry was found after a restart, so this copy may already be stored.
+        ``recovered``: the entry was seen before (restart, retry), so this copy may already be
+        stored.
         """
         ...
 
@@ -114,6 +116,11 @@ def _existing(path: Path) -> Path | None:
 
 def make_sink(settings: MilterSection) -> Sink:
     """The sink the configuration names."""
+    if settings.sink != "maildir":
+        raise ConfigError(
+            f"milter.sink = {settings.sink!r} is not available in this version; use \"maildir\""
+            " (the standby's Maildirs must then be reachable from the milter host)"
+        )
     try:
         return MaildirSink(settings)
     except MaildirError as exc:
