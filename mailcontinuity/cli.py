@@ -183,3 +183,9 @@ def lab_start(name: str, directory: Path) -> None:
     """Start one lab part again."""
     Lab.load(directory.absolute()).part(name).start()
     click.echo(f"{name} started")
+
+
+from mailcontinuity.milter.cli import milter_command, prune_command  # noqa: E402 - needs main
+
+main.add_command(milter_command)
+main.add_command(prune_command)

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 
 
 class CommandError(Exception):
-    """A tool is missing, failed or hung; the message names it and what it said."""
+    """A tool is missing, failed or hung; the message names it and what it said.
+
+    ``returncode`` is the tool's exit status when it ran and failed (None otherwise), for callers
+    that tell one failure from another (doveadm's 67 "no such user" vs 75 "try again").
+    """
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 def run_command(argv: Sequence[str], timeout: float = 60, missing_hint: str = "") -> str:
@@ -31,5 +39,5 @@ def run_command(argv: Sequence[str], timeout: float = 60, missing_hint: str = ""
         stderr = err.read().decode(errors="replace")
     if code != 0:
         said = (stderr or stdout).strip().replace("\n", "; ")
-        raise CommandError(f"{' '.join(argv)} failed (exit {code}): {said}")
+        raise CommandError(f"{' '.join(argv)} failed (exit {code}): {said}", code)
     return stdout

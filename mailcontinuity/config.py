@@ -22,6 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
+from mailcontinuity.headers import DEFAULT_ID_HEADER
+
 DEFAULT_CONFIG_PATH = Path("/etc/mailcontinuity/mailcontinuity.toml")
 CONFIG_ENV_VAR = "MAILCONTINUITY_CONFIG"
 
@@ -156,6 +158,23 @@ class DrillSection(Section):
     max_journal_lag_seconds: float = Field(default=60.0, gt=0)
 
 
+class MilterSection(Section):
+    """The journal milter: where it listens, where it spools, how it ships to the standby."""
+
+    listen: EndpointField = Endpoint("127.0.0.1", 8891)
+    id_header: str = Field(default=DEFAULT_ID_HEADER, pattern=r"^[!-9;-~]+$")
+    sink: Literal["maildir", "lmtp"] = "maildir"
+    spool_dir: Path = Path("/var/spool/mailcontinuity")
+    on_spool_error: Literal["accept", "tempfail"] = "accept"
+    maildir: str = "/var/vmail/%d/%n/Maildir"
+    mail_owner: str = "vmail"
+    doveadm_config: Path | None = None
+    lmtp: EndpointField | None = None
+    retry_initial_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    recipient_cache_seconds: float = Field(default=300.0, ge=0)
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -166,6 +185,7 @@ class Config(Section):
     standby: StandbySection
     gateway: GatewaySection = GatewaySection()
     drill: DrillSection = DrillSection()
+    milter: MilterSection = MilterSection()
 
 
 def default_config_path() -> Path:

@@ -13,20 +13,52 @@ from mailcontinuity.routing import transport_entries
 
 
 def postfix_main_settings(config: Config) -> dict[str, str]:
-    """main.cf parameters for the gateway (``postconf -e`` them, then ``postfix reload``)."""
+    """main.cf parameters for the gateway (``postconf -e`` them, then ``postfix reload``).
+
+    The journal milter runs for SMTP and for locally submitted mail alike. If it is down,
+    ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
+    before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
+    """
+    milter = f"inet:{config.milter.listen}"
     return {
         "relay_domains": ", ".join(config.domains.protected),
         "transport_maps": f"hash:{config.gateway.transport_map}",
+        "smtpd_milters": milter,
+        "non_smtpd_milters": milter,
+        "milter_default_action": "accept",
     }
+
+
+def dovecot_lmtp_settings(config: Config) -> str:
+    """Sieve on the LMTP listener used in failover, none on the journal listener.
+
+    Journal copies must never fire vacation or filters. Dovecot picks plugins per local
+    address, and a global ``protocol lmtp { mail_plugins }`` would conflict with these blocks.
+    """
+    blocks = [
+        f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
+        "    mail_plugins = $mail_plugins sieve\n  }\n}"
+    ]
+    journal = config.milter.lmtp
+    if journal is not None:
+        blocks.append(
+            f"local {journal.host} {{\n  protocol lmtp {{\n    mail_plugins = $mail_plugins\n"
+            "    lmtp_save_to_detail_mailbox = yes\n  }\n}"
+        )
+    return "\n".join(blocks)
 
 
 def dovecot_standby_settings(config: Config) -> str:
     """Dovecot settings for the standby's listeners; users come from the existing passdb."""
     standby = config.standby
     protocols = ["imap", "lmtp"]
+    lmtp = [(standby.lmtp.host, standby.lmtp.port)]
+    if config.milter.lmtp is not None:
+        lmtp.append((config.milter.lmtp.host, config.milter.lmtp.port))
     blocks = [
         _listener("imap-login", "imap", standby.imap.host, standby.imap.port),
-        _listener("lmtp", "lmtp", standby.lmtp.host, standby.lmtp.port),
+        _service("lmtp", [("lmtp" if i == 0 else f"lmtp{i}", host, port)
+                          for i, (host, port) in enumerate(lmtp)]),
     ]
     if standby.managesieve:
         protocols.append("sieve")
@@ -40,14 +72,20 @@ def dovecot_standby_settings(config: Config) -> str:
             _listener("submission-login", "submission", standby.submission.host,
                       standby.submission.port)
         )
-    return "\n".join([f"protocols = {' '.join(protocols)}", *blocks])
+    return "\n".join([f"protocols = {' '.join(protocols)}", *blocks,
+                      dovecot_lmtp_settings(config)])
 
 
 def _listener(service: str, name: str, host: str, port: int) -> str:
-    return (
-        f"service {service} {{\n  inet_listener {name} {{\n    address = {host}\n"
-        f"    port = {port}\n  }}\n}}"
+    return _service(service, [(name, host, port)])
+
+
+def _service(service: str, listeners: list[tuple[str, str, int]]) -> str:
+    inner = "".join(
+        f"  inet_listener {name} {{\n    address = {host}\n    port = {port}\n  }}\n"
+        for name, host, port in listeners
     )
+    return f"service {service} {{\n{inner}}}"
 
 
 def settings_report(config: Config) -> dict[str, Any]:

@@ -70,8 +70,25 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX audit_at ON audit (at)")
 
 
+def _migration_journal(db: sqlite_utils.Database) -> None:
+    """Journal index: one row per journal copy (shipped, unknown recipient, failed, pruned),
+    and the milter's alarms (spool write failures, shipping errors) for ``status``."""
+    db.execute(
+        "CREATE TABLE journal (message_id TEXT NOT NULL, address TEXT NOT NULL,"
+        " folder TEXT NOT NULL, status TEXT NOT NULL, received REAL NOT NULL,"
+        " recorded REAL NOT NULL, location TEXT, detail TEXT NOT NULL DEFAULT '',"
+        " PRIMARY KEY (message_id, address, folder))"
+    )
+    db.execute("CREATE INDEX journal_status ON journal (status, received)")
+    db.execute(
+        "CREATE TABLE journal_alarm (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " kind TEXT NOT NULL, detail TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX journal_alarm_kind ON journal_alarm (kind, at)")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_journal]
 
 
 class StateStore:

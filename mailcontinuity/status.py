@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.milter.status import journal_status, render_journal
 from mailcontinuity.state import StateStore
 
 
@@ -23,7 +24,7 @@ def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
         "protected_domains": list(config.domains.protected),
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
         "primary": {"healthy": None, "last_probe": None},
-        "journal": None,
+        "journal": journal_status(config, store),
         "outage": None,
         "generated_at": time.time(),
     }
@@ -38,7 +39,7 @@ def render_status(report: dict[str, Any]) -> str:
         f"state:    {report['state']} since {since} ({report['cause']}, by {report['actor']})",
         f"domains:  {', '.join(report['protected_domains'])}",
         f"primary:  {health}",
-        f"journal:  {'not reporting' if report['journal'] is None else report['journal']}",
+        f"journal:  {render_journal(report['journal'])}",
         f"outage:   {'none' if report['outage'] is None else report['outage']}",
     ]
     return "\n".join(lines)

@@ -42,6 +42,10 @@ class DovecotInstance:
     admin: LabUser
     relay: Endpoint
     """Where this instance sends mail it generates (submission, vacation): the lab gateway."""
+    journal_lmtp: Endpoint | None = None
+    """A second LMTP listener without sieve, for journal copies (the standby's)."""
+    lmtp_plugins: str = "protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}"
+    """Which plugins LMTP loads: globally, or per listener address with ``local`` blocks."""
 
     @property
     def config_file(self) -> Path:
@@ -88,6 +92,9 @@ class DovecotInstance:
             extra = "  inet_listener imaps {\n    port = 0\n  }\n" if protocol == "imap" else ""
             if protocol == "submission":
                 extra = "  inet_listener submissions {\n    port = 0\n  }\n"
+            if protocol == "lmtp" and self.journal_lmtp is not None:
+                extra = (f"  inet_listener lmtp-journal {{\n    address = {self.journal_lmtp.host}\n"
+                         f"    port = {self.journal_lmtp.port}\n  }}\n")
             blocks.append(
                 f"service {service} {{\n  inet_listener {listener} {{\n"
                 f"    address = {endpoint.host}\n    port = {endpoint.port}\n  }}\n{extra}}}\n"
@@ -147,9 +154,7 @@ submission_host = {self.relay}
 submission_relay_host = {self.relay.host}
 submission_relay_port = {self.relay.port}
 submission_relay_trusted = yes
-protocol lmtp {{
-  mail_plugins = $mail_plugins sieve
-}}
+{self.lmtp_plugins}
 plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
 }}

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.lab.daemon import DaemonPart
-from mailcontinuity.lab.dovecot import DovecotInstance, LabUser
+from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.process import LabError, free_ports
+from mailcontinuity.lab.process import LabError, accepts_connections, free_ports
+from mailcontinuity.required_settings import dovecot_lmtp_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,12 @@ REQUIRED_PROGRAMS = {
 # mailcontinuity daemons the lab runs, by CLI command name, each with a builder of its readiness
 # check. They start after the mail stores and before the gateway, so the gateway never accepts
 # mail before the milter and policyd serve.
-LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {}
+LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
+    "milter": lambda lab: lambda: accepts_connections(lab.config.milter.listen),
+}
+# The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
+# because Dovecot chooses LMTP plugins by local address (see required_settings).
+JOURNAL_LMTP_HOST = "127.0.0.2"
 
 
 class LabPart(Protocol):
@@ -123,8 +129,10 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values())))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 1))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
+        # Daemon ports live only in mailcontinuity.toml: lab.json keeps its contract shape.
+        milter_port = next(numbers)
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -147,7 +155,8 @@ class Lab:
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
-        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description))
+        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description,
+                                                                          milter_port))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -171,16 +180,17 @@ class Lab:
                          for protocol, key in protocols.items()}
             return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp)
 
+        standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
+                                      "submission": "submission"})
+        standby.journal_lmtp = config.milter.lmtp
+        standby.lmtp_plugins = dovecot_lmtp_settings(config)
+
         return cls(
             dir=directory,
             config=config,
             users=users,
             primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
-            standby=dovecot(
-                "standby",
-                {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
-                 "submission": "submission"},
-            ),
+            standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config),
         )
 
@@ -190,8 +200,9 @@ class Lab:
         return instance.listeners[protocol]
 
 
-def _render_config(directory: Path, description: dict[str, Any]) -> str:
+def _render_config(directory: Path, description: dict[str, Any], milter_port: int) -> str:
     primary, standby = description["primary"], description["standby"]
+    standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     return f"""# mailcontinuity configuration for the lab in {directory}
 [state]
 path = {json.dumps(str(directory / "state" / "state.db"))}
@@ -220,6 +231,20 @@ probe_address = "{DRILL_PROBE}@{LAB_DOMAIN}"
 probe_password_file = {json.dumps(str(directory / "secrets" / "drill-probe-password"))}
 report_dir = {json.dumps(str(directory / "drills"))}
 step_timeout = 15
+
+[milter]
+listen = "127.0.0.1:{milter_port}"
+sink = "maildir"
+spool_dir = {json.dumps(str(directory / "spool"))}
+maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+mail_owner = "{MAIL_USER}"
+doveadm_config = {json.dumps(str(directory / "standby" / "dovecot.conf"))}
+# The standby's second LMTP listener, without sieve (used when sink = "lmtp").
+lmtp = "{JOURNAL_LMTP_HOST}:{standby_lmtp_port}"
+retry_initial_seconds = 0.5
+retry_max_seconds = 5
+# Short, so that a stopped standby is noticed at once (tests); production keeps the default.
+recipient_cache_seconds = 1
 """
 
 

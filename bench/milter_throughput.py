@@ -1,0 +1,118 @@
+"""Journal milter throughput: Postfix's smtp-source into the lab gateway, smtp-sink as the primary.
+
+One run, three set-ups side by side (issue 3):
+  (a) no journaling: no milter, no bcc;
+  (b) our milter (maildir sink into the standby);
+  (c) what an administrator would do without us: ``always_bcc`` to the standby over LMTP.
+Prints messages/s at acceptance (smtp-source's wall time) and until everything is delivered
+(queue empty, and for (b) the journal spool shipped), then (b)/(a) and (b)/(c).
+
+    .venv/bin/python bench/milter_throughput.py --messages 5000 --sessions 20 --size 10240
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.config import Endpoint
+from mailcontinuity.lab.lab import JOURNAL_LMTP_HOST
+from mailcontinuity.milter.spool import spool_backlog
+from mailcontinuity.postfix import run_postfix, write_indexed_map
+from mailcontinuity.required_settings import postfix_main_settings
+
+RECIPIENT = "alice@example.test"
+BCC = "alice+journal@example.test"
+
+
+def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
+    """Point the gateway at smtp-sink and switch journaling: none, milter or always_bcc."""
+    milters = postfix_main_settings(lab.config)
+    journal_lmtp = f"lmtp:inet:[{JOURNAL_LMTP_HOST}]:{lab.config.standby.lmtp.port}"
+    settings = {
+        "smtpd_milters": milters["smtpd_milters"] if mode == "milter" else "",
+        "non_smtpd_milters": milters["non_smtpd_milters"] if mode == "milter" else "",
+        "always_bcc": BCC if mode == "bcc" else "",
+    }
+    run_postfix(lab.gateway.config_dir, "postconf", "-e",
+                *[f"{key}={value}" for key, value in settings.items()])
+    write_indexed_map(lab.gateway.config_dir, lab.config.gateway.transport_map, [
+        f"{BCC} {journal_lmtp}",
+        *[f"{domain} smtp:[{sink.host}]:{sink.port}" for domain in lab.config.domains.protected],
+    ])
+    run_postfix(lab.gateway.config_dir, "postfix", "reload")
+    time.sleep(2)  # let the reload settle before measuring
+
+
+def queue_empty(lab: Lab) -> bool:
+    return not run_postfix(lab.gateway.config_dir, "postqueue", "-j").strip()
+
+
+def measure(lab: Lab, args: argparse.Namespace) -> tuple[float, float]:
+    """(seconds until smtp-source finished, seconds until delivered and journaled)."""
+    gateway = lab.gateway.smtp
+    started = time.monotonic()
+    subprocess.run(
+        ["smtp-source", "-4", "-s", str(args.sessions), "-m", str(args.messages),
+         "-l", str(args.size), "-f", "bench@remote.test", "-t", RECIPIENT,
+         f"{gateway.host}:{gateway.port}"],
+        check=True, stdout=subprocess.DEVNULL, timeout=args.timeout,
+    )
+    accepted = time.monotonic() - started
+    deadline = started + args.timeout
+    while not (queue_empty(lab) and spool_backlog(lab.config.milter.spool_dir)[0] == 0):
+        if time.monotonic() > deadline:
+            raise SystemExit("queue or journal spool did not drain in time")
+        time.sleep(0.1)
+    return accepted, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=10240, help="payload bytes per message")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--modes", default="none,milter,bcc")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="mcbench-", dir="/tmp"))
+    directory.chmod(0o755)
+    [sink_port] = free_ports(1)
+    sink = Endpoint("127.0.0.1", sink_port)
+    sink_process = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", f"{sink.host}:{sink.port}", "256"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    results: dict[str, tuple[float, float]] = {}
+    try:
+        wait_for([sink], up=True, what="smtp-sink")
+        lab = Lab.up(directory)
+        labels = {"none": "(a) no journaling", "milter": "(b) journal milter",
+                  "bcc": "(c) always_bcc to standby LMTP"}
+        for mode in args.modes.split(","):
+            configure(lab, mode, sink)
+            results[mode] = measure(lab, args)
+            accepted, delivered = results[mode]
+            print(f"{labels[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
+                  f"  delivered+journaled {args.messages / delivered:8.1f} msg/s", flush=True)
+    finally:
+        Lab.down(directory)
+        sink_process.terminate()
+        sink_process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+    if {"none", "milter", "bcc"} <= results.keys():
+        for column, name in ((0, "accepted"), (1, "delivered+journaled")):
+            a, b, c = (args.messages / results[m][column] for m in ("none", "milter", "bcc"))
+            print(f"{name:<20} (b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
+    print(f"messages {args.messages}, sessions {args.sessions}, payload {args.size} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""``mailcontinuity prune``: drop journal copies older than the retention from the standby.
+
+Only files the journal index says the milter wrote are candidates, and each is checked for the
+journal header before it is deleted: mail users received or sent on the standby during an
+outage never carries that header and is never in the index, so it is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mailcontinuity.config import Config
+from mailcontinuity.headers import JOURNAL_HEADER
+from mailcontinuity.maildir import find_delivered, read_header_block
+from mailcontinuity.milter.index import CopyRecord, mark_pruned, prunable
+from mailcontinuity.state import StateStore
+
+log = logging.getLogger(__name__)
+
+DAY_SECONDS = 86400
+
+
+def is_journal_copy(path: Path) -> bool:
+    """True when the stored message carries the journal header (checked before deleting)."""
+    marker = b"\n" + JOURNAL_HEADER.lower().encode() + b":"
+    return marker in b"\n" + read_header_block(path).lower()
+
+
+def _current_path(record: CopyRecord) -> Path | None:
+    """Where the copy is now: Dovecot moves it from new/ to cur/ and renames it for flags."""
+    if record.location is None:
+        return None
+    recorded = Path(record.location)
+    base = recorded.name.split(":", 1)[0]
+    return find_delivered(recorded.parent.parent, base)
+
+
+def prune_journal(config: Config, store: StateStore, now: float | None = None) -> dict[str, Any]:
+    """Delete expired journal copies; returns counts for the report."""
+    cutoff = (now or time.time()) - config.standby.retention_days * DAY_SECONDS
+    deleted, gone, kept = [], [], []
+    for record in prunable(store, cutoff):
+        path = _current_path(record)
+        if path is None:
+            gone.append(record)  # expunged by the user already: nothing left to delete
+        elif is_journal_copy(path):
+            os.unlink(path)
+            deleted.append(record)
+        else:
+            log.warning("event=prune_refused path=%s reason=no journal header", path)
+            kept.append(record)
+    mark_pruned(store, [*deleted, *gone])
+    log.info("event=prune deleted=%d already_gone=%d refused=%d cutoff=%.0f", len(deleted),
+             len(gone), len(kept), cutoff)
+    return {"cutoff": cutoff, "retention_days": config.standby.retention_days,
+            "deleted": len(deleted), "already_gone": len(gone), "refused": len(kept)}
+
+
+def render_prune(report: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report["cutoff"]))
+    return (f"pruned journal copies accepted before {when} ({report['retention_days']} days):"
+            f" {report['deleted']} deleted, {report['already_gone']} already gone,"
+            f" {report['refused']} refused (no journal header)")

@@ -1,0 +1,142 @@
+"""The journal milter through the real lab gateway: ids, journal copies, failover, status, prune."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from click.testing import CliRunner
+
+from journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
+from mailcontinuity.cli import main
+from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.mailbox import make_message, send_message
+from mailcontinuity.milter.index import settled_copies
+from mailcontinuity.state import StateStore
+from mailcontinuity.transitions import change_state
+
+SENDER = "sender@remote.test"
+
+
+def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(lab: Lab) -> None:
+    alice, bob = lab.users[0], lab.users[1]
+    message = make_message(SENDER, [alice.address, bob.address], "journal basic")
+    message[DEFAULT_ID_HEADER] = "forged-by-sender"
+    message[JOURNAL_HEADER] = "forged too"
+    send_message(lab.gateway.smtp, message, SENDER, [alice.address, bob.address])
+    message_id = message["Message-ID"]
+    for user in (alice, bob):
+        [primary] = fetch_by_header(lab, "primary", user, "Message-ID", message_id)
+        [standby] = fetch_by_header(lab, "standby", user, "Message-ID", message_id)
+        assert b"forged" not in primary and b"forged" not in standby
+        assert journal_id(primary) == journal_id(standby)
+        assert JOURNAL_HEADER.encode() not in primary
+        assert f"{JOURNAL_HEADER}: yes\r\n".encode() in standby
+        assert without_trace(standby, (b"received:", b"return-path:", b"delivered-to:",
+                                       JOURNAL_HEADER.lower().encode() + b":")) == \
+            without_trace(primary)
+
+
+def test_journal_file_is_a_maildir_message_dovecot_trusts(lab: Lab) -> None:
+    carol = lab.users[2]
+    message = make_message(SENDER, [carol.address], "journal file", "x" * 5000)
+    send_message(lab.gateway.smtp, message, SENDER, [carol.address])
+    [raw] = fetch_by_header(lab, "standby", carol, "Message-ID", message["Message-ID"])
+    wait_for_empty_spool(lab.config.milter.spool_dir)
+    store = StateStore(lab.config.state.path)
+    try:
+        [location] = [row[0] for row in store.db.execute(
+            "SELECT location FROM journal WHERE message_id = ?", [journal_id(raw)])]
+    finally:
+        store.close()
+    name = os.path.basename(location)
+    size = os.path.getsize(location)
+    assert f",S={size},W={size}" in name  # CRLF on disk: the size with CRLF is the size
+    assert len(raw) == size
+    stat = os.stat(location)
+    assert (stat.st_uid, stat.st_gid) == (8, 8) and stat.st_mode & 0o777 == 0o600
+
+
+def test_recipients_routed_to_the_standby_in_failover_are_not_journaled(lab: Lab) -> None:
+    alice = lab.users[0]
+    store = StateStore(lab.config.state.path)
+    message = make_message(SENDER, [alice.address], "during failover")
+    try:
+        change_state(lab.config, store, "failover", "test: primary down", "pytest")
+        send_message(lab.gateway.smtp, message, SENDER, [alice.address])
+        copies = fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"])
+    finally:
+        change_state(lab.config, store, "normal", "test: primary back", "pytest")
+    try:
+        time.sleep(1)  # give a (wrong) journal copy the time to show up
+        copies = fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"])
+        assert len(copies) == 1, "the standby must hold the routed message exactly once"
+        assert JOURNAL_HEADER.encode() not in copies[0]
+        wait_for_empty_spool(lab.config.milter.spool_dir)
+        assert settled_copies(store, journal_id(copies[0])) == set()
+    finally:
+        store.close()
+
+
+def test_status_json_reports_the_journal(lab: Lab) -> None:
+    alice = lab.users[0]
+    message = make_message(SENDER, [alice.address, "nobody@example.test"], "status journal")
+    send_message(lab.gateway.smtp, message, SENDER, [alice.address, "nobody@example.test"])
+    fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"])
+    wait_for_empty_spool(lab.config.milter.spool_dir)
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    journal = json.loads(result.stdout)["journal"]
+    assert journal["spooled"] == 0 and journal["lag_seconds"] == 0
+    assert journal["shipped"] >= 1
+    assert "nobody@example.test" in journal["unknown_recipients"]
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status"])
+    assert "unknown recipients: " in result.stdout and "nobody@example.test" in result.stdout
+
+
+def test_check_config_prints_the_milter_settings_the_lab_applies(lab: Lab) -> None:
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "check-config"])
+    assert result.exit_code == 0, result.output
+    listen = lab.config.milter.listen
+    main_cf = (lab.gateway.config_dir / "main.cf").read_text()
+    for line in (f"smtpd_milters = inet:{listen}", f"non_smtpd_milters = inet:{listen}",
+                 "milter_default_action = accept"):
+        assert f"postconf -e '{line}'" in result.stdout
+        assert f"\n{line}\n" in main_cf
+    assert "local 127.0.0.2 {" in result.stdout
+    assert "local 127.0.0.2 {" in (lab.standby.config_file).read_text()
+
+
+def test_prune_deletes_only_expired_journal_copies(lab: Lab) -> None:
+    bob = lab.users[1]
+    old = make_message(SENDER, [bob.address], "old journal copy")
+    fresh = make_message(SENDER, [bob.address], "fresh journal copy")
+    for message in (old, fresh):
+        send_message(lab.gateway.smtp, message, SENDER, [bob.address])
+    [old_raw] = fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"])
+    fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"])
+    # Mail bob received on the standby during an outage: no journal header, not in the index.
+    store = StateStore(lab.config.state.path)
+    outage = make_message(SENDER, [bob.address], "received during outage")
+    try:
+        change_state(lab.config, store, "failover", "test: prune", "pytest")
+        send_message(lab.gateway.smtp, outage, SENDER, [bob.address])
+        assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"])
+    finally:
+        change_state(lab.config, store, "normal", "test: prune done", "pytest")
+    wait_for_empty_spool(lab.config.milter.spool_dir)
+    try:
+        with store.transaction() as db:  # as if accepted 31 days ago (retention is 30)
+            db.execute("UPDATE journal SET received = received - 31 * 86400 WHERE message_id = ?",
+                       [journal_id(old_raw)])
+    finally:
+        store.close()
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "prune", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] >= 1
+    assert json.loads(result.stdout)["refused"] == 0
+    assert not fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"], timeout=0)
+    assert fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"], timeout=0)
+    assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
