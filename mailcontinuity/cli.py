@@ -151,3 +151,11 @@ def lab_start(name: str, directory: Path) -> None:
     """Start one lab part again."""
     Lab.load(directory.absolute()).part(name).start()
     click.echo(f"{name} started")
+
+
+# The sync part's commands live in their own module (it imports the helpers above).
+from mailcontinuity.sync.commands import failback, sync_agent, verify_command  # noqa: E402
+
+main.add_command(failback)
+main.add_command(verify_command)
+main.add_command(sync_agent)

@@ -12,6 +12,7 @@ import logging
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import LabError, free_ports
+from mailcontinuity.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,27 @@ REQUIRED_PROGRAMS = {
 # check. They start after the mail stores and before the gateway, so the gateway never accepts
 # mail before the milter and policyd serve.
 LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {}
+
+
+def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
+    """Ready once an agent started after this call has written its heartbeat."""
+    since = time.time()
+
+    def ready() -> bool:
+        # Imported here: the sync part imports the lab's process helpers.
+        from mailcontinuity.sync.changelog import ChangeLog
+
+        store = StateStore(lab.config.state.path)
+        try:
+            beat = ChangeLog(store).agent_heartbeat()
+        finally:
+            store.close()
+        return beat is not None and beat[1] >= since
+
+    return ready
+
+
+LAB_DAEMONS["sync-agent"] = _sync_agent_ready
 
 
 class LabPart(Protocol):
@@ -209,6 +232,11 @@ retention_days = 30
 [gateway]
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
+
+[sync]
+standby_maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+admin_login = "{ADMIN_LOGIN}"
+password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 """
 
 
