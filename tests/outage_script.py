@@ -33,6 +33,7 @@ class Expected:
     """Per user: Message-ID -> (folder, flags that must be set) on the primary after failback."""
 
     where: dict[str, dict[str, tuple[str, set[str]]]] = field(default_factory=dict)
+    outage_mail: list[tuple[EmailMessage, list[LabUser]]] = field(default_factory=list)
 
     def add(self, user: LabUser, message_id: str, folder: str, *flags: str) -> None:
         self.where.setdefault(user.address, {})[message_id] = (folder, set(flags))
@@ -52,11 +53,16 @@ def journal_copy(lab: Lab, message: EmailMessage, recipients: list[LabUser]) -> 
         copy[name] = value
     copy[JOURNAL_HEADER] = "inbound"
     copy.set_content(message.get_content())
-    endpoint = lab.endpoint("standby", "lmtp")
+    lmtp_deliver(lab, "standby", copy, recipients)
+
+
+def lmtp_deliver(lab: Lab, role: str, message: EmailMessage, recipients: list[LabUser]) -> None:
+    """Straight into a store's LMTP, as the gateway's Postfix would deliver it."""
+    endpoint = lab.endpoint(role, "lmtp")
     with smtplib.LMTP(endpoint.host, endpoint.port, timeout=30) as lmtp:
         # One recipient per transaction: smtplib reads only one reply after LMTP's DATA.
         for user in recipients:
-            lmtp.send_message(copy, from_addr=OUTSIDER, to_addrs=[user.address])
+            lmtp.send_message(message, from_addr=OUTSIDER, to_addrs=[user.address])
 
 
 def wait_all(lab: Lab, role: str, users: list[LabUser], message: EmailMessage,
@@ -85,7 +91,9 @@ def begin_outage(lab: Lab) -> None:
             outage = changelog.open_outage()
             if outage is not None and outage.baseline_at is not None:
                 return
-            assert time.monotonic() < deadline, "the sync agent took no baseline"
+            if time.monotonic() > deadline:
+                log = lab.dir / "daemons" / "sync-agent.log"
+                raise AssertionError(f"the sync agent took no baseline: {log.read_text()[-2000:]}")
             time.sleep(0.1)
     finally:
         store.close()
@@ -135,7 +143,8 @@ def run_outage_script(lab: Lab) -> Expected:
         client.add_flags([uid_of(client, history["Message-ID"])], [b"\\Flagged"])
         moved = uid_of(client, for_alice["Message-ID"])
         client.add_flags([moved], [b"\\Flagged"])
-        client.create_folder(NEW_FOLDER)
+        if not client.folder_exists(NEW_FOLDER):
+            client.create_folder(NEW_FOLDER)
         client.move([moved], NEW_FOLDER)
         draft = make_message(alice.address, [bob.address], "unfinished draft")
         client.append("Drafts", draft.as_bytes(), flags=[b"\\Draft"])
@@ -151,6 +160,7 @@ def run_outage_script(lab: Lab) -> Expected:
         client.select_folder("INBOX")
         client.add_flags([uid_of(client, for_bob["Message-ID"])], [b"\\Seen", b"$Important"])
 
+    expected.outage_mail = [(to_all, [alice, bob, carol]), (for_alice, [alice]), (for_bob, [bob])]
     expected.add(alice, history["Message-ID"], "INBOX", "\\Flagged")
     expected.add(alice, to_all["Message-ID"], "INBOX", "\\Seen")
     expected.add(alice, for_alice["Message-ID"], NEW_FOLDER, "\\Flagged")

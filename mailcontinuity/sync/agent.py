@@ -111,20 +111,21 @@ class SyncAgent(pyinotify.ProcessEvent):
 
     def follow_state(self) -> None:
         state = self.store.current_state().name
-        if state == "normal":
-            self.outage = None
-            self.rescan_all = True  # the next outage starts with a baseline rescan
-            return
-        if self.outage is None:
+        # The open outage is read from the store each time rather than remembered: a whole
+        # outage can come and go between two looks at the state.
+        self.outage = self.changelog.open_outage() if state != "normal" else None
+        if state == "failover" and self.outage is None:
             self.outage = self.changelog.start_outage()
+            self.rescan_all = True
             log.info("event=outage_recording outage=%d", self.outage.id)
-        if self.rescan_all:
-            self.outage = rescan(self.config, self.changelog, self.outage)
-            self.rescan_all = False
-            self.rescan_users.clear()
-        for user in sorted(self.rescan_users):
-            if user in self.maildirs:
-                rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False)
+        if self.outage is not None:
+            if self.rescan_all or self.outage.baseline_at is None:
+                self.outage = rescan(self.config, self.changelog, self.outage)
+                self.rescan_all = False
+                self.rescan_users.clear()
+            for user in sorted(self.rescan_users):
+                if user in self.maildirs:
+                    rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False)
         self.rescan_users.clear()
         if state == "failback" and time.time() >= self.next_merge:
             self.merge()
@@ -142,7 +143,6 @@ class SyncAgent(pyinotify.ProcessEvent):
         else:
             log.info("event=merge_done outage=%s counts=%s refused=%d", report.outage,
                      dict(report.counts), len(report.refused))
-            self.outage = None
         self.next_merge = time.time() + MERGE_RETRY_SECONDS
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:

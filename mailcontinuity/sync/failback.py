@@ -24,7 +24,7 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.state import StateStore
-from mailcontinuity.sync.changelog import ChangeLog, Outage
+from mailcontinuity.sync.changelog import ChangeLog, LeaseHeld, Outage
 from mailcontinuity.sync.imap import Append, PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.sync.plan import Action, plan_user
 from mailcontinuity.sync.scan import rescan
@@ -278,7 +278,11 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     store = StateStore(config.state.path)
     changelog = ChangeLog(store)
     holder = f"{actor}-{uuid.uuid4().hex[:8]}"
-    changelog.acquire_lease(LEASE, holder)
+    try:
+        changelog.acquire_lease(LEASE, holder)
+    except LeaseHeld:
+        store.close()
+        raise
     try:
         state = store.current_state().name
         outage = changelog.open_outage()
