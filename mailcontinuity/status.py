@@ -11,6 +11,7 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.state import StateStore
+from mailcontinuity.sync.changelog import outage_status
 
 
 def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
         "primary": {"healthy": None, "last_probe": None},
         "journal": None,
-        "outage": None,
+        "outage": outage_status(store),
         "generated_at": time.time(),
     }
 

@@ -38,6 +38,10 @@ def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
 def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) -> None:
     with restored(lab):
         expected = run_outage_script(lab)
+        code, status = invoke(lab, "status", "--json")
+        activity = status["outage"]["activity"]
+        assert activity["new_messages"] >= 8 and activity["new_folders"] >= 1, activity
+        assert activity["flag_changes"] >= 1 and status["outage"]["status"] == "recording"
         code, plan = invoke(lab, "failback", "--dry-run", "--json")
         assert code == 0
         assert plan["counts"]["append"] >= 7 and plan["state"] == "failover"

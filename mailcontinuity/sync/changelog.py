@@ -293,3 +293,16 @@ class ChangeLog:
         row = self.db.execute("SELECT pid, started_at, heartbeat_at FROM sync_agent").fetchone()
         return None if row is None else (int(row[0]), float(row[1]), float(row[2]))
 
+
+
+def outage_status(store: StateStore) -> dict[str, Any] | None:
+    """``status``'s ``outage``: the open outage's recorded activity and failback progress."""
+    changelog = ChangeLog(store)
+    outage = changelog.open_outage()
+    if outage is None:
+        return None
+    beat = changelog.agent_heartbeat()
+    return {"id": outage.id, "started_at": outage.started_at, "status": outage.status,
+            "baseline_at": outage.baseline_at, "activity": changelog.activity(outage.id),
+            "failback_progress": changelog.progress_counts(outage.id),
+            "sync_agent_heartbeat": beat[2] if beat else None}
