@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,13 @@ def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
 def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) -> None:
     with restored(lab):
         expected = run_outage_script(lab)
-        code, status = invoke(lab, "status", "--json")
-        activity = status["outage"]["activity"]
+        deadline = time.monotonic() + 10
+        while True:  # the agent records within a second or so of each change
+            code, status = invoke(lab, "status", "--json")
+            activity = status["outage"]["activity"]
+            if activity["new_messages"] >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert activity["new_messages"] >= 8 and activity["new_folders"] >= 1, activity
         assert activity["flag_changes"] >= 1 and status["outage"]["status"] == "recording"
         code, plan = invoke(lab, "failback", "--dry-run", "--json")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 WATCH_MASK = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
               | pyinotify.IN_DELETE)
 HEARTBEAT_SECONDS = 2.0
-USER_DISCOVERY_SECONDS = 10.0
+USER_DISCOVERY_SECONDS = 1.0  # a listing of the domain directories: cheap
 MERGE_RETRY_SECONDS = 15.0
 MESSAGE_DIRS = ("new", "cur")
 
