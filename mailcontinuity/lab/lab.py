@@ -100,12 +100,15 @@ class Lab:
         return self.dir / "mailcontinuity.toml"
 
     @classmethod
-    def up(cls, directory: Path) -> Lab:
-        """Create the lab in ``directory`` if needed, then start every part."""
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS)) -> Lab:
+        """Create the lab in ``directory`` if needed, then start every part.
+
+        ``user_count`` beyond the three named users adds ``user04``... (benchmarks)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
-        lab = cls.load(directory) if (directory / "lab.json").exists() else cls._create(directory)
+        lab = (cls.load(directory) if (directory / "lab.json").exists()
+               else cls._create(directory, user_count))
         for part in lab.parts.values():
             part.start()
         log.info("event=lab_up dir=%s", directory)
@@ -139,7 +142,7 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path) -> Lab:
+    def _create(cls, directory: Path, user_count: int) -> Lab:
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -150,7 +153,7 @@ class Lab:
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
-            for name in LAB_USERS
+            for name in [*LAB_USERS, *(f"user{n:02d}" for n in range(4, user_count + 1))]
         ]
         description: dict[str, Any] = {
             role: {key: f"127.0.0.1:{port}" for key, port in listeners.items()}
