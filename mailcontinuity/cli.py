@@ -21,9 +21,13 @@ from mailcontinuity.commands import CommandError
 from mailcontinuity.required_settings import render_check_config
 from mailcontinuity.state import StateStore, StateStoreError
 from mailcontinuity.status import collect_status, render_status
+from mailcontinuity.sync.changelog import LeaseHeld
+from mailcontinuity.sync.imap import PrimaryError
+from mailcontinuity.sync.verify import VerifyError
 
 F = TypeVar("F", bound=Callable[..., Any])
-OPERATOR_ERRORS = (CommandError, ConfigError, LabError, StateStoreError)
+OPERATOR_ERRORS = (CommandError, ConfigError, LabError, StateStoreError, LeaseHeld, PrimaryError,
+                   VerifyError)
 
 
 def operator_errors(func: F) -> F:

@@ -9,6 +9,7 @@ packages=(
     dovecot-submissiond
     libmilter-dev gcc make python3-dev python3-venv
     swaks
+    isync
 )
 
 missing=()

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from mailcontinuity.cli import Context, emit, operator_errors, pass_context
 from mailcontinuity.sync.agent import SyncAgent
-from mailcontinuity.sync.changelog import LeaseHeld
 from mailcontinuity.sync.failback import FailbackReport, plan_failback, run_failback
-from mailcontinuity.sync.imap import PrimaryError
-from mailcontinuity.sync.verify import VerifyError, verify
-
-F = TypeVar("F", bound=Callable[..., Any])
-SYNC_ERRORS = (LeaseHeld, PrimaryError, VerifyError)
-
-
-def sync_errors(func: F) -> F:
-    """The sync part's operator errors as one line on stderr and exit 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SYNC_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
+from mailcontinuity.sync.verify import verify
 
 def render_failback(report: dict[str, Any]) -> str:
     lines = [f"outage:   {report['outage'] if report['outage'] is not None else 'none'}",
@@ -59,7 +38,6 @@ def render_failback(report: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_context
 @operator_errors
-@sync_errors
 def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Merge the outage into the primary and return to normal; resumable."""
     config = ctx.config
@@ -115,7 +93,6 @@ def render_verify(report: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 @operator_errors
-@sync_errors
 def verify_command(ctx: Context, as_json: bool) -> None:
     """Audit the primary against the last outage: missing, duplicated, flags."""
     report = verify(ctx.config)
