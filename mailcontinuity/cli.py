@@ -24,9 +24,13 @@ from mailcontinuity.commands import CommandError
 from mailcontinuity.required_settings import render_check_config, settings_report
 from mailcontinuity.state import StateStore, StateStoreError
 from mailcontinuity.status import collect_status, render_status
+from mailcontinuity.sync.changelog import LeaseHeld
+from mailcontinuity.sync.imap import PrimaryError
+from mailcontinuity.sync.verify import VerifyError
 
 F = TypeVar("F", bound=Callable[..., Any])
-OPERATOR_ERRORS = (CommandError, ConfigError, LabError, StateStoreError)
+OPERATOR_ERRORS = (CommandError, ConfigError, LabError, StateStoreError, LeaseHeld, PrimaryError,
+                   VerifyError)
 
 
 def operator_errors(func: F) -> F:
@@ -189,3 +193,10 @@ from mailcontinuity.milter.cli import milter_command, prune_command  # noqa: E40
 
 main.add_command(milter_command)
 main.add_command(prune_command)
+
+# The sync part's commands live in their own module (it imports the helpers above).
+from mailcontinuity.sync.commands import failback, sync_agent, verify_command  # noqa: E402
+
+main.add_command(failback)
+main.add_command(verify_command)
+main.add_command(sync_agent)

@@ -175,6 +175,21 @@ class MilterSection(Section):
     recipient_cache_seconds: float = Field(default=300.0, ge=0)
 
 
+class SyncSection(Section):
+    """The sync agent and the failback merge: where the standby's Maildirs are, how to log into
+    the primary as each user (a Dovecot master user or admin), and how hard to push it."""
+
+    standby_maildir: str = "/var/vmail/%d/%n/Maildir"
+    admin_login: str = "mailcontinuity"
+    password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
+    master_user_separator: str = Field(default="*", min_length=1)
+    tls: Literal["none", "starttls", "ssl"] = "none"
+    tls_ca_file: Path | None = None
+    propagate_deletions: bool = False
+    concurrency: int = Field(default=4, ge=1, le=64)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -186,6 +201,7 @@ class Config(Section):
     gateway: GatewaySection = GatewaySection()
     drill: DrillSection = DrillSection()
     milter: MilterSection = MilterSection()
+    sync: SyncSection = SyncSection()
 
 
 def default_config_path() -> Path:

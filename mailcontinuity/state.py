@@ -87,8 +87,48 @@ def _migration_journal(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX journal_alarm_kind ON journal_alarm (kind, at)")
 
 
+def _migration_sync(db: sqlite_utils.Database) -> None:
+    """Outages, the standby mirror, folders, failback checkpoints, the merge lease, heartbeat."""
+    db.execute(
+        "CREATE TABLE sync_outage (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL,"
+        " baseline_at REAL, status TEXT NOT NULL, merged_at REAL, summary TEXT NOT NULL"
+        " DEFAULT '{}')"
+    )
+    db.execute(
+        "CREATE TABLE sync_message (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " folder TEXT NOT NULL, basename TEXT NOT NULL, filename TEXT NOT NULL,"
+        " path TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, flags TEXT NOT NULL,"
+        " size INTEGER NOT NULL, mtime REAL NOT NULL, message_id TEXT NOT NULL,"
+        " present INTEGER NOT NULL, in_baseline INTEGER NOT NULL, base_flags TEXT,"
+        " updated_at REAL NOT NULL, PRIMARY KEY (outage_id, user, folder, basename))"
+    )
+    db.execute("CREATE INDEX sync_message_key ON sync_message (user, key, kind)")
+    db.execute(
+        "CREATE TABLE sync_folder (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " folder TEXT NOT NULL, in_baseline INTEGER NOT NULL, present INTEGER NOT NULL,"
+        " PRIMARY KEY (outage_id, user, folder))"
+    )
+    db.execute(
+        "CREATE TABLE sync_progress (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " action TEXT NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (outage_id, user, action))"
+    )
+    db.execute(
+        "CREATE TABLE sync_lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL,"
+        " host TEXT NOT NULL, expires_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE sync_agent (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL,"
+        " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL)"
+    )
+
+
 # Append only: a released migration is never edited, a change is a new entry.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_journal]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_journal,
+    _migration_sync,
+]
 
 
 class StateStore:

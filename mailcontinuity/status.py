@@ -12,6 +12,7 @@ from typing import Any
 from mailcontinuity.config import Config
 from mailcontinuity.milter.status import journal_status, render_journal
 from mailcontinuity.state import StateStore
+from mailcontinuity.sync.changelog import outage_status
 
 
 def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
         "primary": {"healthy": None, "last_probe": None},
         "journal": journal_status(config, store),
-        "outage": None,
+        "outage": outage_status(store),
         "generated_at": time.time(),
     }
 

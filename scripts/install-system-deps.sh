@@ -10,6 +10,7 @@ packages=(
     libmilter-dev gcc make python3-dev python3-venv
     python3-apt systemd
     swaks
+    isync
 )
 
 missing=()

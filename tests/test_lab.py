@@ -69,7 +69,7 @@ def test_stopped_primary_refuses_and_queued_mail_arrives_after_start(lab: Lab) -
 def test_unknown_part_name_is_a_clear_error(lab: Lab) -> None:
     result = CliRunner().invoke(main, ["lab", "stop", "mainframe", "--dir", str(lab.dir)])
     assert result.exit_code == 1
-    assert "no lab part named 'mainframe'; choose one of primary, standby, milter, gateway" in result.stderr
+    assert "no lab part named 'mainframe'; choose one of primary, standby, milter, sync-agent, gateway" in result.stderr
 
 
 def test_down_leaves_no_process_and_is_safe_twice(fresh_lab_dir: Path) -> None:

@@ -8,14 +8,14 @@ import time
 
 from click.testing import CliRunner
 
-from journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
+from tests.outage_script import forced_outage
+from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
 from mailcontinuity.cli import main
 from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import make_message, send_message
 from mailcontinuity.milter.index import settled_copies
 from mailcontinuity.state import StateStore
-from mailcontinuity.transitions import change_state
 
 SENDER = "sender@remote.test"
 
@@ -63,12 +63,9 @@ def test_recipients_routed_to_the_standby_in_failover_are_not_journaled(lab: Lab
     alice = lab.users[0]
     store = StateStore(lab.config.state.path)
     message = make_message(SENDER, [alice.address], "during failover")
-    try:
-        change_state(lab.config, store, "failover", "test: primary down", "pytest")
+    with forced_outage(lab, "test: primary down"):
         send_message(lab.gateway.smtp, message, SENDER, [alice.address])
         copies = fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"])
-    finally:
-        change_state(lab.config, store, "normal", "test: primary back", "pytest")
     try:
         time.sleep(1)  # give a (wrong) journal copy the time to show up
         copies = fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"])
@@ -120,12 +117,9 @@ def test_prune_deletes_only_expired_journal_copies(lab: Lab) -> None:
     # Mail bob received on the standby during an outage: no journal header, not in the index.
     store = StateStore(lab.config.state.path)
     outage = make_message(SENDER, [bob.address], "received during outage")
-    try:
-        change_state(lab.config, store, "failover", "test: prune", "pytest")
+    with forced_outage(lab, "test: prune"):
         send_message(lab.gateway.smtp, outage, SENDER, [bob.address])
         assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"])
-    finally:
-        change_state(lab.config, store, "normal", "test: prune done", "pytest")
     wait_for_empty_spool(lab.config.milter.spool_dir)
     try:
         with store.transaction() as db:  # as if accepted 31 days ago (retention is 30)

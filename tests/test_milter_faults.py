@@ -16,7 +16,7 @@ import pytest
 from Milter.testctx import TestCtx as MilterContext
 from click.testing import CliRunner
 
-from journal_helpers import fetch_by_header, wait_for_empty_spool
+from tests.journal_helpers import fetch_by_header, wait_for_empty_spool
 from mailcontinuity.cli import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import make_message, send_message

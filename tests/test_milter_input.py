@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
+from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
 from mailcontinuity.headers import JOURNAL_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.process import read_pid

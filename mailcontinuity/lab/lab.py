@@ -12,6 +12,7 @@ import logging
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import LabError, accepts_connections, free_ports
 from mailcontinuity.required_settings import dovecot_lmtp_settings
+from mailcontinuity.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,27 @@ LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
 # The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
 # because Dovecot chooses LMTP plugins by local address (see required_settings).
 JOURNAL_LMTP_HOST = "127.0.0.2"
+
+
+def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
+    """Ready once an agent started after this call has written its heartbeat."""
+    since = time.time()
+
+    def ready() -> bool:
+        # Imported here: the sync part imports the lab's process helpers.
+        from mailcontinuity.sync.changelog import ChangeLog
+
+        store = StateStore(lab.config.state.path)
+        try:
+            beat = ChangeLog(store).agent_heartbeat()
+        finally:
+            store.close()
+        return beat is not None and beat[1] >= since
+
+    return ready
+
+
+LAB_DAEMONS["sync-agent"] = _sync_agent_ready
 
 
 class LabPart(Protocol):
@@ -84,12 +107,15 @@ class Lab:
         return self.dir / "mailcontinuity.toml"
 
     @classmethod
-    def up(cls, directory: Path) -> Lab:
-        """Create the lab in ``directory`` if needed, then start every part."""
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS)) -> Lab:
+        """Create the lab in ``directory`` if needed, then start every part.
+
+        ``user_count`` beyond the three named users adds ``user04``... (benchmarks)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
-        lab = cls.load(directory) if (directory / "lab.json").exists() else cls._create(directory)
+        lab = (cls.load(directory) if (directory / "lab.json").exists()
+               else cls._create(directory, user_count))
         for part in lab.parts.values():
             part.start()
         log.info("event=lab_up dir=%s", directory)
@@ -123,7 +149,7 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path) -> Lab:
+    def _create(cls, directory: Path, user_count: int) -> Lab:
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -136,7 +162,8 @@ class Lab:
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
-            for name in (*LAB_USERS, DRILL_PROBE)
+            for name in [*LAB_USERS, *(f"user{n:02d}" for n in range(4, user_count + 1)),
+                         DRILL_PROBE]
         ]
         description: dict[str, Any] = {
             role: {key: f"127.0.0.1:{port}" for key, port in listeners.items()}
@@ -245,6 +272,11 @@ retry_initial_seconds = 0.5
 retry_max_seconds = 5
 # Short, so that a stopped standby is noticed at once (tests); production keeps the default.
 recipient_cache_seconds = 1
+
+[sync]
+standby_maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+admin_login = "{ADMIN_LOGIN}"
+password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 """
 
 

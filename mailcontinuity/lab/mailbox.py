@@ -71,3 +71,16 @@ def wait_for_message(endpoint: Endpoint, login: str, password: str, message_id: 
         if time.monotonic() > deadline:
             return None
         time.sleep(0.2)
+
+
+def locate(client: IMAPClient, message_id: str) -> dict[str, list[int]]:
+    """UIDs of ``message_id`` in every selectable folder of the logged-in mailbox."""
+    found: dict[str, list[int]] = {}
+    for flags, _delimiter, folder in client.list_folders():
+        if {b"\\Noselect", b"\\NonExistent"} & set(flags):
+            continue
+        client.select_folder(folder, readonly=True)
+        uids = client.search(["HEADER", "Message-ID", message_id])
+        if uids:
+            found[folder] = [int(uid) for uid in uids]
+    return found

@@ -1,0 +1,28 @@
+"""Run ``mailcontinuity failback`` and SIGKILL it from inside right after it has done its Nth
+action but before that action's checkpoint is written: the worst moment for a crash.
+
+Usage: python crash_failback.py CONFIG N
+"""
+
+import os
+import signal
+import sys
+
+from mailcontinuity.cli import main
+from mailcontinuity.sync.changelog import ChangeLog
+
+config, limit = sys.argv[1], int(sys.argv[2])
+real_checkpoint = ChangeLog.checkpoint
+calls = 0
+
+
+def checkpoint_then_die(self, outage_id, user, results):  # type: ignore[no-untyped-def]
+    global calls
+    calls += 1
+    if calls > limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_checkpoint(self, outage_id, user, results)
+
+
+ChangeLog.checkpoint = checkpoint_then_die  # type: ignore[method-assign]
+main(["--config", config, "failback", "--yes", "--json"])

@@ -1,0 +1,132 @@
+"""Failback on the lab: a scripted outage merged into the primary, each message exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from click.testing import CliRunner
+
+from mailcontinuity.cli import main
+from mailcontinuity.lab import Lab
+from mailcontinuity.routing import transport_entries
+from mailcontinuity.state import StateStore
+from mailcontinuity.lab.dovecot import LabUser
+from mailcontinuity.lab.mailbox import imap_login
+from mailcontinuity.sync.changelog import ChangeLog
+from tests.outage_script import (
+    assert_on_primary_once,
+    deliver_stored_copy,
+    restored,
+    run_outage_script,
+    wait_all,
+)
+
+
+def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.stdout) if "--json" in args else {}
+
+
+def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) -> None:
+    with restored(lab):
+        expected = run_outage_script(lab)
+        deadline = time.monotonic() + 10
+        while True:  # the agent records within a second or so of each change
+            code, status = invoke(lab, "status", "--json")
+            activity = status["outage"]["activity"]
+            if activity["new_messages"] >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert activity["new_messages"] >= 8 and activity["new_folders"] >= 1, activity
+        assert activity["flag_changes"] >= 1 and status["outage"]["status"] == "recording"
+        code, plan = invoke(lab, "failback", "--dry-run", "--json")
+        assert code == 0
+        assert plan["counts"]["append"] >= 7 and plan["state"] == "failover"
+
+        code, report = invoke(lab, "failback", "--yes", "--json")
+        assert code == 0, report
+        assert report["state"] == "normal" and report["refused"] == []
+        assert_on_primary_once(lab, expected)
+        code, audit = invoke(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
+
+        store = StateStore(lab.config.state.path)
+        try:
+            assert store.current_state().name == "normal"
+            moves = [e.to_state for e in store.audit_log() if e.event == "transition"][-3:]
+            assert moves == ["failover", "failback", "normal"]
+        finally:
+            store.close()
+        routes = lab.config.gateway.transport_map.read_text()
+        assert transport_entries(lab.config, "primary")[0] in routes.splitlines()
+
+        code, again = invoke(lab, "failback", "--yes", "--json")
+        assert code == 0 and again["note"] == "no outage to merge"
+
+
+def imap_uidvalidity(lab: Lab, user: LabUser) -> int:
+    with imap_login(lab.endpoint("primary", "imap"), user.login, user.password) as client:
+        return int(client.folder_status("INBOX", ["UIDVALIDITY"])[b"UIDVALIDITY"])
+
+
+@pytest.mark.parametrize("new_uidvalidity", [False, True], ids=["same", "uidvalidity-changed"])
+def test_failback_killed_halfway_and_rerun_gives_the_same_result(
+    lab: Lab, new_uidvalidity: bool
+) -> None:
+    agent = lab.part("sync-agent")
+    with restored(lab):
+        expected = run_outage_script(lab)
+        agent.stop()  # or it would take over the interrupted merge itself
+        try:
+            crashed = subprocess.run(
+                [sys.executable, str(Path(__file__).with_name("crash_failback.py")),
+                 str(lab.config_file), "4"], capture_output=True, timeout=120, check=False)
+            assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
+            store = StateStore(lab.config.state.path)
+            try:
+                assert store.current_state().name == "failback"
+                outage = ChangeLog(store).open_outage()
+                assert outage is not None and ChangeLog(store).progress_counts(outage.id)
+            finally:
+                store.close()
+            if new_uidvalidity:
+                alice = lab.users[0]
+                before = imap_uidvalidity(lab, alice)
+                inbox = lab.primary.maildir(alice.address)
+                for stale in [inbox / "dovecot-uidlist", *inbox.glob("dovecot.index*")]:
+                    stale.unlink()
+                assert imap_uidvalidity(lab, alice) != before
+
+            code, report = invoke(lab, "failback", "--yes", "--json")
+            assert code == 0 and report["state"] == "normal", report
+        finally:
+            agent.start()
+        assert_on_primary_once(lab, expected)
+        code, audit = invoke(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
+
+
+def test_queued_copies_delivered_to_the_primary_before_failback_are_not_duplicated(
+    lab: Lab,
+) -> None:
+    with restored(lab):
+        expected = run_outage_script(lab)
+        # The primary is back and Postfix delivers copies it still had queued for it.
+        for message, recipients in expected.outage_mail:
+            deliver_stored_copy(lab, "standby", "primary", message, recipients)
+            wait_all(lab, "primary", recipients, message)
+        code, report = invoke(lab, "failback", "--yes", "--json")
+        assert code == 0, report
+        assert report["counts"].get("move:done") == 1  # alice's moved message
+        assert_on_primary_once(lab, expected)
+        code, audit = invoke(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
