@@ -151,3 +151,11 @@ def lab_start(name: str, directory: Path) -> None:
     """Start one lab part again."""
     Lab.load(directory.absolute()).part(name).start()
     click.echo(f"{name} started")
+
+
+# Commands defined in their own modules (imported last: they use the helpers above).
+from mailcontinuity.policyd.cli import failback, failover, policyd  # noqa: E402
+
+main.add_command(policyd)
+main.add_command(failover)
+main.add_command(failback)

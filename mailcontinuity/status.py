@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.policyd.queries import current_outage
+from mailcontinuity.policyd.report import primary_status, render_outage, render_primary
 from mailcontinuity.state import StateStore
 
 
@@ -22,9 +24,9 @@ def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
         "actor": state.actor,
         "protected_domains": list(config.domains.protected),
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
-        "primary": {"healthy": None, "last_probe": None},
+        "primary": primary_status(store),
         "journal": None,
-        "outage": None,
+        "outage": current_outage(store),
         "generated_at": time.time(),
     }
 
@@ -32,13 +34,11 @@ def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
 def render_status(report: dict[str, Any]) -> str:
     """The human-readable form, one fact per line."""
     since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report["since"]))
-    healthy = report["primary"]["healthy"]
-    health = "unknown (no probe yet)" if healthy is None else ("healthy" if healthy else "FAILING")
     lines = [
         f"state:    {report['state']} since {since} ({report['cause']}, by {report['actor']})",
         f"domains:  {', '.join(report['protected_domains'])}",
-        f"primary:  {health}",
+        *render_primary(report["primary"]),
         f"journal:  {'not reporting' if report['journal'] is None else report['journal']}",
-        f"outage:   {'none' if report['outage'] is None else report['outage']}",
+        render_outage(report["outage"]),
     ]
     return "\n".join(lines)
