@@ -210,7 +210,7 @@ def _render_config(directory: Path, description: dict[str, Any]) -> str:
     primary, standby = description["primary"], description["standby"]
     return f"""# mailcontinuity configuration for the lab in {directory}
 hooks_dir = {json.dumps(str(directory / "hooks"))}
-hooks_timeout_seconds = 10
+hooks_timeout_seconds = 3
 
 [state]
 path = {json.dumps(str(directory / "state" / "state.db"))}
