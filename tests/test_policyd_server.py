@@ -25,7 +25,8 @@ async def echo_recipient(request: dict[str, str]) -> str:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, decide: Callable[[dict[str, str]], Awaitable[str]] = echo_recipient,
+async def serving(tmp_path: Path,
+                  decide: Callable[[dict[str, str]], Awaitable[str]] = echo_recipient,
                   **settings: object) -> AsyncIterator[PolicyServer]:
     config = PolicydSection(socket=tmp_path / "policyd.sock", socket_group=None, **settings)
     server = PolicyServer(config, decide)

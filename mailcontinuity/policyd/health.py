@@ -66,7 +66,8 @@ async def probe_primary(config: Config) -> list[ProbeResult]:
         _timed("delivery", str(config.primary.delivery),
                probe_delivery(config.primary.delivery), timeout),
         _timed("imap", str(config.primary.imap),
-               probe_imap(config.primary.imap, health.imap_login, health.imap_password_file), timeout),
+               probe_imap(config.primary.imap, health.imap_login, health.imap_password_file),
+               timeout),
     ))
 
 
