@@ -200,3 +200,9 @@ from mailcontinuity.sync.commands import failback, sync_agent, verify_command  #
 main.add_command(failback)
 main.add_command(verify_command)
 main.add_command(sync_agent)
+
+# The routing commands (policyd, failover) live in their own module too.
+from mailcontinuity.policyd.cli import failover, policyd  # noqa: E402
+
+main.add_command(policyd)
+main.add_command(failover)

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    model_validator,
 )
 
 from mailcontinuity.headers import DEFAULT_ID_HEADER
@@ -190,10 +191,74 @@ class SyncSection(Section):
     timeout_seconds: float = Field(default=60.0, gt=0)
 
 
+class PolicydSection(Section):
+    """The policy daemon: where Postfix reaches it and how much input it tolerates."""
+
+    socket: Path | None = Path("/run/mailcontinuity/policyd.sock")
+    socket_group: str | None = "postfix"
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    tcp: EndpointField | None = None
+    max_request_bytes: int = Field(default=16384, ge=1024, le=1048576)
+    max_connections: int = Field(default=1000, ge=1, le=100000)
+    idle_timeout_seconds: float = Field(default=600.0, gt=0)
+    postfix_timeout_seconds: int = Field(default=2, ge=1, le=100)
+    recipient_check_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    recipient_cache_seconds: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _listens_somewhere(self) -> PolicydSection:
+        if self.socket is None and self.tcp is None:
+            raise ValueError("set 'socket' or 'tcp': policyd must listen somewhere")
+        if self.recipient_check_timeout_seconds >= self.postfix_timeout_seconds:
+            raise ValueError("recipient_check_timeout_seconds must be below"
+                             " postfix_timeout_seconds, or Postfix gives up first")
+        return self
+
+
+class HealthSection(Section):
+    """How the primary is probed and when a run of failures or successes changes the state."""
+
+    interval_seconds: float = Field(default=2.0, ge=0.1, le=3600)
+    timeout_seconds: float = Field(default=3.0, ge=0.1, le=120)
+    failures: int = Field(default=3, ge=1, le=1000)
+    failure_window_seconds: float = Field(default=4.0, ge=0)
+    successes: int = Field(default=3, ge=1, le=1000)
+    hold_down_seconds: float = Field(default=60.0, ge=0)
+    imap_login: str | None = None
+    imap_password_file: Path | None = None
+    probe_retention_hours: float = Field(default=24.0, gt=0)
+
+    @model_validator(mode="after")
+    def _login_needs_password(self) -> HealthSection:
+        if (self.imap_login is None) != (self.imap_password_file is None):
+            raise ValueError("set both 'imap_login' and 'imap_password_file', or neither")
+        return self
+
+
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class FailbackSection(Section):
+    """Whether the monitor returns mail to a recovered primary by itself, and when."""
+
+    mode: Literal["auto", "manual", "window"] = "auto"
+    window: str | None = None
+
+    @model_validator(mode="after")
+    def _window_matches_mode(self) -> FailbackSection:
+        if self.window is not None and not _WINDOW_RE.match(self.window):
+            raise ValueError(f'window: expected "HH:MM-HH:MM", got {self.window!r}')
+        if self.mode == "window" and self.window is None:
+            raise ValueError('mode "window" needs window = "HH:MM-HH:MM" (local time)')
+        return self
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
     source: Path = Field(default=Path("<memory>"), exclude=True)
+    hooks_dir: Path = Path("/etc/mailcontinuity/hooks")
+    hooks_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     state: StateSection = StateSection()
     domains: DomainsSection
     primary: PrimarySection
@@ -202,6 +267,9 @@ class Config(Section):
     drill: DrillSection = DrillSection()
     milter: MilterSection = MilterSection()
     sync: SyncSection = SyncSection()
+    policyd: PolicydSection = PolicydSection()
+    health: HealthSection = HealthSection()
+    failback: FailbackSection = FailbackSection()
 
 
 def default_config_path() -> Path:

@@ -18,6 +18,12 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     The journal milter runs for SMTP and for locally submitted mail alike. If it is down,
     ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
     before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
+
+    policyd is consulted after ``reject_unauth_destination`` (it never says OK, but if it ever
+    did, that must not open a relay) and fails open: if it is down, hung or slow, Postfix takes
+    ``default_action=DUNNO`` after one try and the timeout, so mail keeps flowing and only the
+    early rejection of recipients unknown to the standby is lost. A fail-closed default would
+    turn a dead helper daemon into a mail outage, the very thing this kit exists to prevent.
     """
     milter = f"inet:{config.milter.listen}"
     return {
@@ -26,7 +32,21 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         "smtpd_milters": milter,
         "non_smtpd_milters": milter,
         "milter_default_action": "accept",
+        "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
+        f" reject_unauth_destination, {policy_service(config)}",
     }
+
+
+def policy_service(config: Config) -> str:
+    """The ``check_policy_service`` restriction with explicit, fail-open per-service limits.
+
+    Postfix uses the TCP listener when one is configured (a chrooted smtpd, Debian's default,
+    cannot reach a unix socket outside its chroot), else the unix socket.
+    """
+    settings = config.policyd
+    where = f"inet:{settings.tcp}" if settings.tcp is not None else f"unix:{settings.socket}"
+    return (f"check_policy_service {{ {where}, timeout={settings.postfix_timeout_seconds}s,"
+            " default_action=DUNNO, try_limit=1 }")
 
 
 def dovecot_lmtp_settings(config: Config) -> str:
@@ -106,6 +126,12 @@ def render_check_config(config: Config) -> str:
     """The text ``check-config`` prints after a successful validation."""
     lines = [f"# {config.source}: configuration is valid", "", "# Postfix gateway: main.cf"]
     lines += [f"postconf -e '{key} = {value}'" for key, value in postfix_main_settings(config).items()]
+    lines += [
+        "# policyd fails open (default_action=DUNNO, try_limit=1): if it is down or slow, mail",
+        "# still flows; only the RCPT-time rejection of users the standby lacks is skipped.",
+        "# A chrooted smtpd (Debian's default) cannot reach policyd.socket: set policyd.tcp",
+        "# to a loopback endpoint and Postfix is pointed there instead.",
+    ]
     lines += [
         "",
         f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"

@@ -123,11 +123,27 @@ def _migration_sync(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_policyd_health(db: sqlite_utils.Database) -> None:
+    """The primary's health probes and policyd's heartbeat, written by policyd, read by status."""
+    db.execute(
+        "CREATE TABLE health_probes (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " probe TEXT NOT NULL, target TEXT NOT NULL, ok INTEGER NOT NULL,"
+        " latency_ms REAL NOT NULL, error TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX health_probes_at ON health_probes (at)")
+    db.execute(
+        "CREATE TABLE policyd_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " pid INTEGER NOT NULL, started_at REAL NOT NULL, beat_at REAL NOT NULL,"
+        " stale_after REAL NOT NULL, stopped_at REAL)"
+    )
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_journal,
     _migration_sync,
+    _migration_policyd_health,
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from mailcontinuity.config import Config
+from mailcontinuity.hooks.runner import Transition, run_hooks
 from mailcontinuity.routing import Route, switch_route
 from mailcontinuity.state import StateName, StateStore
 
@@ -29,15 +30,23 @@ def change_state(
     actor: str,
     expect: tuple[StateName, ...] | None = None,
 ) -> bool:
-    """Record the transition, then route mail accordingly; False if ``expect`` did not hold.
+    """Record the transition, route mail accordingly, then run the hooks; False if ``expect``
+    did not hold.
 
     The state is written first: if routing then fails, ``status`` already shows the state the
-    operator asked for and the error says which Postfix command to fix.
+    operator asked for and the error says which Postfix command to fix. Hooks run last, even if
+    routing failed (the administrators want to hear about that most of all), and can only
+    delay the caller by their timeout, never the routing.
     """
     old = store.transition(to_state, cause=cause, actor=actor, expect=expect)
     if old is None:
         return False
     log.info("event=transition from=%s to=%s cause=%r actor=%s", old.name, to_state, cause, actor)
-    if ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
-        switch_route(config, ROUTE_IN_STATE[to_state])
+    try:
+        if ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
+            switch_route(config, ROUTE_IN_STATE[to_state])
+    finally:
+        transition = Transition(old.name, to_state, cause, actor, store.current_state().since)
+        run_hooks(config.hooks_dir, transition, config.hooks_timeout_seconds,
+                  {"MAILCONTINUITY_CONFIG": str(config.source)})
     return True

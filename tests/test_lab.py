@@ -51,6 +51,8 @@ def test_mail_through_gateway_arrives_in_primary_inbox(lab: Lab) -> None:
 def test_stopped_primary_refuses_and_queued_mail_arrives_after_start(lab: Lab) -> None:
     alice = lab.users[0]
     imap = lab.endpoint("primary", "imap")
+    # This checks the lab's stop/start, not failover: keep policyd from routing to the standby.
+    lab.part("policyd").stop()
     result = CliRunner().invoke(main, ["lab", "stop", "primary", "--dir", str(lab.dir)])
     try:
         assert result.exit_code == 0, result.output
@@ -60,6 +62,7 @@ def test_stopped_primary_refuses_and_queued_mail_arrives_after_start(lab: Lab) -
         send_message(lab.gateway.smtp, message, "sender@remote.test", [alice.address])
     finally:
         result = CliRunner().invoke(main, ["lab", "start", "primary", "--dir", str(lab.dir)])
+        lab.part("policyd").start()
     assert result.exit_code == 0, result.output
     assert accepts_connections(imap)
     lab.gateway.flush()
@@ -69,7 +72,8 @@ def test_stopped_primary_refuses_and_queued_mail_arrives_after_start(lab: Lab) -
 def test_unknown_part_name_is_a_clear_error(lab: Lab) -> None:
     result = CliRunner().invoke(main, ["lab", "stop", "mainframe", "--dir", str(lab.dir)])
     assert result.exit_code == 1
-    assert "no lab part named 'mainframe'; choose one of primary, standby, milter, sync-agent, gateway" in result.stderr
+    assert ("no lab part named 'mainframe'; choose one of primary, standby, milter, sync-agent,"
+            " policyd, gateway") in result.stderr
 
 
 def test_down_leaves_no_process_and_is_safe_twice(fresh_lab_dir: Path) -> None:

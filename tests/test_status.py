@@ -15,7 +15,8 @@ def test_status_json_reports_normal_on_a_fresh_store(lab: Lab) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["state"] == "normal"
-    assert report["primary"]["healthy"] is None
+    assert report["primary"]["policyd"]["running"] is True
+    assert report["primary"]["healthy"] in (True, None)  # None until policyd's first probe
     assert report["outage"] is None
     assert report["protected_domains"] == ["example.test"]
 
@@ -24,4 +25,5 @@ def test_status_text_is_readable(lab: Lab) -> None:
     result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("state:    normal since ")
-    assert "primary:  unknown (no probe yet)" in result.stdout
+    assert "\nprimary:  " in result.stdout
+    assert "\npolicyd:  running (pid " in result.stdout

@@ -84,7 +84,9 @@ class PostfixGateway:
             "mydestination": "",
             "inet_interfaces": "127.0.0.1",
             "inet_protocols": "ipv4",
-            "mynetworks": "127.0.0.0/8",
+            # Only the lab's own servers (Dovecot submission, vacation) are "ours"; tests play
+            # the internet from other loopback addresses (lab.mailbox.INTERNET_CLIENT).
+            "mynetworks": "127.0.0.1/32",
             "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
             "alias_maps": "",
             "alias_database": "",

@@ -22,7 +22,12 @@ from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.process import LabError, accepts_connections, free_ports
+from mailcontinuity.lab.process import (
+    LabError,
+    accepts_connections,
+    accepts_unix_connections,
+    free_ports,
+)
 from mailcontinuity.required_settings import dovecot_lmtp_settings
 from mailcontinuity.state import StateStore
 
@@ -227,10 +232,34 @@ class Lab:
         return instance.listeners[protocol]
 
 
+def _policyd_ready(lab: Lab) -> Callable[[], bool]:
+    socket_path = lab.config.policyd.socket
+    assert socket_path is not None, "the lab's policyd listens on a unix socket"
+    return lambda: accepts_unix_connections(socket_path)
+
+
+LAB_DAEMONS["policyd"] = _policyd_ready
+
+# Short timings so that tests see a failover within about a second and a failback within a few;
+# bench/ strips this section to measure with the defaults.
+LAB_HEALTH_SECTION = """[health]
+interval_seconds = 0.5
+timeout_seconds = 1.0
+failures = 3
+failure_window_seconds = 1.0
+successes = 2
+hold_down_seconds = 3.0
+"""
+
+
 def _render_config(directory: Path, description: dict[str, Any], milter_port: int) -> str:
+
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     return f"""# mailcontinuity configuration for the lab in {directory}
+hooks_dir = {json.dumps(str(directory / "hooks"))}
+hooks_timeout_seconds = 3
+
 [state]
 path = {json.dumps(str(directory / "state" / "state.db"))}
 
@@ -277,6 +306,15 @@ recipient_cache_seconds = 1
 standby_maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
 admin_login = "{ADMIN_LOGIN}"
 password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+
+[policyd]
+socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
+
+{LAB_HEALTH_SECTION}imap_login = "{description["users"][0]["login"]}*{ADMIN_LOGIN}"
+imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+
+[failback]
+mode = "auto"
 """
 
 

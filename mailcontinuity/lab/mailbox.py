@@ -31,10 +31,17 @@ def make_message(sender: str, recipients: Sequence[str], subject: str, body: str
     return message
 
 
+INTERNET_CLIENT = "127.0.0.2"
+"""Source address for a client outside the gateway's mynetworks, i.e. mail from the internet."""
+
+
 def send_message(gateway: Endpoint, message: EmailMessage, sender: str,
-                 recipients: Sequence[str]) -> None:
-    """Submit over SMTP; raises smtplib's errors if the gateway refuses any recipient."""
-    with smtplib.SMTP(gateway.host, gateway.port, timeout=30) as smtp:
+                 recipients: Sequence[str], source: str | None = None) -> None:
+    """Submit over SMTP (from ``source`` if given); raises smtplib's errors if the gateway
+    refuses any recipient."""
+    source_address = (source, 0) if source else None
+    with smtplib.SMTP(gateway.host, gateway.port, timeout=30,
+                      source_address=source_address) as smtp:
         refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
     if refused:
         raise smtplib.SMTPRecipientsRefused(refused)

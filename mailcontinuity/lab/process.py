@@ -53,6 +53,16 @@ def accepts_connections(endpoint: Endpoint, timeout: float = 1.0) -> bool:
         return False
 
 
+def accepts_unix_connections(path: Path, timeout: float = 1.0) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def wait_for(endpoints: Iterable[Endpoint], up: bool, what: str, timeout: float = 20.0) -> None:
     """Wait until every endpoint accepts (``up``) or refuses (not ``up``) connections."""
     pending = list(endpoints)

@@ -1,0 +1,55 @@
+"""``mailcontinuity policyd``: the policy server and the health monitor in one process.
+
+They share the process and the configuration; each has its own connection to the state store
+(the monitor writes from a worker thread, the policy answers read in the event loop).
+SIGTERM/SIGINT stop both cleanly (socket removed, heartbeat marked stopped, so ``status`` says
+policyd is down at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from mailcontinuity.config import Config
+from mailcontinuity.policyd.monitor import HealthMonitor
+from mailcontinuity.policyd.policy import RecipientPolicy
+from mailcontinuity.policyd.queries import CachedState, beat, mark_stopped
+from mailcontinuity.policyd.recipients import StandbyRecipients
+from mailcontinuity.policyd.server import PolicyServer
+from mailcontinuity.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def run_policyd(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    asyncio.run(_main(config))
+
+
+async def _main(config: Config) -> None:
+    store = StateStore(config.state.path)
+    reader = StateStore(config.state.path)
+    monitor = HealthMonitor(config, store)
+    settings = config.policyd
+    standby = StandbyRecipients(config.standby.lmtp, settings.recipient_check_timeout_seconds,
+                                settings.recipient_cache_seconds)
+    server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    beat(store, monitor.started_at, time.time(), monitor.stale_after)
+    log.info("event=policyd_started state=%s", monitor.state.name)
+    try:
+        await monitor.run(stopping)
+    finally:
+        await server.close()
+        await standby.close()
+        mark_stopped(store, time.time())
+        store.close()
+        reader.close()
+        log.info("event=policyd_stopped")

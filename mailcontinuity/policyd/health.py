@@ -1,0 +1,109 @@
+"""Probes of the primary: can it take mail (LMTP LHLO / SMTP EHLO) and serve users (IMAP)?
+
+Each probe is what a client would do first, bounded by a timeout, and timed: a primary that
+accepts TCP but never greets (a hung process, a full disk) fails just like one that refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailcontinuity.config import Config, DeliveryEndpoint, Endpoint
+from mailcontinuity.policyd.smtpclient import SmtpSession
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe's outcome; ``error`` is empty when it succeeded."""
+
+    probe: str
+    target: str
+    ok: bool
+    latency_ms: float
+    error: str
+    at: float
+
+
+class ProbeError(Exception):
+    """The server answered, but not as a healthy one does."""
+
+
+async def probe_delivery(delivery: DeliveryEndpoint) -> None:
+    """Greeting and LHLO/EHLO on the primary's delivery endpoint, then QUIT."""
+    session = await SmtpSession.open(delivery.endpoint, delivery.protocol)
+    await session.quit()
+
+
+async def probe_imap(endpoint: Endpoint, login: str | None, password_file: Path | None) -> None:
+    """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there."""
+    password = _read_secret(password_file) if password_file is not None else None
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        greeting = await reader.readline()
+        if not greeting.startswith(b"* OK"):
+            raise ProbeError(f"IMAP greeting was {greeting[:80]!r}")
+        if login is not None and password is not None:
+            writer.write(f"a1 LOGIN {_quote(login)} {_quote(password)}\r\n".encode())
+            await writer.drain()
+            reply = await _tagged_reply(reader, b"a1 ")
+            if not reply.startswith(b"a1 OK"):
+                raise ProbeError(f"IMAP LOGIN as {login} answered {reply[:80]!r}")
+        writer.write(b"a2 LOGOUT\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def probe_primary(config: Config) -> list[ProbeResult]:
+    """Both probes of the primary at once, each bounded by the health timeout."""
+    health = config.health
+    timeout = health.timeout_seconds
+    return list(await asyncio.gather(
+        _timed("delivery", str(config.primary.delivery),
+               probe_delivery(config.primary.delivery), timeout),
+        _timed("imap", str(config.primary.imap),
+               probe_imap(config.primary.imap, health.imap_login, health.imap_password_file),
+               timeout),
+    ))
+
+
+async def _timed(probe: str, target: str, check: Awaitable[None], timeout: float) -> ProbeResult:
+    at = time.time()
+    started = time.perf_counter()
+    error = ""
+    try:
+        async with asyncio.timeout(timeout):
+            await check
+    except TimeoutError:
+        error = f"no answer within {timeout:g}s"
+    except Exception as exc:  # noqa: BLE001 - every failure of the primary is a failed probe
+        error = f"{type(exc).__name__}: {exc}"
+    latency_ms = (time.perf_counter() - started) * 1000
+    return ProbeResult(probe, target, not error, round(latency_ms, 3), error, at)
+
+
+async def _tagged_reply(reader: asyncio.StreamReader, tag: bytes) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ProbeError("IMAP server closed the connection")
+        if line.startswith(tag):
+            return line
+
+
+def _quote(text: str) -> str:
+    if any(char in text for char in "\r\n\0"):
+        raise ProbeError("the probe login and password must be one line")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _read_secret(path: Path) -> str:
+    """The probe password, re-read each round so a rotated secret needs no restart."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ProbeError(f"cannot read health.imap_password_file {path}: {exc}") from None

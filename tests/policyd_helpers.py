@@ -1,0 +1,79 @@
+"""Helpers for the failover tests: wait for a state, talk to policyd, reset after an outage."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from mailcontinuity.lab import Lab
+from mailcontinuity.state import State, StateStore
+from mailcontinuity.transitions import change_state
+from tests.outage_script import restored
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T], timeout: float, what: str) -> T:
+    """``probe()``'s first truthy value, polled until ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def current_state(lab: Lab) -> State:
+    store = StateStore(lab.config.state.path)
+    try:
+        return store.current_state()
+    finally:
+        store.close()
+
+
+def wait_for_state(lab: Lab, name: str, timeout: float) -> State:
+    return eventually(lambda: (s := current_state(lab)).name == name and s, timeout,
+                      f"state {name}")
+
+
+def ask_policyd(lab: Lab, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``payload`` to the lab's policyd, half-close, and return everything it answers."""
+    assert lab.config.policyd.socket is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(str(lab.config.policyd.socket))
+        chunks = []
+        try:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            while chunk := client.recv(65536):
+                chunks.append(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # policyd closed the connection (oversized input): an allowed answer
+    return b"".join(chunks)
+
+
+def rcpt_request(recipient: str) -> bytes:
+    return (f"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=s@remote.test\n"
+            f"recipient={recipient}\nclient_address=192.0.2.1\n\n").encode()
+
+
+def back_to_normal(lab: Lab) -> None:
+    """After a test outage: primary up, routing on the primary, state normal for the next test.
+
+    As in production, failback ends the outage: the sync agent merges it and sets ``normal``.
+    """
+    lab.part("primary").start()
+    lab.part("policyd").start()
+    with restored(lab):  # closes the outage even if the merge does not finish
+        store = StateStore(lab.config.state.path)
+        try:
+            if store.current_state().name == "failover":
+                change_state(lab.config, store, "failback", "test cleanup", "test")
+        finally:
+            store.close()
+        wait_for_state(lab, "normal", timeout=30)
