@@ -1,69 +1,73 @@
-"""``make demo``: bring up the lab, send mail through the gateway, show where it landed.
+"""``make demo``: the full outage drill on a fresh local lab, with what it measured.
 
-It prints what it measured and exits non-zero if any message went missing, so the demo doubles
-as a smoke test. It grows into the full outage drill as failover and failback land.
+Lab up; mail before the outage; the primary killed; mail during; a user working on the standby;
+the primary back; automatic failback; then every delivery checked on the primary, and the
+administrators' continuity drill. Exits non-zero if anything was lost or duplicated, so the demo
+doubles as the project's end-to-end acceptance check.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from mailcontinuity.drill import Drill, archive, render_report
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import make_message, send_message, wait_for_message
+from mailcontinuity.lab.scenario import OutageScenario, ScenarioError
 from mailcontinuity.state import StateStore
-from mailcontinuity.status import collect_status, render_status
-
-SENDER = "newsletter@remote.test"
 
 
 def run_demo(directory: Path) -> int:
-    print(f"== lab up in {directory}")
+    print(f"== lab up in {directory}", flush=True)
     lab = Lab.up(directory)
     try:
         print(f"   gateway smtp {lab.gateway.smtp}, primary imap {lab.endpoint('primary', 'imap')},"
-              f" standby imap {lab.endpoint('standby', 'imap')}")
-        print("== mail through the gateway, one message per user")
-        sent = []
-        for user in lab.users:
-            message = make_message(SENDER, [user.address], f"demo message for {user.address}")
-            started = time.monotonic()
-            send_message(lab.gateway.smtp, message, SENDER, [user.address])
-            sent.append((user, message["Message-ID"], started))
-        delivered = 0
-        for user, message_id, started in sent:
-            raw = wait_for_message(lab.endpoint("primary", "imap"), user.login, user.password,
-                                   message_id)
-            seconds = time.monotonic() - started
-            verdict = f"in primary INBOX after {seconds:.2f}s" if raw else "MISSING"
-            delivered += raw is not None
-            print(f"   {user.address:<22} {message_id}  {verdict}")
-        print("== status")
+              f" standby imap {lab.endpoint('standby', 'imap')}; running:"
+              f" {', '.join(name for name, up in lab.running().items() if up)}", flush=True)
+        print("== outage scenario: mail before, primary killed, mail and user activity during,"
+              " primary back, automatic failback", flush=True)
+        try:
+            report = OutageScenario(lab).run()
+        except ScenarioError as exc:
+            print(f"   FAILED: {exc}")
+            return 1
+        width = max(len(name) for name, _ in report.rows())
+        for name, value in report.rows():
+            print(f"   {name:<{width}}  {value}")
+        for problem in report.lost + report.duplicated:
+            print(f"   problem: {problem}")
+        print("== continuity drill (mailcontinuity drill)", flush=True)
         store = StateStore(lab.config.state.path)
-        print(render_status(collect_status(lab.config, store)))
-        store.close()
-        lost = len(sent) - delivered
-        print("== measured")
-        print(f"   messages sent {len(sent)}, delivered to primary {delivered}, lost {lost}")
-        return 0 if lost == 0 else 1
+        try:
+            drill = Drill(lab.config, store).run()
+            archive(drill, lab.config.drill.report_dir)
+        finally:
+            store.close()
+        print("\n".join(f"   {line}" for line in render_report(drill).splitlines()))
+        verdict = report.passed and drill.passed
+        print(f"== {'PASSED' if verdict else 'FAILED'}: lost {len(report.lost)},"
+              f" duplicated {len(report.duplicated)}, drill {'passed' if drill.passed else 'failed'}")
+        return 0 if verdict else 1
     finally:
-        print("== lab down")
+        print("== lab down", flush=True)
         Lab.down(directory)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, help="lab directory (default: a fresh one in /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the lab directory afterwards")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="mailcontinuity-demo-", dir="/tmp"))
     try:
         code = run_demo(directory)
     finally:
-        if args.dir is None:
+        if args.dir is None and not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
     sys.exit(code)
 

@@ -76,8 +76,13 @@ def _gained(now: Iterable[str], before: Iterable[str]) -> tuple[str, ...]:
 
 def _outage_message(key: str, group: list[RecordedMessage],
                     copies: list[PrimaryCopy]) -> list[Action]:
-    """Mail that reached the standby during the outage: on the primary once per standby copy."""
-    current = sorted((row for row in group if row.present), key=lambda row: row.folder)
+    """Mail that reached the standby during the outage: on the primary once per standby copy.
+
+    Only delivered copies count: a message accepted just before the failover has a journal
+    copy too (same id), and merging both would put it on the primary twice.
+    """
+    current = sorted((row for row in group if row.present and row.kind == "outage"),
+                     key=lambda row: row.folder)
     message_id = group[0].message_id
     if not current:
         if copies:
