@@ -9,6 +9,7 @@ brings an old database forward the first time any process opens it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -147,6 +148,21 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
+def _create_shared(path: Path) -> None:
+    """Create the database file group-writable: the daemons run as different users (the milter
+    as the mail user, policyd as root) and share it through a group. SQLite gives the -wal and
+    -shm files the database file's mode, so this one mode covers all three, whatever the umask
+    of the process that happens to create it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o660)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o660)
+    finally:
+        os.close(fd)
+
+
 class StateStore:
     """One process's connection to the shared state database."""
 
@@ -154,6 +170,7 @@ class StateStore:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_shared(path)
             conn = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
             )

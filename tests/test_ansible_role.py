@@ -6,14 +6,22 @@ servers it configures are started by hand here and stopped again; no running sys
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mailcontinuity.commands import run_command
+from mailcontinuity.config import Endpoint
+from mailcontinuity.headers import JOURNAL_HEADER
+from mailcontinuity.lab.mailbox import make_message, send_message, wait_for_message
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
@@ -42,6 +50,8 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     wheel_dir = tmp_path_factory.mktemp("wheels")
     built = run(VENV_BIN / "pip", "wheel", "--no-deps", "-q", "-w", wheel_dir, ROOT, cwd=ROOT)
     assert built.returncode == 0, built.stderr
+    # A fresh venv each time: the same version from a new wheel is not reinstalled by pip.
+    shutil.rmtree("/opt/mailcontinuity", ignore_errors=True)
     CI_USERS.write_text("ci@ci.test:{PLAIN}ci-password::::::\n")
     shutil.chown(CI_USERS, "root", "dovecot")
     CI_USERS.chmod(0o640)
@@ -81,7 +91,9 @@ def test_units_verify(applied: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     milter = UNITS[0].read_text()
     assert "ExecStart=/opt/mailcontinuity/bin/mailcontinuity --config" in milter
-    assert "User=mailcontinuity" in milter and "ProtectSystem=strict" in milter
+    # The maildir sink writes the standby's Maildirs, so the milter runs as their owner.
+    assert "User=vmail" in milter and "SupplementaryGroups=mailcontinuity" in milter
+    assert "ProtectSystem=strict" in milter
 
 
 def test_config_is_validated_and_private(applied: list[str]) -> None:
@@ -89,6 +101,63 @@ def test_config_is_validated_and_private(applied: list[str]) -> None:
     assert config.stat().st_mode & 0o007 == 0
     result = run("/opt/mailcontinuity/bin/mailcontinuity", "--config", config, "check-config")
     assert result.returncode == 0, result.stderr
+
+
+CONFIG = "/etc/mailcontinuity/mailcontinuity.toml"
+COMMAND = "/opt/mailcontinuity/bin/mailcontinuity"
+
+
+@pytest.fixture
+def installed_servers(applied: list[str]) -> Iterator[None]:
+    """The system's Postfix and Dovecot as the role configured them, smtp-sink as the primary,
+    and the three daemons started by hand as their units would (user, groups, umask)."""
+    started: list[subprocess.Popen] = []
+    try:
+        started.append(subprocess.Popen(["smtp-sink", "-u", "nobody", "127.0.0.1:12525", "100"]))
+        run_command(["dovecot"])  # daemons: run_command does not wait on their inherited pipes
+        run_command(["postfix", "start"])
+        Path("/run/mailcontinuity").mkdir(exist_ok=True)
+        daemons = {"milter": ["runuser", "-u", "vmail", "-g", "vmail", "-G", "mailcontinuity",
+                              "--"], "policyd": [], "sync-agent": []}
+        for name, prefix in daemons.items():
+            started.append(subprocess.Popen(
+                [*prefix, "sh", "-c", f"umask 0007; exec {COMMAND} --config {CONFIG} {name}"]))
+        wait_until_listening(10891)
+        wait_until_listening(10040)
+        yield
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        run_command(["postfix", "stop"])
+        run_command(["doveadm", "stop"])
+
+
+def wait_until_listening(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        time.sleep(0.1)
+
+
+def test_installed_gateway_journals_into_the_installed_standby(installed_servers: None) -> None:
+    message = make_message("someone@remote.test", ["ci@ci.test"], "through the installed gateway")
+    send_message(Endpoint("127.0.0.1", 25), message, "someone@remote.test", ["ci@ci.test"])
+    raw = wait_for_message(Endpoint("127.0.0.1", 10143), "ci@ci.test", "ci-password",
+                           message["Message-ID"], timeout=30)
+    assert raw is not None, run(COMMAND, "--config", CONFIG, "status").stdout
+    assert JOURNAL_HEADER.encode() in raw
+    status = run(COMMAND, "--config", CONFIG, "status", "--json")
+    report = json.loads(status.stdout)
+    assert report["primary"]["policyd"]["running"] is True
+    assert report["journal"]["shipped"] >= 1
 
 
 def test_ansible_lint_is_clean() -> None:

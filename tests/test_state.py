@@ -85,3 +85,19 @@ def test_unwritable_location_names_the_path(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StateStoreError, match=str(blocker)):
         StateStore(blocker / "state.db")
+
+
+def test_database_files_are_group_writable_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        store = StateStore(tmp_path / "state.db")
+        store.transition("failover", cause="x", actor="y")
+        store.close()
+    finally:
+        os.umask(old)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        path = tmp_path / name
+        if path.exists():
+            assert path.stat().st_mode & 0o777 == 0o660, name
