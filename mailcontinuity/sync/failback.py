@@ -77,7 +77,9 @@ def _summary(action: Action) -> dict[str, Any]:
 def _append_item(source: Any) -> Append:
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
-    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.replace(b"\n", b"\r\n")
     return Append(data, source.flags, datetime.fromtimestamp(source.mtime, timezone.utc))
 
 
