@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from mailcontinuity.config import Config
 from mailcontinuity.state import StateStore
 from mailcontinuity.sync.changelog import ChangeLog, LeaseHeld, Outage, RecordedMessage
 from mailcontinuity.sync.imap import Append, PrimaryMailbox, connect, read_admin_password
-from mailcontinuity.sync.plan import Action, plan_user
+from mailcontinuity.sync.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.sync.scan import rescan
 from mailcontinuity.transitions import change_state
 
@@ -98,7 +98,15 @@ class Merger:
 
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
              record: UserRecord) -> list[Action]:
-        actions = plan_user(record.messages, record.folders, mailbox.index(), mailbox.folders,
+        # Read only what can matter: messages saved since the outage began (a day's margin
+        # for the server's time zone) and the folders of history the user changed; the whole
+        # primary only if some key that may have an older copy is not found that way.
+        since = date.fromtimestamp(self.outage.started_at) - timedelta(days=1)
+        keys, folders = older_copies_needed(record.messages)
+        index = mailbox.index(since, folders)
+        if not keys <= index.keys():
+            index = mailbox.index()
+        actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
         done = changelog.done_actions(self.outage.id, self.user)
         return [action for action in actions if done.get(action.id) not in FINISHED]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import socket
 import ssl
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from imapclient import IMAPClient
@@ -90,7 +91,7 @@ def connect(config: Config, user: str, password: str) -> IMAPClient:
 
 
 class PrimaryMailbox:
-    """One user's mailbox on the primary, with a lazily built index of its messages."""
+    """One user's mailbox on the primary, and the index of its messages failback plans with."""
 
     def __init__(self, client: IMAPClient) -> None:
         self.client = client
@@ -98,7 +99,6 @@ class PrimaryMailbox:
         self.separator = next((str(sep, "ascii") if isinstance(sep, bytes) else sep
                                for _, sep, _ in listing if sep), IMAP_SEPARATOR)
         self.folders = {self._ours(name) for _, _, name in listing}
-        self._index: dict[str, list[PrimaryCopy]] | None = None
         self.selected: str | None = None
 
     def _ours(self, name: str) -> str:
@@ -111,19 +111,26 @@ class PrimaryMailbox:
     def capabilities(self) -> set[bytes]:
         return set(self.client.capabilities())
 
-    def index(self) -> dict[str, list[PrimaryCopy]]:
-        """key -> copies in any folder; built once per session, kept current by our changes."""
-        if self._index is None:
-            index: dict[str, list[PrimaryCopy]] = defaultdict(list)
-            for folder in sorted(self.folders):
-                for copy in self.scan_folder(folder):
-                    index[copy.key].append(copy)
-            self._index = index
-        return self._index
+    def index(self, saved_since: date | None = None,
+              whole: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
+        """key -> copies in any folder.
 
-    def scan_folder(self, folder: str) -> list[PrimaryCopy]:
+        With ``saved_since`` (and a server with SAVEDATE, RFC 8514), only messages saved on the
+        primary since that day are looked at, except in the ``whole`` folders: every copy of
+        outage mail (a queued delivery, an earlier run's APPEND, COPY or MOVE) was saved after
+        the outage began, so a primary holding years of history is not read in full.
+        """
+        if b"SAVEDATE" not in self.capabilities:
+            saved_since = None
+        index: dict[str, list[PrimaryCopy]] = defaultdict(list)
+        for folder in sorted(self.folders):
+            for copy in self.scan_folder(folder, None if folder in whole else saved_since):
+                index[copy.key].append(copy)
+        return index
+
+    def scan_folder(self, folder: str, saved_since: date | None = None) -> list[PrimaryCopy]:
         self.select(folder)
-        uids = self.client.search(["ALL"])
+        uids = self.client.search(["SAVEDSINCE", saved_since] if saved_since else ["ALL"])
         fetched: dict[int, dict[bytes, Any]] = {}
         for start in range(0, len(uids), FETCH_CHUNK):
             fetched |= self.client.fetch(uids[start:start + FETCH_CHUNK],
