@@ -141,6 +141,18 @@ def compare(written: tuple[Tally, Tally], found: tuple[Tally, Tally]) -> str:
     return "complete, byte-identical sizes"
 
 
+def tuid_header(lab: Lab, password: str) -> str:
+    """The X-TUID header mbsync adds, as stored on the primary (first INBOX message)."""
+    user = lab.users[0]
+    with imap_login(lab.endpoint("primary", "imap"), f"{user.address}*{ADMIN}",
+                    password) as client:
+        client.select_folder("INBOX", readonly=True)
+        first = client.search(["ALL"])[:1]
+        fetched = client.fetch(first, ["BODY.PEEK[HEADER.FIELDS (X-TUID)]"])
+        found = b"".join(data[b"BODY[HEADER.FIELDS (X-TUID)]"] for data in fetched.values())
+        return found.decode().strip()
+
+
 def index_standby(lab: Lab) -> None:
     """Let the standby's Dovecot index the mail written behind its back (untimed): in an
     outage its users and LMTP keep the index current, and failback's own record is likewise
@@ -232,6 +244,7 @@ def main() -> None:
                           lab.users))
         theirs = time.monotonic() - started
         theirs_found = count_primary(lab, password)
+        tuid = tuid_header(lab, password)
 
         folders = len(written[0])
         print(f"{total} messages, {megabytes:.1f} MB (RFC822.SIZE), {args.users} users,"
@@ -244,6 +257,7 @@ def main() -> None:
         print(f"failback appended {report.counts.get('append:done', 0)} in {report.passes}"
               f" pass(es); second run (checkpoints erased): appended {again_appended} in"
               f" {again_seconds:.1f} s, primary {compare(written, again_found)}")
+        print(f"header mbsync added to each message: {tuid!r}")
     finally:
         Lab.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
