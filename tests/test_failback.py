@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from click.testing import CliRunner
+from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.cli import main
 from mailcontinuity.lab import Lab
@@ -20,6 +23,7 @@ from mailcontinuity.state import StateStore
 from mailcontinuity.lab.dovecot import LabUser
 from mailcontinuity.lab.mailbox import imap_login
 from mailcontinuity.sync.changelog import ChangeLog
+from mailcontinuity.sync.imap import Append, PrimaryMailbox, connect, read_admin_password
 from tests.outage_script import (
     assert_on_primary_once,
     deliver_stored_copy,
@@ -130,3 +134,31 @@ def test_queued_copies_delivered_to_the_primary_before_failback_are_not_duplicat
         assert_on_primary_once(lab, expected)
         code, audit = invoke(lab, "verify", "--json")
         assert code == 0 and audit["ok"], audit
+
+
+def test_multiappend_keeps_flags_and_dates_and_raises_when_the_primary_refuses(lab: Lab) -> None:
+    """The batch APPEND failback uses: each message with its flags and INTERNALDATE; a NO from
+    the primary is an error (so the batch is retried one by one and refusals are reported),
+    never a silent success."""
+    user = lab.users[1]
+    mailbox = PrimaryMailbox(connect(lab.config, user.address, read_admin_password(lab.config)))
+    when = datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc)
+    subject = f"multiappend {uuid.uuid4().hex}"
+    items = [Append(f"From: a@remote.test\r\nSubject: {subject}\r\n\r\nbody {n}\r\n".encode(),
+                    flags, when) for n, flags in enumerate([("\\Seen",), ("$Forwarded",), ()])]
+    try:
+        with pytest.raises(IMAPClientError, match="TRYCREATE"):
+            mailbox.append("No such folder", items)
+        mailbox.append("INBOX", items)
+        mailbox.select("INBOX")
+        uids = mailbox.client.search(["SUBJECT", subject])
+        found = mailbox.client.fetch(uids, ["FLAGS", "INTERNALDATE", "BODY.PEEK[TEXT]"])
+        stored = sorted((data[b"BODY[TEXT]"], set(data[b"FLAGS"]) - {b"\\Recent"},
+                         data[b"INTERNALDATE"].astimezone(timezone.utc))  # naive is local
+                        for data in found.values())
+        assert stored == [(f"body {n}\r\n".encode(), {flag.encode() for flag in item.flags},
+                           when) for n, item in enumerate(items)]
+        mailbox.client.delete_messages(uids)
+        mailbox.client.expunge()
+    finally:
+        mailbox.close()

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.state import StateStore
-from mailcontinuity.sync.changelog import ChangeLog, LeaseHeld, Outage
+from mailcontinuity.sync.changelog import ChangeLog, LeaseHeld, Outage, RecordedMessage
 from mailcontinuity.sync.imap import Append, PrimaryMailbox, connect, read_admin_password
-from mailcontinuity.sync.plan import Action, plan_user
+from mailcontinuity.sync.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.sync.scan import rescan
 from mailcontinuity.transitions import change_state
 
@@ -43,6 +43,14 @@ FINISHED = ("done", "reported")
 Progress = Callable[[int], None]
 
 
+@dataclass(frozen=True)
+class UserRecord:
+    """What the outage record says about one user: all a plan depends on besides the primary."""
+
+    messages: list[RecordedMessage]
+    folders: dict[str, tuple[bool, bool]]
+
+
 @dataclass
 class UserResult:
     """What one pass did for one user."""
@@ -52,6 +60,10 @@ class UserResult:
     refused: list[dict[str, Any]] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
+    settled: UserRecord | None = None
+    """The record this pass merged completely (every action finished), if it did."""
+    skipped: bool = False
+    """Nothing to do: the record had not changed since an earlier pass settled it."""
 
 
 def _summary(action: Action) -> dict[str, Any]:
@@ -65,7 +77,9 @@ def _summary(action: Action) -> dict[str, Any]:
 def _append_item(source: Any) -> Append:
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
-    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.replace(b"\n", b"\r\n")
     return Append(data, source.flags, datetime.fromtimestamp(source.mtime, timezone.utc))
 
 
@@ -82,27 +96,46 @@ class Merger:
         self.lease_holder = lease_holder
         self.result = UserResult(user)
 
-    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox) -> list[Action]:
-        rows = changelog.messages(self.outage.id, self.user)
-        folders = changelog.folders(self.outage.id, self.user)
-        actions = plan_user(rows, folders, mailbox.index(), mailbox.folders,
+    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
+             record: UserRecord) -> list[Action]:
+        # Read only what can matter: messages saved since the outage began (a day's margin
+        # for the server's time zone) and the folders of history the user changed; the whole
+        # primary only if some key that may have an older copy is not found that way.
+        since = date.fromtimestamp(self.outage.started_at) - timedelta(days=1)
+        keys, folders = older_copies_needed(record.messages)
+        index = mailbox.index(since, folders)
+        if not keys <= index.keys():
+            index = mailbox.index()
+        actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
         done = changelog.done_actions(self.outage.id, self.user)
         return [action for action in actions if done.get(action.id) not in FINISHED]
 
-    def run(self, dry_run: bool) -> UserResult:
+    def run(self, dry_run: bool, settled: UserRecord | None = None) -> UserResult:
+        """Plan and (unless ``dry_run``) execute; nothing at all when the record still equals
+        ``settled``, the record an earlier pass of this run merged completely: planning it again
+        against the primary could only find those same, finished, actions."""
         store = StateStore(self.config.state.path)
         changelog = ChangeLog(store)
-        mailbox = PrimaryMailbox(connect(self.config, self.user, self.password))
         try:
-            actions = self.plan(changelog, mailbox)
-            if dry_run:
-                self.result.plan = [_summary(action) for action in actions]
-                self.result.counts.update(action.kind for action in actions)
+            record = UserRecord(changelog.messages(self.outage.id, self.user),
+                                changelog.folders(self.outage.id, self.user))
+            if settled is not None and record == settled:
+                self.result.settled, self.result.skipped = record, True
                 return self.result
-            self._execute(changelog, mailbox, actions)
+            mailbox = PrimaryMailbox(connect(self.config, self.user, self.password))
+            try:
+                actions = self.plan(changelog, mailbox, record)
+                if dry_run:
+                    self.result.plan = [_summary(action) for action in actions]
+                    self.result.counts.update(action.kind for action in actions)
+                    return self.result
+                self._execute(changelog, mailbox, actions)
+            finally:
+                mailbox.close()
+            if not self.result.refused:
+                self.result.settled = record
         finally:
-            mailbox.close()
             store.close()
         return self.result
 
@@ -195,8 +228,11 @@ def _batches(actions: list[Action]) -> list[list[Action]]:
 
 
 def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
-               progress: Progress, lease_holder: str | None) -> list[UserResult]:
-    """One pass over every user, ``sync.concurrency`` users at a time."""
+               progress: Progress, lease_holder: str | None,
+               settled: dict[str, UserRecord] | None = None) -> list[UserResult]:
+    """One pass over every user, ``sync.concurrency`` users at a time; users whose record
+    is still one in ``settled`` are skipped (see ``Merger.run``)."""
+    settled = settled or {}
     password = read_admin_password(config)
     lock = threading.Lock()
 
@@ -205,7 +241,8 @@ def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
             progress(count)
 
     def one(user: str) -> UserResult:
-        return Merger(config, outage, user, password, locked_progress, lease_holder).run(dry_run)
+        return Merger(config, outage, user, password, locked_progress,
+                      lease_holder).run(dry_run, settled.get(user))
 
     with ThreadPoolExecutor(max_workers=config.sync.concurrency) as pool:
         return list(pool.map(one, users))
@@ -299,16 +336,19 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         report = FailbackReport(outage.id if outage else None, "failback")
         if outage is not None:
             changelog.set_outage(outage.id, status="merging")
+            settled: dict[str, UserRecord] = {}
             for number in range(1, MAX_PASSES + 1):
                 outage = rescan(config, changelog, outage)
                 users = changelog.users(outage.id)
                 if number == 1 and on_plan is not None:
                     on_plan(count_planned(config, outage, users))
-                changed = _add(report, merge_pass(config, outage, users, False, progress,
-                                                  holder))
+                results = merge_pass(config, outage, users, False, progress, holder, settled)
+                unchanged = sum(1 for result in results if result.skipped)
+                settled = {r.user: r.settled for r in results if r.settled is not None}
+                changed = _add(report, results)
                 report.passes = number
-                log.info("event=failback_pass outage=%d pass=%d changes=%d", outage.id, number,
-                         changed)
+                log.info("event=failback_pass outage=%d pass=%d changes=%d users=%d"
+                         " users_unchanged=%d", outage.id, number, changed, len(users), unchanged)
                 if number > 1 and changed == 0:
                     break
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),

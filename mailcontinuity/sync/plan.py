@@ -70,6 +70,30 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
     return [Action("create_folder", folder) for folder in missing] + actions
 
 
+def older_copies_needed(rows: list[RecordedMessage]) -> tuple[set[str], set[str]]:
+    """Keys whose copies on the primary may predate the outage, and folders to read in full.
+
+    History the user changed during the outage (flags, moves, copies, deletions) is found in
+    the folders it was and is in; non-journal mail the standby already held when the outage
+    began (a failback without the agent's record) may have been on the primary all along.
+    Every other key can only have copies saved on the primary since the outage began.
+    """
+    groups: dict[str, list[RecordedMessage]] = defaultdict(list)
+    for row in rows:
+        groups[row.key].append(row)
+    keys: set[str] = set()
+    folders: set[str] = set()
+    for key, group in groups.items():
+        if any(row.kind == "outage" for row in group):
+            if any(row.in_baseline for row in group):
+                keys.add(key)
+        elif any(row.present != row.in_baseline
+                 or (row.in_baseline and row.flags != row.base_flags) for row in group):
+            keys.add(key)
+            folders.update(row.folder for row in group)
+    return keys, folders
+
+
 def _gained(now: Iterable[str], before: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(now) - set(before)))
 
