@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.milter.listener import postfix_name
 from mailcontinuity.routing import transport_entries
 
 
@@ -19,7 +20,7 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
     before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
     """
-    milter = f"inet:{config.milter.listen}"
+    milter = postfix_name(config.milter.listen)
     return {
         "relay_domains": ", ".join(config.domains.protected),
         "transport_maps": f"hash:{config.gateway.transport_map}",
