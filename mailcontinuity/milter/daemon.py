@@ -82,5 +82,4 @@ def run_milter(config: Config) -> None:
         shipper.stop()
         shipper.join(timeout=10)
         alarm_store.close()
-        spool.close()
         log.info("event=milter_stop")
