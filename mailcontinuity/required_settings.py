@@ -35,6 +35,10 @@ def dovecot_lmtp_settings(config: Config) -> str:
 
     Journal copies must never fire vacation or filters. Dovecot picks plugins per local
     address, and a global ``protocol lmtp { mail_plugins }`` would conflict with these blocks.
+    It applies a ``local`` block when an lmtp process starts, for the address of its first
+    connection, and a reused process kept those plugins for the other listener: journal copies
+    fired vacation (found by tests/test_milter_lmtp.py). One connection per process
+    (``service_count = 1``) makes each connection get its own listener's plugins.
     """
     blocks = [
         f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
@@ -46,6 +50,7 @@ def dovecot_lmtp_settings(config: Config) -> str:
             f"local {journal.host} {{\n  protocol lmtp {{\n    mail_plugins = $mail_plugins\n"
             "    lmtp_save_to_detail_mailbox = yes\n  }\n}"
         )
+        blocks.append("service lmtp {\n  service_count = 1\n}")
     return "\n".join(blocks)
 
 
