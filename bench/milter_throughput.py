@@ -2,10 +2,12 @@
 
 One run, three set-ups side by side (issue 3):
   (a) no journaling: no milter, no bcc;
-  (b) our milter (maildir sink into the standby);
+  (b) our milter (the lab's: unix socket, maildir sink into the standby);
   (c) what an administrator would do without us: ``always_bcc`` to the standby over LMTP.
 Prints messages/s at acceptance (smtp-source's wall time) and until everything is delivered
-(queue empty, and for (b) the journal spool shipped), then (b)/(a) and (b)/(c).
+(queue empty, and for (b) the journal spool shipped), then (b)/(a) and (b)/(c). With
+``--modes none,empty,milter,bcc`` it also measures the floor: an empty pymilter
+(bench/empty_milter.py) on a unix socket.
 
     .venv/bin/python bench/milter_throughput.py --messages 5000 --sessions 20 --size 10240
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +35,13 @@ BCC = "alice+journal@example.test"
 
 
 def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
-    """Point the gateway at smtp-sink and switch journaling: none, milter or always_bcc."""
+    """Point the gateway at smtp-sink and switch journaling: none, empty, milter or always_bcc."""
     milters = postfix_main_settings(lab.config)
+    milters["empty"] = f"unix:{empty_socket(lab)}"
     journal_lmtp = f"lmtp:inet:[{JOURNAL_LMTP_HOST}]:{lab.config.standby.lmtp.port}"
     settings = {
-        "smtpd_milters": milters["smtpd_milters"] if mode == "milter" else "",
+        "smtpd_milters": {"milter": milters["smtpd_milters"],
+                          "empty": milters["empty"]}.get(mode, ""),
         "non_smtpd_milters": milters["non_smtpd_milters"] if mode == "milter" else "",
         "always_bcc": BCC if mode == "bcc" else "",
     }
@@ -48,6 +53,10 @@ def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     ])
     run_postfix(lab.gateway.config_dir, "postfix", "reload")
     time.sleep(2)  # let the reload settle before measuring
+
+
+def empty_socket(lab: Lab) -> Path:
+    return lab.dir / "bench" / "empty.sock"
 
 
 def queue_empty(lab: Lab) -> bool:
@@ -91,22 +100,36 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     results: dict[str, tuple[float, float]] = {}
+    empty: subprocess.Popen[bytes] | None = None
     try:
         wait_for([sink], up=True, what="smtp-sink")
         lab = Lab.up(directory)
         labels = {"none": "(a) no journaling", "milter": "(b) journal milter",
-                  "bcc": "(c) always_bcc to standby LMTP"}
-        for mode in args.modes.split(","):
+                  "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter"}
+        modes = args.modes.split(",")
+        if "empty" in modes:
+            empty_socket(lab).parent.mkdir()
+            empty = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+                "empty_milter.py")), f"unix:{empty_socket(lab)}"])
+            while not empty_socket(lab).exists():
+                time.sleep(0.1)
+        for mode in modes:
             configure(lab, mode, sink)
             results[mode] = measure(lab, args)
             accepted, delivered = results[mode]
             print(f"{labels[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
                   f"  delivered+journaled {args.messages / delivered:8.1f} msg/s", flush=True)
     finally:
+        if empty is not None:
+            empty.terminate()
+            empty.wait(timeout=15)
         Lab.down(directory)
         sink_process.terminate()
         sink_process.wait(timeout=10)
         shutil.rmtree(directory, ignore_errors=True)
+    if {"none", "empty"} <= results.keys():
+        floor = results["none"][0] / results["empty"][0]
+        print(f"{'accepted':<20} floor/(a) = {floor:.2f}")
     if {"none", "milter", "bcc"} <= results.keys():
         for column, name in ((0, "accepted"), (1, "delivered+journaled")):
             a, b, c = (args.messages / results[m][column] for m in ("none", "milter", "bcc"))

@@ -89,6 +89,33 @@ def parse_delivery_endpoint(value: object) -> DeliveryEndpoint:
     return DeliveryEndpoint(protocol, parse_endpoint(rest))  # type: ignore[arg-type]
 
 
+class UnixSocket(NamedTuple):
+    """A local socket written as ``unix:/absolute/path``."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+# sun_path holds 108 bytes including the terminating NUL.
+UNIX_PATH_MAX = 107
+
+
+def parse_socket(value: object) -> Endpoint | UnixSocket:
+    """Accept ``unix:/absolute/path`` or ``host:port``."""
+    if isinstance(value, (Endpoint, UnixSocket)):
+        return value
+    if isinstance(value, str) and value.startswith("unix:"):
+        path = Path(value.removeprefix("unix:"))
+        if not path.is_absolute():
+            raise ValueError(f'expected "unix:/absolute/path", got {value!r}')
+        if len(bytes(path)) > UNIX_PATH_MAX:
+            raise ValueError(f"socket path longer than {UNIX_PATH_MAX} bytes: {value!r}")
+        return UnixSocket(path)
+    return parse_endpoint(value)
+
+
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 
 
@@ -104,6 +131,9 @@ DeliveryField = Annotated[
     DeliveryEndpoint, BeforeValidator(parse_delivery_endpoint), PlainSerializer(str)
 ]
 DomainField = Annotated[str, BeforeValidator(parse_domain)]
+SocketField = Annotated[
+    Endpoint | UnixSocket, BeforeValidator(parse_socket), PlainSerializer(str)
+]
 
 
 class Section(BaseModel):
@@ -162,7 +192,7 @@ class DrillSection(Section):
 class MilterSection(Section):
     """The journal milter: where it listens, where it spools, how it ships to the standby."""
 
-    listen: EndpointField = Endpoint("127.0.0.1", 8891)
+    listen: SocketField = Endpoint("127.0.0.1", 8891)
     id_header: str = Field(default=DEFAULT_ID_HEADER, pattern=r"^[!-9;-~]+$")
     sink: Literal["maildir", "lmtp"] = "maildir"
     spool_dir: Path = Path("/var/spool/mailcontinuity")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.milter.listener import postfix_name
 from mailcontinuity.routing import transport_entries
 
 
@@ -25,7 +26,7 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     early rejection of recipients unknown to the standby is lost. A fail-closed default would
     turn a dead helper daemon into a mail outage, the very thing this kit exists to prevent.
     """
-    milter = f"inet:{config.milter.listen}"
+    milter = postfix_name(config.milter.listen)
     return {
         "relay_domains": ", ".join(config.domains.protected),
         "transport_maps": f"hash:{config.gateway.transport_map}",
@@ -54,6 +55,10 @@ def dovecot_lmtp_settings(config: Config) -> str:
 
     Journal copies must never fire vacation or filters. Dovecot picks plugins per local
     address, and a global ``protocol lmtp { mail_plugins }`` would conflict with these blocks.
+    It applies a ``local`` block when an lmtp process starts, for the address of its first
+    connection, and a reused process kept those plugins for the other listener: journal copies
+    fired vacation (found by tests/test_milter_lmtp.py). One connection per process
+    (``service_count = 1``) makes each connection get its own listener's plugins.
     """
     blocks = [
         f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
@@ -65,6 +70,7 @@ def dovecot_lmtp_settings(config: Config) -> str:
             f"local {journal.host} {{\n  protocol lmtp {{\n    mail_plugins = $mail_plugins\n"
             "    lmtp_save_to_detail_mailbox = yes\n  }\n}"
         )
+        blocks.append("service lmtp {\n  service_count = 1\n}")
     return "\n".join(blocks)
 
 

@@ -6,15 +6,18 @@ import json
 import os
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from tests.outage_script import forced_outage
 from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
 from mailcontinuity.cli import main
+from mailcontinuity.config import ConfigError, Endpoint, UnixSocket, parse_config
 from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import make_message, send_message
 from mailcontinuity.milter.index import settled_copies
+from mailcontinuity.milter.listener import libmilter_name, postfix_name
 from mailcontinuity.state import StateStore
 
 SENDER = "sender@remote.test"
@@ -97,8 +100,9 @@ def test_check_config_prints_the_milter_settings_the_lab_applies(lab: Lab) -> No
     result = CliRunner().invoke(main, ["--config", str(lab.config_file), "check-config"])
     assert result.exit_code == 0, result.output
     listen = lab.config.milter.listen
+    assert isinstance(listen, UnixSocket), "the lab's milter listens on a unix socket"
     main_cf = (lab.gateway.config_dir / "main.cf").read_text()
-    for line in (f"smtpd_milters = inet:{listen}", f"non_smtpd_milters = inet:{listen}",
+    for line in (f"smtpd_milters = unix:{listen.path}", f"non_smtpd_milters = unix:{listen.path}",
                  "milter_default_action = accept"):
         assert f"postconf -e '{line}'" in result.stdout
         assert f"\n{line}\n" in main_cf
@@ -134,3 +138,23 @@ def test_prune_deletes_only_expired_journal_copies(lab: Lab) -> None:
     assert not fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
+
+
+def test_milter_listen_takes_a_unix_socket_or_a_tcp_endpoint(lab: Lab) -> None:
+    base = lab.config.model_dump(mode="json")
+
+    def listen(value: str) -> Endpoint | UnixSocket:
+        data = {**base, "milter": {**base["milter"], "listen": value}}
+        return parse_config(data, lab.config_file).milter.listen
+
+    queued = listen("unix:/var/spool/postfix/mailcontinuity/milter.sock")
+    # Postfix daemons run in (maybe chrooted to) the queue directory: named relative to it.
+    assert postfix_name(queued) == "unix:mailcontinuity/milter.sock"
+    assert libmilter_name(queued) == "unix:/var/spool/postfix/mailcontinuity/milter.sock"
+    assert postfix_name(listen("unix:/run/mc/milter.sock")) == "unix:/run/mc/milter.sock"
+    tcp = listen("127.0.0.1:8891")
+    assert (postfix_name(tcp), libmilter_name(tcp)) == ("inet:127.0.0.1:8891",
+                                                        "inet:8891@127.0.0.1")
+    for bad in ("unix:relative.sock", "unix:/" + "x" * 120, "nowhere"):
+        with pytest.raises(ConfigError, match="milter.listen"):
+            listen(bad)

@@ -144,11 +144,11 @@ def test_disk_full_on_the_spool_behaves_as_configured(
 def test_disk_full_at_commit_loses_no_accepted_mail_silently(
     runtime: JournalRuntime, mocker: pytest.MockFixture
 ) -> None:
-    mocker.patch("os.fdatasync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
+    mocker.patch("os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
     ctx = feed(runtime, RAW, "alice@example.test")
     assert ctx.rc == Milter.CONTINUE
     assert runtime.spool_error.count == 1
-    assert list(runtime.spool.tmp_dir.iterdir()) == []
+    assert list(runtime.spool.tmp_dir.iterdir()) == [] and runtime.spool.entries() == []
 
 
 def test_authenticated_sender_gets_a_sent_copy(runtime: JournalRuntime) -> None:

@@ -24,10 +24,10 @@ from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import (
     LabError,
-    accepts_connections,
     accepts_unix_connections,
     free_ports,
 )
+from mailcontinuity.milter.listener import accepts_connections as milter_accepts
 from mailcontinuity.required_settings import dovecot_lmtp_settings
 from mailcontinuity.state import StateStore
 
@@ -48,7 +48,7 @@ REQUIRED_PROGRAMS = {
 # check. They start after the mail stores and before the gateway, so the gateway never accepts
 # mail before the milter and policyd serve.
 LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
-    "milter": lambda lab: lambda: accepts_connections(lab.config.milter.listen),
+    "milter": lambda lab: lambda: milter_accepts(lab.config.milter.listen),
 }
 # The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
 # because Dovecot chooses LMTP plugins by local address (see required_settings).
@@ -160,10 +160,8 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 1))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values())))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
-        # Daemon ports live only in mailcontinuity.toml: lab.json keeps its contract shape.
-        milter_port = next(numbers)
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -187,8 +185,7 @@ class Lab:
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
-        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description,
-                                                                          milter_port))
+        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -252,7 +249,7 @@ hold_down_seconds = 3.0
 """
 
 
-def _render_config(directory: Path, description: dict[str, Any], milter_port: int) -> str:
+def _render_config(directory: Path, description: dict[str, Any]) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -289,7 +286,8 @@ report_dir = {json.dumps(str(directory / "drills"))}
 step_timeout = 15
 
 [milter]
-listen = "127.0.0.1:{milter_port}"
+# A unix socket: over TCP, Nagle and delayed ACKs cost ~100 ms per message (docs/benchmarks.md).
+listen = "unix:{directory / "milter" / "journal.sock"}"
 sink = "maildir"
 spool_dir = {json.dumps(str(directory / "spool"))}
 maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}

@@ -16,6 +16,7 @@ from mailcontinuity.commands import CommandError
 from mailcontinuity.config import Config
 from mailcontinuity.milter.app import JournalMilter, JournalPolicy, JournalRuntime, SpoolErrorCounter
 from mailcontinuity.milter.index import record_alarm
+from mailcontinuity.milter.listener import libmilter_name, prepare, tuned_listener
 from mailcontinuity.milter.shipper import Shipper
 from mailcontinuity.milter.sinks import make_sink
 from mailcontinuity.milter.spool import Spool
@@ -43,11 +44,6 @@ def journal_policy(config: Config) -> JournalPolicy:
     )
 
 
-def libmilter_socket(config: Config) -> str:
-    """pymilter's socket syntax is ``inet:PORT@HOST`` (Postfix's is ``inet:HOST:PORT``)."""
-    return f"inet:{config.milter.listen.port}@{config.milter.listen.host}"
-
-
 def run_milter(config: Config) -> None:
     """Serve until SIGTERM/SIGINT (libmilter handles them), then stop the shipper."""
     settings = config.milter
@@ -73,8 +69,11 @@ def run_milter(config: Config) -> None:
     log.info("event=milter_start listen=%s sink=%s spool=%s", settings.listen, settings.sink,
              settings.spool_dir)
     try:
-        Milter.runmilter(MILTER_NAME, libmilter_socket(config), timeout=SOCKET_TIMEOUT_SECONDS)
-    except milter.error as exc:
+        prepare(settings.listen)
+        with tuned_listener(settings.listen):
+            Milter.runmilter(MILTER_NAME, libmilter_name(settings.listen),
+                             timeout=SOCKET_TIMEOUT_SECONDS)
+    except (milter.error, OSError) as exc:
         raise MilterStartError(
             f"milter cannot listen on {settings.listen}: {exc}; check that no other process"
             " (or a predecessor still exiting) holds milter.listen"
@@ -83,5 +82,4 @@ def run_milter(config: Config) -> None:
         shipper.stop()
         shipper.join(timeout=10)
         alarm_store.close()
-        spool.close()
         log.info("event=milter_stop")

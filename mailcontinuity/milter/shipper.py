@@ -117,26 +117,26 @@ class Shipper(threading.Thread):
             # Only an entry seen before (restart, retry) can have settled copies to skip.
             seen = entry in self._recovered or entry in self._waiting
             settled = settled_copies(store, envelope.id) if seen else set()
+            pending = [t for t in envelope.targets if (t.address, t.folder) not in settled]
             error = ""
             fd = os.open(entry, os.O_RDONLY)
             try:
-                for target in envelope.targets:
-                    if (target.address, target.folder) in settled:
-                        continue
-                    try:
-                        outcome = self._sink.ship(fd, envelope, target, seen)
-                    except TemporaryFailure as exc:
-                        error = str(exc)
-                        continue
-                    records.append(CopyRecord(envelope.id, target.address, target.folder,
-                                              outcome.status, envelope.received,
-                                              outcome.location, outcome.detail))
-                    if outcome.status != "shipped":
-                        log.warning("event=journal_copy_refused id=%s address=%s status=%s"
-                                    " detail=%r", envelope.id, target.address, outcome.status,
-                                    outcome.detail)
+                results = self._sink.ship(fd, envelope, pending, seen) if pending else {}
+            except TemporaryFailure as exc:
+                results = {target: exc for target in pending}
             finally:
                 os.close(fd)
+            for target, outcome in results.items():
+                if isinstance(outcome, TemporaryFailure):
+                    error = str(outcome)
+                    continue
+                records.append(CopyRecord(envelope.id, target.address, target.folder,
+                                          outcome.status, envelope.received,
+                                          outcome.location, outcome.detail))
+                if outcome.status != "shipped":
+                    log.warning("event=journal_copy_refused id=%s address=%s status=%s"
+                                " detail=%r", envelope.id, target.address, outcome.status,
+                                outcome.detail)
             if error:
                 postponed[entry] = error
             else:

@@ -1,22 +1,25 @@
-"""Where the shipper puts journal copies: straight into the standby's Maildirs.
+"""Where the shipper puts journal copies: the standby's Maildirs, or its sieve-free LMTP.
 
-(An LMTP sink to the standby's sieve-free journal listener is planned, not built yet.) A sink
-answers the same three ways for one copy: stored (``shipped``), refused for good
-(``unknown`` user or ``failed``), or ``TemporaryFailure`` (standby down, disk full there): the
-shipper keeps the spool entry and retries with backoff. A copy stored twice is stored once:
-the maildir sink derives the file name from the message id and looks before it writes.
+A sink answers the same three ways for each copy of a message: stored (``shipped``), refused
+for good (``unknown`` user or ``failed``), or ``TemporaryFailure`` (standby down, disk full
+there): the shipper keeps the spool entry and retries that copy with backoff. A copy shipped
+twice is stored once. The maildir sink derives the file name from the message id and looks
+before it writes. The lmtp sink cannot look before it delivers; the journal index (written by
+the shipper after each batch) says which copies are done, and for an entry seen before (a
+restart, a retry) it asks the standby's doveadm, when it has one, whether the copy arrived before
+the index was written. Without doveadm, a crash in that window delivers the copy again.
 """
 
 from __future__ import annotations
 
-import time
+import smtplib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mailcontinuity.commands import CommandError, run_command
 from mailcontinuity.config import ConfigError, MilterSection
 from mailcontinuity.maildir import (
+    INBOX,
     MaildirError,
     MailOwner,
     deliver,
@@ -26,9 +29,11 @@ from mailcontinuity.maildir import (
     message_name,
 )
 from mailcontinuity.milter.index import CopyStatus
-from mailcontinuity.milter.spool import Envelope, Target
+from mailcontinuity.milter.lmtp import LmtpClient, Reply
+from mailcontinuity.milter.spool import Envelope, Target, iter_chunks
+from mailcontinuity.milter.standby import Doveadm, StandbyUnreachable, StandbyUsers
 
-DOVEADM_NO_SUCH_USER = 67  # EX_NOUSER; 75 (EX_TEMPFAIL) means auth could not be asked
+LMTP_LOCATION_PREFIX = "lmtp:"
 
 
 class TemporaryFailure(Exception):
@@ -44,38 +49,18 @@ class Outcome:
     detail: str = ""
 
 
-class Sink(Protocol):
-    def ship(self, source: int, envelope: Envelope, target: Target, recovered: bool) -> Outcome:
-        """Store one copy; ``source`` holds the message in its first ``envelope.size`` bytes.
+Result = Outcome | TemporaryFailure
 
-        ``recovered``: the entry was seen before (restart, retry), so this copy may already be
-        stored.
+
+class Sink(Protocol):
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        """Store copies; ``source`` holds the message in its first ``envelope.size`` bytes.
+
+        ``recovered``: the entry was seen before (restart, retry), so a copy may already be
+        stored. Raises TemporaryFailure when no copy could be tried at all.
         """
         ...
-
-
-class StandbyUsers:
-    """Whether the standby knows a mailbox, asked of its own userdb (``doveadm user``), cached."""
-
-    def __init__(self, doveadm_config: Path | None, cache_seconds: float) -> None:
-        self._config = ["-c", str(doveadm_config)] if doveadm_config else []
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[bool, float]] = {}
-
-    def knows(self, address: str) -> bool:
-        known, expires = self._cache.get(address, (False, 0.0))
-        if time.monotonic() < expires:
-            return known
-        try:
-            run_command(["doveadm", *self._config, "user", "-f", "uid", address], timeout=30,
-                        missing_hint="install dovecot-core on the milter host")
-            known = True
-        except CommandError as exc:
-            if exc.returncode != DOVEADM_NO_SUCH_USER:
-                raise TemporaryFailure(f"standby userdb lookup failed: {exc}") from None
-            known = False
-        self._cache[address] = (known, time.monotonic() + self._cache_seconds)
-        return known
 
 
 def maildir_name(envelope: Envelope) -> str:
@@ -92,10 +77,26 @@ class MaildirSink:
     def __init__(self, settings: MilterSection) -> None:
         self._template = settings.maildir
         self._owner = MailOwner.parse(settings.mail_owner)
-        self._users = StandbyUsers(settings.doveadm_config, settings.recipient_cache_seconds)
+        self._users = StandbyUsers(Doveadm(settings.doveadm_config),
+                                   settings.recipient_cache_seconds)
 
-    def ship(self, source: int, envelope: Envelope, target: Target, recovered: bool) -> Outcome:
-        if not self._users.knows(target.address):
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        results: dict[Target, Result] = {}
+        for target in targets:
+            try:
+                results[target] = self._ship_one(source, envelope, target, recovered)
+            except TemporaryFailure as exc:
+                results[target] = exc
+        return results
+
+    def _ship_one(self, source: int, envelope: Envelope, target: Target,
+                  recovered: bool) -> Outcome:
+        try:
+            known = self._users.knows(target.address)
+        except StandbyUnreachable as exc:
+            raise TemporaryFailure(str(exc)) from None
+        if not known:
             return Outcome("unknown", detail="the standby has no such user")
         folder = folder_dir(expand_template(self._template, target.address), target.folder)
         name = maildir_name(envelope)
@@ -114,13 +115,81 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
+class LmtpSink:
+    """Delivers journal copies to the standby's LMTP listener that runs no sieve.
+
+    All copies of a message go in one transaction: a recipient per copy, ``user+Folder`` for a
+    folder other than INBOX (the journal listener saves to the detail mailbox), and each
+    recipient's own reply decides its copy: 2xx shipped, 550 5.1.1 unknown, other 5xx failed,
+    4xx retried.
+    """
+
+    def __init__(self, settings: MilterSection) -> None:
+        if settings.lmtp is None:
+            raise ConfigError(
+                'milter.sink = "lmtp" needs milter.lmtp, the standby\'s sieve-free LMTP listener'
+                ' (e.g. "127.0.0.2:24"; check-config prints the Dovecot settings for it)'
+            )
+        self._endpoint = settings.lmtp
+        self._client = LmtpClient(settings.lmtp)
+        self._id_header = settings.id_header
+        self._doveadm = Doveadm(settings.doveadm_config) if settings.doveadm_config else None
+
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        results: dict[Target, Result] = {}
+        if recovered and self._doveadm is not None:
+            results = self._already_stored(self._doveadm, envelope, targets)
+        pending = {lmtp_recipient(t): t for t in targets if t not in results}
+        if not pending:
+            return results
+        try:
+            replies = self._client.deliver(envelope.sender, list(pending),
+                                           iter_chunks(source, envelope.size))
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"standby LMTP {self._endpoint}: {exc}") from None
+        for recipient, reply in replies.items():
+            results[pending[recipient]] = self._outcome(reply)
+        return results
+
+    def _already_stored(self, doveadm: Doveadm, envelope: Envelope,
+                        targets: list[Target]) -> dict[Target, Result]:
+        found: dict[Target, Result] = {}
+        for target in targets:
+            try:
+                if doveadm.journal_copies(target.address, target.folder, self._id_header,
+                                                envelope.id):
+                    found[target] = Outcome("shipped", self.location, "already stored")
+            except StandbyUnreachable:
+                continue  # cannot tell: deliver, a duplicate is better than a gap
+        return found
+
+    @property
+    def location(self) -> str:
+        return f"{LMTP_LOCATION_PREFIX}{self._endpoint}"
+
+    def _outcome(self, reply: Reply) -> Result:
+        if reply.accepted:
+            return Outcome("shipped", self.location)
+        if reply.temporary:
+            return TemporaryFailure(f"standby LMTP {self._endpoint}: {reply}")
+        if reply.code == 550 and "5.1.1" in reply.text:
+            return Outcome("unknown", detail=str(reply))
+        return Outcome("failed", detail=str(reply))
+
+
+def lmtp_recipient(target: Target) -> str:
+    """INBOX is the address itself; another folder is ``local+Folder@domain``."""
+    if target.folder.upper() == INBOX:
+        return target.address
+    local, at, domain = target.address.rpartition("@")
+    return f"{local}+{target.folder}{at}{domain}"
+
+
 def make_sink(settings: MilterSection) -> Sink:
     """The sink the configuration names."""
-    if settings.sink != "maildir":
-        raise ConfigError(
-            f"milter.sink = {settings.sink!r} is not available in this version; use \"maildir\""
-            " (the standby's Maildirs must then be reachable from the milter host)"
-        )
+    if settings.sink == "lmtp":
+        return LmtpSink(settings)
     try:
         return MaildirSink(settings)
     except MaildirError as exc:
