@@ -206,3 +206,7 @@ from mailcontinuity.policyd.cli import failover, policyd  # noqa: E402
 
 main.add_command(policyd)
 main.add_command(failover)
+
+from mailcontinuity.sieve.cli import sieve_sync_command  # noqa: E402
+
+main.add_command(sieve_sync_command)

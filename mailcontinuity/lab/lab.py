@@ -269,6 +269,7 @@ protected = {json.dumps(description["domains"])}
 [primary]
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
+managesieve = "{primary["managesieve"]}"
 
 [standby]
 imap = "{standby["imap"]}"
