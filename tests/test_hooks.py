@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 import time
-from importlib.resources import files
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,8 +89,10 @@ def test_transition_runs_hooks_after_routing_switched(lab: Lab, lab_hooks: Path)
 
 def test_example_hook_mails_the_administrators(lab: Lab, tmp_path: Path) -> None:
     admin = lab.users[2]
-    example = Path(str(files("mailcontinuity.hooks") / "examples" / "mail-admins"))
-    install(tmp_path, "failover", "mail-admins", example.read_text())
+    directory = tmp_path / "on-failover.d"
+    directory.mkdir()
+    (directory / "mail-admins").symlink_to(Path(sys.executable).parent
+                                           / "mailcontinuity-hook-mail-admins")
     # Its settings come from the hooks' environment file, as the role writes it.
     (tmp_path / "environment").write_text(f"# admins\nMAILCONTINUITY_ADMINS={admin.address}\n"
                                           f"MAILCONTINUITY_SMTP_RELAY='{lab.gateway.smtp}'\n"
