@@ -152,12 +152,16 @@ lab_dir_option = click.option(
 
 @lab.command("up")
 @lab_dir_option
+@click.option("--webmail", is_flag=True,
+              help="Also start Roundcube on the standby (PHP's built-in server).")
 @operator_errors
-def lab_up(directory: Path) -> None:
+def lab_up(directory: Path, webmail: bool) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
-    started = Lab.up(directory)
+    started = Lab.up(directory, webmail=webmail)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
+    if started.webmail is not None:
+        click.echo(f"webmail:   {started.webmail.url}")
 
 
 @lab.command("down")
@@ -206,3 +210,7 @@ from mailcontinuity.policyd.cli import failover, policyd  # noqa: E402
 
 main.add_command(policyd)
 main.add_command(failover)
+
+from mailcontinuity.sieve.cli import sieve_sync_command  # noqa: E402
+
+main.add_command(sieve_sync_command)

@@ -159,6 +159,7 @@ class PrimarySection(Section):
 
     delivery: DeliveryField
     imap: EndpointField
+    managesieve: EndpointField | None = None
 
 
 class StandbySection(Section):
@@ -219,6 +220,28 @@ class SyncSection(Section):
     propagate_deletions: bool = False
     concurrency: int = Field(default=4, ge=1, le=64)
     timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class SieveSection(Section):
+    """``sieve-sync``: how it logs into ManageSieve on both sides as each user.
+
+    The primary is reached with [sync]'s admin (a Dovecot master user); the standby with the
+    same one unless ``standby_admin_login``/``standby_password_file`` name another. Users are
+    those with a standby Maildir plus ``users``, for people who have had no mail journaled yet.
+    """
+
+    standby_admin_login: str | None = None
+    standby_password_file: Path | None = None
+    users: list[str] = []
+    tls: Literal["none", "starttls", "ssl"] = "none"
+    delete_missing: bool = True
+
+    @model_validator(mode="after")
+    def _login_needs_password(self) -> SieveSection:
+        if (self.standby_admin_login is None) != (self.standby_password_file is None):
+            raise ValueError("set both 'standby_admin_login' and 'standby_password_file',"
+                             " or neither (then [sync]'s admin logs into the standby too)")
+        return self
 
 
 class PolicydSection(Section):
@@ -297,6 +320,7 @@ class Config(Section):
     drill: DrillSection = DrillSection()
     milter: MilterSection = MilterSection()
     sync: SyncSection = SyncSection()
+    sieve: SieveSection = SieveSection()
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
     failback: FailbackSection = FailbackSection()

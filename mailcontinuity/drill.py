@@ -23,6 +23,7 @@ from mailcontinuity.config import Config, ConfigError, Endpoint
 from mailcontinuity.headers import JOURNAL_HEADER
 from mailcontinuity.lab.mailbox import imap_login, make_message, send_message
 from mailcontinuity.routing import switch_route
+from mailcontinuity.sieve.replicate import sieve_sync
 from mailcontinuity.state import StateStore
 from mailcontinuity.status import collect_status
 from mailcontinuity.transitions import ROUTE_IN_STATE
@@ -99,6 +100,9 @@ class Drill:
                   " accepting journal copies")
         self.step("routing switch for the probe address", self.routing_switch,
                   "check the gateway's transport table and the standby's LMTP listener")
+        self.step("sieve scripts in sync", self.sieve_scripts_in_sync,
+                  "run mailcontinuity sieve-sync and fix what it names (a script on the"
+                  " primary, or the admin login on either ManageSieve server)")
         self.clean_up()
         return self.report
 
@@ -193,6 +197,19 @@ class Drill:
         finally:
             switch_route(self.config, ROUTE_IN_STATE[self.store.current_state().name])
         return f"probe mail routed to the standby's LMTP after {seconds:.1f}s; others unchanged"
+
+    def sieve_scripts_in_sync(self) -> str:
+        """Users' filters and out-of-office replies must be on the standby before it is needed."""
+        if self.config.primary.managesieve is None or self.config.standby.managesieve is None:
+            raise _Skip("primary.managesieve or standby.managesieve is not configured")
+        state = self.store.current_state().name
+        if state != "normal":
+            raise _Skip(f"state is {state}: the primary's scripts are not the ones in use")
+        report = sieve_sync(self.config)
+        if report.failed:
+            raise StepFailed(report.reason(), "")
+        copied = sum(len(user.copied) for user in report.users)
+        return f"{len(report.users)} user(s) in sync, {copied} script(s) copied now"
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ packages=(
     python3-apt systemd
     swaks
     isync
+    knot
+    roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
+    chromium
 )
 
 missing=()
@@ -27,5 +30,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # The lab runs private Postfix instances; the system one stays unconfigured and stopped.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# Roundcube (the lab's emergency portal) on SQLite: no database server to install or run.
+# php-cgi is named so that the "php" dependency does not pull in Apache.
+printf '%s\n' "roundcube-core roundcube/dbconfig-install boolean true" \
+    "roundcube-core roundcube/database-type select sqlite3" | debconf-set-selections
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"

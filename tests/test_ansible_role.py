@@ -7,6 +7,7 @@ servers it configures are started by hand here and stopped again; no running sys
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -29,7 +30,8 @@ VENV_BIN = Path(sys.executable).parent
 CI_USERS = Path("/etc/dovecot/mailcontinuity-ci-users")
 UNITS = [Path(f"/etc/systemd/system/mailcontinuity-{name}")
          for name in ("milter.service", "policyd.service", "sync-agent.service",
-                      "prune.service", "prune.timer")]
+                      "prune.service", "prune.timer", "sieve-sync.service",
+                      "sieve-sync.timer")]
 
 
 def run(*argv: str | Path, cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -164,3 +166,17 @@ def test_ansible_lint_is_clean() -> None:
     result = run(VENV_BIN / "ansible-lint", "--offline", "roles/mailcontinuity", "site.yml",
                  "tests/localhost.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_portal_and_hooks_are_installed(applied: list[str]) -> None:
+    roundcube = Path("/etc/roundcube/config.inc.php").read_text()
+    assert "$config['imap_host'] = ['127.0.0.1:10143'];" in roundcube
+    assert "$config['smtp_host'] = '127.0.0.1:10587';" in roundcube
+    assert re.search(r"\$config\['des_key'\] = '[^']{24}';", roundcube)
+    hook = Path("/etc/mailcontinuity/hooks/on-failover.d/50-webhook")
+    assert os.readlink(hook) == "/opt/mailcontinuity/bin/mailcontinuity-hook-webhook"
+    environment = Path("/etc/mailcontinuity/hooks/environment")
+    assert "MAILCONTINUITY_WEBHOOK_URL=http://127.0.0.1:9/ci" in environment.read_text()
+    assert environment.stat().st_mode & 0o007 == 0
+    timer = Path("/etc/systemd/system/mailcontinuity-sieve-sync.timer").read_text()
+    assert "OnCalendar=*:0/15" in timer

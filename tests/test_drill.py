@@ -39,7 +39,7 @@ def test_drill_passes_on_a_healthy_lab_and_archives_its_report(lab: Lab) -> None
     assert [step["name"] for step in report["steps"]] == [
         "standby reachable", "login with production credentials", "send from the standby",
         "receive through the gateway into the standby", "journal lag",
-        "routing switch for the probe address"]
+        "routing switch for the probe address", "sieve scripts in sync"]
     archived = json.loads(open(report["archived_to"]).read())
     assert archived["passed"] is True
     # The probe's override is gone: the protected domain alone routes to the primary again.

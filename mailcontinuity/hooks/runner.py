@@ -4,6 +4,10 @@ Every executable in ``hooks_dir/on-<new state>.d/`` runs in name order, with the
 its environment (OLD_STATE, NEW_STATE, CAUSE, ACTOR, TIME). Hooks run after routing has been
 switched and each is bounded by a timeout (its whole process group is killed when it expires),
 so a failing or hanging hook can delay only other hooks, never mail. Their output is logged.
+
+The hooks' own settings (webhook URL, administrators' addresses...) go in ``hooks_dir/environment``
+as ``KEY=VALUE`` lines, so that a hook sees the same settings whether the health monitor (a
+systemd unit) or an operator's ``mailcontinuity failover`` caused the transition.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ import os
 import signal
 import subprocess
 import tempfile
+import calendar
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MAX_LOGGED_LINES = 50
+ENVIRONMENT_FILE = "environment"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,19 @@ class Transition:
             "NEW_STATE": self.new_state,
             "CAUSE": self.cause,
             "ACTOR": self.actor,
-            "TIME": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+            "TIME": time.strftime(TIME_FORMAT, time.gmtime(self.at)),
         }
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Transition:
+        """The transition a hook was started for (the inverse of ``environment``)."""
+        missing = [key for key in ("OLD_STATE", "NEW_STATE", "TIME") if not env.get(key)]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not set: run this from a mailcontinuity"
+                             " hooks directory (on-<state>.d), where the runner sets them")
+        at = calendar.timegm(time.strptime(env["TIME"], TIME_FORMAT))
+        return cls(env["OLD_STATE"], env["NEW_STATE"], env.get("CAUSE", ""),
+                   env.get("ACTOR", ""), float(at))
 
 
 @dataclass(frozen=True)
@@ -69,8 +88,37 @@ def hooks_for(hooks_dir: Path, state: str) -> list[Path]:
 def run_hooks(hooks_dir: Path, transition: Transition, timeout: float,
               extra_env: dict[str, str] | None = None) -> list[HookResult]:
     """Run every hook for ``transition.new_state``; never raises for a hook's failure."""
-    env = {**os.environ, **(extra_env or {}), **transition.environment()}
+    env = {**os.environ, **hooks_environment(hooks_dir), **(extra_env or {}),
+           **transition.environment()}
     return [run_hook(hook, env, timeout) for hook in hooks_for(hooks_dir, transition.new_state)]
+
+
+def hooks_environment(hooks_dir: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of ``hooks_dir/environment`` (``#`` comments, optional quotes)."""
+    path = hooks_dir / ENVIRONMENT_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.error("event=hooks_environment_unreadable path=%s error=%r", path, exc.strerror)
+        return {}
+    env = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            log.error("event=hooks_environment_line_skipped path=%s line=%d"
+                      " reason=expected_KEY=VALUE", path, number)
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env
 
 
 def run_hook(hook: Path, env: dict[str, str], timeout: float) -> HookResult:

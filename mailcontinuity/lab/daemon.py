@@ -7,7 +7,6 @@ systemd unit would run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree
+from mailcontinuity.lab.process import LabError, read_pid, stop_pid_file
 
 START_TIMEOUT_SECONDS = 20.0
 
@@ -60,11 +59,4 @@ class DaemonPart:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is not None:
-            stop_process_tree(pid)
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
-            except ChildProcessError:
-                pass
-        self.pid_file.unlink(missing_ok=True)
+        stop_pid_file(self.pid_file)

@@ -22,6 +22,7 @@ from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.lab.process import (
     LabError,
     accepts_unix_connections,
@@ -96,6 +97,8 @@ class Lab:
     primary: DovecotInstance
     standby: DovecotInstance
     gateway: PostfixGateway
+    webmail: Webmail | None = None
+    """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -104,23 +107,27 @@ class Lab:
             name: DaemonPart(name, self.config_file, self.dir / "daemons", readiness(self))
             for name, readiness in LAB_DAEMONS.items()
         }
+        webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
         return {"primary": self.primary, "standby": self.standby, **daemons,
-                "gateway": self.gateway}
+                "gateway": self.gateway, **webmail}
 
     @property
     def config_file(self) -> Path:
         return self.dir / "mailcontinuity.toml"
 
     @classmethod
-    def up(cls, directory: Path, user_count: int = len(LAB_USERS)) -> Lab:
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
-        ``user_count`` beyond the three named users adds ``user04``... (benchmarks)."""
+        ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
+        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
         lab = (cls.load(directory) if (directory / "lab.json").exists()
                else cls._create(directory, user_count))
+        if webmail and lab.webmail is None:
+            lab = lab._add_webmail()
         for part in lab.parts.values():
             part.start()
         log.info("event=lab_up dir=%s", directory)
@@ -141,6 +148,16 @@ class Lab:
         if failures:
             raise LabError("; ".join(failures))
         log.info("event=lab_down dir=%s", directory)
+
+    def _add_webmail(self) -> Lab:
+        """Give the lab a webmail port and configuration; ``lab.json`` gets its URL."""
+        description = json.loads((self.dir / "lab.json").read_text())
+        description["webmail"] = f"http://127.0.0.1:{free_ports(1)[0]}/"
+        lab = Lab.load(self.dir, description)
+        assert lab.webmail is not None
+        lab.webmail.write_config()
+        (self.dir / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        return lab
 
     def part(self, name: str) -> LabPart:
         try:
@@ -194,11 +211,13 @@ class Lab:
         return lab
 
     @classmethod
-    def load(cls, directory: Path) -> Lab:
-        try:
-            description = json.loads((directory / "lab.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise LabError(f"{directory}/lab.json: {exc}; run 'mailcontinuity lab up'") from None
+    def load(cls, directory: Path, description: dict[str, Any] | None = None) -> Lab:
+        if description is None:
+            try:
+                description = json.loads((directory / "lab.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise LabError(f"{directory}/lab.json: {exc}; run 'mailcontinuity lab up'"
+                               ) from None
         config = load_config(Path(description["config"]))
         users = [LabUser(user["address"], user["password"]) for user in description["users"]]
         admin = LabUser(ADMIN_LOGIN, (directory / "secrets" / "admin-password").read_text().strip())
@@ -213,6 +232,12 @@ class Lab:
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
         standby.lmtp_plugins = dovecot_lmtp_settings(config)
+        webmail = None
+        if "webmail" in description:
+            webmail = Webmail(directory / "webmail",
+                              parse_endpoint(description["webmail"].removeprefix("http://")
+                                             .rstrip("/")),
+                              standby.listeners["imap"], standby.listeners["submission"])
 
         return cls(
             dir=directory,
@@ -221,6 +246,7 @@ class Lab:
             primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
             standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config),
+            webmail=webmail,
         )
 
     def endpoint(self, role: str, protocol: str) -> Endpoint:
@@ -266,6 +292,7 @@ protected = {json.dumps(description["domains"])}
 [primary]
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
+managesieve = "{primary["managesieve"]}"
 
 [standby]
 imap = "{standby["imap"]}"

@@ -135,3 +135,16 @@ def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
             os.kill(victim, sig)
         except ProcessLookupError:
             pass
+
+
+def stop_pid_file(pid_file: Path) -> None:
+    """Stop the process tree whose master's pid is in ``pid_file``, reap it if it is our child,
+    and remove the file: for the lab parts this package starts itself with ``Popen``."""
+    pid = read_pid(pid_file)
+    if pid is not None:
+        stop_process_tree(pid)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    pid_file.unlink(missing_ok=True)

@@ -1,0 +1,125 @@
+"""The emergency portal in the lab: Debian's Roundcube on PHP's built-in web server.
+
+Roundcube is pointed at the standby's IMAP and submission, as the Ansible role points it on a
+real standby, so users read, search, send and file mail in a browser during an outage with
+their usual credentials. The lab keeps everything of its own under ``DIR/webmail`` (config,
+SQLite database, logs, temp files); Roundcube's code and defaults come from the package and
+``ROUNDCUBE_CONFIG_DIR`` tells it where the lab's configuration is.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailcontinuity.config import Endpoint
+from mailcontinuity.lab.process import LabError, read_pid, stop_pid_file, wait_for
+
+ROUNDCUBE_HOME = Path("/var/lib/roundcube")
+ROUNDCUBE_ETC = Path("/etc/roundcube")
+ROUNDCUBE_SCHEMA = Path("/usr/share/roundcube/SQL/sqlite.initial.sql")
+PACKAGES = "roundcube roundcube-sqlite3 php-cli php-sqlite3"
+# Roundcube's page loads make parallel requests; one PHP worker would serialise them.
+PHP_WORKERS = "4"
+
+
+def _php_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass
+class Webmail:
+    """Roundcube under ``root``, served on ``endpoint``, for the standby's ``imap``/``submission``."""
+
+    root: Path
+    endpoint: Endpoint
+    imap: Endpoint
+    submission: Endpoint
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}/"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "logs" / "php-server.log"
+
+    def write_config(self) -> None:
+        """Roundcube's config and an initialised SQLite database; kept if already there."""
+        _check_installed()
+        for sub in ("config", "logs", "temp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for shipped in ("defaults.inc.php", "mimetypes.php"):
+            link = self.config_dir / shipped
+            if not link.is_symlink():
+                link.symlink_to(ROUNDCUBE_ETC / shipped)
+        database = self.root / "roundcube.sqlite"
+        if not database.exists():
+            with sqlite3.connect(database) as db:
+                db.executescript(ROUNDCUBE_SCHEMA.read_text())
+            db.close()
+        config = self.config_dir / "config.inc.php"
+        if config.exists():
+            return
+        settings = {
+            "db_dsnw": f"sqlite:///{database}?mode=0600",
+            "imap_host": f"{self.imap.host}:{self.imap.port}",
+            "smtp_host": f"{self.submission.host}:{self.submission.port}",
+            "smtp_user": "%u",
+            "smtp_pass": "%p",
+            "des_key": secrets.token_urlsafe(18)[:24],
+            "product_name": "Emergency mail (lab standby)",
+            "log_dir": str(self.root / "logs"),
+            "temp_dir": str(self.root / "temp"),
+            "skin": "elastic",
+            "support_url": "",
+        }
+        lines = [f"$config[{_php_string(key)}] = {_php_string(value)};"
+                 for key, value in settings.items()]
+        lines += ["$config['plugins'] = [];", "$config['enable_spellcheck'] = false;"]
+        config.write_text("<?php\n// Written by mailcontinuity lab; do not edit.\n$config = [];\n"
+                          + "\n".join(lines) + "\n")
+        config.chmod(0o600)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "php-server.pid"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        _check_installed()
+        env = {**os.environ, "ROUNDCUBE_CONFIG_DIR": str(self.config_dir),
+               "PHP_CLI_SERVER_WORKERS": PHP_WORKERS}
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                ["php", "-S", str(self.endpoint), "-t", str(ROUNDCUBE_HOME / "public_html")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True)
+        self.pid_file.write_text(f"{process.pid}\n")
+        try:
+            wait_for([self.endpoint], up=True, what="webmail (php -S)")
+        except LabError:
+            self.stop()
+            raise LabError(f"webmail did not start; see {self.log_file}") from None
+
+    def stop(self) -> None:
+        stop_pid_file(self.pid_file)
+
+
+def _check_installed() -> None:
+    if shutil.which("php") is None or not (ROUNDCUBE_HOME / "public_html").is_dir():
+        raise LabError(f"the lab's webmail needs Debian's packages: apt-get install {PACKAGES}"
+                       " (scripts/install-system-deps.sh preseeds Roundcube for SQLite)")

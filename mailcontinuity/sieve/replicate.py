@@ -1,0 +1,140 @@
+"""``sieve-sync``: copy each protected user's sieve scripts, and which is active, to the standby.
+
+During an outage users' filters and out-of-office replies must work on the standby as they did
+on the primary, so the standby keeps a copy of every script, refreshed on a timer and before a
+drill. The primary is the source of truth: scripts are compared as normalised text and only
+changed ones are written, scripts gone from the primary are deleted (``sieve.delete_missing``),
+and the active script follows the primary's. A script the standby does not accept is reported
+for its user and skipped; it never stops the other scripts or users.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailcontinuity.config import Config, ConfigError, Endpoint
+from mailcontinuity.sieve.managesieve import Credentials, SieveError, SieveSession, Scripts, session
+from mailcontinuity.sync.imap import read_admin_password
+from mailcontinuity.sync.scan import protected_maildirs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UserResult:
+    """What sieve-sync did for one user; ``errors`` non-empty means the user failed."""
+
+    user: str
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    active: str | None = None
+    activated: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SieveSyncReport:
+    users: list[UserResult]
+
+    @property
+    def failed(self) -> list[UserResult]:
+        return [result for result in self.users if result.errors]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": not self.failed, "users": [asdict(result) for result in self.users],
+                "failed": [result.user for result in self.failed]}
+
+    def reason(self) -> str:
+        """One line for the operator: who failed and the first reason."""
+        first = self.failed[0]
+        return (f"sieve-sync: {len(self.failed)} of {len(self.users)} user(s) failed, first"
+                f" {first.user}: {first.errors[0]}")
+
+
+def protected_users(config: Config) -> list[str]:
+    """Users with a standby Maildir (anyone who has had mail journaled) plus ``sieve.users``."""
+    return sorted({*protected_maildirs(config), *(u.lower() for u in config.sieve.users)})
+
+
+def sieve_sync(config: Config) -> SieveSyncReport:
+    """Replicate every protected user's scripts; never raises for one user's failure."""
+    primary_at = _endpoint(config, config.primary.managesieve, "primary.managesieve")
+    standby_at = _endpoint(config, config.standby.managesieve, "standby.managesieve")
+    primary_admin = Credentials(config.sync.admin_login, read_admin_password(config))
+    standby_admin = primary_admin
+    if config.sieve.standby_admin_login and config.sieve.standby_password_file:
+        standby_admin = Credentials(config.sieve.standby_admin_login,
+                                    _read_secret(config, config.sieve.standby_password_file))
+    results = []
+    for user in protected_users(config):
+        result = UserResult(user)
+        try:
+            with session(primary_at, "primary", user, primary_admin, config.sieve.tls) as primary:
+                wanted = primary.scripts()
+            result.active = wanted.active
+            with session(standby_at, "standby", user, standby_admin, config.sieve.tls) as standby:
+                replicate(standby, wanted, result, config.sieve.delete_missing)
+        except SieveError as exc:
+            result.errors.append(str(exc))
+        log.info("event=sieve_sync user=%s copied=%d unchanged=%d deleted=%d active=%s"
+                 " errors=%d", user, len(result.copied), len(result.unchanged),
+                 len(result.deleted), result.active, len(result.errors))
+        for error in result.errors:
+            log.error("event=sieve_sync_failed user=%s error=%r", user, error)
+        results.append(result)
+    return SieveSyncReport(results)
+
+
+def replicate(standby: SieveSession, wanted: Scripts, result: UserResult,
+              delete_missing: bool) -> None:
+    """Make the standby's scripts and activation those of ``wanted``, script by script."""
+    have = standby.scripts()
+    for name, text in sorted(wanted.texts.items()):
+        if have.texts.get(name) == text:
+            result.unchanged.append(name)
+            continue
+        try:
+            standby.check(text)
+        except SieveError as exc:
+            result.errors.append(f"script {name!r} does not compile on the standby, skipped"
+                                 f" ({exc}); fix it on the primary")
+            continue
+        try:
+            standby.put(name, text)
+        except SieveError as exc:
+            result.errors.append(f"script {name!r} not stored, skipped ({exc})")
+            continue
+        result.copied.append(name)
+    stored = {*result.copied, *result.unchanged}
+    active = have.active
+    if wanted.active != have.active and (wanted.active is None or wanted.active in stored):
+        standby.activate(wanted.active)
+        result.activated = True
+        active = wanted.active
+    # Deleting the active script is refused by ManageSieve; it stays until the next run.
+    stale = set(have.texts) - set(wanted.texts) - {active} if delete_missing else set()
+    for name in sorted(stale):
+        standby.delete(name)
+        result.deleted.append(name)
+
+
+def _endpoint(config: Config, endpoint: Endpoint | None, key: str) -> Endpoint:
+    if endpoint is None:
+        raise ConfigError(f"{config.source}: key '{key}' is required for sieve-sync: the"
+                          " ManageSieve listener (host:port, usually port 4190)")
+    return endpoint
+
+
+def _read_secret(config: Config, path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{config.source}: key 'sieve.standby_password_file' {path}:"
+                          f" {exc.strerror}; create it with the standby admin's password") from None
+    if not secret:
+        raise ConfigError(f"{config.source}: sieve.standby_password_file {path} is empty")
+    return secret
