@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import smtplib
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from mailcontinuity.cli import main
 from mailcontinuity.config import ConfigError, Endpoint, UnixSocket, parse_config
 from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import make_message, send_message
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message
 from mailcontinuity.milter.index import settled_copies
 from mailcontinuity.milter.listener import libmilter_name, postfix_name
 from mailcontinuity.state import StateStore
@@ -40,6 +41,20 @@ def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(lab: Lab) -> N
         assert without_trace(standby, (b"received:", b"return-path:", b"delivered-to:",
                                        JOURNAL_HEADER.lower().encode() + b":")) == \
             without_trace(primary)
+
+
+def test_authenticated_sender_gets_a_sent_copy_through_the_real_gateway(lab: Lab) -> None:
+    alice, bob = lab.users[0], lab.users[1]
+    message = make_message(alice.address, [bob.address], "sent with SMTP AUTH")
+    with smtplib.SMTP(lab.gateway.smtp.host, lab.gateway.smtp.port, timeout=30,
+                      source_address=(INTERNET_CLIENT, 0)) as smtp:
+        smtp.login(alice.login, alice.password)
+        smtp.send_message(message, from_addr=alice.address, to_addrs=[bob.address])
+    [delivered] = fetch_by_header(lab, "primary", bob, "Message-ID", message["Message-ID"])
+    [sent] = fetch_by_header(lab, "standby", alice, "Message-ID", message["Message-ID"],
+                             folder="Sent")
+    assert JOURNAL_HEADER.encode() in sent
+    assert journal_id(sent) == journal_id(delivered)
 
 
 def test_journal_file_is_a_maildir_message_dovecot_trusts(lab: Lab) -> None:

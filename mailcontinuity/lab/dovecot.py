@@ -17,6 +17,9 @@ from mailcontinuity.commands import CommandError, run_command
 from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
 from mailcontinuity.config import Endpoint
 
+# The authentication socket Postfix's smtpd uses for SMTP AUTH (in base_dir).
+POSTFIX_AUTH_SOCKET = "auth-postfix"
+
 # Dovecot refuses mail access as root; Debian's base system always has the "mail" user.
 MAIL_USER = "mail"
 
@@ -157,6 +160,13 @@ submission_relay_trusted = yes
 {self.lmtp_plugins}
 plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
+service auth {{
+  unix_listener {POSTFIX_AUTH_SOCKET} {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
 }}
 {"".join(blocks)}"""
 

@@ -53,6 +53,9 @@ class PostfixGateway:
     root: Path
     smtp: Endpoint
     config: Config
+    sasl_socket: Path
+    """Dovecot's authentication socket for SMTP AUTH: users authenticate as on their mailbox,
+    and the milter then keeps a Sent copy of what they send through the gateway."""
 
     @property
     def config_dir(self) -> Path:
@@ -97,6 +100,9 @@ class PostfixGateway:
             "minimal_backoff_time": "5s",
             "maximal_backoff_time": "30s",
             "queue_run_delay": "5s",
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "dovecot",
+            "smtpd_sasl_path": str(self.sasl_socket),
             **postfix_main_settings(self.config),
         }
         (self.config_dir / "main.cf").write_text(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.lab.daemon import DaemonPart
-from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance, LabUser
+from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.lab.process import (
@@ -245,7 +245,8 @@ class Lab:
             users=users,
             primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
             standby=standby,
-            gateway=PostfixGateway(directory / "gateway", gateway_smtp, config),
+            gateway=PostfixGateway(directory / "gateway", gateway_smtp, config,
+                                   directory / "standby" / "run" / POSTFIX_AUTH_SOCKET),
             webmail=webmail,
         )
 
