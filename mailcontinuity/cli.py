@@ -71,8 +71,12 @@ def operator() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
-def emit(report: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+def emit(report: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str],
+         failure: str | None = None) -> None:
+    """Print the report; then, if ``failure`` says what went wrong, exit 1 with it on stderr."""
     click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else render(report))
+    if failure:
+        raise click.ClickException(failure)
 
 
 @click.group()
@@ -133,10 +137,9 @@ def drill(ctx: Context, as_json: bool) -> None:
                                                    "report": report.archived_to})
     finally:
         store.close()
-    emit(report.as_dict(), as_json, lambda _: render_report(report))
-    if not report.passed:
-        failed = [step.name for step in report.steps if not step.passed and not step.skipped]
-        raise click.ClickException(f"drill failed at: {', '.join(failed)}")
+    failed = [step.name for step in report.steps if not step.passed and not step.skipped]
+    emit(report.as_dict(), as_json, lambda _: render_report(report),
+         failure=f"drill failed at: {', '.join(failed)}" if failed else None)
 
 
 @main.group()

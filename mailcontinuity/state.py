@@ -175,13 +175,27 @@ class StateStore:
                 path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
             )
             self.db = sqlite_utils.Database(conn)
-            self.db.enable_wal()
+            self._enable_wal()
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StateStoreError(
                 f"state store {path}: {exc}; check that the directory exists and is writable"
                 " by this user"
             ) from None
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL once per database. Changing the journal mode needs a lock SQLite does
+        not wait for (no busy handler), so processes opening a new store together retry."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.db.execute("PRAGMA journal_mode=wal")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self.db.conn.close()

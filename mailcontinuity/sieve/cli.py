@@ -31,6 +31,5 @@ def render_sieve_sync(report: dict[str, Any]) -> str:
 def sieve_sync_command(ctx: Context, as_json: bool) -> None:
     """Copy users' sieve scripts (and which is active) from the primary to the standby."""
     report = sieve_sync(ctx.config)
-    emit(report.as_dict(), as_json, render_sieve_sync)
-    if report.failed:
-        raise click.ClickException(report.reason())
+    emit(report.as_dict(), as_json, render_sieve_sync,
+         failure=report.reason() if report.failed else None)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mailcontinuity.cli import Context, emit, operator_errors, pass_context
+from mailcontinuity.cli import Context, emit, operator, operator_errors, pass_context
 from mailcontinuity.sync.agent import SyncAgent
 from mailcontinuity.sync.failback import FailbackReport, plan_failback, run_failback
 from mailcontinuity.sync.verify import verify
@@ -53,11 +53,10 @@ def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
     if sys.stdout.isatty() and not as_json:
         report = _with_progress_bar(config)
     else:
-        report = run_failback(config, actor="operator")
-    emit(report.as_dict(), as_json, render_failback)
-    if report.refused:
-        raise click.ClickException(f"{len(report.refused)} message(s) refused by the primary"
-                                   " and kept on the standby; see the list above")
+        report = run_failback(config, actor=operator())
+    emit(report.as_dict(), as_json, render_failback,
+         failure=f"{len(report.refused)} message(s) refused by the primary and kept on the"
+         " standby; see the list above" if report.refused else None)
 
 
 def _with_progress_bar(config: Any) -> FailbackReport:
@@ -71,7 +70,7 @@ def _with_progress_bar(config: Any) -> FailbackReport:
             bars[0].update(count)
 
     try:
-        return run_failback(config, actor="operator", progress=progress, on_plan=on_plan)
+        return run_failback(config, actor=operator(), progress=progress, on_plan=on_plan)
     finally:
         if bars:
             bars[0].__exit__(None, None, None)
@@ -96,9 +95,9 @@ def render_verify(report: dict[str, Any]) -> str:
 def verify_command(ctx: Context, as_json: bool) -> None:
     """Audit the primary against the last outage: missing, duplicated, flags."""
     report = verify(ctx.config)
-    emit(report, as_json, render_verify)
-    if not report["ok"]:
-        sys.exit(1)
+    emit(report, as_json, render_verify,
+         failure=None if report["ok"] else f"{report['problems']} problem(s) on the primary for"
+         " the last outage; run 'mailcontinuity failback --yes' again, then verify")
 
 
 @click.command("sync-agent")
