@@ -176,6 +176,7 @@ class GatewaySection(Section):
     """The Postfix gateway (MX) whose routing mailcontinuity switches."""
 
     smtp: EndpointField = Endpoint("127.0.0.1", 25)
+    submission: EndpointField | None = None
     postfix_config_dir: Path = Path("/etc/postfix")
     transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
 

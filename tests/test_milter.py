@@ -46,7 +46,9 @@ def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(lab: Lab) -> N
 def test_authenticated_sender_gets_a_sent_copy_through_the_real_gateway(lab: Lab) -> None:
     alice, bob = lab.users[0], lab.users[1]
     message = make_message(alice.address, [bob.address], "sent with SMTP AUTH")
-    with smtplib.SMTP(lab.gateway.smtp.host, lab.gateway.smtp.port, timeout=30,
+    submission = lab.config.gateway.submission
+    assert submission is not None
+    with smtplib.SMTP(submission.host, submission.port, timeout=30,
                       source_address=(INTERNET_CLIENT, 0)) as smtp:
         smtp.login(alice.login, alice.password)
         smtp.send_message(message, from_addr=alice.address, to_addrs=[bob.address])

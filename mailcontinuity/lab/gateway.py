@@ -53,9 +53,11 @@ class PostfixGateway:
     root: Path
     smtp: Endpoint
     config: Config
+    submission: Endpoint | None
+    """A submission listener with SMTP AUTH (users authenticate as on their mailbox, and the
+    milter keeps a Sent copy of what they send). Only there: Postfix's smtpd dies when its
+    SASL server is unreachable, and port 25 must keep taking mail when the standby is down."""
     sasl_socket: Path
-    """Dovecot's authentication socket for SMTP AUTH: users authenticate as on their mailbox,
-    and the milter then keeps a Sent copy of what they send through the gateway."""
 
     @property
     def config_dir(self) -> Path:
@@ -68,6 +70,10 @@ class PostfixGateway:
     @property
     def log_file(self) -> Path:
         return self.root / "log" / "maillog"
+
+    @property
+    def listeners(self) -> list[Endpoint]:
+        return [self.smtp] + ([self.submission] if self.submission is not None else [])
 
     def write_config(self) -> None:
         postfix_user = pwd.getpwnam("postfix")
@@ -100,9 +106,6 @@ class PostfixGateway:
             "minimal_backoff_time": "5s",
             "maximal_backoff_time": "30s",
             "queue_run_delay": "5s",
-            "smtpd_sasl_auth_enable": "yes",
-            "smtpd_sasl_type": "dovecot",
-            "smtpd_sasl_path": str(self.sasl_socket),
             **postfix_main_settings(self.config),
         }
         (self.config_dir / "main.cf").write_text(
@@ -110,6 +113,10 @@ class PostfixGateway:
             + "".join(f"{key} = {value}\n" for key, value in settings.items())
         )
         services = [f"{self.smtp} inet n - n - - smtpd"]
+        if self.submission is not None:
+            services.append(
+                f"{self.submission} inet n - n - - smtpd -o smtpd_sasl_auth_enable=yes"
+                f" -o smtpd_sasl_type=dovecot -o smtpd_sasl_path={self.sasl_socket}")
         services += ["  ".join(service) for service in _MASTER_SERVICES]
         (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
         write_transport_map(self.config, "primary")
@@ -126,14 +133,14 @@ class PostfixGateway:
             run_postfix(self.config_dir, "postfix", "start")
         except PostfixError as exc:
             raise LabError(f"gateway postfix did not start: {exc} (log: {self.log_file})") from None
-        wait_for([self.smtp], up=True, what="gateway postfix")
+        wait_for(self.listeners, up=True, what="gateway postfix")
 
     def stop(self) -> None:
         pid = self.pid()
         if pid is None:
             return
         stop_process_tree(pid)
-        wait_for([self.smtp], up=False, what="gateway postfix")
+        wait_for(self.listeners, up=False, what="gateway postfix")
 
     def reload(self) -> None:
         run_postfix(self.config_dir, "postfix", "reload")

@@ -177,8 +177,9 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values())))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 1))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
+        gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -202,7 +203,8 @@ class Lab:
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
-        (directory / "mailcontinuity.toml").write_text(_render_config(directory, description))
+        (directory / "mailcontinuity.toml").write_text(
+            _render_config(directory, description, gateway_submission))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -246,6 +248,7 @@ class Lab:
             primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
             standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config,
+                                   config.gateway.submission,
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET),
             webmail=webmail,
         )
@@ -276,7 +279,7 @@ hold_down_seconds = 3.0
 """
 
 
-def _render_config(directory: Path, description: dict[str, Any]) -> str:
+def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -304,6 +307,7 @@ retention_days = 30
 
 [gateway]
 smtp = "{description["gateway"]["smtp"]}"
+submission = "127.0.0.1:{gateway_submission}"
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 
