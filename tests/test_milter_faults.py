@@ -64,7 +64,10 @@ def test_standby_down_spool_grows_then_drains_and_lag_shows(lab: Lab) -> None:
         ids = send_batch(lab, 3, f"while standby down {uuid.uuid4().hex[:6]}")
         wait_for_spooled(spool_dir, 3)
         time.sleep(1.1)
-        journal = journal_status(lab)
+        # The shipper tries again on its backoff (up to retry_max_seconds): wait for its error.
+        deadline = time.monotonic() + lab.config.milter.retry_max_seconds + 5
+        while (journal := journal_status(lab))["ship_errors"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert journal["spooled"] == 3
         assert journal["lag_seconds"] >= 1.0
         assert journal["ship_errors"] >= 1 and "standby" in journal["last_ship_error"]["detail"]
