@@ -20,16 +20,16 @@ import time
 from dataclasses import dataclass, field
 
 from mailcontinuity.lab.lab import Lab
+from mailcontinuity.lab.scenario import audit_deliveries
 from mailcontinuity.lab.mailbox import (
     INTERNET_CLIENT,
-    imap_login,
-    locate,
     make_message,
     send_message,
 )
 from mailcontinuity.postfix import run_postfix
 from mailcontinuity.state import StateStore
 from mailcontinuity.status import collect_status
+from mailcontinuity.sync.failback import appended_since
 
 log = logging.getLogger(__name__)
 
@@ -178,31 +178,15 @@ class ChaosRun:
                 time.sleep(1.0)
             self.report.journaled = int((collect_status(self.lab.config, store)
                                          .get("journal") or {}).get("shipped", 0))
-            self.report.merged = sum(
-                n for entry in store.audit_log(since=self.started)
-                if entry.event == "command" and entry.cause == "failback"
-                for action, n in entry.detail.get("counts", {}).items()
-                if action.startswith("append") and action.endswith(":done"))
+            self.report.merged = appended_since(store, self.started)
         finally:
             store.close()
 
     def _audit(self) -> None:
         """Each accepted message exactly once per recipient on the primary; nothing bounced."""
-        users = {user.address: user for user in self.users}
-        by_recipient: dict[str, list[str]] = {}
-        for message_id, recipients in self.report.accepted:
-            for address in recipients:
-                by_recipient.setdefault(address, []).append(message_id)
-        for address, message_ids in by_recipient.items():
-            user = users[address]
-            with imap_login(self.lab.endpoint("primary", "imap"), user.login,
-                            user.password) as client:
-                for message_id in message_ids:
-                    total = sum(len(uids) for uids in locate(client, message_id).values())
-                    if total == 0:
-                        self.report.lost.append(f"{address} {message_id}")
-                    elif total > 1:
-                        self.report.duplicated.append(f"{address} {message_id} x{total}")
+        self.report.lost, self.report.duplicated = audit_deliveries(
+            self.lab, [(message_id, message_id, recipients)
+                       for message_id, recipients in self.report.accepted])
         log_text = self.lab.gateway.log_file.read_text(errors="replace")[self.log_offset:]
         self.report.bounced = len(re.findall(r"status=bounced", log_text))
         self.report.routed_to_standby = len(re.findall(

@@ -28,6 +28,7 @@ from mailcontinuity.lab.mailbox import (
 )
 from mailcontinuity.state import StateStore
 from mailcontinuity.status import collect_status
+from mailcontinuity.sync.failback import appended_since
 
 SENDER = "partner@remote.test"
 JOURNAL_FIELD = f"BODY.PEEK[HEADER.FIELDS ({JOURNAL_HEADER})]"
@@ -101,6 +102,30 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float,
     return time.monotonic() - started
 
 
+def audit_deliveries(lab: Lab, deliveries: list[tuple[str, str, list[str]]]
+                     ) -> tuple[list[str], list[str]]:
+    """(lost, duplicated) for ``(label, message_id, recipients)`` deliveries: each must be in
+    every recipient's primary mailbox exactly once (any folder). One IMAP login per user."""
+    users = {user.address: user for user in lab.users}
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for label, message_id, recipients in deliveries:
+        for address in recipients:
+            wanted.setdefault(address, []).append((label, message_id))
+    lost: list[str] = []
+    duplicated: list[str] = []
+    for address, messages in wanted.items():
+        user = users[address]
+        with imap_login(lab.endpoint("primary", "imap"), user.login, user.password) as client:
+            for label, message_id in messages:
+                found = locate(client, message_id)
+                total = sum(len(uids) for uids in found.values())
+                if total == 0:
+                    lost.append(f"{address} {label}")
+                elif total > 1:
+                    duplicated.append(f"{address} {label} {found}")
+    return lost, duplicated
+
+
 class OutageScenario:
     """One run of the outage drill against a lab that is up (with all its daemons)."""
 
@@ -112,6 +137,7 @@ class OutageScenario:
         self.failback_timeout = failback_timeout
         self.users = {user.address: user for user in lab.users}
         self.store = StateStore(lab.config.state.path)
+        self.started = time.time()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -235,24 +261,14 @@ class OutageScenario:
         wait_until("failback to finish (state normal)",
                    lambda: self.status()["state"] == "normal", self.failback_timeout, 0.5)
         self.report.failback_seconds = time.monotonic() - restarted_at
-        failbacks = [entry for entry in self.store.audit_log()
-                     if entry.event == "command" and entry.cause == "failback"]
-        counts = failbacks[-1].detail.get("counts", {}) if failbacks else {}
-        self.report.merged = sum(n for action, n in counts.items()
-                                 if action.startswith("append") and action.endswith(":done"))
+        self.report.merged = appended_since(self.store, self.started)
 
     def audit_primary(self) -> None:
         """Every delivery exactly once on the primary, and Alice's work where she left it."""
         report = self.report
-        for sent in report.sent:
-            for address in sent.recipients:
-                with self.mailbox("primary", self.users[address]) as client:
-                    found = locate(client, sent.message_id)
-                total = sum(len(uids) for uids in found.values())
-                if total == 0:
-                    report.lost.append(f"{address} {sent.message_id} ({sent.phase})")
-                elif total > 1:
-                    report.duplicated.append(f"{address} {sent.message_id} {found}")
+        report.lost, report.duplicated = audit_deliveries(
+            self.lab, [(f"{sent.message_id} ({sent.phase})", sent.message_id, sent.recipients)
+                       for sent in report.sent])
         alice = next(iter(self.users))
         with self.mailbox("primary", self.users[alice]) as client:
             report.activity_checks = {

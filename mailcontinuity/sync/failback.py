@@ -363,3 +363,12 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     finally:
         changelog.release_lease(LEASE, holder)
         store.close()
+
+
+def appended_since(store: StateStore, since: float) -> int:
+    """Messages failback APPENDed to the primary since ``since`` (from the audit log's
+    failback entries), for reports that say how much of an outage was merged back."""
+    return sum(n for entry in store.audit_log(since=since)
+               if entry.event == "command" and entry.cause == "failback"
+               for action, n in entry.detail.get("counts", {}).items()
+               if action.startswith("append") and action.endswith(":done"))
