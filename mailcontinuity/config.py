@@ -154,7 +154,15 @@ class DomainsSection(Section):
     protected: list[DomainField] = Field(min_length=1)
 
 
-class PrimarySection(Section):
+class PeerSection(Section):
+    """How mailcontinuity's own connections reach a mail system: encrypted and verified unless
+    ``tls = "none"`` says otherwise (see mailcontinuity.tls)."""
+
+    tls: Literal["starttls", "ssl", "none"] = "starttls"
+    tls_ca_file: Path | None = None
+
+
+class PrimarySection(PeerSection):
     """The primary mail system: where the gateway delivers and users read in normal times."""
 
     delivery: DeliveryField
@@ -162,7 +170,7 @@ class PrimarySection(Section):
     managesieve: EndpointField | None = None
 
 
-class StandbySection(Section):
+class StandbySection(PeerSection):
     """The standby Dovecot: journal target in normal times, the users' mailbox during an outage."""
 
     imap: EndpointField
@@ -216,8 +224,6 @@ class SyncSection(Section):
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
     master_user_separator: str = Field(default="*", min_length=1)
-    tls: Literal["none", "starttls", "ssl"] = "none"
-    tls_ca_file: Path | None = None
     propagate_deletions: bool = False
     concurrency: int = Field(default=4, ge=1, le=64)
     timeout_seconds: float = Field(default=60.0, gt=0)
@@ -234,7 +240,6 @@ class SieveSection(Section):
     standby_admin_login: str | None = None
     standby_password_file: Path | None = None
     users: list[str] = []
-    tls: Literal["none", "starttls", "ssl"] = "none"
     delete_missing: bool = True
 
     @model_validator(mode="after")
@@ -327,15 +332,70 @@ class Config(Section):
     failback: FailbackSection = FailbackSection()
 
 
+SECRET_SUFFIX = "password_file"
+
+
+def secret_files(config: Config) -> dict[str, Path]:
+    """Every configured secrets file by key (``sync.password_file``...): the fields whose name
+    ends in ``password_file``, so a new secret is covered by the mode check without a list."""
+    found = {}
+    for name, section in config:
+        if isinstance(section, Section):
+            for key, value in section:
+                if key.endswith(SECRET_SUFFIX) and isinstance(value, Path):
+                    found[f"{name}.{key}"] = value
+    return found
+
+
+def check_secret_mode(config: Config, key: str, path: Path) -> None:
+    """Refuse a secrets file other users can read or change: the password in it opens every
+    mailbox. A file not there (yet) is for the command that needs it to report."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o007:
+        raise ConfigError(
+            f"{config.source}: key '{key}': {path} is accessible to every user"
+            f" (mode {mode & 0o777:04o}); run 'chmod 600 {path}' (or 640 with a group of the"
+            " daemons that need it)")
+
+
+def read_secret(config: Config, key: str) -> str:
+    """The secret in the file ``key`` names, re-read at each use so a rotated password takes
+    effect without a restart; its value never goes into an error message or a log line."""
+    path = secret_files(config)[key]
+    check_secret_mode(config, key, path)
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{config.source}: key '{key}': cannot read {path}: {reason};"
+                          " create it with the password alone (mode 0600)") from None
+    if not secret:
+        raise ConfigError(f"{config.source}: key '{key}': {path} is empty; write the password")
+    return secret
+
+
 def default_config_path() -> Path:
     """``$MAILCONTINUITY_CONFIG`` when set, else the system-wide file."""
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+# Keys that moved: TLS is set per side, for every connection to it, not per command.
+MOVED_KEYS = {
+    "sync.tls": "primary.tls",
+    "sync.tls_ca_file": "primary.tls_ca_file",
+    "sieve.tls": "primary.tls and standby.tls",
+}
 
 
 def _describe(error: dict[str, Any]) -> str:
     """Turn pydantic's first error into "key 'a.b': what was expected"."""
     key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
     kind = error["type"]
+    if kind == "extra_forbidden" and key in MOVED_KEYS:
+        return f"key '{key}' has moved to {MOVED_KEYS[key]}"
     if kind == "extra_forbidden":
         return f"unknown key '{key}' (check the spelling against the configuration reference)"
     if kind == "missing":
@@ -369,4 +429,14 @@ def load_config(path: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    for key, secret_path in secret_files(config).items():
+        check_secret_mode(config, key, secret_path)
+    for side in ("primary", "standby"):
+        ca_file = getattr(config, side).tls_ca_file
+        if ca_file is not None and not os.access(ca_file, os.R_OK):
+            # Checked here, not at the first connection: an unreadable CA would make every
+            # health probe fail and look like a primary outage.
+            raise ConfigError(f"{path}: key '{side}.tls_ca_file': cannot read {ca_file}; give"
+                              " the CA certificate file (PEM) that signed that side's certificate")
+    return config

@@ -14,18 +14,20 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
 
-from mailcontinuity.config import Config, ConfigError, Endpoint
+from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.headers import JOURNAL_HEADER
 from mailcontinuity.lab.mailbox import imap_login, make_message, send_message
 from mailcontinuity.routing import switch_route
 from mailcontinuity.sieve.replicate import sieve_sync
 from mailcontinuity.state import StateStore
 from mailcontinuity.status import collect_status
+from mailcontinuity.tls import Side, TLSError, TLSPolicy, require_starttls
 from mailcontinuity.transitions import ROUTE_IN_STATE
 
 
@@ -71,6 +73,8 @@ class Drill:
         self.settings = config.drill
         self.probe = self.settings.probe_address
         self.password = self._read_password()
+        self.tls = {"primary": TLSPolicy.of(config, "primary"),
+                    "standby": TLSPolicy.of(config, "standby")}
         self.report = DrillReport(started_at=time.time())
         self.sent_ids: list[str] = []
 
@@ -78,11 +82,7 @@ class Drill:
         if not self.probe:
             raise ConfigError(f"{self.config.source}: key 'drill.probe_address' is required for"
                               " the drill: a mailbox on the primary and the standby to test with")
-        try:
-            return self.settings.probe_password_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{self.config.source}: key 'drill.probe_password_file': {exc};"
-                              " create it with the probe account's password, mode 0600") from None
+        return read_secret(self.config, "drill.probe_password_file")
 
     def run(self) -> DrillReport:
         self.step("standby reachable", self.standby_reachable,
@@ -134,7 +134,9 @@ class Drill:
                 with socket.create_connection((endpoint.host, endpoint.port),
                                               timeout=self.settings.step_timeout) as conn:
                     conn.settimeout(self.settings.step_timeout)
-                    greeting = conn.recv(512)
+                    # Behind implicit TLS the greeting comes only after a handshake.
+                    greeting = (b"(TLS)" if self.tls["standby"].implicit and name != "lmtp"
+                                else conn.recv(512))
             except OSError as exc:
                 raise StepFailed(f"standby {name} {endpoint}: {exc}", "") from None
             if not greeting:
@@ -142,7 +144,8 @@ class Drill:
         return ", ".join(f"{name} {ep}" for name, ep in endpoints.items() if ep)
 
     def login_on_standby(self) -> str:
-        with imap_login(self.config.standby.imap, self.probe, self.password) as client:
+        with imap_login(self.config.standby.imap, self.probe, self.password,
+                        self.tls["standby"]) as client:
             client.select_folder("INBOX", readonly=True)
         return f"{self.probe} logged into the standby's IMAP"
 
@@ -151,24 +154,25 @@ class Drill:
         if submission is None:
             raise _Skip("standby.submission is not configured")
         message = self._message("sent from the standby")
-        with smtplib.SMTP(submission.host, submission.port,
-                          timeout=self.settings.step_timeout) as smtp:
+        tls = self.tls["standby"]
+        connect = (partial(smtplib.SMTP_SSL, context=tls.context) if tls.implicit
+                   else smtplib.SMTP)
+        with connect(submission.host, submission.port, timeout=self.settings.step_timeout) as smtp:
             smtp.ehlo()
-            if smtp.has_extn("starttls"):
-                smtp.starttls()
+            if not tls.implicit:
+                require_starttls(smtp, tls, "submission", submission)
             smtp.login(self.probe, self.password)
             smtp.send_message(message, to_addrs=[self.probe])
         route = ROUTE_IN_STATE[self.store.current_state().name]
+        seconds = self._wait_for(route, message["Message-ID"], lambda headers: True)
         store = self.config.primary.imap if route == "primary" else self.config.standby.imap
-        seconds = self._wait_for(store, message["Message-ID"], lambda headers: True)
         return f"delivered to the {route} ({store}) after {seconds:.1f}s"
 
     def receive_into_standby(self) -> str:
         message = self._message("through the gateway")
         send_message(self.config.gateway.smtp, message, "drill@mailcontinuity.invalid",
                      [self.probe])
-        seconds = self._wait_for(self.config.standby.imap, message["Message-ID"],
-                                 lambda headers: True)
+        seconds = self._wait_for("standby", message["Message-ID"], lambda headers: True)
         return f"in the standby INBOX after {seconds:.1f}s"
 
     def journal_lag(self) -> str:
@@ -191,7 +195,7 @@ class Drill:
             message = self._message("routed to the standby")
             send_message(self.config.gateway.smtp, message, "drill@mailcontinuity.invalid",
                          [self.probe])
-            seconds = self._wait_for(self.config.standby.imap, message["Message-ID"],
+            seconds = self._wait_for("standby", message["Message-ID"],
                                      lambda headers: JOURNAL_HEADER.lower().encode()
                                      not in headers.lower())
         finally:
@@ -219,11 +223,11 @@ class Drill:
         self.sent_ids.append(message["Message-ID"])
         return message
 
-    def _wait_for(self, endpoint: Endpoint, message_id: str,
-                  accept: Callable[[bytes], bool]) -> float:
+    def _wait_for(self, side: Side, message_id: str, accept: Callable[[bytes], bool]) -> float:
         """Seconds until a copy of ``message_id`` that ``accept`` likes is in the INBOX."""
         started = time.monotonic()
-        with imap_login(endpoint, self.probe, self.password) as client:
+        endpoint = self.config.primary.imap if side == "primary" else self.config.standby.imap
+        with imap_login(endpoint, self.probe, self.password, self.tls[side]) as client:
             while time.monotonic() - started < self.settings.step_timeout:
                 client.select_folder("INBOX", readonly=True)
                 uids = client.search(["HEADER", "Message-ID", message_id])
@@ -237,16 +241,17 @@ class Drill:
 
     def clean_up(self) -> None:
         """Remove the drill's messages from the probe's mailboxes on both sides."""
-        for endpoint in (self.config.primary.imap, self.config.standby.imap):
+        for side, endpoint in (("primary", self.config.primary.imap),
+                               ("standby", self.config.standby.imap)):
             try:
-                with imap_login(endpoint, self.probe, self.password) as client:
+                with imap_login(endpoint, self.probe, self.password, self.tls[side]) as client:
                     client.select_folder("INBOX")
                     for message_id in self.sent_ids:
                         uids = client.search(["HEADER", "Message-ID", message_id])
                         if uids:
                             client.delete_messages(uids)
                     client.expunge()
-            except (OSError, IMAPClient.Error):
+            except (OSError, IMAPClient.Error, TLSError):
                 continue  # a part that is down keeps its probe mail; harmless
 
 

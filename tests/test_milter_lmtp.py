@@ -28,6 +28,7 @@ from mailcontinuity.milter.shipper import Shipper
 from mailcontinuity.milter.sinks import LmtpSink, TemporaryFailure, make_sink
 from mailcontinuity.milter.spool import Envelope, Spool, Target, new_message_id
 from mailcontinuity.state import StateStore
+from mailcontinuity.tls import TLSPolicy
 from mailcontinuity.transitions import change_state
 
 SENDER = "sender@remote.test"
@@ -74,7 +75,7 @@ def test_data_lines_dot_stuff_and_crlf_across_chunk_boundaries() -> None:
 
 def test_lmtp_sink_needs_the_journal_listener(lab: Lab) -> None:
     with pytest.raises(ConfigError, match="milter.lmtp"):
-        make_sink(lmtp_settings(lab, lmtp=None))
+        make_sink(lmtp_settings(lab, lmtp=None), lab.tls("standby"))
 
 
 def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool: Spool) -> None:
@@ -84,7 +85,7 @@ def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool
     targets = [Target(alice.address, "INBOX"), Target(alice.address, "Sent"),
                Target("nobody@example.test", "INBOX")]
     entry, envelope = spool_message(spool, message, targets)
-    sink = LmtpSink(lmtp_settings(lab))
+    sink = LmtpSink(lmtp_settings(lab), lab.tls("standby"))
     ship_through_shipper(lab, spool, [entry], sink)
     store = StateStore(lab.config.state.path)
     try:
@@ -130,12 +131,14 @@ def test_lmtp_4xx_and_a_dead_listener_are_temporary(lab: Lab, spool: Spool,
     entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "4xx"),
                                     [target])
     with entry.open("rb") as handle:
-        result = LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp)).ship(
+        # smtp-sink has no TLS: this sink may speak plaintext, as tls = "none" allows.
+        plaintext = TLSPolicy("standby", "none", None, lab.config.source)
+        result = LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp), plaintext).ship(
             handle.fileno(), envelope, [target], recovered=False)
     assert isinstance(result[target], TemporaryFailure) and " 4" in str(result[target])
     [closed] = free_ports(1)
     with entry.open("rb") as handle, pytest.raises(TemporaryFailure, match="standby LMTP"):
-        LmtpSink(lmtp_settings(lab, lmtp=Endpoint("127.0.0.1", closed))).ship(
+        LmtpSink(lmtp_settings(lab, lmtp=Endpoint("127.0.0.1", closed)), lab.tls("standby")).ship(
             handle.fileno(), envelope, [target], recovered=False)
 
 
@@ -168,7 +171,7 @@ def test_journal_copies_over_lmtp_never_trigger_vacation(lab: Lab, spool: Spool)
     journaled = make_message(bob.address, [carol.address], "journal copy, no vacation")
     entry, envelope = spool_message(spool, journaled, [Target(carol.address, "INBOX")],
                                     sender=bob.address)
-    ship_through_shipper(lab, spool, [entry], LmtpSink(lmtp_settings(lab)))
+    ship_through_shipper(lab, spool, [entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
     assert fetch_by_header(lab, "standby", carol, DEFAULT_ID_HEADER, envelope.id)
     # The same user over the standby's normal (sieve) LMTP listener: vacation answers.
     direct = make_message(bob.address, [carol.address], "direct delivery, vacation")
@@ -187,7 +190,7 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     target = [Target(bob.address, "INBOX")]
     (old_entry, old_env), (fresh_entry, fresh_env) = (spool_message(spool, m, target)
                                                       for m in (old, fresh))
-    ship_through_shipper(lab, spool, [old_entry, fresh_entry], LmtpSink(lmtp_settings(lab)))
+    ship_through_shipper(lab, spool, [old_entry, fresh_entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
     store = StateStore(lab.config.state.path)
     outage = make_message(SENDER, [bob.address], "received during outage, same id header")
     outage[DEFAULT_ID_HEADER] = old_env.id  # the primary's id travels on real mail too

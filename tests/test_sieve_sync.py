@@ -35,7 +35,7 @@ BROKEN = 'require ["vacation"];\nif true { vacation "no closing brace";\n'
 
 def sieve(lab: Lab, role: str, user: LabUser) -> AbstractContextManager[SieveSession]:
     admin = Credentials(lab.primary.admin.login, lab.primary.admin.password)
-    return session(lab.endpoint(role, "sieve"), role, user.address, admin)
+    return session(lab.endpoint(role, "sieve"), user.address, admin, lab.tls(role))
 
 
 def clear_scripts(lab: Lab, *users: LabUser) -> None:

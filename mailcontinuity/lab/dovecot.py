@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mailcontinuity.commands import CommandError, run_command
 from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
+from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.config import Endpoint
 
 # The authentication socket Postfix's smtpd uses for SMTP AUTH (in base_dir).
@@ -45,6 +46,8 @@ class DovecotInstance:
     admin: LabUser
     relay: Endpoint
     """Where this instance sends mail it generates (submission, vacation): the lab gateway."""
+    certificates: LabCertificates
+    """The server certificate every listener offers (STARTTLS)."""
     journal_lmtp: Endpoint | None = None
     """A second LMTP listener without sieve, for journal copies (the standby's)."""
     lmtp_plugins: str = "protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}"
@@ -111,7 +114,9 @@ listen = 127.0.0.1
 protocols = {protocols}
 hostname = {self.name}.lab.test
 postmaster_address = postmaster@lab.test
-ssl = no
+ssl = yes
+ssl_cert = <{self.certificates.cert_file}
+ssl_key = <{self.certificates.key_file}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_master_user_separator = *

@@ -23,6 +23,7 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.webmail import Webmail
+from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.process import (
     LabError,
     accepts_unix_connections,
@@ -31,6 +32,7 @@ from mailcontinuity.lab.process import (
 from mailcontinuity.milter.listener import accepts_connections as milter_accepts
 from mailcontinuity.required_settings import dovecot_lmtp_settings
 from mailcontinuity.state import StateStore
+from mailcontinuity.tls import Side, TLSPolicy
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,7 @@ class Lab:
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
+        LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
@@ -228,7 +231,8 @@ class Lab:
         def dovecot(role: str, protocols: dict[str, str]) -> DovecotInstance:
             listeners = {protocol: parse_endpoint(description[role][key])
                          for protocol, key in protocols.items()}
-            return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp)
+            return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp,
+                                   LabCertificates(directory / "tls"))
 
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
@@ -252,6 +256,10 @@ class Lab:
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET),
             webmail=webmail,
         )
+
+    def tls(self, side: Side) -> TLSPolicy:
+        """How the lab's configuration reaches ``side``: STARTTLS verified by the lab's CA."""
+        return TLSPolicy.of(self.config, side)
 
     def endpoint(self, role: str, protocol: str) -> Endpoint:
         """A listener of a lab part, e.g. ``endpoint("standby", "imap")``."""
@@ -283,6 +291,7 @@ def _render_config(directory: Path, description: dict[str, Any], gateway_submiss
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
+    ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
     return f"""# mailcontinuity configuration for the lab in {directory}
 hooks_dir = {json.dumps(str(directory / "hooks"))}
 hooks_timeout_seconds = 3
@@ -297,6 +306,8 @@ protected = {json.dumps(description["domains"])}
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
+tls = "starttls"
+tls_ca_file = {ca_file}
 
 [standby]
 imap = "{standby["imap"]}"
@@ -304,6 +315,8 @@ lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
 retention_days = 30
+tls = "starttls"
+tls_ca_file = {ca_file}
 
 [gateway]
 smtp = "{description["gateway"]["smtp"]}"

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from imapclient import IMAPClient
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.tls import TLSPolicy, open_imap
 
 
 def make_message(sender: str, recipients: Sequence[str], subject: str, body: str = "") -> EmailMessage:
@@ -48,8 +49,13 @@ def send_message(gateway: Endpoint, message: EmailMessage, sender: str,
 
 
 @contextmanager
-def imap_login(endpoint: Endpoint, login: str, password: str) -> Iterator[IMAPClient]:
-    client = IMAPClient(endpoint.host, endpoint.port, ssl=False, timeout=30)
+def imap_login(endpoint: Endpoint, login: str, password: str,
+               tls: TLSPolicy | None = None) -> Iterator[IMAPClient]:
+    """A logged-in session; with ``tls``, encrypted first as a production client would be."""
+    if tls is None:
+        client = IMAPClient(endpoint.host, endpoint.port, ssl=False, timeout=30)
+    else:
+        client = open_imap(endpoint, tls, timeout=30)
     try:
         client.login(login, password)
         yield client

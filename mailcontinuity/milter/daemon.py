@@ -21,6 +21,7 @@ from mailcontinuity.milter.shipper import Shipper
 from mailcontinuity.milter.sinks import make_sink
 from mailcontinuity.milter.spool import Spool
 from mailcontinuity.state import StateStore
+from mailcontinuity.tls import TLSPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def run_milter(config: Config) -> None:
     leftovers = spool.clear_in_flight()
     if leftovers:
         log.info("event=spool_in_flight_cleared files=%d", leftovers)
-    shipper = Shipper(spool, make_sink(settings), config.state.path,
+    shipper = Shipper(spool, make_sink(settings, TLSPolicy.of(config, "standby")),
+                      config.state.path,
                       settings.retry_initial_seconds, settings.retry_max_seconds)
     alarm_store = StateStore(config.state.path)
     alarm_lock = threading.Lock()

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.tls import TLSError, TLSPolicy, require_starttls
 
 LMTP_TIMEOUT_SECONDS = 60
 
@@ -63,10 +64,12 @@ def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 class LmtpClient:
-    """A connection to an LMTP server, reused across transactions."""
+    """A connection to an LMTP server, reused across transactions; encrypted with STARTTLS
+    (required) unless ``tls`` is off, as the standby may be across a WAN."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, tls: TLSPolicy) -> None:
         self._endpoint = endpoint
+        self._tls = tls
         self._connection: smtplib.LMTP | None = None
 
     def close(self) -> None:
@@ -81,8 +84,8 @@ class LmtpClient:
                 chunks: Iterable[bytes]) -> dict[str, Reply]:
         """Deliver to ``recipients``; every recipient gets its RCPT or its after-DATA reply.
 
-        Raises OSError or smtplib.SMTPException when the transaction as a whole failed
-        (nothing is known to be delivered then).
+        Raises OSError, smtplib.SMTPException or TLSError when the transaction as a whole
+        failed (nothing is known to be delivered then).
         """
         connection = self._connect()
         try:
@@ -101,10 +104,14 @@ class LmtpClient:
             self.close()
         connection = smtplib.LMTP(self._endpoint.host, self._endpoint.port,
                                   timeout=LMTP_TIMEOUT_SECONDS)
-        code, text = connection.ehlo()  # LMTP's ehlo sends LHLO
-        if code != 250:
+        try:
+            code, text = connection.ehlo()  # LMTP's ehlo sends LHLO
+            if code != 250:
+                raise smtplib.SMTPHeloError(code, text)
+            require_starttls(connection, self._tls, "journal LMTP", self._endpoint)
+        except (smtplib.SMTPException, OSError, TLSError):
             connection.close()
-            raise smtplib.SMTPHeloError(code, text)
+            raise
         self._connection = connection
         return connection
 

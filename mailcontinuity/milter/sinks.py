@@ -32,6 +32,7 @@ from mailcontinuity.milter.index import CopyStatus
 from mailcontinuity.milter.lmtp import LmtpClient, Reply
 from mailcontinuity.milter.spool import Envelope, Target, iter_chunks
 from mailcontinuity.milter.standby import Doveadm, StandbyUnreachable, StandbyUsers
+from mailcontinuity.tls import TLSError, TLSPolicy
 
 LMTP_LOCATION_PREFIX = "lmtp:"
 
@@ -124,14 +125,14 @@ class LmtpSink:
     4xx retried.
     """
 
-    def __init__(self, settings: MilterSection) -> None:
+    def __init__(self, settings: MilterSection, tls: TLSPolicy) -> None:
         if settings.lmtp is None:
             raise ConfigError(
                 'milter.sink = "lmtp" needs milter.lmtp, the standby\'s sieve-free LMTP listener'
                 ' (e.g. "127.0.0.2:24"; check-config prints the Dovecot settings for it)'
             )
         self._endpoint = settings.lmtp
-        self._client = LmtpClient(settings.lmtp)
+        self._client = LmtpClient(settings.lmtp, tls)
         self._id_header = settings.id_header
         self._doveadm = Doveadm(settings.doveadm_config) if settings.doveadm_config else None
 
@@ -148,6 +149,8 @@ class LmtpSink:
                                            iter_chunks(source, envelope.size))
         except (smtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"standby LMTP {self._endpoint}: {exc}") from None
+        except TLSError as exc:  # kept in the spool until the certificate or CA is fixed
+            raise TemporaryFailure(str(exc)) from None
         for recipient, reply in replies.items():
             results[pending[recipient]] = self._outcome(reply)
         return results
@@ -186,10 +189,10 @@ def lmtp_recipient(target: Target) -> str:
     return f"{local}+{target.folder}{at}{domain}"
 
 
-def make_sink(settings: MilterSection) -> Sink:
+def make_sink(settings: MilterSection, standby_tls: TLSPolicy) -> Sink:
     """The sink the configuration names."""
     if settings.sink == "lmtp":
-        return LmtpSink(settings)
+        return LmtpSink(settings, standby_tls)
     try:
         return MaildirSink(settings)
     except MaildirError as exc:

@@ -20,6 +20,7 @@ from mailcontinuity.policyd.queries import CachedState, beat, mark_stopped
 from mailcontinuity.policyd.recipients import StandbyRecipients
 from mailcontinuity.policyd.server import PolicyServer
 from mailcontinuity.state import StateStore
+from mailcontinuity.tls import TLSPolicy
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ async def _main(config: Config) -> None:
     reader = StateStore(config.state.path)
     monitor = HealthMonitor(config, store)
     settings = config.policyd
-    standby = StandbyRecipients(config.standby.lmtp, settings.recipient_check_timeout_seconds,
+    standby = StandbyRecipients(config.standby.lmtp, TLSPolicy.of(config, "standby"),
+                                settings.recipient_check_timeout_seconds,
                                 settings.recipient_cache_seconds)
     server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide)
     stopping = asyncio.Event()

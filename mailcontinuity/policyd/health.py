@@ -7,13 +7,14 @@ accepts TCP but never greets (a hung process, a full disk) fails just like one t
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 
-from mailcontinuity.config import Config, DeliveryEndpoint, Endpoint
+from mailcontinuity.config import Config, DeliveryEndpoint, Endpoint, read_secret
 from mailcontinuity.policyd.smtpclient import SmtpSession
+from mailcontinuity.tls import TLSPolicy
 
 
 @dataclass(frozen=True)
@@ -32,20 +33,34 @@ class ProbeError(Exception):
     """The server answered, but not as a healthy one does."""
 
 
-async def probe_delivery(delivery: DeliveryEndpoint) -> None:
-    """Greeting and LHLO/EHLO on the primary's delivery endpoint, then QUIT."""
-    session = await SmtpSession.open(delivery.endpoint, delivery.protocol)
+async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy) -> None:
+    """Greeting and LHLO/EHLO (and STARTTLS) on the primary's delivery endpoint, then QUIT."""
+    session = await SmtpSession.open(delivery.endpoint, delivery.protocol, tls)
     await session.quit()
 
 
-async def probe_imap(endpoint: Endpoint, login: str | None, password_file: Path | None) -> None:
-    """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there."""
-    password = _read_secret(password_file) if password_file is not None else None
-    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
+                     password: str | None) -> None:
+    """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there.
+    The TLS handshake is part of the probe: a primary with an expired certificate is one the
+    failback cannot reach either."""
+    context = tls.context
+    reader, writer = await asyncio.open_connection(
+        endpoint.host, endpoint.port, ssl=context if tls.implicit else None,
+        server_hostname=endpoint.host if tls.implicit else None)
     try:
         greeting = await reader.readline()
         if not greeting.startswith(b"* OK"):
             raise ProbeError(f"IMAP greeting was {greeting[:80]!r}")
+        if context is not None and not tls.implicit:
+            writer.write(b"a0 STARTTLS\r\n")
+            await writer.drain()
+            if not (await _tagged_reply(reader, b"a0 ")).startswith(b"a0 OK"):
+                raise tls.no_starttls("IMAP", endpoint)
+            try:
+                await writer.start_tls(context, server_hostname=endpoint.host)
+            except ssl.SSLError as exc:
+                raise tls.explain("IMAP", endpoint, exc) from None
         if login is not None and password is not None:
             writer.write(f"a1 LOGIN {_quote(login)} {_quote(password)}\r\n".encode())
             await writer.drain()
@@ -58,17 +73,22 @@ async def probe_imap(endpoint: Endpoint, login: str | None, password_file: Path 
         writer.close()
 
 
-async def probe_primary(config: Config) -> list[ProbeResult]:
-    """Both probes of the primary at once, each bounded by the health timeout."""
+async def probe_primary(config: Config, tls: TLSPolicy) -> list[ProbeResult]:
+    """Both probes of the primary at once, each bounded by the health timeout. The probe
+    password is re-read each round, so a rotated secret needs no restart."""
     health = config.health
     timeout = health.timeout_seconds
     return list(await asyncio.gather(
         _timed("delivery", str(config.primary.delivery),
-               probe_delivery(config.primary.delivery), timeout),
-        _timed("imap", str(config.primary.imap),
-               probe_imap(config.primary.imap, health.imap_login, health.imap_password_file),
-               timeout),
+               probe_delivery(config.primary.delivery, tls), timeout),
+        _timed("imap", str(config.primary.imap), _probe_imap_as_configured(config, tls), timeout),
     ))
+
+
+async def _probe_imap_as_configured(config: Config, tls: TLSPolicy) -> None:
+    login = config.health.imap_login
+    password = read_secret(config, "health.imap_password_file") if login is not None else None
+    await probe_imap(config.primary.imap, tls, login, password)
 
 
 async def _timed(probe: str, target: str, check: Awaitable[None], timeout: float) -> ProbeResult:
@@ -99,11 +119,3 @@ def _quote(text: str) -> str:
     if any(char in text for char in "\r\n\0"):
         raise ProbeError("the probe login and password must be one line")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _read_secret(path: Path) -> str:
-    """The probe password, re-read each round so a rotated secret needs no restart."""
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ProbeError(f"cannot read health.imap_password_file {path}: {exc}") from None

@@ -25,6 +25,7 @@ from mailcontinuity.policyd.health import ProbeResult, probe_primary
 from mailcontinuity.policyd.queries import beat, prune_probes, record_probes
 from mailcontinuity.routing import switch_route
 from mailcontinuity.state import State, StateName, StateStore, StateStoreError
+from mailcontinuity.tls import TLSPolicy
 from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class HealthMonitor:
     def __init__(self, config: Config, store: StateStore) -> None:
         self.config = config
         self.store = store
+        self.primary_tls = TLSPolicy.of(config, "primary")
         self.detector = Detector(config.health, config.failback)
         self.state: State = store.current_state()
         self.started_at = time.time()
@@ -128,7 +130,7 @@ class HealthMonitor:
         interval = self.config.health.interval_seconds
         while not stopping.is_set():
             started = time.monotonic()
-            results = await probe_primary(self.config)
+            results = await probe_primary(self.config, self.primary_tls)
             try:
                 await asyncio.to_thread(self.after_round, results)
             except Exception:  # noqa: BLE001 - the monitor outlives a bad round, and says so

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.policyd.smtpclient import SmtpClientError, SmtpSession
+from mailcontinuity.tls import TLSError, TLSPolicy
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ _ADDRESS_RE = re.compile(r"^[^\s<>@\x00-\x1f\x7f]+@[A-Za-z0-9.-]+$")
 class StandbyRecipients:
     """Answers ``knows(address)`` with True, False or None (cannot tell)."""
 
-    def __init__(self, lmtp: Endpoint, timeout: float, cache_seconds: float,
+    def __init__(self, lmtp: Endpoint, tls: TLSPolicy, timeout: float, cache_seconds: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lmtp = lmtp
+        self.tls = tls
         self.timeout = timeout
         self.cache_seconds = cache_seconds
         self.clock = clock
@@ -52,7 +54,7 @@ class StandbyRecipients:
             try:
                 async with asyncio.timeout(self.timeout):
                     verdict = await self._ask(address)
-            except (OSError, TimeoutError, SmtpClientError) as exc:
+            except (OSError, TimeoutError, SmtpClientError, TLSError) as exc:
                 log.warning("event=standby_recipient_check_failed lmtp=%s error=%r action=DUNNO",
                             self.lmtp, exc)
                 self._drop_session()
@@ -66,7 +68,7 @@ class StandbyRecipients:
 
     async def _ask(self, address: str) -> bool | None:
         if self._session is None:
-            self._session = await SmtpSession.open(self.lmtp, "lmtp")
+            self._session = await SmtpSession.open(self.lmtp, "lmtp", self.tls)
         session = self._session
         session.expect(await session.command("MAIL FROM:<>"), "MAIL FROM")
         reply = await session.command(f"RCPT TO:<{address}>")

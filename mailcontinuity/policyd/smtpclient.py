@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from dataclasses import dataclass
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.tls import TLSPolicy
 
 MAX_REPLY_LINES = 100
 CLIENT_NAME = socket.getfqdn() or "localhost"
@@ -39,14 +41,25 @@ class SmtpSession:
         self.writer = writer
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, protocol: str) -> SmtpSession:
-        """Connect, check the 220 greeting and say LHLO (LMTP) or EHLO (SMTP)."""
+    async def open(cls, endpoint: Endpoint, protocol: str, tls: TLSPolicy) -> SmtpSession:
+        """Connect, check the 220 greeting and say LHLO (LMTP) or EHLO (SMTP); with TLS on,
+        STARTTLS (required: never on in plaintext) and the hello again, as RFC 3207 says."""
         reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
         session = cls(reader, writer)
+        what = protocol.upper()
         try:
             session.expect(await session.read_reply(), "greeting")
             hello = "LHLO" if protocol == "lmtp" else "EHLO"
-            session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
+            extensions = session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
+            if tls.context is not None:
+                if "STARTTLS" not in extensions.text.upper().split():
+                    raise tls.no_starttls(what, endpoint)
+                session.expect(await session.command("STARTTLS"), "STARTTLS")
+                try:
+                    await writer.start_tls(tls.context, server_hostname=endpoint.host)
+                except ssl.SSLError as exc:
+                    raise tls.explain(what, endpoint, exc) from None
+                session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
         except BaseException:
             session.close()
             raise

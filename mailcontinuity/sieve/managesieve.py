@@ -8,15 +8,39 @@ out of its list, and ``getscript()`` returns LF line ends without the final newl
 
 from __future__ import annotations
 
+import ssl
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 from sievelib.managesieve import Client, Error
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.tls import TLSError, TLSPolicy
+
+
+class VerifiedClient(Client):
+    """sievelib's client with our TLS context.
+
+    sievelib wraps its socket with ``ssl.create_default_context()``: the system CAs only, so a
+    private CA could not be configured. That one step is replaced; the protocol stays sievelib's.
+    """
+
+    def __init__(self, endpoint: Endpoint, tls: TLSPolicy) -> None:
+        super().__init__(endpoint.host, endpoint.port)
+        self.endpoint = endpoint
+        self.tls = tls
+        self.tls_error: TLSError | None = None
+
+    def _Client__enable_ssl(self, keyfile: str | None = None,  # noqa: N802 - sievelib's name
+                            certfile: str | None = None) -> None:
+        assert self.tls.context is not None
+        try:
+            self.sock = self.tls.context.wrap_socket(self.sock, server_hostname=self.endpoint.host)
+        except ssl.SSLError as exc:
+            self.tls_error = self.tls.explain("ManageSieve", self.endpoint, exc)
+            raise Error(str(self.tls_error)) from None
 
 
 class SieveError(Exception):
@@ -99,19 +123,23 @@ class SieveSession:
 
 
 @contextmanager
-def session(endpoint: Endpoint, side: str, user: str, admin: Credentials,
-            tls: Literal["none", "starttls", "ssl"] = "none") -> Iterator[SieveSession]:
-    """A ManageSieve session on ``side`` (primary/standby) acting as ``user``."""
-    where = f"{side} ManageSieve {endpoint} as {user}"
-    client = Client(endpoint.host, endpoint.port)
+def session(endpoint: Endpoint, user: str, admin: Credentials,
+            tls: TLSPolicy) -> Iterator[SieveSession]:
+    """A ManageSieve session on ``tls.side`` (primary/standby) acting as ``user``; ManageSieve
+    has no implicit-TLS port, so TLS is always STARTTLS, and required unless ``tls = "none"``."""
+    where = f"{tls.side} ManageSieve {endpoint} as {user}"
+    client = VerifiedClient(endpoint, tls)
     try:
         with warnings.catch_warnings():
             # sievelib warns on every plaintext login; tls = "none" is the operator's choice.
             warnings.simplefilter("ignore", UserWarning)
             logged_in = client.connect(admin.login, admin.password, authz_id=user,
-                                       starttls=tls == "starttls", ssl=tls == "ssl",
-                                       authmech="PLAIN")
+                                       starttls=tls.enabled, authmech="PLAIN")
     except (Error, OSError) as exc:
+        if client.tls_error is not None:
+            raise SieveError(f"{where}: {client.tls_error}") from None
+        if "STARTTLS not supported" in str(exc):
+            raise SieveError(f"{where}: {tls.no_starttls('ManageSieve', endpoint)}") from None
         raise SieveError(f"{where}: {exc}; is it up, and is the managesieve key right?") from None
     if not logged_in:
         said = client.errmsg.decode("utf-8", errors="replace").strip()

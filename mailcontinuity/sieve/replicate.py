@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailcontinuity.config import Config, ConfigError, Endpoint
+from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
 from mailcontinuity.sieve.managesieve import Credentials, SieveError, SieveSession, Scripts, session
 from mailcontinuity.sync.imap import read_admin_password
 from mailcontinuity.sync.scan import protected_maildirs
+from mailcontinuity.tls import TLSPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,18 @@ def sieve_sync(config: Config) -> SieveSyncReport:
     standby_at = _endpoint(config, config.standby.managesieve, "standby.managesieve")
     primary_admin = Credentials(config.sync.admin_login, read_admin_password(config))
     standby_admin = primary_admin
-    if config.sieve.standby_admin_login and config.sieve.standby_password_file:
+    if config.sieve.standby_admin_login:
         standby_admin = Credentials(config.sieve.standby_admin_login,
-                                    _read_secret(config, config.sieve.standby_password_file))
+                                    read_secret(config, "sieve.standby_password_file"))
+    primary_tls, standby_tls = TLSPolicy.of(config, "primary"), TLSPolicy.of(config, "standby")
     results = []
     for user in protected_users(config):
         result = UserResult(user)
         try:
-            with session(primary_at, "primary", user, primary_admin, config.sieve.tls) as primary:
+            with session(primary_at, user, primary_admin, primary_tls) as primary:
                 wanted = primary.scripts()
             result.active = wanted.active
-            with session(standby_at, "standby", user, standby_admin, config.sieve.tls) as standby:
+            with session(standby_at, user, standby_admin, standby_tls) as standby:
                 replicate(standby, wanted, result, config.sieve.delete_missing)
         except SieveError as exc:
             result.errors.append(str(exc))
@@ -127,14 +129,3 @@ def _endpoint(config: Config, endpoint: Endpoint | None, key: str) -> Endpoint:
         raise ConfigError(f"{config.source}: key '{key}' is required for sieve-sync: the"
                           " ManageSieve listener (host:port, usually port 4190)")
     return endpoint
-
-
-def _read_secret(config: Config, path: Path) -> str:
-    try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{config.source}: key 'sieve.standby_password_file' {path}:"
-                          f" {exc.strerror}; create it with the standby admin's password") from None
-    if not secret:
-        raise ConfigError(f"{config.source}: sieve.standby_password_file {path} is empty")
-    return secret

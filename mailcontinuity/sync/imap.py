@@ -9,7 +9,6 @@ renumbered by a UIDVALIDITY change) is recognised without trusting any UID kept 
 from __future__ import annotations
 
 import socket
-import ssl
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from imapclient import IMAPClient
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import IMAPClientError
 
-from mailcontinuity.config import Config
+from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
 from mailcontinuity.sync.maildir_scan import IMAP_SEPARATOR, identity, parse_headers
+from mailcontinuity.tls import TLSError, TLSPolicy, open_imap
 
 _HEADER_FIELDS = f"{DEFAULT_ID_HEADER} {JOURNAL_HEADER} MESSAGE-ID DATE FROM SUBJECT".upper()
 _HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({_HEADER_FIELDS})]"
@@ -55,27 +55,22 @@ class Append:
 
 
 def read_admin_password(config: Config) -> str:
-    path = config.sync.password_file
+    """The master user's password, checked like every secrets file (mode 0600)."""
     try:
-        password = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise PrimaryError(f"sync.password_file {path}: {exc.strerror}; create it with the"
-                           " primary's master-user password (mode 0600)") from None
-    if not password:
-        raise PrimaryError(f"sync.password_file {path} is empty; write the master-user password")
-    return password
+        return read_secret(config, "sync.password_file")
+    except ConfigError as exc:
+        raise PrimaryError(str(exc)) from None
 
 
 def connect(config: Config, user: str, password: str) -> IMAPClient:
-    """A session on the primary as ``user``, logged in as ``user*admin`` (Dovecot master user)."""
+    """A session on the primary as ``user``, logged in as ``user*admin`` (Dovecot master user),
+    over TLS as ``primary.tls`` says: the master password opens every mailbox."""
     endpoint = config.primary.imap
     sync = config.sync
-    context = ssl.create_default_context(cafile=sync.tls_ca_file) if sync.tls != "none" else None
     try:
-        client = IMAPClient(endpoint.host, endpoint.port, ssl=sync.tls == "ssl",
-                            ssl_context=context, timeout=sync.timeout_seconds)
-        if sync.tls == "starttls":
-            client.starttls(context)
+        client = open_imap(endpoint, TLSPolicy.of(config, "primary"), sync.timeout_seconds)
+    except TLSError as exc:
+        raise PrimaryError(str(exc)) from None
     except (OSError, IMAPClientError) as exc:
         raise PrimaryError(f"primary IMAP {endpoint}: {exc}; is the primary up"
                            " (mailcontinuity status) and primary.imap right?") from None
