@@ -27,10 +27,11 @@ from mailcontinuity.status import collect_status, render_status
 from mailcontinuity.sync.changelog import LeaseHeld
 from mailcontinuity.sync.imap import PrimaryError
 from mailcontinuity.sync.verify import VerifyError
+from mailcontinuity.tls import TLSError
 
 F = TypeVar("F", bound=Callable[..., Any])
 OPERATOR_ERRORS = (CommandError, ConfigError, LabError, StateStoreError, LeaseHeld, PrimaryError,
-                   VerifyError)
+                   VerifyError, TLSError)
 
 
 def operator_errors(func: F) -> F:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mailcontinuity.cli import main
-from mailcontinuity.config import ConfigError, DeliveryEndpoint, Endpoint, load_config
+from mailcontinuity.config import (
+    ConfigError,
+    DeliveryEndpoint,
+    Endpoint,
+    load_config,
+    read_secret,
+    secret_files,
+)
+from mailcontinuity.tls import TLSPolicy
 
 VALID = """
 [state]
@@ -117,3 +126,75 @@ def test_check_config_json_is_what_automation_applies(tmp_path: Path) -> None:
     assert report["transport_map"]["lines"] == [
         "example.org smtp:[mail.example.org]:25", "example.net smtp:[mail.example.org]:25"]
     assert "service lmtp {" in report["dovecot_standby"]
+
+
+@pytest.mark.parametrize(("section", "key", "moved_to"), [
+    ("sync", 'tls = "ssl"', "primary.tls"),
+    ("sync", 'tls_ca_file = "/etc/ssl/ca.pem"', "primary.tls_ca_file"),
+    ("sieve", 'tls = "starttls"', "primary.tls and standby.tls"),
+])
+def test_tls_keys_that_moved_say_where(tmp_path: Path, section: str, key: str,
+                                       moved_to: str) -> None:
+    path = write(tmp_path, f"{VALID}\n[{section}]\n{key}\n")
+    with pytest.raises(ConfigError, match=f"key '{section}.tls.*' has moved to {moved_to}"):
+        load_config(path)
+
+
+def test_tls_is_on_by_default_and_verified_against_the_system_cas(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    for side in ("primary", "standby"):
+        policy = TLSPolicy.of(config, side)
+        assert policy.mode == "starttls" and policy.ca_file is None
+        context = policy.context
+        assert context is not None
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    text = VALID.replace('imap = "mail.example.org:143"',
+                         'imap = "mail.example.org:143"\ntls_ca_file = "/nonexistent/ca.pem"')
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="key 'primary.tls_ca_file': cannot read"
+                                          " /nonexistent/ca.pem"):
+        load_config(path)
+
+
+def secret_config(tmp_path: Path, mode: int, content: str = "s3cret-Value\n") -> Path:
+    secret = tmp_path / "admin-password"
+    secret.write_text(content)
+    secret.chmod(mode)
+    return write(tmp_path, f'{VALID}\n[sync]\npassword_file = "{secret}"\n')
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602])
+def test_a_secrets_file_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    path = secret_config(tmp_path, mode)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: key 'sync.password_file': ")
+    assert f"mode {mode:04o}" in message and "chmod 600" in message
+    assert "s3cret" not in message
+
+
+def test_a_private_secrets_file_is_read_and_its_value_never_echoed(tmp_path: Path) -> None:
+    config = load_config(secret_config(tmp_path, 0o600))
+    assert read_secret(config, "sync.password_file") == "s3cret-Value"
+    empty = load_config(secret_config(tmp_path, 0o600, content="\n"))
+    with pytest.raises(ConfigError, match="key 'sync.password_file': .* is empty"):
+        read_secret(empty, "sync.password_file")
+
+
+def test_every_password_file_key_is_a_checked_secret(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID + """
+[sieve]
+standby_admin_login = "sieveadmin"
+standby_password_file = "/etc/mailcontinuity/secrets/standby-sieve"
+
+[health]
+imap_login = "probe"
+imap_password_file = "/etc/mailcontinuity/secrets/imap-probe"
+"""))
+    assert set(secret_files(config)) == {"drill.probe_password_file", "sync.password_file",
+                                         "sieve.standby_password_file",
+                                         "health.imap_password_file"}

@@ -22,7 +22,8 @@ from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import make_message
 from mailcontinuity.lab.process import free_ports, wait_for
-from mailcontinuity.milter.index import settled_copies
+from mailcontinuity.lab.tls import LabCertificates
+from mailcontinuity.milter.index import journal_summary, settled_copies
 from mailcontinuity.milter.lmtp import data_lines
 from mailcontinuity.milter.shipper import Shipper
 from mailcontinuity.milter.sinks import LmtpSink, TemporaryFailure, make_sink
@@ -216,3 +217,61 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     assert fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
     assert settled_copies(StateStore(lab.config.state.path), fresh_env.id)
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> LabCertificates:
+    """A CA that did not sign the lab's certificates: what a wrong tls_ca_file looks like."""
+    return LabCertificates(tmp_path_factory.mktemp("other-ca")).create("some other CA")
+
+
+def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
+        lab: Lab, spool: Spool, other_ca: LabCertificates) -> None:
+    alice = lab.users[0]
+    target = Target(alice.address, "INBOX")
+    entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "wrong CA"),
+                                    [target])
+    distrusting = TLSPolicy("standby", "starttls", other_ca.ca_file, lab.config.source)
+    shipper = Shipper(spool, LmtpSink(lmtp_settings(lab), distrusting), lab.config.state.path,
+                      0.2, 1.0)
+    started = time.time()
+    shipper.start()
+    try:
+        shipper.notify(entry)
+        deadline = time.monotonic() + 20
+        while not (alarm := latest_ship_error(lab, since=started)):
+            assert time.monotonic() < deadline, "the shipper raised no alarm"
+            time.sleep(0.1)
+    finally:
+        shipper.stop()
+        shipper.join(timeout=10)
+    assert "certificate not accepted" in alarm and str(other_ca.ca_file) in alarm
+    assert "standby.tls_ca_file" in alarm
+    assert entry.exists(), "a copy the standby could not take must stay in the spool"
+    # With the CA that signed the standby's certificate the same entry is shipped.
+    ship_through_shipper(lab, spool, [entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
+    [copy] = fetch_by_header(lab, "standby", alice, DEFAULT_ID_HEADER, envelope.id)
+    assert b"wrong CA" in copy
+
+
+def test_journal_lmtp_never_falls_back_to_plaintext(lab: Lab, spool: Spool,
+                                                    soft_rejecting_lmtp: Endpoint) -> None:
+    """smtp-sink offers no STARTTLS: with TLS configured nothing is sent, not even MAIL FROM."""
+    alice = lab.users[0]
+    target = Target(alice.address, "INBOX")
+    entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "no tls"),
+                                    [target])
+    with entry.open("rb") as handle, pytest.raises(TemporaryFailure,
+                                                   match='does not offer STARTTLS.*tls = "none"'):
+        LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp), lab.tls("standby")).ship(
+            handle.fileno(), envelope, [target], recovered=False)
+
+
+def latest_ship_error(lab: Lab, since: float) -> str | None:
+    """The shipper's latest alarm as ``status`` shows it, if raised after ``since``."""
+    store = StateStore(lab.config.state.path)
+    try:
+        alarm = journal_summary(store)["last_ship_error"]
+    finally:
+        store.close()
+    return alarm["detail"] if alarm and alarm["at"] >= since else None
