@@ -203,6 +203,8 @@ class MilterSection(Section):
     """The journal milter: where it listens, where it spools, how it ships to the standby."""
 
     listen: SocketField = Endpoint("127.0.0.1", 8891)
+    socket_group: str | None = "postfix"
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
     id_header: str = Field(default=DEFAULT_ID_HEADER, pattern=r"^[!-9;-~]+$")
     sink: Literal["maildir", "lmtp"] = "maildir"
     spool_dir: Path = Path("/var/spool/mailcontinuity")

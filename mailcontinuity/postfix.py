@@ -6,11 +6,18 @@ names the directory with ``-c`` so that nothing ever falls back to the system in
 
 from __future__ import annotations
 
+import grp
 import os
 import tempfile
 from pathlib import Path
 
 from mailcontinuity.commands import CommandError, run_command
+from mailcontinuity.config import ConfigError
+
+# Where Debian (and Postfix's default build) keep the queue; Postfix daemons run with it as their
+# working directory, chrooted into it when master.cf says so, so sockets under it are named
+# relative to it.
+POSTFIX_QUEUE_DIR = Path("/var/spool/postfix")
 
 
 class PostfixError(CommandError):
@@ -48,3 +55,33 @@ def write_indexed_map(config_dir: Path, path: Path, lines: list[str]) -> None:
     finally:
         for leftover in (tmp, Path(f"{tmp}.db")):
             leftover.unlink(missing_ok=True)
+
+
+def postfix_socket_name(path: Path) -> str:
+    """How Postfix names a unix socket in ``smtpd_milters`` or ``check_policy_service``: relative
+    to the queue directory when under it, which works for chrooted and unchrooted smtpd alike."""
+    if path.is_relative_to(POSTFIX_QUEUE_DIR):
+        return f"unix:{path.relative_to(POSTFIX_QUEUE_DIR)}"
+    return f"unix:{path}"
+
+
+def grant_postfix_access(path: Path, group: str | None, mode: int, key: str) -> None:
+    """Let Postfix's group (smtpd, cleanup) and no other user talk to a socket we listen on.
+
+    A process may give a file only a group it belongs to, or the group the file already has:
+    a socket created in a setgid directory of group postfix has it without the daemon being in
+    that group (the Ansible role lays the directories out so)."""
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"key '{key}_group': group {group!r} does not exist; set it to the"
+                              " group Postfix runs as (usually postfix)") from None
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            raise ConfigError(
+                f"key '{key}_group': cannot give {path} to group {group!r}: this process is not"
+                f" in it; add the daemon's user to group {group} or make {path.parent} a"
+                f" setgid directory of that group (chmod g+s)") from None
+    os.chmod(path, mode)

@@ -10,6 +10,7 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.milter.listener import postfix_name
+from mailcontinuity.postfix import postfix_socket_name
 from mailcontinuity.routing import transport_entries
 
 
@@ -41,11 +42,15 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
 def policy_service(config: Config) -> str:
     """The ``check_policy_service`` restriction with explicit, fail-open per-service limits.
 
-    Postfix uses the TCP listener when one is configured (a chrooted smtpd, Debian's default,
-    cannot reach a unix socket outside its chroot), else the unix socket.
+    Postfix uses the TCP listener when one is configured, else the unix socket (a chrooted
+    smtpd, Debian's default, reaches only one under the queue directory).
     """
     settings = config.policyd
-    where = f"inet:{settings.tcp}" if settings.tcp is not None else f"unix:{settings.socket}"
+    if settings.tcp is not None:
+        where = f"inet:{settings.tcp}"
+    else:
+        assert settings.socket is not None, "the config requires socket or tcp"
+        where = postfix_socket_name(settings.socket)
     return (f"check_policy_service {{ {where}, timeout={settings.postfix_timeout_seconds}s,"
             " default_action=DUNNO, try_limit=1 }")
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from mailcontinuity.cli import main
+from mailcontinuity.config import UnixSocket
 from mailcontinuity.lab import Lab, LabError
 from mailcontinuity.lab.mailbox import imap_login, make_message, send_message, wait_for_message
 from mailcontinuity.lab.process import accepts_connections, descendants, is_alive
@@ -67,6 +70,17 @@ def test_stopped_primary_refuses_and_queued_mail_arrives_after_start(lab: Lab) -
     assert accepts_connections(imap)
     lab.gateway.flush()
     assert wait_for_message(imap, alice.login, alice.password, message["Message-ID"]) is not None
+
+
+def test_milter_and_policy_sockets_are_for_postfixs_group_only(lab: Lab) -> None:
+    postfix_gid = grp.getgrnam("postfix").gr_gid
+    milter_socket = lab.config.milter.listen
+    assert isinstance(milter_socket, UnixSocket)
+    for path in (milter_socket.path, lab.config.policyd.socket):
+        assert path is not None
+        status = path.stat()
+        assert stat.S_ISSOCK(status.st_mode), path
+        assert (status.st_gid, stat.S_IMODE(status.st_mode)) == (postfix_gid, 0o660), path
 
 
 def test_unknown_part_name_is_a_clear_error(lab: Lab) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailcontinuity.config import PolicydSection
+from mailcontinuity.config import ConfigError, PolicydSection
 from mailcontinuity.lab.process import free_ports
 from mailcontinuity.policyd.protocol import DUNNO
 from mailcontinuity.policyd.server import PolicyServer, PolicyServerError
@@ -169,7 +169,8 @@ def test_unknown_socket_group_is_a_clear_error(tmp_path: Path) -> None:
         config = PolicydSection(socket=tmp_path / "p.sock", socket_group="no-such-group-xyz")
         server = PolicyServer(config, echo_recipient)
         try:
-            with pytest.raises(PolicyServerError, match="socket_group 'no-such-group-xyz'"):
+            with pytest.raises(ConfigError, match="key 'policyd.socket_group': group"
+                                                  " 'no-such-group-xyz' does not exist"):
                 await server.start()
         finally:
             await server.close()

@@ -72,7 +72,7 @@ def run_milter(config: Config) -> None:
              settings.spool_dir)
     try:
         prepare(settings.listen)
-        with tuned_listener(settings.listen):
+        with tuned_listener(settings):
             Milter.runmilter(MILTER_NAME, libmilter_name(settings.listen),
                              timeout=SOCKET_TIMEOUT_SECONDS)
     except (milter.error, OSError) as exc:

@@ -17,20 +17,13 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import milter
 
-from mailcontinuity.config import Endpoint, UnixSocket
+from mailcontinuity.config import Endpoint, MilterSection, UnixSocket
+from mailcontinuity.postfix import grant_postfix_access, postfix_socket_name
 
 log = logging.getLogger(__name__)
-
-# Where Debian (and Postfix's default build) keep the queue; Postfix daemons run with it as their
-# working directory, chrooted into it when master.cf says so, so sockets under it are named
-# relative to it.
-POSTFIX_QUEUE_DIR = Path("/var/spool/postfix")
-# Access is decided by the directory holding the socket (see docs/configuration.md).
-UNIX_SOCKET_MODE = 0o666
 
 Listen = Endpoint | UnixSocket
 
@@ -43,12 +36,9 @@ def libmilter_name(listen: Listen) -> str:
 
 
 def postfix_name(listen: Listen) -> str:
-    """The ``smtpd_milters`` value; a socket under the queue directory is named relative to it,
-    which works for chrooted and unchrooted smtpd alike."""
+    """The ``smtpd_milters`` value."""
     if isinstance(listen, UnixSocket):
-        if listen.path.is_relative_to(POSTFIX_QUEUE_DIR):
-            return f"unix:{listen.path.relative_to(POSTFIX_QUEUE_DIR)}"
-        return f"unix:{listen.path}"
+        return postfix_socket_name(listen.path)
     return f"inet:{listen}"
 
 
@@ -75,18 +65,21 @@ def prepare(listen: Listen) -> None:
 
 
 @contextlib.contextmanager
-def tuned_listener(listen: Listen) -> Iterator[None]:
-    """Tune libmilter's listening socket as soon as it exists.
+def tuned_listener(settings: MilterSection) -> Iterator[None]:
+    """Tune libmilter's listening socket as soon as it exists: a unix socket for Postfix's group
+    only, a TCP one without Nagle.
 
     pymilter's ``runmilter`` opens the socket and starts serving in one call, so the hook goes
     into its call of ``milter.opensocket`` for the duration of ``runmilter``.
     """
     original = milter.opensocket
+    listen = settings.listen
 
     def open_and_tune(remove_stale: bool) -> object:
         result = original(remove_stale)
         if isinstance(listen, UnixSocket):
-            os.chmod(listen.path, UNIX_SOCKET_MODE)
+            grant_postfix_access(listen.path, settings.socket_group, settings.socket_mode,
+                                 "milter.socket")
         else:
             _disable_nagle(listen)
         return result

@@ -9,7 +9,6 @@ because Postfix then applies its own fail-open default and mail keeps flowing.
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
 import socket
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailcontinuity.config import PolicydSection
+from mailcontinuity.postfix import grant_postfix_access
 from mailcontinuity.policyd.protocol import (
     DUNNO,
     REQUEST_END,
@@ -50,7 +50,8 @@ class PolicyServer:
             _claim_socket_path(path)
             server = await asyncio.start_unix_server(self._serve, path=str(path), limit=limit)
             self._servers.append(server)
-            _set_socket_access(path, self.settings.socket_group, self.settings.socket_mode)
+            grant_postfix_access(path, self.settings.socket_group, self.settings.socket_mode,
+                                 "policyd.socket")
             log.info("event=listening socket=%s", path)
         if self.settings.tcp is not None:
             host, port = self.settings.tcp
@@ -138,17 +139,3 @@ def _claim_socket_path(path: Path) -> None:
     raise PolicyServerError(
         f"policyd socket {path} is in use by a running policyd; stop it first"
     )
-
-
-def _set_socket_access(path: Path, group: str | None, mode: int) -> None:
-    """Postfix's smtpd runs unprivileged: give its group access to the socket."""
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise PolicyServerError(
-                f"policyd.socket_group {group!r} does not exist; set it to the group Postfix"
-                " runs as (usually postfix)"
-            ) from None
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
