@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +33,25 @@ def run_postfix(config_dir: Path, command: str, *args: str, timeout: float = 60)
                            missing_hint="install Debian's postfix package")
     except CommandError as exc:
         raise PostfixError(str(exc)) from None
+
+
+def reload_postfix(config_dir: Path) -> None:
+    """``postfix reload``, which Postfix reserves to the superuser.
+
+    policyd and the sync agent run as unprivileged users; they ask sudo for exactly this command
+    line, which is all the Ansible role's sudoers rule allows them (docs/install.md)."""
+    if os.geteuid() == 0:
+        run_postfix(config_dir, "postfix", "reload")
+        return
+    postfix = shutil.which("postfix", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/postfix"
+    try:
+        run_command(["sudo", "-n", postfix, "-c", str(config_dir), "reload"], 60,
+                    missing_hint="install Debian's sudo package")
+    except CommandError as exc:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise PostfixError(
+            f"{exc}; as user {user}, 'postfix reload' needs the sudoers rule"
+            f" '{user} ALL=(root) NOPASSWD: {postfix} -c {config_dir} reload'") from None
 
 
 def write_indexed_map(config_dir: Path, path: Path, lines: list[str]) -> None:

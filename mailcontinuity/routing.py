@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from mailcontinuity.config import Config, DeliveryEndpoint
-from mailcontinuity.postfix import run_postfix, write_indexed_map
+from mailcontinuity.postfix import reload_postfix, run_postfix, write_indexed_map
 
 Route = Literal["primary", "standby"]
 
@@ -56,5 +56,5 @@ def switch_route(config: Config, route: Route,
     immediately, so mail queued for a dead primary moves to the standby too.
     """
     write_transport_map(config, route, overrides)
-    run_postfix(config.gateway.postfix_config_dir, "postfix", "reload")
+    reload_postfix(config.gateway.postfix_config_dir)
     run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
