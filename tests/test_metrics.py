@@ -5,10 +5,12 @@ and dashboard use only names it serves."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import smtplib
+import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,14 +20,19 @@ import promql_parser
 import pytest
 import yaml
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_mock import MockerFixture
 
 from mailcontinuity.cli import main
-from mailcontinuity.config import ConfigError, Endpoint, load_config
+from mailcontinuity.config import ConfigError, Endpoint, MetricsSection, load_config
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message
-from mailcontinuity.lab.process import accepts_unix_connections
+from mailcontinuity.lab.process import accepts_unix_connections, free_ports
+from mailcontinuity.metrics import MetricsEndpoint, StoreCollector
+from mailcontinuity.policyd.protocol import action_kind
+from mailcontinuity.state import StateStore
 from tests.journal_helpers import wait_for_empty_spool
 from tests.policyd_helpers import back_to_normal, eventually
 from tests.test_config import VALID, write
@@ -58,7 +65,10 @@ class Scrape:
 
 def scrape(endpoint: Endpoint) -> Scrape:
     with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5) as response:
-        text = response.read().decode()
+        return parse(response.read().decode())
+
+
+def parse(text: str) -> Scrape:
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -280,3 +290,53 @@ def test_docs_rules_and_dashboard_use_only_served_metrics(normal_lab: Lab) -> No
         assert rule["labels"]["severity"] in ("critical", "warning"), rule
     assert "up" in used, "no rule alerts on the endpoint itself being down"
     assert json.loads(dashboard)["__inputs"][0]["pluginId"] == "prometheus"
+
+
+@pytest.mark.parametrize(("action", "kind"), [
+    ("DUNNO", "DUNNO"), ("550 5.1.1 no such user on the standby mail system", "REJECT"),
+    ("REJECT go away", "REJECT"), ("450 4.7.1 later", "DEFER"), ("DEFER_IF_PERMIT x", "DEFER"),
+    ("ok", "OK"), ("PREPEND X-Test: 1", "other"), ("250 fine", "other"),
+])
+def test_policy_answers_are_counted_by_a_few_kinds(action: str, kind: str) -> None:
+    assert action_kind(action) == kind
+
+
+def test_an_unreadable_part_is_a_metric_not_a_crash(lab: Lab, mocker: MockerFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The spool becomes unreadable (fault injected): that section reports an error, the others
+    are still served, the failure is logged once, and the next good scrape recovers."""
+    store = StateStore(lab.config.state.path)
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(lab.config, store))
+    try:
+        mocker.patch("mailcontinuity.metrics.spool_usage",
+                     side_effect=PermissionError(13, "Permission denied"))
+        with caplog.at_level(logging.DEBUG, logger="mailcontinuity.metrics"):
+            failing = [parse(generate_latest(registry).decode()) for _ in range(2)]
+            mocker.stopall()
+            recovered = parse(generate_latest(registry).decode())
+        for metrics in failing:
+            assert metrics.value("mailcontinuity_scrape_error", section="journal") == 1
+            assert metrics.value("mailcontinuity_scrape_error", section="state") == 0
+            assert metrics.total("mailcontinuity_state") == 1
+            assert "mailcontinuity_journal_lag_seconds" not in metrics.names
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "section=journal" in errors[0].getMessage()
+        assert recovered.total("mailcontinuity_scrape_error") == 0
+        assert "event=metrics_section_recovered section=journal" in caplog.text
+    finally:
+        store.close()
+
+
+def test_a_taken_port_leaves_policyd_serving_without_metrics(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_ports(1)[0]
+    config = lab.config.model_copy(update={
+        "metrics": MetricsSection(enabled=True, listen=Endpoint("127.0.0.1", port))})
+    with socket.create_server(("127.0.0.1", port)):
+        endpoint = MetricsEndpoint(config, CollectorRegistry())
+        try:
+            assert endpoint.start() is False
+        finally:
+            endpoint.close()
+    assert f"event=metrics_listen_failed listen=127.0.0.1:{port}" in caplog.text
