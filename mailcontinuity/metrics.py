@@ -134,7 +134,6 @@ class StoreCollector(Collector):
     """Reads every section at scrape time; one section's failure does not hide the others."""
 
     def __init__(self, config: Config, store: StateStore) -> None:
-        self.store = store
         self.sections: dict[str, Callable[[], Iterator[Metric]]] = {
             "state": lambda: state_metrics(store),
             "journal": lambda: journal_metrics(config, store),
@@ -154,20 +153,22 @@ class StoreCollector(Collector):
             families: list[Metric] = []
             for name, section in self.sections.items():
                 errors.add_metric([name], float(not self._read(name, section, families)))
-            yield from families
-            yield errors
-            yield _gauge("scrape_duration_seconds", "How long reading the state store and the"
-                         " spool took.", time.perf_counter() - started)
+            duration = time.perf_counter() - started
+        yield from families
+        yield errors
+        yield _gauge("scrape_duration_seconds", "How long reading the state store and the"
+                     " spool took.", duration)
 
     def _read(self, name: str, section: Callable[[], Iterator[Metric]],
               into: list[Metric]) -> bool:
         try:
-            into.extend(section())
+            read = list(section())  # all of a section or none of it
         except Exception as exc:  # noqa: BLE001 - a scrape reports, it never crashes policyd
             level = logging.DEBUG if name in self.failing else logging.ERROR
             log.log(level, "event=metrics_section_failed section=%s error=%r", name, str(exc))
             self.failing.add(name)
             return False
+        into.extend(read)
         if name in self.failing:
             log.info("event=metrics_section_recovered section=%s", name)
             self.failing.discard(name)
