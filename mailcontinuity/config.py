@@ -7,6 +7,7 @@ config at 3 a.m. during an outage should not have to read a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -314,6 +315,34 @@ class FailbackSection(Section):
         return self
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class MetricsSection(Section):
+    """The Prometheus endpoint policyd serves: off unless asked for, loopback unless insisted,
+    because metrics reveal the mail stores' addresses and whether the primary is down."""
+
+    enabled: bool = False
+    listen: EndpointField = Endpoint("127.0.0.1", 9469)
+    allow_remote: bool = False
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> MetricsSection:
+        if not self.allow_remote and not is_loopback(self.listen.host):
+            raise ValueError(
+                f'listen = "{self.listen}" is not a loopback address; metrics reveal addresses'
+                " and state: keep 127.0.0.1 behind a proxy, or set allow_remote = true"
+            )
+        return self
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -332,6 +361,7 @@ class Config(Section):
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
     failback: FailbackSection = FailbackSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 SECRET_SUFFIX = "password_file"

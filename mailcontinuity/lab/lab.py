@@ -179,9 +179,10 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 1))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 2))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
+        metrics_port = next(numbers)  # likewise
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -207,7 +208,7 @@ class Lab:
         probe_file.write_text(users[-1]["password"] + "\n")
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
-            _render_config(directory, description, gateway_submission))
+            _render_config(directory, description, gateway_submission, metrics_port))
         (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -287,7 +288,8 @@ hold_down_seconds = 3.0
 """
 
 
-def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int) -> str:
+def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
+                   metrics_port: int) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -358,6 +360,10 @@ imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 
 [failback]
 mode = "auto"
+
+[metrics]
+enabled = true
+listen = "127.0.0.1:{metrics_port}"
 """
 
 

@@ -175,27 +175,42 @@ class Spool:
         os.rename(path, bad / path.name)
 
 
-def spool_backlog(directory: Path, now: float | None = None) -> tuple[int, float]:
-    """(entries waiting, seconds since the oldest was accepted); readable by any process."""
+@dataclass(frozen=True)
+class SpoolUsage:
+    """What waits in the spool: entries, their bytes, seconds since the oldest was accepted."""
+
+    entries: int
+    bytes: int
+    lag_seconds: float
+
+
+def spool_usage(directory: Path, now: float | None = None) -> SpoolUsage:
+    """The spool's backlog, read from disk; readable by any process."""
     new_dir = directory / "new"
     oldest: float | None = None
-    count = 0
+    count = size = 0
     try:
         with os.scandir(new_dir) as scan:
             for entry in scan:
                 if not entry.name.endswith(SUFFIX):
                     continue
-                count += 1
                 try:
-                    received = entry.stat().st_mtime
+                    info = entry.stat()
                 except FileNotFoundError:  # shipped while we looked
-                    count -= 1
                     continue
-                oldest = received if oldest is None else min(oldest, received)
+                count += 1
+                size += info.st_size
+                oldest = info.st_mtime if oldest is None else min(oldest, info.st_mtime)
     except FileNotFoundError:
-        return 0, 0.0
+        return SpoolUsage(0, 0, 0.0)
     lag = 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
-    return count, lag
+    return SpoolUsage(count, size, lag)
+
+
+def spool_backlog(directory: Path, now: float | None = None) -> tuple[int, float]:
+    """(entries waiting, seconds since the oldest was accepted)."""
+    usage = spool_usage(directory, now)
+    return usage.entries, usage.lag_seconds
 
 
 def iter_chunks(fd: int, length: int, size: int = 1 << 20) -> Iterator[bytes]:

@@ -13,7 +13,10 @@ import logging
 import signal
 import time
 
+from prometheus_client import CollectorRegistry
+
 from mailcontinuity.config import Config
+from mailcontinuity.metrics import MetricsEndpoint
 from mailcontinuity.policyd.monitor import HealthMonitor
 from mailcontinuity.policyd.policy import RecipientPolicy
 from mailcontinuity.policyd.queries import CachedState, beat, mark_stopped
@@ -38,18 +41,24 @@ async def _main(config: Config) -> None:
     standby = StandbyRecipients(config.standby.lmtp, TLSPolicy.of(config, "standby"),
                                 settings.recipient_check_timeout_seconds,
                                 settings.recipient_cache_seconds)
-    server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide)
+    registry = CollectorRegistry()
+    server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide,
+                          registry)
+    metrics = MetricsEndpoint(config, registry)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await server.start()
+    if config.metrics.enabled:
+        metrics.start()
     beat(store, monitor.started_at, time.time(), monitor.stale_after)
     log.info("event=policyd_started state=%s", monitor.state.name)
     try:
         await monitor.run(stopping)
     finally:
         await server.close()
+        metrics.close()
         await standby.close()
         mark_stopped(store, time.time())
         store.close()

@@ -15,6 +15,9 @@ DUNNO = "DUNNO"
 
 POLICY_REQUEST = "smtpd_access_policy"
 
+ACTION_KINDS = ("DUNNO", "OK", "REJECT", "DEFER", "other")
+"""What a reply amounts to, for counting: few values, whatever text follows the code."""
+
 
 class ProtocolError(ValueError):
     """A request block that is not ``name=value`` lines; the message says which line."""
@@ -46,3 +49,13 @@ def format_reply(action: str) -> bytes:
     if not action or "\n" in action or "\r" in action:
         raise ValueError(f"a policy action is one non-empty line, got {action!r}")
     return f"action={action}\n\n".encode("utf-8", errors="surrogateescape")
+
+
+def action_kind(action: str) -> str:
+    """``DUNNO``, ``OK``, ``REJECT`` (5xx or REJECT), ``DEFER`` (4xx, DEFER...) or ``other``."""
+    word = action.split(maxsplit=1)[0].upper() if action.strip() else ""
+    if word.isdigit():
+        return {"4": "DEFER", "5": "REJECT"}.get(word[0], "other")
+    if word.startswith("DEFER"):
+        return "DEFER"
+    return word if word in ACTION_KINDS else "other"

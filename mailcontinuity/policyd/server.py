@@ -15,12 +15,16 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter
+
 from mailcontinuity.config import PolicydSection
 from mailcontinuity.postfix import grant_postfix_access
 from mailcontinuity.policyd.protocol import (
+    ACTION_KINDS,
     DUNNO,
     REQUEST_END,
     ProtocolError,
+    action_kind,
     format_reply,
     parse_request,
 )
@@ -37,11 +41,17 @@ class PolicyServerError(Exception):
 class PolicyServer:
     """Serves ``decide`` on the configured unix socket and, optionally, a TCP endpoint."""
 
-    def __init__(self, settings: PolicydSection, decide: Decide) -> None:
+    def __init__(self, settings: PolicydSection, decide: Decide,
+                 registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.decide = decide
         self.connections = 0
         self._servers: list[asyncio.AbstractServer] = []
+        # Counted always (a lock and an add); exported when ``registry`` is the metrics one.
+        self.requests = Counter("mailcontinuity_policy_requests", "Policy requests answered,"
+                                " by what the answer amounted to.", ["action"], registry=registry)
+        for kind in ACTION_KINDS:
+            self.requests.labels(kind)
 
     async def start(self) -> None:
         limit = self.settings.max_request_bytes
@@ -105,7 +115,9 @@ class PolicyServer:
             except TimeoutError:
                 log.info("event=connection_idle seconds=%.0f action=close", idle)
                 return
-            writer.write(format_reply(await self._answer(block)))
+            action = await self._answer(block)
+            self.requests.labels(action_kind(action)).inc()
+            writer.write(format_reply(action))
             await writer.drain()
 
     async def _answer(self, block: bytes) -> str:

@@ -1,0 +1,121 @@
+"""Metrics benchmark: what a scrape costs as the state store grows, and what counting costs
+policyd per request.
+
+Prints two tables:
+
+1. scrape duration (median and max of 20 scrapes through prometheus_client, exactly what
+   policyd serves) for a state store holding N journal copies, a day of health probes at the
+   default interval (86,400 rows), an outage with N/10 recorded messages and 100 spooled
+   messages, side by side with Prometheus' default scrape timeout (10 s) and interval (60 s);
+2. per policy request, classifying the answer and incrementing the counter, side by side with
+   policyd's measured p50 request latency (docs/benchmarks.md, issue 4).
+
+    .venv/bin/python bench/metrics_bench.py [--sizes 10000,100000,1000000]
+
+Needs no lab: a state store and a spool in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from mailcontinuity.config import parse_config
+from mailcontinuity.metrics import StoreCollector
+from mailcontinuity.policyd.protocol import action_kind
+from mailcontinuity.state import StateStore
+
+SCRAPES = 20
+PROBE_ROWS = 86_400
+SPOOLED = 100
+POLICYD_P50_MS = 0.12  # docs/benchmarks.md, policyd (issue 4): p50 at 1 connection
+
+
+def fill(store: StateStore, copies: int) -> None:
+    """A store as a busy site's would look: journal copies, probes, one outage's record."""
+    now = time.time()
+    with store.transaction() as db:
+        db.conn.executemany(
+            "INSERT INTO journal (message_id, address, folder, status, received, recorded)"
+            " VALUES (?, ?, 'INBOX', ?, ?, ?)",
+            ((f"<{n}@bench>", f"user{n % 500}@example.org",
+              "shipped" if n % 100 else "pruned", now - n, now - n) for n in range(copies)))
+        db.conn.executemany(
+            "INSERT INTO health_probes (at, probe, target, ok, latency_ms, error)"
+            " VALUES (?, ?, 'primary:143', 1, 1.5, '')",
+            ((now - n, ("delivery", "imap")[n % 2]) for n in range(PROBE_ROWS)))
+        db.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')", [now])
+        db.conn.executemany(
+            "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
+            " kind, flags, size, mtime, message_id, present, in_baseline, updated_at)"
+            " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
+            ((f"user{n % 500}", f"b{n}", f"b{n}:2,", f"k{n}", now, now)
+             for n in range(copies // 10)))
+
+
+def spool(directory: Path) -> None:
+    (directory / "new").mkdir(parents=True)
+    for n in range(SPOOLED):
+        (directory / "new" / f"{n}.msg").write_bytes(b"x" * 20_000)
+
+
+def scrape_times(directory: Path, copies: int) -> list[float]:
+    config = parse_config({
+        "domains": {"protected": ["example.org"]},
+        "primary": {"delivery": "lmtp:127.0.0.1:24", "imap": "127.0.0.1:143"},
+        "standby": {"imap": "127.0.0.1:1143", "lmtp": "127.0.0.1:1024"},
+        "state": {"path": str(directory / "state.db")},
+        "milter": {"spool_dir": str(directory / "spool")},
+    }, directory / "bench.toml")
+    store = StateStore(config.state.path)
+    try:
+        fill(store, copies)
+        spool(config.milter.spool_dir)
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(config, store))
+        times = []
+        for _ in range(SCRAPES):
+            started = time.perf_counter()
+            generate_latest(registry)
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        store.close()
+
+
+def counting_cost(requests: int = 200_000) -> float:
+    """Seconds per request of what PolicyServer adds: classify the answer, count it."""
+    counter = Counter("bench_requests", "", ["action"], registry=None)
+    answers = ["DUNNO"] * 9 + ["550 5.1.1 no such user on the standby mail system"]
+    started = time.perf_counter()
+    for n in range(requests):
+        counter.labels(action_kind(answers[n % 10])).inc()
+    return (time.perf_counter() - started) / requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
+    print("scrape duration (state store + spool read, text rendered)")
+    print(f"{'journal copies':>15} {'median ms':>10} {'max ms':>8}   Prometheus default timeout"
+          " 10000 ms, interval 60000 ms")
+    for copies in sizes:
+        with tempfile.TemporaryDirectory(prefix="mcmetrics-") as directory:
+            times = scrape_times(Path(directory), copies)
+        print(f"{copies:>15,} {statistics.median(times) * 1000:>10.1f}"
+              f" {max(times) * 1000:>8.1f}")
+    cost = counting_cost()
+    print("\nper policy request")
+    print(f"  counting the answer: {cost * 1e6:.2f} µs"
+          f"   policyd p50 request latency: {POLICYD_P50_MS * 1000:.0f} µs"
+          f" ({cost * 1000 / POLICYD_P50_MS * 100:.1f}% of it)")
+
+
+if __name__ == "__main__":
+    main()
