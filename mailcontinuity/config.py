@@ -307,6 +307,17 @@ class FailbackSection(Section):
         return self
 
 
+def _false_is_none(value: object) -> object:
+    """TOML has no null: ``key = false`` switches an optional path off."""
+    return None if value is False else value
+
+
+class AuditSection(Section):
+    """Where audit records go besides the state store: syslog, as facility authpriv."""
+
+    syslog_socket: Annotated[Path | None, BeforeValidator(_false_is_none)] = Path("/dev/log")
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -325,6 +336,7 @@ class Config(Section):
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
     failback: FailbackSection = FailbackSection()
+    audit: AuditSection = AuditSection()
 
 
 def default_config_path() -> Path:

@@ -156,7 +156,7 @@ class Lab:
         lab = Lab.load(self.dir, description)
         assert lab.webmail is not None
         lab.webmail.write_config()
-        (self.dir / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        _write_lab_json(self.dir, description)
         return lab
 
     def part(self, name: str) -> LabPart:
@@ -205,7 +205,7 @@ class Lab:
         probe_file.write_text(users[-1]["password"] + "\n")
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission))
-        (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
@@ -278,6 +278,13 @@ successes = 2
 hold_down_seconds = 3.0
 """
 
+# The lab runs no syslog daemon; tests that check the syslog copy of audit records point this at
+# a datagram socket they bind.
+LAB_AUDIT_SECTION = """
+[audit]
+syslog_socket = false
+"""
+
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int) -> str:
 
@@ -345,7 +352,15 @@ imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 
 [failback]
 mode = "auto"
-"""
+{LAB_AUDIT_SECTION}"""
+
+
+def _write_lab_json(directory: Path, description: dict[str, Any]) -> None:
+    """lab.json holds the users' passwords (contract): root may read it, nobody else."""
+    path = directory / "lab.json"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps(description, indent=2) + "\n")
 
 
 def _check_programs() -> None:
