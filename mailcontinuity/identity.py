@@ -52,9 +52,10 @@ def origin() -> str:
     return f"tty:{tty}" if tty else "local"
 
 
-def who(actor: str | None = None) -> Who:
-    """The actor (``operator()`` unless a daemon names its role) and this process's origin."""
-    return Who(actor if actor is not None else operator(), origin())
+def who() -> Who:
+    """The operator running this command and where from. Daemons name their role as the actor
+    themselves (the health monitor's decisions depend on it) and get ``origin()`` by default."""
+    return Who(operator(), origin())
 
 
 def _login() -> str:
