@@ -6,9 +6,7 @@ one-line message on stderr and a non-zero exit status; tracebacks are for bugs o
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -16,9 +14,12 @@ from typing import Any, TypeVar
 
 import click
 
+from mailcontinuity.audit import audited, note
+from mailcontinuity.auditlog import send_audit_to_syslog
 from mailcontinuity.config import Config, ConfigError, default_config_path, load_config
 from mailcontinuity.drill import Drill, archive, render_report
 from mailcontinuity.lab import Lab, LabError
+from mailcontinuity.identity import operator  # noqa: F401 - the commands' import of it
 from mailcontinuity.logsetup import configure_logging
 from mailcontinuity.commands import CommandError
 from mailcontinuity.required_settings import render_check_config, settings_report
@@ -58,6 +59,7 @@ class Context:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path)
+            send_audit_to_syslog(self._config.audit.syslog_socket)
         return self._config
 
     def store(self) -> StateStore:
@@ -65,11 +67,6 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
-
-
-def operator() -> str:
-    """Who runs this command, for the audit log (sudo keeps the real user in SUDO_USER)."""
-    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def emit(report: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str],
@@ -127,6 +124,7 @@ def check_config(ctx: Context, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@audited
 @operator_errors
 def drill(ctx: Context, as_json: bool) -> None:
     """Run the continuity drill with the probe account; archive the report."""
@@ -134,8 +132,7 @@ def drill(ctx: Context, as_json: bool) -> None:
     try:
         report = Drill(ctx.config, store).run()
         archive(report, ctx.config.drill.report_dir)
-        store.record_command("drill", operator(), {"passed": report.passed,
-                                                   "report": report.archived_to})
+        note(passed=report.passed, report=report.archived_to)
     finally:
         store.close()
     failed = [step.name for step in report.steps if not step.passed and not step.skipped]
@@ -218,3 +215,7 @@ main.add_command(failover)
 from mailcontinuity.sieve.cli import sieve_sync_command  # noqa: E402
 
 main.add_command(sieve_sync_command)
+
+from mailcontinuity.audit_cli import audit_command  # noqa: E402
+
+main.add_command(audit_command)

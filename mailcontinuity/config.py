@@ -343,6 +343,17 @@ class MetricsSection(Section):
         return self
 
 
+def _false_is_none(value: object) -> object:
+    """TOML has no null: ``key = false`` switches an optional path off."""
+    return None if value is False else value
+
+
+class AuditSection(Section):
+    """Where audit records go besides the state store: syslog, as facility authpriv."""
+
+    syslog_socket: Annotated[Path | None, BeforeValidator(_false_is_none)] = Path("/dev/log")
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -362,6 +373,7 @@ class Config(Section):
     health: HealthSection = HealthSection()
     failback: FailbackSection = FailbackSection()
     metrics: MetricsSection = MetricsSection()
+    audit: AuditSection = AuditSection()
 
 
 SECRET_SUFFIX = "password_file"

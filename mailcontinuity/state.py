@@ -20,6 +20,9 @@ from typing import Any, Literal
 
 import sqlite_utils
 
+from mailcontinuity import identity
+from mailcontinuity.auditlog import announce
+
 StateName = Literal["normal", "failover", "failback"]
 STATES: tuple[StateName, ...] = ("normal", "failover", "failback")
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -51,6 +54,7 @@ class AuditEntry:
     cause: str
     actor: str
     detail: dict[str, Any]
+    origin: str = ""
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -139,12 +143,19 @@ def _migration_policyd_health(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_audit_origin(db: sqlite_utils.Database) -> None:
+    """Where each audited action came from (``ssh:IP``, ``tty:...``, ``daemon:NAME@HOST``);
+    records from before this migration have an empty origin."""
+    db.execute("ALTER TABLE audit ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_journal,
     _migration_sync,
     _migration_policyd_health,
+    _migration_audit_origin,
 ]
 
 
@@ -239,11 +250,13 @@ class StateStore:
         cause: str,
         actor: str,
         expect: tuple[StateName, ...] | None = None,
+        origin: str | None = None,
     ) -> State | None:
         """Move to ``to_state`` and audit it; returns the old state, or None if not applied.
 
         ``expect`` guards against a race between two deciders (the health monitor and an
         operator): the transition happens only if the current state is one of these.
+        ``origin`` defaults to this process's (``identity.origin``).
         """
         if to_state not in STATES:
             raise ValueError(f"unknown state {to_state!r}")
@@ -256,13 +269,19 @@ class StateStore:
                 "UPDATE state SET name = ?, since = ?, cause = ?, actor = ? WHERE id = 1",
                 [to_state, now, cause, actor],
             )
-            self._audit(db, now, "transition", old.name, to_state, cause, actor, {})
+            entry = self._audit(db, now, "transition", old.name, to_state, cause, actor, {},
+                                origin)
+        announce(entry)
         return old
 
-    def record_command(self, command: str, actor: str, detail: dict[str, Any]) -> None:
-        """Audit an operator command that is not itself a transition."""
+    def record_command(self, command: str, actor: str, detail: dict[str, Any],
+                       origin: str | None = None, event: str = "command") -> None:
+        """Audit an operator command (or, with ``event``, another audited action such as a
+        merge) that is not itself a transition."""
         with self.transaction() as db:
-            self._audit(db, time.time(), "command", None, None, command, actor, detail)
+            entry = self._audit(db, time.time(), event, None, None, command, actor, detail,
+                                origin)
+        announce(entry)
 
     @staticmethod
     def _audit(
@@ -274,17 +293,22 @@ class StateStore:
         cause: str,
         actor: str,
         detail: dict[str, Any],
-    ) -> None:
-        db.execute(
-            "INSERT INTO audit (at, event, from_state, to_state, cause, actor, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [at, event, from_state, to_state, cause, actor, json.dumps(detail, sort_keys=True)],
+        origin: str | None,
+    ) -> AuditEntry:
+        origin = identity.origin() if origin is None else origin
+        cursor = db.execute(
+            "INSERT INTO audit (at, event, from_state, to_state, cause, actor, detail, origin)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [at, event, from_state, to_state, cause, actor, json.dumps(detail, sort_keys=True),
+             origin],
         )
+        return AuditEntry(int(cursor.lastrowid or 0), at, event, from_state, to_state, cause,
+                          actor, detail, origin)
 
     def audit_log(self, since: float = 0.0) -> list[AuditEntry]:
         rows = self.db.execute(
-            "SELECT id, at, event, from_state, to_state, cause, actor, detail FROM audit"
+            "SELECT id, at, event, from_state, to_state, cause, actor, detail, origin FROM audit"
             " WHERE at >= ? ORDER BY id",
             [since],
         ).fetchall()
-        return [AuditEntry(*row[:7], json.loads(row[7])) for row in rows]
+        return [AuditEntry(*row[:7], json.loads(row[7]), row[8]) for row in rows]

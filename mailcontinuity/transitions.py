@@ -6,14 +6,10 @@ them writes the state table or the transport map on its own.
 
 from __future__ import annotations
 
-import logging
-
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import Transition, run_hooks
 from mailcontinuity.routing import Route, switch_route
 from mailcontinuity.state import StateName, StateStore
-
-log = logging.getLogger(__name__)
 
 ROUTE_IN_STATE: dict[StateName, Route] = {
     "normal": "primary",
@@ -41,7 +37,6 @@ def change_state(
     old = store.transition(to_state, cause=cause, actor=actor, expect=expect)
     if old is None:
         return False
-    log.info("event=transition from=%s to=%s cause=%r actor=%s", old.name, to_state, cause, actor)
     try:
         if ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
             switch_route(config, ROUTE_IN_STATE[to_state])

@@ -79,7 +79,8 @@ def hooks_for(hooks_dir: Path, state: str) -> list[Path]:
         if path.name.startswith(".") or not path.is_file():
             continue
         if not os.access(path, os.X_OK):
-            log.info("event=hook_skipped hook=%s reason=not_executable (chmod +x to enable)", path)
+            log.info('event=hook_skipped hook=%s reason=not_executable'
+                     ' hint="chmod +x to enable"', path)
             continue
         hooks.append(path)
     return hooks
@@ -112,7 +113,7 @@ def hooks_environment(hooks_dir: Path) -> dict[str, str]:
         key = key.strip()
         if not sep or not key.isidentifier():
             log.error("event=hooks_environment_line_skipped path=%s line=%d"
-                      " reason=expected_KEY=VALUE", path, number)
+                      ' reason="expected KEY=VALUE"', path, number)
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":

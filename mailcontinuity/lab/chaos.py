@@ -108,7 +108,7 @@ class ChaosRun:
     def _note(self, action: str) -> None:
         line = f"{time.time() - self.started:6.1f}s {action}"
         self.report.actions.append(line)
-        log.info("event=chaos %s", action)
+        log.info("event=chaos action=%s", action)
 
     def _send_steadily(self, stop: threading.Event) -> None:
         interval = 1.0 / self.rate

@@ -158,7 +158,7 @@ class Lab:
         lab = Lab.load(self.dir, description)
         assert lab.webmail is not None
         lab.webmail.write_config()
-        (self.dir / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        _write_lab_json(self.dir, description)
         return lab
 
     def part(self, name: str) -> LabPart:
@@ -209,7 +209,7 @@ class Lab:
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port))
-        (directory / "lab.json").write_text(json.dumps(description, indent=2) + "\n")
+        _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
@@ -285,6 +285,13 @@ failures = 3
 failure_window_seconds = 1.0
 successes = 2
 hold_down_seconds = 3.0
+"""
+
+# The lab runs no syslog daemon; tests that check the syslog copy of audit records point this at
+# a datagram socket they bind.
+LAB_AUDIT_SECTION = """
+[audit]
+syslog_socket = false
 """
 
 
@@ -364,7 +371,15 @@ mode = "auto"
 [metrics]
 enabled = true
 listen = "127.0.0.1:{metrics_port}"
-"""
+{LAB_AUDIT_SECTION}"""
+
+
+def _write_lab_json(directory: Path, description: dict[str, Any]) -> None:
+    """lab.json holds the users' passwords (contract): root may read it, nobody else."""
+    path = directory / "lab.json"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps(description, indent=2) + "\n")
 
 
 def _check_programs() -> None:

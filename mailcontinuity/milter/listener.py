@@ -105,4 +105,4 @@ def _disable_nagle(listen: Endpoint) -> None:
                     and candidate.getsockname()[1] == listen.port):
                 candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return
-    log.warning("event=nodelay_not_set listen=%s reason=listening socket not found", listen)
+    log.warning("event=nodelay_not_set listen=%s reason=listening_socket_not_found", listen)

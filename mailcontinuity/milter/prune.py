@@ -75,7 +75,7 @@ def prune_journal(config: Config, store: StateStore, now: float | None = None) -
             os.unlink(path)
             deleted.append(record)
         else:
-            log.warning("event=prune_refused path=%s reason=no journal header", path)
+            log.warning("event=prune_refused path=%s reason=no_journal_header", path)
             kept.append(record)
     mark_pruned(store, [*deleted, *gone])
     log.info("event=prune deleted=%d already_gone=%d refused=%d postponed=%d cutoff=%.0f",

@@ -110,7 +110,7 @@ class Shipper(threading.Thread):
                 if not entry.exists():  # already shipped: a retry raced a notification
                     self._forget(entry)
                     continue
-                log.error("event=spool_entry_unreadable error=%r action=inspect the file", str(exc))
+                log.error("event=spool_entry_unreadable error=%r action=inspect_the_file", str(exc))
                 self._spool.quarantine(entry)
                 self._forget(entry)
                 continue
@@ -167,6 +167,6 @@ class Shipper(threading.Thread):
         if now - self._last_alarm < ALARM_INTERVAL_SECONDS:
             return
         self._last_alarm = now
-        log.warning("event=ship_error waiting=%d error=%r action=check the standby",
+        log.warning("event=ship_error waiting=%d error=%r action=check_the_standby",
                     len(self._waiting), error)
         record_alarm(store, "ship_error", error)

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from mailcontinuity.audit import audited
 from mailcontinuity.cli import Context, emit, operator, operator_errors, pass_context
+from mailcontinuity.identity import become_daemon
 from mailcontinuity.policyd.daemon import run_policyd
 from mailcontinuity.policyd.server import PolicyServerError
 from mailcontinuity.routing import nexthop
@@ -22,6 +24,7 @@ from mailcontinuity.transitions import change_state
 @operator_errors
 def policyd(ctx: Context) -> None:
     """Run the policy daemon and health monitor in the foreground."""
+    become_daemon("policyd")
     try:
         run_policyd(ctx.config)
     except PolicyServerError as exc:
@@ -32,6 +35,7 @@ def policyd(ctx: Context) -> None:
 @click.option("--reason", required=True, help="Why, for the audit log (e.g. 'planned upgrade').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@audited
 @operator_errors
 def failover(ctx: Context, reason: str, as_json: bool) -> None:
     """Route protected domains to the standby now; stays until you run failback."""

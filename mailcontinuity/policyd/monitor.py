@@ -92,8 +92,9 @@ class Detector:
             and in_window(self.failback.window, at)
         )
         if not allowed and not self._announced_ready:
-            log.warning("event=failback_ready mode=%s window=%s action=wait (run 'mailcontinuity"
-                        " failback' to return mail to the primary now)", mode, self.failback.window)
+            log.warning("event=failback_ready mode=%s window=%s action=wait hint=%s", mode,
+                        self.failback.window, "run 'mailcontinuity failback' to return mail to"
+                        " the primary now")
             self._announced_ready = True
         return allowed
 
@@ -149,7 +150,7 @@ class HealthMonitor:
         failures = [f"{r.probe} {r.target}: {r.error}" for r in results if not r.ok]
         if failures:  # the first failure of a run is news; the rest are only repetitions
             level = logging.WARNING if self.detector.failed == 0 else logging.DEBUG
-            log.log(level, "event=probe_failed %s", "; ".join(failures))
+            log.log(level, "event=probe_failed failures=%s", "; ".join(failures))
         elif self.detector.failed:
             log.warning("event=primary_answering after_failed_rounds=%d", self.detector.failed)
         state = self.store.current_state()

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from mailcontinuity.audit import audited
 from mailcontinuity.cli import Context, emit, operator_errors, pass_context
 from mailcontinuity.sieve.replicate import sieve_sync
 
@@ -27,6 +28,7 @@ def render_sieve_sync(report: dict[str, Any]) -> str:
 @click.command("sieve-sync")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@audited
 @operator_errors
 def sieve_sync_command(ctx: Context, as_json: bool) -> None:
     """Copy users' sieve scripts (and which is active) from the primary to the standby."""

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from mailcontinuity.audit import audited
 from mailcontinuity.cli import Context, emit, operator, operator_errors, pass_context
+from mailcontinuity.identity import become_daemon
 from mailcontinuity.sync.agent import SyncAgent
 from mailcontinuity.sync.failback import FailbackReport, plan_failback, run_failback
 from mailcontinuity.sync.verify import verify
@@ -37,6 +39,7 @@ def render_failback(report: dict[str, Any]) -> str:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_context
+@audited
 @operator_errors
 def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Merge the outage into the primary and return to normal; resumable."""
@@ -91,6 +94,7 @@ def render_verify(report: dict[str, Any]) -> str:
 @click.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@audited
 @operator_errors
 def verify_command(ctx: Context, as_json: bool) -> None:
     """Audit the primary against the last outage: missing, duplicated, flags."""
@@ -105,4 +109,5 @@ def verify_command(ctx: Context, as_json: bool) -> None:
 @operator_errors
 def sync_agent(ctx: Context) -> None:
     """Run the sync agent in the foreground (record outage activity, merge on failback)."""
+    become_daemon("sync-agent")
     SyncAgent(ctx.config).run()

@@ -357,7 +357,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                      expect=("failback", "failover"))
         store.record_command("failback", actor, {"outage": report.outage,
                                                  "counts": dict(report.counts),
-                                                 "refused": len(report.refused)})
+                                                 "refused": len(report.refused)}, event="merge")
         report.state = "normal"
         return report
     finally:
@@ -367,8 +367,8 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
 
 def appended_since(store: StateStore, since: float) -> int:
     """Messages failback APPENDed to the primary since ``since`` (from the audit log's
-    failback entries), for reports that say how much of an outage was merged back."""
+    merge entries), for reports that say how much of an outage was merged back."""
     return sum(n for entry in store.audit_log(since=since)
-               if entry.event == "command" and entry.cause == "failback"
+               if entry.event == "merge" and entry.cause == "failback"
                for action, n in entry.detail.get("counts", {}).items()
                if action.startswith("append") and action.endswith(":done"))
