@@ -50,6 +50,14 @@ def spool_message(spool: Spool, message: EmailMessage, targets: list[Target],
     return writer.commit(envelope), envelope
 
 
+def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Path, Envelope, Target]:
+    """A spooled message with one copy: the first lab user's INBOX."""
+    target = Target(lab.users[0].address, "INBOX")
+    entry, envelope = spool_message(spool, make_message(SENDER, [target.address], subject),
+                                    [target])
+    return entry, envelope, target
+
+
 def ship_through_shipper(lab: Lab, spool: Spool, entries: list[Path], sink: LmtpSink) -> None:
     shipper = Shipper(spool, sink, lab.config.state.path, 0.2, 1.0)
     shipper.start()
@@ -127,10 +135,7 @@ def soft_rejecting_lmtp() -> Iterator[Endpoint]:
 
 def test_lmtp_4xx_and_a_dead_listener_are_temporary(lab: Lab, spool: Spool,
                                                     soft_rejecting_lmtp: Endpoint) -> None:
-    alice = lab.users[0]
-    target = Target(alice.address, "INBOX")
-    entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "4xx"),
-                                    [target])
+    entry, envelope, target = spool_for_alice(lab, spool, "4xx")
     with entry.open("rb") as handle:
         # smtp-sink has no TLS: this sink may speak plaintext, as tls = "none" allows.
         plaintext = TLSPolicy("standby", "none", None, lab.config.source)
@@ -228,9 +233,7 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> LabCertificates:
 def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
         lab: Lab, spool: Spool, other_ca: LabCertificates) -> None:
     alice = lab.users[0]
-    target = Target(alice.address, "INBOX")
-    entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "wrong CA"),
-                                    [target])
+    entry, envelope, _ = spool_for_alice(lab, spool, "wrong CA")
     distrusting = TLSPolicy("standby", "starttls", other_ca.ca_file, lab.config.source)
     shipper = Shipper(spool, LmtpSink(lmtp_settings(lab), distrusting), lab.config.state.path,
                       0.2, 1.0)
@@ -257,10 +260,7 @@ def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
 def test_journal_lmtp_never_falls_back_to_plaintext(lab: Lab, spool: Spool,
                                                     soft_rejecting_lmtp: Endpoint) -> None:
     """smtp-sink offers no STARTTLS: with TLS configured nothing is sent, not even MAIL FROM."""
-    alice = lab.users[0]
-    target = Target(alice.address, "INBOX")
-    entry, envelope = spool_message(spool, make_message(SENDER, [alice.address], "no tls"),
-                                    [target])
+    entry, envelope, target = spool_for_alice(lab, spool, "no tls")
     with entry.open("rb") as handle, pytest.raises(TemporaryFailure,
                                                    match='does not offer STARTTLS.*tls = "none"'):
         LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp), lab.tls("standby")).ship(
