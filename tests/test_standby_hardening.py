@@ -18,11 +18,21 @@ from base64 import b64encode
 
 import pytest
 
+from click.testing import CliRunner
+
+from mailcontinuity.cli import main
+from mailcontinuity.commands import run_command
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
-from mailcontinuity.required_settings import AUTH_FAILURE_DELAY_SECONDS
+from mailcontinuity.postfix import run_postfix
+from mailcontinuity.required_settings import (
+    AUTH_FAILURE_DELAY_SECONDS,
+    dovecot_standby_hardening,
+    postfix_submission_options,
+    postfix_tls_settings,
+)
 
 OUTSIDE = "someone@elsewhere.test"
 # Loopback addresses of their own, so that the anvil penalty they collect (kept for an hour per
@@ -64,6 +74,24 @@ def auth_without_starttls(server: Endpoint, user: LabUser) -> tuple[int, bytes]:
         smtp.ehlo()
         token = b64encode(f"\0{user.login}\0{user.password}".encode()).decode()
         return smtp.docmd("AUTH", f"PLAIN {token}")
+
+
+def test_the_lab_runs_the_hardening_check_config_prints(lab: Lab) -> None:
+    printed = CliRunner().invoke(main, ["--config", str(lab.config_file), "check-config"])
+    assert printed.exit_code == 0, printed.output
+    for key, value in dovecot_standby_hardening(lab.config).items():
+        assert f"\n{key} = {value}\n" in printed.stdout
+        running = run_command(["doveconf", "-c", str(lab.standby.config_file), "-h", key])
+        assert running.strip() == value, key
+    for key, value in postfix_tls_settings().items():
+        assert f"postconf -e '{key} = {value}'" in printed.stdout
+        assert run_postfix(lab.gateway.config_dir, "postconf", "-h", key).strip() == value
+    master = (lab.gateway.config_dir / "master.cf").read_text()
+    for key, value in postfix_submission_options().items():
+        assert f" -o {key}={value}" in printed.stdout and f" -o {key}={value}" in master
+    # The primary plays the customer's existing system and stays as permissive as it was.
+    assert run_command(["doveconf", "-c", str(lab.primary.config_file), "-h", "ssl"]).strip() \
+        == "yes"
 
 
 def test_standby_submission_relays_only_for_authenticated_users_over_tls(lab: Lab) -> None:
