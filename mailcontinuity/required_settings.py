@@ -36,7 +36,49 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         "milter_default_action": "accept",
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
+        **postfix_tls_settings(),
     }
+
+
+def postfix_tls_settings() -> dict[str, str]:
+    """STARTTLS offered on every smtpd listener, AUTH only inside TLS (main.cf).
+
+    Port 25 must keep taking mail from servers that cannot encrypt, so TLS is offered (``may``),
+    never required there; a listener that offers SMTP AUTH (the gateway's submission) never lets
+    a password cross the wire in the clear. Postfix reads the key as root before dropping
+    privileges, so the key file stays mode 0600 root. The certificate is the site's own
+    (``smtpd_tls_chain_files``), which this kit does not choose.
+    """
+    return {"smtpd_tls_security_level": "may", "smtpd_tls_auth_only": "yes"}
+
+
+def postfix_submission_options() -> dict[str, str]:
+    """``-o`` options of the gateway's submission service in master.cf.
+
+    Users authenticate there with their mailbox credentials (Dovecot SASL), so the listener
+    insists on TLS before anything else and relays for authenticated users only; unauthenticated
+    clients get no RCPT at all, not even for local domains, as on any submission port.
+    """
+    return {
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+    }
+
+
+def postfix_submission_service(config: Config, sasl_path: str = "private/auth") -> str | None:
+    """The gateway's submission line for master.cf, or None when ``gateway.submission`` is unset.
+
+    ``sasl_path`` is Dovecot's auth socket as Postfix reaches it (relative to the queue
+    directory for a chrooted smtpd, Debian's default)."""
+    endpoint = config.gateway.submission
+    if endpoint is None:
+        return None
+    options = {**postfix_submission_options(), "smtpd_sasl_type": "dovecot",
+               "smtpd_sasl_path": sasl_path}
+    return f"{endpoint} inet n - n - - smtpd" + "".join(
+        f" -o {key}={value}" for key, value in options.items())
 
 
 def policy_service(config: Config) -> str:
@@ -79,8 +121,42 @@ def dovecot_lmtp_settings(config: Config) -> str:
     return "\n".join(blocks)
 
 
+# Dovecot's own default, written out so that an administrator sees it and can tune it.
+AUTH_FAILURE_DELAY_SECONDS = 2
+
+
+def dovecot_standby_hardening(config: Config) -> dict[str, str]:
+    """Top-level settings that keep the standby from being an open relay or a guessing target.
+
+    - ``ssl = required``: no authentication of any kind before TLS (IMAP, ManageSieve and
+      submission, where AUTH is not even offered before STARTTLS); plaintext mechanisms are
+      refused too (``disable_plaintext_auth``). Dovecot counts a connection whose local and
+      remote addresses are equal (a webmail on the same host) as secured, and so are clients in
+      ``login_trusted_networks``, which is therefore left empty.
+    - A failed login is answered after ``auth_failure_delay``; on top of that Dovecot's anvil
+      process adds a penalty per client IP that doubles with every further failure up to 15 s
+      (skipped for ``login_trusted_networks``, another reason to leave it empty).
+    - Submission relays what authenticated users send through the gateway (``gateway.smtp``),
+      which lets the standby relay because its address is in ``mynetworks``: a trust by address
+      that needs no extra secret on the standby. ``submission_relay_trusted = no`` because the
+      gateway does not authorise XCLIENT: if it did, it would treat the relayed mail as SMTP
+      AUTH from the user and the milter would journal a second Sent copy beside the one the
+      user's client saves on the standby.
+    """
+    relay = config.gateway.smtp
+    return {
+        "ssl": "required",
+        "disable_plaintext_auth": "yes",
+        "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
+        "submission_relay_host": relay.host,
+        "submission_relay_port": str(relay.port),
+        "submission_relay_trusted": "no",
+    }
+
+
 def dovecot_standby_settings(config: Config) -> str:
-    """Dovecot settings for the standby's listeners; users come from the existing passdb."""
+    """Dovecot settings for the standby: hardening and listeners; users come from the existing
+    passdb."""
     standby = config.standby
     protocols = ["imap", "lmtp"]
     lmtp = [(standby.lmtp.host, standby.lmtp.port)]
@@ -103,7 +179,8 @@ def dovecot_standby_settings(config: Config) -> str:
             _listener("submission-login", "submission", standby.submission.host,
                       standby.submission.port)
         )
-    return "\n".join([f"protocols = {' '.join(protocols)}", *blocks,
+    hardening = [f"{key} = {value}" for key, value in dovecot_standby_hardening(config).items()]
+    return "\n".join([*hardening, f"protocols = {' '.join(protocols)}", *blocks,
                       dovecot_lmtp_settings(config)])
 
 
@@ -125,6 +202,7 @@ def settings_report(config: Config) -> dict[str, Any]:
         "config": str(config.source),
         "valid": True,
         "postfix_main": postfix_main_settings(config),
+        "postfix_submission": postfix_submission_service(config),
         "transport_map": {
             "path": str(config.gateway.transport_map),
             "lines": transport_entries(config, "primary"),
@@ -143,6 +221,14 @@ def render_check_config(config: Config) -> str:
         "# A chrooted smtpd (Debian's default) cannot reach policyd.socket: set policyd.tcp",
         "# to a loopback endpoint and Postfix is pointed there instead.",
     ]
+    submission = postfix_submission_service(config)
+    if submission is not None:
+        lines += [
+            "",
+            "# Postfix gateway: master.cf, the submission service (TLS before AUTH, relaying for",
+            "# authenticated users only; smtpd_sasl_path is Dovecot's auth socket for Postfix)",
+            submission,
+        ]
     lines += [
         "",
         f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"

@@ -96,6 +96,11 @@ def test_dovecot_has_the_standby_settings(applied: list[str]) -> None:
     assert "mail_location = maildir:/var/vmail/%d/%n/Maildir" in result.stdout
     for port in (10143, 10024, 10587, 14190):
         assert f"port = {port}" in result.stdout
+    # The hardening check-config prints wins over Debian's conf.d (ssl = yes there).
+    hardening = {"ssl": "required", "disable_plaintext_auth": "yes",
+                 "auth_failure_delay": "2 secs", "submission_relay_port": "25"}
+    for key, value in hardening.items():
+        assert run("doveconf", "-h", key).stdout.strip() == value, key
 
 
 def test_units_verify(applied: list[str]) -> None:

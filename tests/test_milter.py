@@ -50,6 +50,7 @@ def test_authenticated_sender_gets_a_sent_copy_through_the_real_gateway(lab: Lab
     assert submission is not None
     with smtplib.SMTP(submission.host, submission.port, timeout=30,
                       source_address=(INTERNET_CLIENT, 0)) as smtp:
+        smtp.starttls(context=lab.tls("standby").context)  # the gateway's lab certificate
         smtp.login(alice.login, alice.password)
         smtp.send_message(message, from_addr=alice.address, to_addrs=[bob.address])
     [delivered] = fetch_by_header(lab, "primary", bob, "Message-ID", message["Message-ID"])

@@ -10,7 +10,7 @@ import os
 import pwd
 import shutil
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailcontinuity.commands import CommandError, run_command
@@ -23,6 +23,9 @@ POSTFIX_AUTH_SOCKET = "auth-postfix"
 
 # Dovecot refuses mail access as root; Debian's base system always has the "mail" user.
 MAIL_USER = "mail"
+
+# TLS offered, plaintext logins still allowed: a typical existing system (the lab's primary).
+PERMISSIVE_SETTINGS = {"ssl": "yes", "disable_plaintext_auth": "no"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class DovecotInstance:
     """A second LMTP listener without sieve, for journal copies (the standby's)."""
     lmtp_plugins: str = "protocol lmtp {\n  mail_plugins = $mail_plugins sieve\n}"
     """Which plugins LMTP loads: globally, or per listener address with ``local`` blocks."""
+    settings: dict[str, str] = field(default_factory=lambda: dict(PERMISSIVE_SETTINGS))
+    """Top-level settings on authentication and relaying: the primary plays a customer's
+    permissive system; the standby gets what ``check-config`` prints
+    (``required_settings.dovecot_standby_hardening``)."""
 
     @property
     def config_file(self) -> Path:
@@ -86,6 +93,7 @@ class DovecotInstance:
     def _render(self, mail_uid: int) -> str:
         root = self.root
         protocols = " ".join(self.listeners)
+        settings = "".join(f"{key} = {value}\n" for key, value in self.settings.items())
         services = {
             "imap": ("imap-login", "imap"),
             "lmtp": ("lmtp", "lmtp"),
@@ -114,11 +122,9 @@ listen = 127.0.0.1
 protocols = {protocols}
 hostname = {self.name}.lab.test
 postmaster_address = postmaster@lab.test
-ssl = yes
 ssl_cert = <{self.certificates.cert_file}
 ssl_key = <{self.certificates.key_file}
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+{settings}auth_mechanisms = plain login
 auth_master_user_separator = *
 first_valid_uid = {mail_uid}
 mail_location = maildir:{self.mail_root}/%d/%n/Maildir
@@ -159,9 +165,6 @@ userdb {{
   default_fields = uid={MAIL_USER} gid={MAIL_USER} home={self.mail_root}/%d/%n
 }}
 submission_host = {self.relay}
-submission_relay_host = {self.relay.host}
-submission_relay_port = {self.relay.port}
-submission_relay_trusted = yes
 {self.lmtp_plugins}
 plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve

@@ -15,7 +15,8 @@ from pathlib import Path
 from mailcontinuity.config import Config, Endpoint
 from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
 from mailcontinuity.postfix import PostfixError, run_postfix
-from mailcontinuity.required_settings import postfix_main_settings
+from mailcontinuity.lab.tls import LabCertificates
+from mailcontinuity.required_settings import postfix_main_settings, postfix_submission_service
 from mailcontinuity.routing import write_transport_map
 
 # (service, type, private, unpriv, chroot, wakeup, maxproc, command): chroot off everywhere,
@@ -58,6 +59,8 @@ class PostfixGateway:
     milter keeps a Sent copy of what they send). Only there: Postfix's smtpd dies when its
     SASL server is unreachable, and port 25 must keep taking mail when the standby is down."""
     sasl_socket: Path
+    certificates: LabCertificates
+    """The certificate both listeners offer with STARTTLS."""
 
     @property
     def config_dir(self) -> Path:
@@ -106,6 +109,8 @@ class PostfixGateway:
             "minimal_backoff_time": "5s",
             "maximal_backoff_time": "30s",
             "queue_run_delay": "5s",
+            "smtpd_tls_chain_files": f"{self.certificates.key_file},"
+            f" {self.certificates.cert_file}",
             **postfix_main_settings(self.config),
         }
         (self.config_dir / "main.cf").write_text(
@@ -113,10 +118,9 @@ class PostfixGateway:
             + "".join(f"{key} = {value}\n" for key, value in settings.items())
         )
         services = [f"{self.smtp} inet n - n - - smtpd"]
-        if self.submission is not None:
-            services.append(
-                f"{self.submission} inet n - n - - smtpd -o smtpd_sasl_auth_enable=yes"
-                f" -o smtpd_sasl_type=dovecot -o smtpd_sasl_path={self.sasl_socket}")
+        submission = postfix_submission_service(self.config, str(self.sasl_socket))
+        if submission is not None:
+            services.append(submission)
         services += ["  ".join(service) for service in _MASTER_SERVICES]
         (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
         write_transport_map(self.config, "primary")

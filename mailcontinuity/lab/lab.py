@@ -30,7 +30,7 @@ from mailcontinuity.lab.process import (
     free_ports,
 )
 from mailcontinuity.milter.listener import accepts_connections as milter_accepts
-from mailcontinuity.required_settings import dovecot_lmtp_settings
+from mailcontinuity.required_settings import dovecot_lmtp_settings, dovecot_standby_hardening
 from mailcontinuity.state import StateStore
 from mailcontinuity.tls import Side, TLSPolicy
 
@@ -239,6 +239,7 @@ class Lab:
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
         standby.lmtp_plugins = dovecot_lmtp_settings(config)
+        standby.settings = dovecot_standby_hardening(config)
         webmail = None
         if "webmail" in description:
             webmail = Webmail(directory / "webmail",
@@ -254,7 +255,8 @@ class Lab:
             standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config,
                                    config.gateway.submission,
-                                   directory / "standby" / "run" / POSTFIX_AUTH_SOCKET),
+                                   directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
+                                   LabCertificates(directory / "tls")),
             webmail=webmail,
         )
 
