@@ -188,6 +188,7 @@ class GatewaySection(Section):
     submission: EndpointField | None = None
     postfix_config_dir: Path = Path("/etc/postfix")
     transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
+    tls_policy_map: Path = Path("/etc/postfix/mailcontinuity_tls_policy")
 
 
 class DrillSection(Section):

@@ -11,7 +11,7 @@ from typing import Any
 from mailcontinuity.config import Config
 from mailcontinuity.milter.listener import postfix_name
 from mailcontinuity.postfix import postfix_socket_name
-from mailcontinuity.routing import transport_entries
+from mailcontinuity.routing import tls_policy_entries, transport_entries
 
 
 def postfix_main_settings(config: Config) -> dict[str, str]:
@@ -37,7 +37,19 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
         **postfix_tls_settings(),
+        **postfix_delivery_tls_settings(config),
     }
+
+
+def postfix_delivery_tls_settings(config: Config) -> dict[str, str]:
+    """The TLS policy table for the gateway's deliveries to the stores, for SMTP and LMTP.
+
+    An existing ``smtp_tls_policy_maps`` of yours: list ours first in it (first match wins).
+    """
+    if not tls_policy_entries(config):
+        return {}
+    table = f"hash:{config.gateway.tls_policy_map}"
+    return {"smtp_tls_policy_maps": table, "lmtp_tls_policy_maps": table}
 
 
 def postfix_tls_settings() -> dict[str, str]:
@@ -207,6 +219,10 @@ def settings_report(config: Config) -> dict[str, Any]:
             "path": str(config.gateway.transport_map),
             "lines": transport_entries(config, "primary"),
         },
+        "tls_policy_map": {
+            "path": str(config.gateway.tls_policy_map),
+            "lines": tls_policy_entries(config),
+        },
         "dovecot_standby": dovecot_standby_settings(config) + "\n",
     }
 
@@ -218,8 +234,8 @@ def render_check_config(config: Config) -> str:
     lines += [
         "# policyd fails open (default_action=DUNNO, try_limit=1): if it is down or slow, mail",
         "# still flows; only the RCPT-time rejection of users the standby lacks is skipped.",
-        "# A chrooted smtpd (Debian's default) cannot reach policyd.socket: set policyd.tcp",
-        "# to a loopback endpoint and Postfix is pointed there instead.",
+        "# A chrooted smtpd (Debian's default) reaches a unix socket only under",
+        "# /var/spool/postfix: put policyd.socket and milter.listen there, or use TCP.",
     ]
     submission = postfix_submission_service(config)
     if submission is not None:
@@ -234,6 +250,15 @@ def render_check_config(config: Config) -> str:
         f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"
         " this table on every failover and failback; create it once with the lines below)",
         *transport_entries(config, "primary"),
+    ]
+    if tls_policy_entries(config):
+        lines += [
+            "",
+            f"# Postfix gateway: {config.gateway.tls_policy_map} (TLS for deliveries to the"
+            " stores; postmap it once)",
+            *tls_policy_entries(config),
+        ]
+    lines += [
         "",
         "# Standby Dovecot (add to its configuration; keep your existing passdb/userdb so users",
         "# log in with their usual credentials)",

@@ -36,6 +36,32 @@ def transport_entries(config: Config, route: Route,
     return lines + [f"{domain} {target}" for domain in config.domains.protected]
 
 
+def tls_policy_entries(config: Config) -> list[str]:
+    """tls_policy(5) lines for Postfix's own deliveries to the two stores.
+
+    Inbound mail crosses to the standby (and, normally, to the primary) as the gateway's LMTP or
+    SMTP client, so it is held to the side's ``tls`` setting like mailcontinuity's own
+    connections: ``secure``, the certificate checked against the endpoint's host and, with
+    ``tls_ca_file``, against that CA only (``tafile``). A side with ``tls = "none"`` is left to
+    Postfix's defaults. A delivery that cannot be verified is deferred, never sent in the clear.
+    """
+    lines = []
+    for route, side in (("primary", config.primary), ("standby", config.standby)):
+        if side.tls == "none":
+            continue
+        host, port = nexthop(config, route).endpoint
+        anchor = f" tafile={side.tls_ca_file}" if side.tls_ca_file else ""
+        lines.append(f"[{host}]:{port} secure match=nexthop{anchor}")
+    return lines
+
+
+def write_tls_policy_map(config: Config) -> None:
+    """Install the TLS policy table (it depends on the configuration only, not on the state)."""
+    write_indexed_map(config.gateway.postfix_config_dir, config.gateway.tls_policy_map,
+                      ["# written by mailcontinuity: TLS for deliveries to the mail stores",
+                       *tls_policy_entries(config)])
+
+
 def write_transport_map(config: Config, route: Route,
                         overrides: Mapping[str, Route] | None = None) -> None:
     """Point the gateway's transport table at ``route`` (the caller reloads Postfix)."""

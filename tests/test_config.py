@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 
@@ -115,8 +116,6 @@ def test_check_config_prints_settings_to_apply(tmp_path: Path) -> None:
 
 
 def test_check_config_json_is_what_automation_applies(tmp_path: Path) -> None:
-    import json
-
     path = write(tmp_path, VALID)
     result = CliRunner().invoke(main, ["--config", str(path), "check-config", "--json"])
     assert result.exit_code == 0, result.output
@@ -198,3 +197,23 @@ imap_password_file = "/etc/mailcontinuity/secrets/imap-probe"
     assert set(secret_files(config)) == {"drill.probe_password_file", "sync.password_file",
                                          "sieve.standby_password_file",
                                          "health.imap_password_file"}
+
+
+def test_check_config_holds_the_gateways_deliveries_to_tls(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace('retention_days = 45', 'retention_days = 45\n'
+                                         'tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"'))
+    result = CliRunner().invoke(main, ["--config", str(path), "check-config", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tls_policy_map"]["lines"] == [
+        "[mail.example.org]:25 secure match=nexthop",
+        "[127.0.0.1]:24 secure match=nexthop tafile=/etc/ssl/certs/ca-certificates.crt"]
+    table = "hash:/etc/postfix/mailcontinuity_tls_policy"
+    assert report["postfix_main"]["smtp_tls_policy_maps"] == table
+    assert report["postfix_main"]["lmtp_tls_policy_maps"] == table
+    plaintext = write(tmp_path, VALID.replace("retention_days = 45", 'tls = "none"').replace(
+        'imap = "mail.example.org:143"', 'imap = "mail.example.org:143"\ntls = "none"'))
+    result = CliRunner().invoke(main, ["--config", str(plaintext), "check-config", "--json"])
+    report = json.loads(result.stdout)
+    assert report["tls_policy_map"]["lines"] == []
+    assert "smtp_tls_policy_maps" not in report["postfix_main"]

@@ -21,6 +21,7 @@ from tests.outage_script import (
     Expected,
     assert_on_primary_once,
     begin_outage,
+    forced_outage,
     gateway_mail,
     restored,
     wait_all,
@@ -66,6 +67,19 @@ def test_failback_with_a_wrong_ca_refuses_and_says_why(lab: Lab,
     expected = Expected()
     expected.add(alice, during["Message-ID"], "INBOX")
     assert_on_primary_once(lab, expected)
+
+
+def test_the_gateway_delivers_to_both_stores_over_verified_tls(lab: Lab) -> None:
+    alice = lab.users[0]
+    normal = gateway_mail(lab, [alice], "verified TLS to the primary")
+    wait_all(lab, "primary", [alice], normal)
+    with forced_outage(lab, "test: TLS to the standby"):
+        outage = gateway_mail(lab, [alice], "verified TLS to the standby")
+        wait_all(lab, "standby", [alice], outage)
+    log = lab.gateway.log_file.read_text()
+    for side in ("primary", "standby"):
+        port = lab.endpoint(side, "lmtp").port
+        assert f"Verified TLS connection established to 127.0.0.1[127.0.0.1]:{port}" in log
 
 
 def test_health_probes_with_a_wrong_ca_fail_with_the_reason(lab: Lab,

@@ -17,7 +17,7 @@ from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wa
 from mailcontinuity.postfix import PostfixError, run_postfix
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.required_settings import postfix_main_settings, postfix_submission_service
-from mailcontinuity.routing import write_transport_map
+from mailcontinuity.routing import write_tls_policy_map, write_transport_map
 
 # (service, type, private, unpriv, chroot, wakeup, maxproc, command): chroot off everywhere,
 # because a chroot would need copies of /etc files inside the lab directory.
@@ -111,6 +111,9 @@ class PostfixGateway:
             "queue_run_delay": "5s",
             "smtpd_tls_chain_files": f"{self.certificates.key_file},"
             f" {self.certificates.cert_file}",
+            # One log line per TLS session, so tests can see deliveries were verified.
+            "smtp_tls_loglevel": "1",
+            "lmtp_tls_loglevel": "1",
             **postfix_main_settings(self.config),
         }
         (self.config_dir / "main.cf").write_text(
@@ -124,6 +127,7 @@ class PostfixGateway:
         services += ["  ".join(service) for service in _MASTER_SERVICES]
         (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
         write_transport_map(self.config, "primary")
+        write_tls_policy_map(self.config)
 
     def pid(self) -> int | None:
         return read_pid(self.queue_dir / "pid" / "master.pid")

@@ -334,6 +334,7 @@ smtp = "{description["gateway"]["smtp"]}"
 submission = "127.0.0.1:{gateway_submission}"
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
+tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
 
 [drill]
 probe_address = "{DRILL_PROBE}@{LAB_DOMAIN}"
