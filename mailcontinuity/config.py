@@ -181,8 +181,9 @@ class StandbySection(PeerSection):
     retention_days: int = Field(default=30, ge=1, le=3650)
 
 
-class GatewaySection(Section):
-    """The Postfix gateway (MX) whose routing mailcontinuity switches."""
+class GatewaySection(PeerSection):
+    """The Postfix gateway (MX) whose routing mailcontinuity switches; ``tls`` is how the
+    standby's submission relays users' outgoing mail to it during an outage."""
 
     smtp: EndpointField = Endpoint("127.0.0.1", 25)
     submission: EndpointField | None = None
@@ -477,7 +478,7 @@ def load_config(path: Path | None = None) -> Config:
     config = parse_config(data, path)
     for key, secret_path in secret_files(config).items():
         check_secret_mode(config, key, secret_path)
-    for side in ("primary", "standby"):
+    for side in ("primary", "standby", "gateway"):
         ca_file = getattr(config, side).tls_ca_file
         if ca_file is not None and not os.access(ca_file, os.R_OK):
             # Checked here, not at the first connection: an unreadable CA would make every

@@ -154,15 +154,26 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
       gateway does not authorise XCLIENT: if it did, it would treat the relayed mail as SMTP
       AUTH from the user and the milter would journal a second Sent copy beside the one the
       user's client saves on the standby.
+    - That relay carries the users' outgoing mail, across a WAN when the standby is remote: it
+      uses STARTTLS and verifies the gateway's certificate (against ``gateway.tls_ca_file``, else
+      the system's CAs) unless ``gateway.tls = "none"``.
     """
-    relay = config.gateway.smtp
+    gateway = config.gateway
+    relay = {
+        "submission_relay_host": gateway.smtp.host,
+        "submission_relay_port": str(gateway.smtp.port),
+        "submission_relay_trusted": "no",
+    }
+    if gateway.tls != "none":
+        relay |= {"submission_relay_ssl": "smtps" if gateway.tls == "ssl" else "starttls",
+                  "submission_relay_ssl_verify": "yes"}
+        relay |= ({"ssl_client_ca_file": str(gateway.tls_ca_file)} if gateway.tls_ca_file
+                  else {"ssl_client_ca_dir": "/etc/ssl/certs"})
     return {
         "ssl": "required",
         "disable_plaintext_auth": "yes",
         "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
-        "submission_relay_host": relay.host,
-        "submission_relay_port": str(relay.port),
-        "submission_relay_trusted": "no",
+        **relay,
     }
 
 

@@ -15,6 +15,8 @@ import subprocess
 import time
 import uuid
 from base64 import b64encode
+from email.parser import BytesParser
+from email.policy import default
 
 import pytest
 
@@ -114,8 +116,12 @@ def test_standby_submission_relays_only_for_authenticated_users_over_tls(lab: La
                  *credentials(alice), "--header", f"Message-Id: {message_id}")
     assert "235 2.7.0 Logged in." in sent
     assert sent[-2].startswith("250 2.0.0"), sent
-    assert wait_for_message(lab.endpoint("primary", "imap"), bob.login, bob.password,
-                            message_id) is not None
+    delivered = wait_for_message(lab.endpoint("primary", "imap"), bob.login, bob.password,
+                                 message_id)
+    assert delivered is not None
+    # The standby relayed it to the gateway over TLS (gateway.tls): Postfix says ESMTPS.
+    relayed = BytesParser(policy=default).parsebytes(delivered).get_all("Received")
+    assert any("gateway.lab.test" in hop and "with ESMTPS" in hop for hop in relayed), relayed
 
 
 def test_gateway_port_25_refuses_relaying_and_takes_mail_for_its_domains(lab: Lab) -> None:

@@ -35,7 +35,7 @@ def distrusting_config(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Pa
     other = LabCertificates(directory / "ca").create("some other CA")
     lab_ca = json.dumps(str(LabCertificates(lab.dir / "tls").ca_file))
     text = lab.config_file.read_text()
-    assert text.count(f"tls_ca_file = {lab_ca}") == 2
+    assert text.count(f"tls_ca_file = {lab_ca}") == 3
     path = directory / "mailcontinuity.toml"
     path.write_text(text.replace(f"tls_ca_file = {lab_ca}",
                                  f"tls_ca_file = {json.dumps(str(other.ca_file))}"))

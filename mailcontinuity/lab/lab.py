@@ -335,6 +335,8 @@ submission = "127.0.0.1:{gateway_submission}"
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
+tls = "starttls"
+tls_ca_file = {ca_file}
 
 [drill]
 probe_address = "{DRILL_PROBE}@{LAB_DOMAIN}"
