@@ -19,7 +19,6 @@ from mailcontinuity.auditlog import send_audit_to_syslog
 from mailcontinuity.config import Config, ConfigError, default_config_path, load_config
 from mailcontinuity.drill import Drill, archive, render_report
 from mailcontinuity.lab import Lab, LabError
-from mailcontinuity.identity import operator  # noqa: F401 - the commands' import of it
 from mailcontinuity.logsetup import configure_logging
 from mailcontinuity.commands import CommandError
 from mailcontinuity.required_settings import render_check_config, settings_report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -400,11 +401,12 @@ def check_secret_mode(config: Config, key: str, path: Path) -> None:
         mode = path.stat().st_mode
     except OSError:
         return
-    if mode & 0o007:
+    problem = ("is accessible to every user" if mode & 0o007
+               else "is writable by its group" if mode & 0o020 else None)
+    if problem:
         raise ConfigError(
-            f"{config.source}: key '{key}': {path} is accessible to every user"
-            f" (mode {mode & 0o777:04o}); run 'chmod 600 {path}' (or 640 with a group of the"
-            " daemons that need it)")
+            f"{config.source}: key '{key}': {path} {problem} (mode {mode & 0o777:04o}); run"
+            f" 'chmod 600 {path}' (or 640 with a group of the daemons that need it)")
 
 
 def read_secret(config: Config, key: str) -> str:
@@ -480,9 +482,23 @@ def load_config(path: Path | None = None) -> Config:
         check_secret_mode(config, key, secret_path)
     for side in ("primary", "standby", "gateway"):
         ca_file = getattr(config, side).tls_ca_file
-        if ca_file is not None and not os.access(ca_file, os.R_OK):
-            # Checked here, not at the first connection: an unreadable CA would make every
-            # health probe fail and look like a primary outage.
-            raise ConfigError(f"{path}: key '{side}.tls_ca_file': cannot read {ca_file}; give"
-                              " the CA certificate file (PEM) that signed that side's certificate")
+        if ca_file is None:
+            continue
+        try:
+            client_tls_context(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            # Checked here, not at the first connection: a CA that cannot be loaded would make
+            # every health probe fail and look like a primary outage.
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"{path}: key '{side}.tls_ca_file': cannot load {ca_file}"
+                              f" ({reason}); give the CA certificate file (PEM) that signed"
+                              " that side's certificate") from None
     return config
+
+
+def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client context that verifies the server's certificate and name: against ``ca_file``
+    only when given, else the system's CAs; TLS 1.2 or later."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

@@ -9,6 +9,8 @@ a reason, and plaintext happens only where the configuration says ``tls = "none"
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Literal
 
 from imapclient import IMAPClient
 
-from mailcontinuity.config import Config, ConfigError, Endpoint
+from mailcontinuity.config import Config, Endpoint, client_tls_context
 
 Side = Literal["primary", "standby"]
 
@@ -53,18 +55,23 @@ class TLSPolicy:
 
     @cached_property
     def context(self) -> ssl.SSLContext | None:
-        """The client context (built once): certificate and host name verified, TLS 1.2 up."""
+        """The client context, built once. ``load_config`` has loaded the CA file already; it
+        fails here only if the file was changed or removed since."""
         if not self.enabled:
             return None
         try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file else None)
+            return client_tls_context(self.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
+            raise TLSError(
                 f"{self.source}: key '{self.side}.tls_ca_file': cannot load CA certificates"
                 f" from {self.ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+
+    async def upgrade(self, writer: asyncio.StreamWriter, what: str, endpoint: Endpoint) -> None:
+        """The handshake after a STARTTLS the server accepted, on an asyncio stream."""
+        try:
+            await writer.start_tls(self.context, server_hostname=endpoint.host)
+        except ssl.SSLError as exc:
+            raise self.explain(what, endpoint, exc) from None
 
     def no_starttls(self, what: str, endpoint: Endpoint) -> TLSError:
         """The error for a server that does not offer STARTTLS: never continue in plaintext."""
@@ -94,13 +101,20 @@ def open_imap(endpoint: Endpoint, tls: TLSPolicy, timeout: float) -> IMAPClient:
     try:
         client = IMAPClient(endpoint.host, endpoint.port, ssl=tls.implicit,
                             ssl_context=tls.context, timeout=timeout)
-        if tls.enabled and not tls.implicit:
-            if not client.has_capability("STARTTLS"):
-                client.shutdown()
-                raise tls.no_starttls("IMAP", endpoint)
-            client.starttls(tls.context)
     except ssl.SSLError as exc:
         raise tls.explain("IMAP", endpoint, exc) from None
+    if not tls.enabled or tls.implicit:
+        return client
+    try:
+        if not client.has_capability("STARTTLS"):
+            raise tls.no_starttls("IMAP", endpoint)
+        client.starttls(tls.context)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # a failed handshake may have closed it already
+            client.shutdown()
+        if isinstance(exc, ssl.SSLError):
+            raise tls.explain("IMAP", endpoint, exc) from None
+        raise
     return client
 
 

@@ -149,13 +149,16 @@ def test_tls_is_on_by_default_and_verified_against_the_system_cas(tmp_path: Path
         assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
-def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_ca_file_that_cannot_be_loaded_is_a_config_error(tmp_path: Path,
+                                                          content: str | None) -> None:
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
     text = VALID.replace('imap = "mail.example.org:143"',
-                         'imap = "mail.example.org:143"\ntls_ca_file = "/nonexistent/ca.pem"')
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match="key 'primary.tls_ca_file': cannot read"
-                                          " /nonexistent/ca.pem"):
-        load_config(path)
+                         f'imap = "mail.example.org:143"\ntls_ca_file = "{ca_file}"')
+    with pytest.raises(ConfigError, match=f"key 'primary.tls_ca_file': cannot load {ca_file}"):
+        load_config(write(tmp_path, text))
 
 
 def secret_config(tmp_path: Path, mode: int, content: str = "s3cret-Value\n") -> Path:
@@ -165,20 +168,25 @@ def secret_config(tmp_path: Path, mode: int, content: str = "s3cret-Value\n") ->
     return write(tmp_path, f'{VALID}\n[sync]\npassword_file = "{secret}"\n')
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602])
-def test_a_secrets_file_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+@pytest.mark.parametrize(("mode", "problem"), [
+    (0o644, "is accessible to every user"), (0o604, "is accessible to every user"),
+    (0o602, "is accessible to every user"), (0o660, "is writable by its group")])
+def test_a_secrets_file_other_users_can_read_is_refused(tmp_path: Path, mode: int,
+                                                         problem: str) -> None:
     path = secret_config(tmp_path, mode)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: key 'sync.password_file': ")
-    assert f"mode {mode:04o}" in message and "chmod 600" in message
+    assert problem in message and f"mode {mode:04o}" in message and "chmod 600" in message
     assert "s3cret" not in message
 
 
 def test_a_private_secrets_file_is_read_and_its_value_never_echoed(tmp_path: Path) -> None:
     config = load_config(secret_config(tmp_path, 0o600))
     assert read_secret(config, "sync.password_file") == "s3cret-Value"
+    assert read_secret(load_config(secret_config(tmp_path, 0o640)),
+                       "sync.password_file") == "s3cret-Value"
     empty = load_config(secret_config(tmp_path, 0o600, content="\n"))
     with pytest.raises(ConfigError, match="key 'sync.password_file': .* is empty"):
         read_secret(empty, "sync.password_file")

@@ -328,8 +328,9 @@ def test_an_unreadable_part_is_a_metric_not_a_crash(lab: Lab, mocker: MockerFixt
         store.close()
 
 
-def test_a_taken_port_leaves_policyd_serving_without_metrics(
+def test_a_taken_port_is_logged_and_start_reports_it(
         lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    """policyd (daemon.py) goes on without the endpoint when ``start`` says False."""
     port = free_ports(1)[0]
     config = lab.config.model_copy(update={
         "metrics": MetricsSection(enabled=True, listen=Endpoint("127.0.0.1", port))})

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from mailcontinuity.audit import audited
-from mailcontinuity.cli import Context, emit, operator, operator_errors, pass_context
-from mailcontinuity.identity import become_daemon
+from mailcontinuity.cli import Context, emit, operator_errors, pass_context
+from mailcontinuity.identity import become_daemon, operator
 from mailcontinuity.policyd.daemon import run_policyd
 from mailcontinuity.policyd.server import PolicyServerError
 from mailcontinuity.routing import nexthop

@@ -7,14 +7,18 @@ accepts TCP but never greets (a hung process, a full disk) fails just like one t
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from mailcontinuity.config import Config, DeliveryEndpoint, Endpoint, read_secret
+from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, Endpoint, read_secret
 from mailcontinuity.policyd.smtpclient import SmtpSession
 from mailcontinuity.tls import TLSPolicy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,23 +48,23 @@ async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
     """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there.
     The TLS handshake is part of the probe: a primary with an expired certificate is one the
     failback cannot reach either."""
-    context = tls.context
-    reader, writer = await asyncio.open_connection(
-        endpoint.host, endpoint.port, ssl=context if tls.implicit else None,
-        server_hostname=endpoint.host if tls.implicit else None)
+    implicit = tls.context if tls.implicit else None
+    try:
+        reader, writer = await asyncio.open_connection(
+            endpoint.host, endpoint.port, ssl=implicit,
+            server_hostname=endpoint.host if implicit else None)
+    except ssl.SSLError as exc:
+        raise tls.explain("IMAP", endpoint, exc) from None
     try:
         greeting = await reader.readline()
         if not greeting.startswith(b"* OK"):
             raise ProbeError(f"IMAP greeting was {greeting[:80]!r}")
-        if context is not None and not tls.implicit:
+        if tls.enabled and not tls.implicit:
             writer.write(b"a0 STARTTLS\r\n")
             await writer.drain()
             if not (await _tagged_reply(reader, b"a0 ")).startswith(b"a0 OK"):
                 raise tls.no_starttls("IMAP", endpoint)
-            try:
-                await writer.start_tls(context, server_hostname=endpoint.host)
-            except ssl.SSLError as exc:
-                raise tls.explain("IMAP", endpoint, exc) from None
+            await tls.upgrade(writer, "IMAP", endpoint)
         if login is not None and password is not None:
             writer.write(f"a1 LOGIN {_quote(login)} {_quote(password)}\r\n".encode())
             await writer.drain()
@@ -86,9 +90,23 @@ async def probe_primary(config: Config, tls: TLSPolicy) -> list[ProbeResult]:
 
 
 async def _probe_imap_as_configured(config: Config, tls: TLSPolicy) -> None:
-    login = config.health.imap_login
-    password = read_secret(config, "health.imap_password_file") if login is not None else None
+    login, password = config.health.imap_login, None
+    if login is not None:
+        try:
+            password = read_secret(config, "health.imap_password_file")
+        except ConfigError as exc:
+            # A mistake on this host (the file's mode, a missing file) says nothing about the
+            # primary: probe without LOGIN rather than fail the primary over.
+            _warn_once(str(exc))
+            login = None
     await probe_imap(config.primary.imap, tls, login, password)
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(reason: str) -> None:
+    """Each distinct problem once per process, not once per probe round."""
+    log.warning("event=probe_login_skipped reason=%s action=fix health.imap_password_file",
+                reason)
 
 
 async def _timed(probe: str, target: str, check: Awaitable[None], timeout: float) -> ProbeResult:

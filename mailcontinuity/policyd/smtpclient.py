@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from dataclasses import dataclass
 
 from mailcontinuity.config import Endpoint
@@ -55,10 +54,7 @@ class SmtpSession:
                 if "STARTTLS" not in extensions.text.upper().split():
                     raise tls.no_starttls(what, endpoint)
                 session.expect(await session.command("STARTTLS"), "STARTTLS")
-                try:
-                    await writer.start_tls(tls.context, server_hostname=endpoint.host)
-                except ssl.SSLError as exc:
-                    raise tls.explain(what, endpoint, exc) from None
+                await tls.upgrade(writer, what, endpoint)
                 session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
         except BaseException:
             session.close()

@@ -136,6 +136,8 @@ def session(endpoint: Endpoint, user: str, admin: Credentials,
             logged_in = client.connect(admin.login, admin.password, authz_id=user,
                                        starttls=tls.enabled, authmech="PLAIN")
     except (Error, OSError) as exc:
+        if client.sock is not None:
+            client.sock.close()
         if client.tls_error is not None:
             raise SieveError(f"{where}: {client.tls_error}") from None
         if "STARTTLS not supported" in str(exc):

@@ -17,7 +17,6 @@ from typing import Any
 
 from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
 from mailcontinuity.sieve.managesieve import Credentials, SieveError, SieveSession, Scripts, session
-from mailcontinuity.sync.imap import read_admin_password
 from mailcontinuity.sync.scan import protected_maildirs
 from mailcontinuity.tls import TLSPolicy
 
@@ -65,7 +64,7 @@ def sieve_sync(config: Config) -> SieveSyncReport:
     """Replicate every protected user's scripts; never raises for one user's failure."""
     primary_at = _endpoint(config, config.primary.managesieve, "primary.managesieve")
     standby_at = _endpoint(config, config.standby.managesieve, "standby.managesieve")
-    primary_admin = Credentials(config.sync.admin_login, read_admin_password(config))
+    primary_admin = Credentials(config.sync.admin_login, read_secret(config, "sync.password_file"))
     standby_admin = primary_admin
     if config.sieve.standby_admin_login:
         standby_admin = Credentials(config.sieve.standby_admin_login,

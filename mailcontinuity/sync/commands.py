@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from mailcontinuity.audit import audited
-from mailcontinuity.cli import Context, emit, operator, operator_errors, pass_context
-from mailcontinuity.identity import become_daemon
+from mailcontinuity.cli import Context, emit, operator_errors, pass_context
+from mailcontinuity.identity import become_daemon, operator
 from mailcontinuity.sync.agent import SyncAgent
 from mailcontinuity.sync.failback import FailbackReport, plan_failback, run_failback
 from mailcontinuity.sync.verify import verify

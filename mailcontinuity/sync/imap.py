@@ -55,7 +55,8 @@ class Append:
 
 
 def read_admin_password(config: Config) -> str:
-    """The master user's password, checked like every secrets file (mode 0600)."""
+    """The master user's password, checked like every secrets file; a problem with it is a
+    PrimaryError, on which the sync agent retries its failback later instead of stopping."""
     try:
         return read_secret(config, "sync.password_file")
     except ConfigError as exc:
