@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import imaplib
 import smtplib
-import socket
 import subprocess
-import time
 import uuid
 from base64 import b64encode
 from email.parser import BytesParser
@@ -27,7 +25,7 @@ from mailcontinuity.commands import run_command
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, IMAPFrom, timed_login, wait_for_message
 from mailcontinuity.postfix import run_postfix
 from mailcontinuity.required_settings import (
     AUTH_FAILURE_DELAY_SECONDS,
@@ -160,36 +158,9 @@ def test_gateway_submission_wants_tls_before_auth(lab: Lab) -> None:
     assert sent[-2].startswith("250 2.0.0 Ok: queued"), sent
 
 
-class _IMAPFrom(imaplib.IMAP4):
-    """imaplib from a chosen source address (IMAPClient cannot bind one)."""
-
-    def __init__(self, endpoint: Endpoint, source: str) -> None:
-        self._source = source
-        super().__init__(endpoint.host, endpoint.port, timeout=30)
-
-    def _create_socket(self, timeout: float | None) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout,
-                                        source_address=(self._source, 0))
-
-
-def timed_login(lab: Lab, source: str, login: str, password: str) -> tuple[float, str]:
-    """Seconds from LOGIN to the server's answer, and the answer, over STARTTLS from ``source``."""
-    client = _IMAPFrom(lab.endpoint("standby", "imap"), source)
-    try:
-        client.starttls(lab.tls("standby").context)
-        started = time.monotonic()
-        try:
-            answer = str(client.login(login, password)[1][0], "ascii")
-        except imaplib.IMAP4.error as exc:
-            answer = str(exc)
-        return time.monotonic() - started, answer
-    finally:
-        client.logout()
-
-
 def test_standby_imap_refuses_logins_before_tls(lab: Lab) -> None:
     alice = lab.users[0]
-    client = _IMAPFrom(lab.endpoint("standby", "imap"), INTERNET_CLIENT)
+    client = IMAPFrom(lab.endpoint("standby", "imap"), INTERNET_CLIENT)
     try:
         assert "LOGINDISABLED" in client.capabilities
         with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
@@ -202,7 +173,7 @@ def test_repeated_bad_logins_are_slowed_and_the_user_is_not_locked_out(lab: Lab)
     bob = lab.users[1]
     # Three different wrong passwords: Dovecot does not grow the penalty for a password it has
     # just seen (a client with a stale password), only for new guesses. About 2 + 6 + 10 s.
-    failures = [timed_login(lab, GUESSER, bob.login, f"guess-{n}-{uuid.uuid4().hex[:6]}")
+    failures = [timed_login(lab.endpoint("standby", "imap"), lab.tls("standby"), GUESSER, bob.login, f"guess-{n}-{uuid.uuid4().hex[:6]}")
                 for n in range(3)]
     for seconds, answer in failures:
         assert "AUTHENTICATIONFAILED" in answer
@@ -212,7 +183,8 @@ def test_repeated_bad_logins_are_slowed_and_the_user_is_not_locked_out(lab: Lab)
     assert failures[1][0] >= failures[0][0] + AUTH_FAILURE_DELAY_SECONDS, failures
     assert failures[2][0] >= failures[1][0] + AUTH_FAILURE_DELAY_SECONDS, failures
 
-    seconds, answer = timed_login(lab, LEGITIMATE, bob.login, bob.password)
+    seconds, answer = timed_login(lab.endpoint("standby", "imap"), lab.tls("standby"), LEGITIMATE,
+                                  bob.login, bob.password)
     assert answer == "Logged in"
     # The penalty belongs to the guesser's address: the user logs in without waiting.
     assert seconds < AUTH_FAILURE_DELAY_SECONDS
