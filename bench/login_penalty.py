@@ -13,6 +13,7 @@ Needs root (the lab). Takes about a minute.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -44,6 +45,7 @@ def main() -> None:
         print(f"{LEGITIMATE:<10} {'right password':<28} {seconds:8.2f}  {answer}")
     finally:
         Lab.down(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
