@@ -10,10 +10,7 @@ duplicated or bounced. tests/test_chaos.py runs a short version of the same thin
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.chaos import ChaosRun
@@ -26,16 +23,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of chaos")
     parser.add_argument("--rate", type=float, default=3.0, help="messages per second")
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="mailcontinuity-chaos-", dir="/tmp"))
-    directory.chmod(0o755)
-    try:
-        lab = Lab.up(directory)
-        try:
-            report = ChaosRun(lab, args.seed, args.duration, args.rate).run()
-        finally:
-            Lab.down(directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with Lab.temporary(prefix="mailcontinuity-chaos-") as lab:
+        report = ChaosRun(lab, args.seed, args.duration, args.rate).run()
     for line in report.actions:
         print(f"  {line}")
     width = max(len(name) for name, _ in report.rows())

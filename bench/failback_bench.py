@@ -208,11 +208,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("mbsync") is None:
         sys.exit("mbsync not found: apt-get install isync")
-    directory = Path(f"/tmp/mcbench-{os.getpid()}")
-    directory.mkdir(mode=0o755)
-    lab = Lab.up(directory, user_count=args.users)
-    try:
-        password = (directory / "secrets" / "admin-password").read_text().strip()
+    with Lab.temporary(prefix="mcbench-", user_count=args.users) as lab:
+        password = (lab.dir / "secrets" / "admin-password").read_text().strip()
         # The agent records during the outage; the bench records in its place (untimed) so
         # that it does not race the timed failback for the merge.
         lab.part("sync-agent").stop()
@@ -235,7 +232,7 @@ def main() -> None:
 
         wipe_primary(lab)
         index_standby(lab)
-        work = directory / "mbsync"
+        work = lab.dir / "mbsync"
         work.mkdir()
         standby, primary = lab.endpoint("standby", "imap"), lab.endpoint("primary", "imap")
         started = time.monotonic()
@@ -258,9 +255,6 @@ def main() -> None:
               f" pass(es); second run (checkpoints erased): appended {again_appended} in"
               f" {again_seconds:.1f} s, primary {compare(written, again_found)}")
         print(f"header mbsync added to each message: {tuid!r}")
-    finally:
-        Lab.down(directory)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ Needs root (the lab). Takes about a minute.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import timed_login
@@ -28,9 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guesses", type=int, default=4)
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="mclab-bench-", dir="/tmp"))
-    lab = Lab.up(directory)
-    try:
+    with Lab.temporary(prefix="mclab-bench-") as lab:
         imap, tls = lab.endpoint("standby", "imap"), lab.tls("standby")
         user = lab.users[1]
         print(f"{'client':<10} {'attempt':<28} {'seconds':>8}  answer")
@@ -43,10 +38,6 @@ def main() -> None:
             print(f"{STALE:<10} {f'same wrong password {n + 1}':<28} {seconds:8.2f}  {answer}")
         seconds, answer = timed_login(imap, tls, LEGITIMATE, user.login, user.password)
         print(f"{LEGITIMATE:<10} {'right password':<28} {seconds:8.2f}  {answer}")
-    finally:
-        Lab.down(directory)
-        shutil.rmtree(directory, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -15,10 +15,8 @@ Prints messages/s at acceptance (smtp-source's wall time) and until everything i
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -91,8 +89,6 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--modes", default="none,milter,bcc")
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp(prefix="mcbench-", dir="/tmp"))
-    directory.chmod(0o755)
     [sink_port] = free_ports(1)
     sink = Endpoint("127.0.0.1", sink_port)
     sink_process = subprocess.Popen(
@@ -103,30 +99,29 @@ def main() -> None:
     empty: subprocess.Popen[bytes] | None = None
     try:
         wait_for([sink], up=True, what="smtp-sink")
-        lab = Lab.up(directory)
-        labels = {"none": "(a) no journaling", "milter": "(b) journal milter",
-                  "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter"}
-        modes = args.modes.split(",")
-        if "empty" in modes:
-            empty_socket(lab).parent.mkdir()
-            empty = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
-                "empty_milter.py")), f"unix:{empty_socket(lab)}"])
-            while not empty_socket(lab).exists():
-                time.sleep(0.1)
-        for mode in modes:
-            configure(lab, mode, sink)
-            results[mode] = measure(lab, args)
-            accepted, delivered = results[mode]
-            print(f"{labels[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
-                  f"  delivered+journaled {args.messages / delivered:8.1f} msg/s", flush=True)
+        with Lab.temporary(prefix="mcbench-") as lab:
+            labels = {"none": "(a) no journaling", "milter": "(b) journal milter",
+                      "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter"}
+            modes = args.modes.split(",")
+            if "empty" in modes:
+                empty_socket(lab).parent.mkdir()
+                empty = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+                    "empty_milter.py")), f"unix:{empty_socket(lab)}"])
+                while not empty_socket(lab).exists():
+                    time.sleep(0.1)
+            for mode in modes:
+                configure(lab, mode, sink)
+                results[mode] = measure(lab, args)
+                accepted, delivered = results[mode]
+                print(f"{labels[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
+                      f"  delivered+journaled {args.messages / delivered:8.1f} msg/s",
+                      flush=True)
     finally:
         if empty is not None:
             empty.terminate()
             empty.wait(timeout=15)
-        Lab.down(directory)
         sink_process.terminate()
         sink_process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
     if {"none", "empty"} <= results.keys():
         floor = results["none"][0] / results["empty"][0]
         print(f"{'accepted':<20} floor/(a) = {floor:.2f}")

@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -254,18 +253,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
     parser.add_argument("--trials", type=int, default=5, help="RTO trials")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="mcbench-", dir="/tmp"))
-    workdir.chmod(0o755)
-    try:
-        lab = Lab.up(workdir / "lab")
-        try:
-            throughput(lab, workdir, args.seconds)
-            route_switch(lab)
-            rto(lab, args.trials)
-        finally:
-            Lab.down(workdir / "lab")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with Lab.temporary(prefix="mcbench-") as lab:
+        throughput(lab, lab.dir, args.seconds)
+        route_switch(lab)
+        rto(lab, args.trials)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,8 @@ def make_lab_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
-    directory = make_lab_dir()
-    try:
-        yield Lab.up(directory)
-    finally:
-        Lab.down(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+    with Lab.temporary() as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import logging
 import secrets
 import shutil
 import stat
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
@@ -259,6 +261,18 @@ class Lab:
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
         )
+
+    @classmethod
+    @contextmanager
+    def temporary(cls, prefix: str = "mclab-", **up: Any) -> Iterator[Lab]:
+        """A lab in a fresh directory under /tmp, brought down and removed afterwards even if
+        it failed half-way up: the test session's lab and the benchmarks' labs."""
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        try:
+            yield cls.up(directory, **up)
+        finally:
+            cls.down(directory)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def tls(self, side: Side) -> TLSPolicy:
         """How the lab's configuration reaches ``side``: STARTTLS verified by the lab's CA."""
