@@ -2,7 +2,7 @@
 
 1. Formatting one typical log line: logging's stock ``Formatter`` (the format before issue 9)
    against ``KeyValueFormatter`` (arguments quoted, newlines folded).
-2. One audit record (``StateStore.record_command``: SQLite row + log line): without syslog,
+2. One audit record (``store.audit.record_command``: SQLite row + log line): without syslog,
    and with the syslog copy sent to a bound unix datagram socket (drained by a thread, as a
    syslog daemon would).
 
@@ -19,9 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from mailcontinuity.auditlog import audit_logger, send_audit_to_syslog
+from mailcontinuity.audit import audit_logger, send_audit_to_syslog
 from mailcontinuity.logsetup import KeyValueFormatter
-from mailcontinuity.state import StateStore
+from mailcontinuity.store.audit import record_command
+from mailcontinuity.store.db import StateStore
 
 
 def per_line_us(formatter: logging.Formatter, count: int) -> float:
@@ -39,7 +40,7 @@ def per_line_us(formatter: logging.Formatter, count: int) -> float:
 def per_record_us(store: StateStore, count: int) -> float:
     started = time.perf_counter()
     for number in range(count):
-        store.record_command("bench", "root", {"outcome": "ok", "n": number}, "local")
+        record_command(store, "bench", "root", {"outcome": "ok", "n": number}, "local")
     return (time.perf_counter() - started) / count * 1e6
 
 

@@ -33,17 +33,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mailcontinuity.commands import run_command
 from mailcontinuity.config import Endpoint
-from mailcontinuity.headers import DEFAULT_ID_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import MAIL_USER
-from mailcontinuity.lab.mailbox import imap_login
-from mailcontinuity.state import StateStore
-from mailcontinuity.sync.changelog import ChangeLog
-from mailcontinuity.sync.failback import run_failback
-from mailcontinuity.sync.maildir_scan import folder_dirname
-from mailcontinuity.sync.scan import rescan
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.maildir import folder_dirname
+from mailcontinuity.mail.tools import run_command
+from mailcontinuity.outage.merge import run_failback
+from mailcontinuity.outage.scan import rescan
+from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.transitions import change_state
 
 ADMIN = "mcadmin"
@@ -213,7 +213,7 @@ def main() -> None:
         # The agent records during the outage; the bench records in its place (untimed) so
         # that it does not race the timed failback for the merge.
         lab.part("sync-agent").stop()
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         change_state(lab.config, store, "failover", "benchmark", "bench")
         changelog = ChangeLog(store)
         outage = rescan(lab.config, changelog, changelog.start_outage())  # the baseline

@@ -26,9 +26,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mailcontinuity.config import parse_config
-from mailcontinuity.metrics import StoreCollector
-from mailcontinuity.policyd.protocol import action_kind
-from mailcontinuity.state import StateStore
+from mailcontinuity.monitor.protocol import action_kind
+from mailcontinuity.reports.metrics import StoreCollector
+from mailcontinuity.store.db import StateStore, open_store
 
 SCRAPES = 20
 PROBE_ROWS = 86_400
@@ -39,18 +39,19 @@ POLICYD_P50_MS = 0.12  # docs/benchmarks.md, policyd (issue 4): p50 at 1 connect
 def fill(store: StateStore, copies: int) -> None:
     """A store as a busy site's would look: journal copies, probes, one outage's record."""
     now = time.time()
-    with store.transaction() as db:
-        db.conn.executemany(
+    with store.transaction():
+        store.executemany(
             "INSERT INTO journal (message_id, address, folder, status, received, recorded)"
             " VALUES (?, ?, 'INBOX', ?, ?, ?)",
             ((f"<{n}@bench>", f"user{n % 500}@example.org",
               "shipped" if n % 100 else "pruned", now - n, now - n) for n in range(copies)))
-        db.conn.executemany(
+        store.executemany(
             "INSERT INTO health_probes (at, probe, target, ok, latency_ms, error)"
             " VALUES (?, ?, 'primary:143', 1, 1.5, '')",
             ((now - n, ("delivery", "imap")[n % 2]) for n in range(PROBE_ROWS)))
-        db.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')", [now])
-        db.conn.executemany(
+        store.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
+                      [now])
+        store.executemany(
             "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
             " kind, flags, size, mtime, message_id, present, in_baseline, updated_at)"
             " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
@@ -72,7 +73,7 @@ def scrape_times(directory: Path, copies: int) -> list[float]:
         "state": {"path": str(directory / "state.db")},
         "milter": {"spool_dir": str(directory / "spool")},
     }, directory / "bench.toml")
-    store = StateStore(config.state.path)
+    store = open_store(config)
     try:
         fill(store, copies)
         spool(config.milter.spool_dir)

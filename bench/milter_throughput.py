@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from mailcontinuity.lab import Lab
-from mailcontinuity.lab.process import free_ports, wait_for
 from mailcontinuity.config import Endpoint
+from mailcontinuity.deploy.settings import postfix_main_settings
+from mailcontinuity.journal.spool import spool_usage
+from mailcontinuity.lab import Lab
 from mailcontinuity.lab.lab import JOURNAL_LMTP_HOST
-from mailcontinuity.milter.spool import spool_backlog
-from mailcontinuity.postfix import run_postfix, write_indexed_map
-from mailcontinuity.required_settings import postfix_main_settings
+from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.mail.postfix import run_postfix, write_indexed_map
 
 RECIPIENT = "alice@example.test"
 BCC = "alice+journal@example.test"
@@ -73,7 +73,7 @@ def measure(lab: Lab, args: argparse.Namespace) -> tuple[float, float]:
     )
     accepted = time.monotonic() - started
     deadline = started + args.timeout
-    while not (queue_empty(lab) and spool_backlog(lab.config.milter.spool_dir)[0] == 0):
+    while not (queue_empty(lab) and spool_usage(lab.config.milter.spool_dir).entries == 0):
         if time.monotonic() > deadline:
             raise SystemExit("queue or journal spool did not drain in time")
         time.sleep(0.1)

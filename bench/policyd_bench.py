@@ -24,17 +24,17 @@ import multiprocessing
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint, load_config
+from mailcontinuity.deploy.routing import switch_route
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.lab import LAB_HEALTH_SECTION
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message, wait_for_message
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
 from mailcontinuity.lab.process import free_ports, stop_process_tree, wait_for
-from mailcontinuity.routing import switch_route
-from mailcontinuity.state import StateStore
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.db import open_store
 from mailcontinuity.transitions import change_state
 
 CONCURRENCY = (1, 10, 50)
@@ -172,7 +172,7 @@ def throughput(lab: Lab, workdir: Path, seconds: float) -> None:
 # --- routing switch and RTO ------------------------------------------------------------------
 
 def reset_normal(lab: Lab) -> None:
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
         change_state(lab.config, store, "normal", "benchmark reset", "bench")
     finally:
@@ -260,4 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,3 +1,3 @@
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 
 main()

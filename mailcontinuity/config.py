@@ -24,8 +24,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
-from mailcontinuity.headers import DEFAULT_ID_HEADER
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailcontinuity/mailcontinuity.toml")
 CONFIG_ENV_VAR = "MAILCONTINUITY_CONFIG"
@@ -179,6 +180,9 @@ class StandbySection(PeerSection):
     lmtp: EndpointField
     submission: EndpointField | None = None
     managesieve: EndpointField | None = None
+    maildir: str = "/var/vmail/%d/%n/Maildir"
+    """Each user's Maildir on the standby (``%d``, ``%n``, ``%u``, ``%%``), as in its Dovecot
+    ``mail_location``: where the journal's maildir sink writes and the sync agent watches."""
     retention_days: int = Field(default=30, ge=1, le=3650)
 
 
@@ -213,7 +217,6 @@ class MilterSection(Section):
     sink: Literal["maildir", "lmtp"] = "maildir"
     spool_dir: Path = Path("/var/spool/mailcontinuity")
     on_spool_error: Literal["accept", "tempfail"] = "accept"
-    maildir: str = "/var/vmail/%d/%n/Maildir"
     mail_owner: str = "vmail"
     doveadm_config: Path | None = None
     lmtp: EndpointField | None = None
@@ -223,10 +226,9 @@ class MilterSection(Section):
 
 
 class SyncSection(Section):
-    """The sync agent and the failback merge: where the standby's Maildirs are, how to log into
-    the primary as each user (a Dovecot master user or admin), and how hard to push it."""
+    """The sync agent and the failback merge: how to log into the primary as each user (a
+    Dovecot master user or admin), and how hard to push it."""
 
-    standby_maildir: str = "/var/vmail/%d/%n/Maildir"
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
     master_user_separator: str = Field(default="*", min_length=1)
@@ -430,15 +432,18 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
-# Keys that moved: TLS is set per side, for every connection to it, not per command.
+# Keys that moved: TLS is set per side, for every connection to it, not per command; the
+# standby's Maildir path is one fact, read by the milter and the sync agent alike.
 MOVED_KEYS = {
     "sync.tls": "primary.tls",
     "sync.tls_ca_file": "primary.tls_ca_file",
     "sieve.tls": "primary.tls and standby.tls",
+    "milter.maildir": "standby.maildir",
+    "sync.standby_maildir": "standby.maildir",
 }
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     """Turn pydantic's first error into "key 'a.b': what was expected"."""
     key = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
     kind = error["type"]

@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 
-from mailcontinuity.cli import main
-from mailcontinuity.sync.changelog import ChangeLog
+from mailcontinuity.cli.main import main
+from mailcontinuity.store.outages import ChangeLog
 
 config, limit = sys.argv[1], int(sys.argv[2])
 real_checkpoint = ChangeLog.checkpoint

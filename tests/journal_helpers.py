@@ -6,11 +6,11 @@ import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-from mailcontinuity.headers import DEFAULT_ID_HEADER
+from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
-from mailcontinuity.lab.mailbox import imap_login
-from mailcontinuity.milter.spool import spool_backlog
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
+from mailcontinuity.mail.imap import imap_login
 
 TRACE_HEADERS = (b"received:", b"return-path:", b"delivered-to:")
 
@@ -56,6 +56,6 @@ def without_trace(raw: bytes, drop: tuple[bytes, ...] = TRACE_HEADERS) -> bytes:
 
 def wait_for_empty_spool(spool_dir: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while spool_backlog(spool_dir)[0]:
+    while spool_usage(spool_dir).entries:
         assert time.monotonic() < deadline, f"spool {spool_dir} did not drain in {timeout}s"
         time.sleep(0.1)

@@ -17,15 +17,12 @@ from imapclient import IMAPClient
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
-from mailcontinuity.lab.mailbox import (
-    imap_login,
-    locate,
-    make_message,
-    send_message,
-    wait_for_message,
-)
-from mailcontinuity.state import StateStore
-from mailcontinuity.sync.changelog import ChangeLog
+from mailcontinuity.lab.mailbox import locate, wait_for_message
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.outages import ChangeLog
+from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
 
 NEW_FOLDER = "Projekte/Überblick"
@@ -84,7 +81,7 @@ def uid_of(client: IMAPClient, message_id: str) -> int:
 def forced_outage(lab: Lab, cause: str) -> Iterator[None]:
     """Failover forced for the body of a test; afterwards ``normal`` again, outage closed."""
     with restored(lab):
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
             change_state(lab.config, store, "failover", cause, "pytest")
         finally:
@@ -94,7 +91,7 @@ def forced_outage(lab: Lab, cause: str) -> Iterator[None]:
 
 def begin_outage(lab: Lab) -> None:
     """Force failover, then wait for the sync agent's baseline of the outage."""
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
         assert change_state(lab.config, store, "failover", "test outage", "test",
                             expect=("normal",))
@@ -119,13 +116,13 @@ def restored(lab: Lab) -> Iterator[None]:
     try:
         yield
     finally:
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
             changelog = ChangeLog(store)
             outage = changelog.open_outage()
             if outage is not None:
                 changelog.set_outage(outage.id, status="merged")
-            if store.current_state().name != "normal":
+            if current_state(store).name != "normal":
                 change_state(lab.config, store, "normal", "test cleanup", "test")
         finally:
             store.close()

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from mailcontinuity.lab import Lab
-from mailcontinuity.state import State, StateStore
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.state import State, current_state
 from mailcontinuity.transitions import change_state
 from tests.outage_script import restored
 
@@ -27,16 +28,16 @@ def eventually(probe: Callable[[], T], timeout: float, what: str) -> T:
         time.sleep(0.05)
 
 
-def current_state(lab: Lab) -> State:
-    store = StateStore(lab.config.state.path)
+def lab_state(lab: Lab) -> State:
+    store = open_store(lab.config)
     try:
-        return store.current_state()
+        return current_state(store)
     finally:
         store.close()
 
 
 def wait_for_state(lab: Lab, name: str, timeout: float) -> State:
-    return eventually(lambda: (s := current_state(lab)).name == name and s, timeout,
+    return eventually(lambda: (s := lab_state(lab)).name == name and s, timeout,
                       f"state {name}")
 
 
@@ -70,9 +71,9 @@ def back_to_normal(lab: Lab) -> None:
     lab.part("primary").start()
     lab.part("policyd").start()
     with restored(lab):  # closes the outage even if the merge does not finish
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
-            if store.current_state().name == "failover":
+            if current_state(store).name == "failover":
                 change_state(lab.config, store, "failback", "test cleanup", "test")
         finally:
             store.close()

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from mailcontinuity.commands import run_command
 from mailcontinuity.config import Endpoint
-from mailcontinuity.headers import JOURNAL_HEADER
+from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.process import accepts_unix_connections
-from mailcontinuity.lab.mailbox import make_message, send_message, wait_for_message
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.mail.tools import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
-from mailcontinuity.state import StateStore
+from mailcontinuity.store.audit import record_command
+from mailcontinuity.store.db import open_store
 from tests.kv import parse_kv
 from tests.outage_script import restored
 from tests.policyd_helpers import back_to_normal, wait_for_state
@@ -104,9 +105,9 @@ def test_failover_and_failback_are_audited_with_actor_and_origin(lab: Lab) -> No
 
 
 def test_since_filters_and_rejects_what_it_cannot_read(lab: Lab) -> None:
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        store.record_command("test-marker", "pytest", {})
+        record_command(store, "test-marker", "pytest", {})
     finally:
         store.close()
     time.sleep(0.05)

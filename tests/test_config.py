@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import (
     ConfigError,
     DeliveryEndpoint,
@@ -18,7 +18,7 @@ from mailcontinuity.config import (
     read_secret,
     secret_files,
 )
-from mailcontinuity.tls import TLSPolicy
+from mailcontinuity.mail.tls import TLSPolicy
 
 VALID = """
 [state]

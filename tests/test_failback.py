@@ -12,18 +12,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from click.testing import CliRunner
 from imapclient.exceptions import IMAPClientError
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
+from mailcontinuity.deploy.routing import transport_entries
 from mailcontinuity.lab import Lab
-from mailcontinuity.routing import transport_entries
-from mailcontinuity.state import StateStore
 from mailcontinuity.lab.dovecot import LabUser
-from mailcontinuity.lab.mailbox import imap_login
-from mailcontinuity.sync.changelog import ChangeLog
-from mailcontinuity.sync.imap import Append, PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.mail.imap import Append, imap_login
+from mailcontinuity.outage.primary import connect, read_admin_password
+from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.outages import ChangeLog
+from mailcontinuity.store.state import current_state
 from tests.outage_script import (
     assert_on_primary_once,
     deliver_stored_copy,
@@ -63,10 +64,10 @@ def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) 
         code, audit = invoke(lab, "verify", "--json")
         assert code == 0 and audit["ok"], audit
 
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
-            assert store.current_state().name == "normal"
-            moves = [e.to_state for e in store.audit_log() if e.event == "transition"][-3:]
+            assert current_state(store).name == "normal"
+            moves = [e.to_state for e in audit_log(store) if e.event == "transition"][-3:]
             assert moves == ["failover", "failback", "normal"]
         finally:
             store.close()
@@ -95,9 +96,9 @@ def test_failback_killed_halfway_and_rerun_gives_the_same_result(
                 [sys.executable, str(Path(__file__).with_name("crash_failback.py")),
                  str(lab.config_file), "4"], capture_output=True, timeout=120, check=False)
             assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
-            store = StateStore(lab.config.state.path)
+            store = open_store(lab.config)
             try:
-                assert store.current_state().name == "failback"
+                assert current_state(store).name == "failback"
                 outage = ChangeLog(store).open_outage()
                 assert outage is not None and ChangeLog(store).progress_counts(outage.id)
             finally:
@@ -141,7 +142,7 @@ def test_multiappend_keeps_flags_and_dates_and_raises_when_the_primary_refuses(l
     the primary is an error (so the batch is retried one by one and refusals are reported),
     never a silent success."""
     user = lab.users[1]
-    mailbox = PrimaryMailbox(connect(lab.config, user.address, read_admin_password(lab.config)))
+    mailbox = connect(lab.config, user.address, read_admin_password(lab.config))
     when = datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc)
     subject = f"multiappend {uuid.uuid4().hex}"
     items = [Append(f"From: a@remote.test\r\nSubject: {subject}\r\n\r\nbody {n}\r\n".encode(),

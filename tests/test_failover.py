@@ -13,24 +13,22 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
-from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import (
-    INTERNET_CLIENT,
-    make_message,
-    send_message,
-    wait_for_message,
-)
-from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.audit import AuditEntry
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import Endpoint
-from mailcontinuity.postfix import run_postfix
-from mailcontinuity.routing import nexthop
-from mailcontinuity.state import AuditEntry, StateStore
+from mailcontinuity.deploy.routing import nexthop
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
+from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.mail.postfix import run_postfix
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.db import open_store
 from tests.policyd_helpers import (
     ask_policyd,
     back_to_normal,
-    current_state,
     eventually,
+    lab_state,
     rcpt_request,
     wait_for_state,
 )
@@ -118,7 +116,7 @@ def test_outage_fails_over_without_bounces_and_fails_back_after_hold_down(
     try:
         queued = make_message(SENDER, [alice.address], "queued for the dead primary")
         send_message(lab.gateway.smtp, queued, SENDER, [alice.address], source=INTERNET_CLIENT)
-        assert current_state(lab).name == "normal"  # it was queued before the switch
+        assert lab_state(lab).name == "normal"  # it was queued before the switch
 
         failover = wait_for_state(lab, "failover", timeout=detection_bound + 5)
         detected_after = time.monotonic() - stopped_at
@@ -169,9 +167,9 @@ def test_outage_fails_over_without_bounces_and_fails_back_after_hold_down(
 
 def transition_into(lab: Lab, state: str, since: float) -> AuditEntry:
     """The first audited transition into ``state`` at or after ``since``."""
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        return next(entry for entry in store.audit_log(since=since)
+        return next(entry for entry in audit_log(store, since=since)
                     if entry.event == "transition" and entry.to_state == state)
     finally:
         store.close()
@@ -189,9 +187,9 @@ def test_flapping_primary_makes_at_most_one_transition_per_hold_down(outage: Lab
             time.sleep(1.5)
     finally:
         lab.part("primary").start()
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        moves = [entry.at for entry in store.audit_log(since=began)
+        moves = [entry.at for entry in audit_log(store, since=began)
                  if entry.event == "transition" and entry.actor == "health-monitor"]
     finally:
         store.close()
@@ -209,7 +207,7 @@ def test_forced_failover_stays_and_mail_flows_when_policyd_is_killed(outage: Lab
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["changed"] is True
     time.sleep(lab.config.health.hold_down_seconds + 1)  # a healthy primary the whole time
-    forced = current_state(lab)
+    forced = lab_state(lab)
     assert (forced.name, forced.cause) == ("failover", "operator: drill")
 
     pid = lab.part("policyd").pid()
@@ -229,7 +227,7 @@ def test_forced_failover_stays_and_mail_flows_when_policyd_is_killed(outage: Lab
     result = runner.invoke(main, [*config, "failback", "--yes", "--json"])
     assert result.exit_code == 0, result.output
     # The operator's failback routes back to the primary and merges the outage: back to normal.
-    assert current_state(lab).name == "normal"
+    assert lab_state(lab).name == "normal"
     assert routed_to(lab, "primary")
     back_home = make_message(SENDER, [bob.address], "routing back on the primary")
     send_message(lab.gateway.smtp, back_home, SENDER, [bob.address], source=INTERNET_CLIENT)

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from mailcontinuity.config import FailbackSection, HealthSection
-from mailcontinuity.policyd.monitor import MONITOR_ACTOR, Detector, in_window
-from mailcontinuity.state import State, StateName
+from mailcontinuity.monitor.detector import MONITOR_ACTOR, Detector, in_window
+from mailcontinuity.store.state import State, StateName
 
 HEALTH = HealthSection(interval_seconds=1, failures=3, failure_window_seconds=4, successes=3,
                        hold_down_seconds=30)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-import time
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
-from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import imap_login
-from mailcontinuity.lab.process import is_alive
+from mailcontinuity.cli.main import main
 from mailcontinuity.hooks.runner import Transition, run_hooks
+from mailcontinuity.lab import Lab
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.store.heartbeats import pid_alive
 from tests.policyd_helpers import back_to_normal, eventually
 
 TRANSITION = Transition("normal", "failover", "primary failed 3 probes", "health-monitor",
@@ -55,7 +55,7 @@ def test_a_hanging_hook_is_killed_with_its_children_at_the_timeout(tmp_path: Pat
     assert time.monotonic() - started < 5
     assert hung.exit_code is None and after.output == "still ran\n"
     child = int(pid_file.read_text())
-    eventually(lambda: not is_alive(child), 5, "the hook's child killed")
+    eventually(lambda: not pid_alive(child), 5, "the hook's child killed")
 
 
 def test_no_hooks_directory_means_no_hooks(tmp_path: Path) -> None:

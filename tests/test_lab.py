@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import UnixSocket
-from mailcontinuity.lab import Lab, LabError
-from mailcontinuity.lab.mailbox import imap_login, make_message, send_message, wait_for_message
-from mailcontinuity.lab.process import accepts_connections, descendants, is_alive
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.mailbox import wait_for_message
+from mailcontinuity.lab.process import accepts_connections, descendants
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.heartbeats import pid_alive
 
 
 def test_lab_json_has_the_contract_shape(lab: Lab) -> None:
@@ -102,7 +106,7 @@ def test_down_leaves_no_process_and_is_safe_twice(fresh_lab_dir: Path) -> None:
     for _ in range(2):
         result = runner.invoke(main, ["lab", "down", "--dir", str(fresh_lab_dir)])
         assert result.exit_code == 0, result.output
-    assert not [pid for pid in [*masters.values(), *children] if is_alive(pid)]
+    assert not [pid for pid in [*masters.values(), *children] if pid_alive(pid)]
     assert lab.running() == {name: False for name in lab.parts}
 
 

@@ -24,15 +24,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_mock import MockerFixture
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import ConfigError, Endpoint, MetricsSection, load_config
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.daemon import DaemonPart
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
-from mailcontinuity.metrics import MetricsEndpoint, StoreCollector
-from mailcontinuity.policyd.protocol import action_kind
-from mailcontinuity.state import StateStore
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.monitor.protocol import action_kind
+from mailcontinuity.reports.metrics import MetricsEndpoint, StoreCollector
+from mailcontinuity.store.db import open_store
 from tests.journal_helpers import wait_for_empty_spool
 from tests.policyd_helpers import back_to_normal, eventually
 from tests.test_config import VALID, write
@@ -305,11 +306,11 @@ def test_an_unreadable_part_is_a_metric_not_a_crash(lab: Lab, mocker: MockerFixt
                                                      caplog: pytest.LogCaptureFixture) -> None:
     """The spool becomes unreadable (fault injected): that section reports an error, the others
     are still served, the failure is logged once, and the next good scrape recovers."""
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     registry = CollectorRegistry()
     registry.register(StoreCollector(lab.config, store))
     try:
-        mocker.patch("mailcontinuity.metrics.spool_usage",
+        mocker.patch("mailcontinuity.reports.metrics.spool_usage",
                      side_effect=PermissionError(13, "Permission denied"))
         with caplog.at_level(logging.DEBUG, logger="mailcontinuity.metrics"):
             failing = [parse(generate_latest(registry).decode()) for _ in range(2)]

@@ -10,16 +10,17 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tests.outage_script import forced_outage
-from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import ConfigError, Endpoint, UnixSocket, parse_config
-from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
+from mailcontinuity.journal.listener import libmilter_name, postfix_name
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message
-from mailcontinuity.milter.index import settled_copies
-from mailcontinuity.milter.listener import libmilter_name, postfix_name
-from mailcontinuity.state import StateStore
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.journal import settled_copies
+from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
+from tests.outage_script import forced_outage
 
 SENDER = "sender@remote.test"
 
@@ -66,9 +67,9 @@ def test_journal_file_is_a_maildir_message_dovecot_trusts(lab: Lab) -> None:
     send_message(lab.gateway.smtp, message, SENDER, [carol.address])
     [raw] = fetch_by_header(lab, "standby", carol, "Message-ID", message["Message-ID"])
     wait_for_empty_spool(lab.config.milter.spool_dir)
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        [location] = [row[0] for row in store.db.execute(
+        [location] = [row[0] for row in store.query(
             "SELECT location FROM journal WHERE message_id = ?", [journal_id(raw)])]
     finally:
         store.close()
@@ -82,7 +83,7 @@ def test_journal_file_is_a_maildir_message_dovecot_trusts(lab: Lab) -> None:
 
 def test_recipients_routed_to_the_standby_in_failover_are_not_journaled(lab: Lab) -> None:
     alice = lab.users[0]
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     message = make_message(SENDER, [alice.address], "during failover")
     with forced_outage(lab, "test: primary down"):
         send_message(lab.gateway.smtp, message, SENDER, [alice.address])
@@ -137,7 +138,7 @@ def test_prune_deletes_only_expired_journal_copies(lab: Lab) -> None:
     [old_raw] = fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"])
     fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"])
     # Mail bob received on the standby during an outage: no journal header, not in the index.
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     outage = make_message(SENDER, [bob.address], "received during outage")
     with forced_outage(lab, "test: prune"):
         send_message(lab.gateway.smtp, outage, SENDER, [bob.address])

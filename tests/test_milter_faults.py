@@ -13,17 +13,17 @@ from pathlib import Path
 
 import Milter
 import pytest
-from Milter.testctx import TestCtx as MilterContext
 from click.testing import CliRunner
+from Milter.testctx import TestCtx as MilterContext
 
-from tests.journal_helpers import fetch_by_header, wait_for_empty_spool
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
+from mailcontinuity.journal.daemon import journal_policy
+from mailcontinuity.journal.milter import JournalMilter, JournalRuntime, SpoolErrorCounter
+from mailcontinuity.journal.spool import Spool, SpoolWriter, spool_usage
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import make_message, send_message
-from mailcontinuity.lab.process import is_alive
-from mailcontinuity.milter.app import JournalMilter, JournalRuntime, SpoolErrorCounter
-from mailcontinuity.milter.daemon import journal_policy
-from mailcontinuity.milter.spool import Spool, SpoolWriter, spool_backlog
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.heartbeats import pid_alive
+from tests.journal_helpers import fetch_by_header, wait_for_empty_spool
 
 SENDER = "sender@remote.test"
 
@@ -45,7 +45,7 @@ def send_batch(lab: Lab, count: int, subject: str) -> list[str]:
 
 def wait_for_spooled(spool_dir: Path, count: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while spool_backlog(spool_dir)[0] < count:
+    while spool_usage(spool_dir).entries < count:
         assert time.monotonic() < deadline, f"fewer than {count} entries spooled"
         time.sleep(0.1)
 
@@ -91,9 +91,9 @@ def test_milter_killed_between_accept_and_ship_ships_once_after_restart(lab: Lab
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while is_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert spool_backlog(spool_dir)[0] == 1
+        assert spool_usage(spool_dir).entries == 1
     finally:
         lab.part("standby").start()
         milter.start()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
-from mailcontinuity.headers import JOURNAL_HEADER
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.process import read_pid
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from tests.journal_helpers import fetch_by_header, journal_id, wait_for_empty_spool, without_trace
 
 SENDER = "sender@remote.test"
 STANDBY_ONLY = (b"received:", b"return-path:", b"delivered-to:",

@@ -15,22 +15,21 @@ import pytest
 from click.testing import CliRunner
 from sievelib.managesieve import Client as SieveClient
 
-from tests.journal_helpers import fetch_by_header, wait_for_empty_spool
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import ConfigError, Endpoint, MilterSection
-from mailcontinuity.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
+from mailcontinuity.journal.shipper import Shipper
+from mailcontinuity.journal.sinks import LmtpSink, TemporaryFailure, make_sink
+from mailcontinuity.journal.spool import Envelope, Spool, Target, new_message_id
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import make_message
 from mailcontinuity.lab.process import free_ports, wait_for
 from mailcontinuity.lab.tls import LabCertificates
-from mailcontinuity.milter.index import journal_summary, settled_copies
-from mailcontinuity.milter.lmtp import data_lines
-from mailcontinuity.milter.shipper import Shipper
-from mailcontinuity.milter.sinks import LmtpSink, TemporaryFailure, make_sink
-from mailcontinuity.milter.spool import Envelope, Spool, Target, new_message_id
-from mailcontinuity.state import StateStore
-from mailcontinuity.tls import TLSPolicy
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
+from mailcontinuity.mail.smtp import data_lines, make_message
+from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.journal import journal_summary, settled_copies
 from mailcontinuity.transitions import change_state
+from tests.journal_helpers import fetch_by_header, wait_for_empty_spool
 
 SENDER = "sender@remote.test"
 
@@ -59,7 +58,7 @@ def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Path, Envelop
 
 
 def ship_through_shipper(lab: Lab, spool: Spool, entries: list[Path], sink: LmtpSink) -> None:
-    shipper = Shipper(spool, sink, lab.config.state.path, 0.2, 1.0)
+    shipper = Shipper(spool, sink, lambda: open_store(lab.config), 0.2, 1.0)
     shipper.start()
     try:
         for entry in entries:
@@ -84,7 +83,7 @@ def test_data_lines_dot_stuff_and_crlf_across_chunk_boundaries() -> None:
 
 def test_lmtp_sink_needs_the_journal_listener(lab: Lab) -> None:
     with pytest.raises(ConfigError, match="milter.lmtp"):
-        make_sink(lmtp_settings(lab, lmtp=None), lab.tls("standby"))
+        make_sink(lab.config.model_copy(update={"milter": lmtp_settings(lab, lmtp=None)}))
 
 
 def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool: Spool) -> None:
@@ -96,9 +95,9 @@ def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool
     entry, envelope = spool_message(spool, message, targets)
     sink = LmtpSink(lmtp_settings(lab), lab.tls("standby"))
     ship_through_shipper(lab, spool, [entry], sink)
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        statuses = dict(((a, f), s) for a, f, s in store.db.execute(
+        statuses = dict(((a, f), s) for a, f, s in store.query(
             "SELECT address, folder, status FROM journal WHERE message_id = ?", [envelope.id]))
     finally:
         store.close()
@@ -197,7 +196,7 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     (old_entry, old_env), (fresh_entry, fresh_env) = (spool_message(spool, m, target)
                                                       for m in (old, fresh))
     ship_through_shipper(lab, spool, [old_entry, fresh_entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     outage = make_message(SENDER, [bob.address], "received during outage, same id header")
     outage[DEFAULT_ID_HEADER] = old_env.id  # the primary's id travels on real mail too
     try:
@@ -221,7 +220,7 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     assert not fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
-    assert settled_copies(StateStore(lab.config.state.path), fresh_env.id)
+    assert settled_copies(open_store(lab.config), fresh_env.id)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +234,7 @@ def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
     alice = lab.users[0]
     entry, envelope, _ = spool_for_alice(lab, spool, "wrong CA")
     distrusting = TLSPolicy("standby", "starttls", other_ca.ca_file, lab.config.source)
-    shipper = Shipper(spool, LmtpSink(lmtp_settings(lab), distrusting), lab.config.state.path,
+    shipper = Shipper(spool, LmtpSink(lmtp_settings(lab), distrusting), lambda: open_store(lab.config),
                       0.2, 1.0)
     started = time.time()
     shipper.start()
@@ -269,7 +268,7 @@ def test_journal_lmtp_never_falls_back_to_plaintext(lab: Lab, spool: Spool,
 
 def latest_ship_error(lab: Lab, since: float) -> str | None:
     """The shipper's latest alarm as ``status`` shows it, if raised after ``since``."""
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
         alarm = journal_summary(store)["last_ship_error"]
     finally:

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, make_message, send_message, wait_for_message
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
+from mailcontinuity.mail.smtp import make_message, send_message
 from tests.policyd_helpers import ask_policyd, back_to_normal, eventually, rcpt_request
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

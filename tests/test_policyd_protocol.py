@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailcontinuity.policyd.protocol import ProtocolError, format_reply, parse_request
+from mailcontinuity.monitor.protocol import ProtocolError, format_reply, parse_request
 
 # A request as Postfix 3.7 sends it at RCPT time (29 attributes, empty ones included).
 POSTFIX_RCPT = (

@@ -11,8 +11,8 @@ import pytest
 
 from mailcontinuity.config import ConfigError, PolicydSection
 from mailcontinuity.lab.process import free_ports
-from mailcontinuity.policyd.protocol import DUNNO
-from mailcontinuity.policyd.server import PolicyServer, PolicyServerError
+from mailcontinuity.monitor.protocol import DUNNO
+from mailcontinuity.monitor.server import PolicyServer, PolicyServerError
 
 REQUEST = b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=%d@example.test\n\n"
 

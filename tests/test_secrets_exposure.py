@@ -10,7 +10,7 @@ import subprocess
 
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from tests.kv import parse_kv
 from tests.outage_script import forced_outage, gateway_mail, wait_all

@@ -16,17 +16,13 @@ from contextlib import AbstractContextManager
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import MAIL_USER, LabUser
-from mailcontinuity.lab.mailbox import (
-    INTERNET_CLIENT,
-    imap_login,
-    make_message,
-    send_message,
-    wait_for_message,
-)
-from mailcontinuity.sieve.managesieve import Credentials, SieveSession, normalise, session
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.managesieve import Credentials, SieveSession, normalise, session
+from mailcontinuity.mail.smtp import make_message, send_message
 from tests.policyd_helpers import back_to_normal, eventually, wait_for_state
 
 GOOD = 'require ["fileinto"];\nif header :contains "subject" "[lists]" { fileinto "INBOX"; }\n'

@@ -17,22 +17,21 @@ from email.parser import BytesParser
 from email.policy import default
 
 import pytest
-
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
-from mailcontinuity.commands import run_command
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import Endpoint
-from mailcontinuity.lab import Lab
-from mailcontinuity.lab.dovecot import LabUser
-from mailcontinuity.lab.mailbox import INTERNET_CLIENT, IMAPFrom, timed_login, wait_for_message
-from mailcontinuity.postfix import run_postfix
-from mailcontinuity.required_settings import (
+from mailcontinuity.deploy.settings import (
     AUTH_FAILURE_DELAY_SECONDS,
     dovecot_standby_hardening,
     postfix_submission_options,
     postfix_tls_settings,
 )
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.dovecot import LabUser
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, IMAPFrom, timed_login, wait_for_message
+from mailcontinuity.mail.postfix import run_postfix
+from mailcontinuity.mail.tools import run_command
 
 OUTSIDE = "someone@elsewhere.test"
 # Loopback addresses of their own, so that the anvil penalty they collect (kept for an hour per

@@ -8,49 +8,52 @@ from pathlib import Path
 
 import pytest
 
-from mailcontinuity.state import MIGRATIONS, StateStore, StateStoreError
+from mailcontinuity.store.audit import audit_log, record_command
+from mailcontinuity.store.db import StateStore, StateStoreError
+from mailcontinuity.store.migrations import MIGRATIONS
+from mailcontinuity.store.state import current_state, transition
 
 
 def test_fresh_store_is_normal_and_migrated(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "sub" / "state.db")
     assert store.schema_version == len(MIGRATIONS)
-    assert store.current_state().name == "normal"
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert current_state(store).name == "normal"
+    assert store.one("PRAGMA journal_mode") == ("wal",)
     store.close()
 
 
 def test_transition_is_persisted_and_audited(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = StateStore(path)
-    old = store.transition("failover", cause="primary failed 3 probes", actor="health-monitor")
+    old = transition(store, "failover", cause="primary failed 3 probes", actor="health-monitor")
     assert old is not None and old.name == "normal"
     store.close()
 
     reopened = StateStore(path)
-    assert reopened.current_state().name == "failover"
-    [entry] = reopened.audit_log()
+    assert current_state(reopened).name == "failover"
+    [entry] = audit_log(reopened)
     assert (entry.event, entry.from_state, entry.to_state) == ("transition", "normal", "failover")
     assert (entry.cause, entry.actor) == ("primary failed 3 probes", "health-monitor")
 
 
 def test_expect_guard_refuses_a_stale_decision(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
-    store.transition("failover", cause="operator", actor="root")
-    assert store.transition("failover", "monitor", "health", expect=("normal",)) is None
-    assert len(store.audit_log()) == 1
+    transition(store, "failover", cause="operator", actor="root")
+    assert transition(store, "failover", "monitor", "health", expect=("normal",)) is None
+    assert len(audit_log(store)) == 1
 
 
 def test_unknown_state_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     with pytest.raises(ValueError):
-        store.transition("panic", cause="x", actor="y")  # type: ignore[arg-type]
+        transition(store, "panic", cause="x", actor="y")  # type: ignore[arg-type]
 
 
 def _hammer(path: str, worker: int) -> None:
     store = StateStore(Path(path))
     for n in range(25):
-        store.record_command("test", f"worker{worker}", {"n": n})
-        store.transition("failover" if n % 2 else "normal", cause=f"w{worker}", actor="test")
+        record_command(store, "test", f"worker{worker}", {"n": n})
+        transition(store, "failover" if n % 2 else "normal", cause=f"w{worker}", actor="test")
     store.close()
 
 
@@ -65,7 +68,7 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    entries = StateStore(path).audit_log()
+    entries = audit_log(StateStore(path))
     assert len(entries) == 4 * 25 * 2
     assert len({entry.id for entry in entries}) == len(entries)
 
@@ -93,7 +96,7 @@ def test_database_files_are_group_writable_whatever_the_umask(tmp_path: Path) ->
     old = os.umask(0o022)
     try:
         store = StateStore(tmp_path / "state.db")
-        store.transition("failover", cause="x", actor="y")
+        transition(store, "failover", cause="x", actor="y")
         store.close()
     finally:
         os.umask(old)

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 
 

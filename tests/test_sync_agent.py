@@ -7,10 +7,10 @@ import time
 import pyinotify
 
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import imap_login
-from mailcontinuity.state import StateStore
-from mailcontinuity.sync.agent import SyncAgent
-from mailcontinuity.sync.changelog import ChangeLog, RecordedMessage
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.outage.recorder import SyncAgent
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.outages import ChangeLog, RecordedMessage
 from tests.outage_script import (
     begin_outage,
     gateway_mail,
@@ -21,7 +21,7 @@ from tests.outage_script import (
 
 
 def recorded(lab: Lab, message_id: str) -> list[RecordedMessage]:
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
         changelog = ChangeLog(store)
         outage = changelog.open_outage()
@@ -88,10 +88,10 @@ def test_nothing_is_recorded_outside_an_outage(lab: Lab) -> None:
     message = gateway_mail(lab, [carol], "normal times")
     wait_all(lab, "standby", [carol], message)  # the milter's journal copy
     time.sleep(1)  # the agent sees the event within its 0.5 s poll
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
-        rows = store.db.execute("SELECT COUNT(*) FROM sync_message WHERE message_id = ?",
-                                [message["Message-ID"]]).fetchone()[0]
+        [(rows,)] = store.query("SELECT COUNT(*) FROM sync_message WHERE message_id = ?",
+                                [message["Message-ID"]])
     finally:
         store.close()
     assert rows == 0

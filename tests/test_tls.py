@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import load_config
+from mailcontinuity.deploy.routing import tls_policy_entries, write_tls_policy_map
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.tls import LabCertificates
-from mailcontinuity.policyd.health import probe_primary
-from mailcontinuity.postfix import reload_postfix, run_postfix, write_indexed_map
-from mailcontinuity.routing import tls_policy_entries, write_tls_policy_map
-from mailcontinuity.tls import TLSPolicy
-from tests.policyd_helpers import eventually, wait_for_state
+from mailcontinuity.mail.postfix import reload_postfix, run_postfix, write_indexed_map
+from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.monitor.probes import probe_primary
 from tests.outage_script import (
     Expected,
     assert_on_primary_once,
@@ -29,6 +28,7 @@ from tests.outage_script import (
     restored,
     wait_all,
 )
+from tests.policyd_helpers import eventually, wait_for_state
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,13 @@ import pytest
 from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from mailcontinuity.cli import main
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.mailbox import imap_login, make_message, send_message, wait_for_message
+from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.process import accepts_connections
-from mailcontinuity.state import StateStore
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.db import open_store
 from mailcontinuity.transitions import change_state
 from tests.policyd_helpers import back_to_normal, eventually
 
@@ -71,7 +73,7 @@ def test_a_user_reads_and_sends_mail_in_the_portal_during_an_outage(
     send_message(lab.gateway.smtp, history, "partner@remote.test", [alice.address])
     assert wait_for_message(lab.endpoint("standby", "imap"), alice.login, alice.password,
                             history["Message-ID"])  # the milter's journal copy
-    store = StateStore(lab.config.state.path)
+    store = open_store(lab.config)
     try:
         change_state(lab.config, store, "failover", "portal test", "pytest")
     finally:

@@ -12,12 +12,13 @@ systemd unit) or an operator's ``mailcontinuity failover`` caused the transition
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import tempfile
-import calendar
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,8 +153,6 @@ def run_hook(hook: Path, env: dict[str, str], timeout: float) -> HookResult:
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     """A hung hook and everything it started (a hook is often a shell pipeline)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()

@@ -43,7 +43,7 @@ def post(url: str, body: dict[str, Any], token: str | None, timeout: float) -> i
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
                                      method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - admin's URL
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return int(response.status)
 
 

@@ -1,5 +1,7 @@
-"""The local lab: private Postfix and Dovecot instances on loopback for demos and tests."""
+"""The local lab: private Postfix and Dovecot instances on 127.0.0.1, for trying mailcontinuity
+out, for ``make demo`` and for the tests. A leaf: the product never imports it."""
 
-from mailcontinuity.lab.lab import Lab, LabError
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.lab import Lab
 
 __all__ = ["Lab", "LabError"]

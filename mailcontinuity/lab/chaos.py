@@ -20,16 +20,12 @@ import time
 from dataclasses import dataclass, field
 
 from mailcontinuity.lab.lab import Lab
-from mailcontinuity.lab.scenario import audit_deliveries
-from mailcontinuity.lab.mailbox import (
-    INTERNET_CLIENT,
-    make_message,
-    send_message,
-)
-from mailcontinuity.postfix import run_postfix
-from mailcontinuity.state import StateStore
-from mailcontinuity.status import collect_status
-from mailcontinuity.sync.failback import appended_since
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT
+from mailcontinuity.lab.scenario import appended_since, audit_deliveries
+from mailcontinuity.mail.postfix import run_postfix
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.reports.status import collect_status
+from mailcontinuity.store.db import open_store
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +155,7 @@ class ChaosRun:
 
     def _settle(self) -> None:
         """Wait until the queue is empty, the journal spool shipped and the state normal."""
-        store = StateStore(self.lab.config.state.path)
+        store = open_store(self.lab.config)
         deadline = time.monotonic() + self.settle_timeout
         try:
             while True:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailcontinuity.lab.process import LabError, read_pid, stop_pid_file
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.process import read_pid, stop_pid_file
 
 START_TIMEOUT_SECONDS = 20.0
 

@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mailcontinuity.drill import Drill, archive, render_report
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.scenario import OutageScenario, ScenarioError
-from mailcontinuity.state import StateStore
+from mailcontinuity.reports.drill import Drill, archive, render_report
+from mailcontinuity.store.db import open_store
 
 
 def run_demo(directory: Path) -> int:
@@ -41,7 +41,7 @@ def run_demo(directory: Path) -> int:
         for problem in report.lost + report.duplicated:
             print(f"   problem: {problem}")
         print("== continuity drill (mailcontinuity drill)", flush=True)
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
             drill = Drill(lab.config, store).run()
             archive(drill, lab.config.drill.report_dir)
@@ -50,7 +50,8 @@ def run_demo(directory: Path) -> int:
         print("\n".join(f"   {line}" for line in render_report(drill).splitlines()))
         verdict = report.passed and drill.passed
         print(f"== {'PASSED' if verdict else 'FAILED'}: lost {len(report.lost)},"
-              f" duplicated {len(report.duplicated)}, drill {'passed' if drill.passed else 'failed'}")
+              f" duplicated {len(report.duplicated)},"
+              f" drill {'passed' if drill.passed else 'failed'}")
         return 0 if verdict else 1
     finally:
         print("== lab down", flush=True)

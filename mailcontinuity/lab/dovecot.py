@@ -6,17 +6,18 @@ Independence from the system's Dovecot comes from ``instance_name``, ``base_dir`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailcontinuity.commands import CommandError, run_command
-from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
-from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.config import Endpoint
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.process import read_pid, stop_process_tree, wait_for
+from mailcontinuity.lab.tls import LabCertificates
+from mailcontinuity.mail.tools import CommandError, run_command
 
 # The authentication socket Postfix's smtpd uses for SMTP AUTH (in base_dir).
 POSTFIX_AUTH_SOCKET = "auth-postfix"
@@ -87,7 +88,8 @@ class DovecotInstance:
             self.root / "users",
             "".join(f"{user.login}:{{PLAIN}}{user.password}::::::\n" for user in self.users),
         )
-        _write_private(self.root / "masters", f"{self.admin.login}:{{PLAIN}}{self.admin.password}\n")
+        _write_private(self.root / "masters",
+                       f"{self.admin.login}:{{PLAIN}}{self.admin.password}\n")
         self.config_file.write_text(self._render(mail.pw_uid))
 
     def _render(self, mail_uid: int) -> str:
@@ -107,7 +109,8 @@ class DovecotInstance:
             if protocol == "submission":
                 extra = "  inet_listener submissions {\n    port = 0\n  }\n"
             if protocol == "lmtp" and self.journal_lmtp is not None:
-                extra = (f"  inet_listener lmtp-journal {{\n    address = {self.journal_lmtp.host}\n"
+                extra = (f"  inet_listener lmtp-journal {{\n"
+                         f"    address = {self.journal_lmtp.host}\n"
                          f"    port = {self.journal_lmtp.port}\n  }}\n")
             blocks.append(
                 f"service {service} {{\n  inet_listener {listener} {{\n"
@@ -192,7 +195,8 @@ service auth {{
         try:
             run_command(["dovecot", "-c", str(self.config_file)])
         except CommandError as exc:
-            raise LabError(f"{self.name} dovecot did not start: {exc} (log: {self.log_file})")
+            raise LabError(f"{self.name} dovecot did not start: {exc}"
+                           f" (log: {self.log_file})") from None
         wait_for(self.listeners.values(), up=True, what=f"{self.name} dovecot")
 
     def stop(self) -> None:

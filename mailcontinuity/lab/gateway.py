@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Config, Endpoint
-from mailcontinuity.lab.process import LabError, read_pid, stop_process_tree, wait_for
-from mailcontinuity.postfix import PostfixError, run_postfix
+from mailcontinuity.deploy.routing import write_tls_policy_map, write_transport_map
+from mailcontinuity.deploy.settings import postfix_main_settings, postfix_submission_service
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.process import read_pid, stop_process_tree, wait_for
 from mailcontinuity.lab.tls import LabCertificates
-from mailcontinuity.required_settings import postfix_main_settings, postfix_submission_service
-from mailcontinuity.routing import write_tls_policy_map, write_transport_map
+from mailcontinuity.mail.postfix import PostfixError, run_postfix
 
 # (service, type, private, unpriv, chroot, wakeup, maxproc, command): chroot off everywhere,
 # because a chroot would need copies of /etc files inside the lab directory.

@@ -14,27 +14,25 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
+from mailcontinuity.deploy.settings import dovecot_lmtp_settings, dovecot_standby_hardening
+from mailcontinuity.journal.listener import accepts_connections as milter_accepts
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
+from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.webmail import Webmail
+from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.tls import LabCertificates
-from mailcontinuity.lab.process import (
-    LabError,
-    accepts_unix_connections,
-    free_ports,
-)
-from mailcontinuity.milter.listener import accepts_connections as milter_accepts
-from mailcontinuity.required_settings import dovecot_lmtp_settings, dovecot_standby_hardening
-from mailcontinuity.state import StateStore
-from mailcontinuity.tls import Side, TLSPolicy
+from mailcontinuity.lab.webmail import Webmail
+from mailcontinuity.mail.tls import Side, TLSPolicy
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +63,9 @@ def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
     since = time.time()
 
     def ready() -> bool:
-        # Imported here: the sync part imports the lab's process helpers.
-        from mailcontinuity.sync.changelog import ChangeLog
-
-        store = StateStore(lab.config.state.path)
+        store = open_store(lab.config)
         try:
-            beat = ChangeLog(store).agent_heartbeat()
+            beat = sync_agent_heartbeat(store)
         finally:
             store.close()
         return beat is not None and beat[1] >= since
@@ -339,6 +334,7 @@ imap = "{standby["imap"]}"
 lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
+maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
 retention_days = 30
 tls = "starttls"
 tls_ca_file = {ca_file}
@@ -363,7 +359,6 @@ step_timeout = 15
 listen = "unix:{directory / "milter" / "journal.sock"}"
 sink = "maildir"
 spool_dir = {json.dumps(str(directory / "spool"))}
-maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
 mail_owner = "{MAIL_USER}"
 doveadm_config = {json.dumps(str(directory / "standby" / "dovecot.conf"))}
 # The standby's second LMTP listener, without sieve (used when sink = "lmtp").
@@ -374,7 +369,6 @@ retry_max_seconds = 5
 recipient_cache_seconds = 1
 
 [sync]
-standby_maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
 admin_login = "{ADMIN_LOGIN}"
 password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 

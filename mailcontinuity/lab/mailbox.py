@@ -1,71 +1,23 @@
-"""Client-side helpers on the lab: send through the gateway, look into a mailbox over IMAP.
+"""Client-side helpers for the lab's checks: look into a mailbox over IMAP as a user would.
 
-Tests, ``make demo`` and the drill all act like a user would: SMTP in, IMAP out. Nothing here
-peeks at files on disk, so the same calls work against a deployment that is not a lab.
+Tests and ``make demo`` act like a user: SMTP in (``mail.smtp.send_message``), IMAP out. Nothing
+here peeks at files on disk, so the same calls work against a deployment that is not a lab.
 """
 
 from __future__ import annotations
 
 import imaplib
-import smtplib
 import socket
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from email.message import EmailMessage
-from email.utils import formatdate
 
 from imapclient import IMAPClient
 
 from mailcontinuity.config import Endpoint
-from mailcontinuity.tls import TLSPolicy, open_imap
-
-
-def make_message(sender: str, recipients: Sequence[str], subject: str, body: str = "") -> EmailMessage:
-    """A well-formed message with a unique Message-ID, so it can be found again."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = ", ".join(recipients)
-    message["Subject"] = subject
-    message["Date"] = formatdate(localtime=True)
-    message["Message-ID"] = f"<{uuid.uuid4().hex}@lab.test>"
-    message.set_content(body or f"{subject}\n")
-    return message
-
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.tls import TLSPolicy
 
 INTERNET_CLIENT = "127.0.0.2"
 """Source address for a client outside the gateway's mynetworks, i.e. mail from the internet."""
-
-
-def send_message(gateway: Endpoint, message: EmailMessage, sender: str,
-                 recipients: Sequence[str], source: str | None = None) -> None:
-    """Submit over SMTP (from ``source`` if given); raises smtplib's errors if the gateway
-    refuses any recipient."""
-    source_address = (source, 0) if source else None
-    with smtplib.SMTP(gateway.host, gateway.port, timeout=30,
-                      source_address=source_address) as smtp:
-        refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
-    if refused:
-        raise smtplib.SMTPRecipientsRefused(refused)
-
-
-@contextmanager
-def imap_login(endpoint: Endpoint, login: str, password: str,
-               tls: TLSPolicy | None = None) -> Iterator[IMAPClient]:
-    """A logged-in session; with ``tls``, encrypted first as a production client would be."""
-    if tls is None:
-        client = IMAPClient(endpoint.host, endpoint.port, ssl=False, timeout=30)
-    else:
-        client = open_imap(endpoint, tls, timeout=30)
-    try:
-        client.login(login, password)
-        yield client
-    finally:
-        try:
-            client.logout()
-        except Exception:  # noqa: BLE001 - the server may already be gone; nothing to save
-            pass
 
 
 def find_by_message_id(client: IMAPClient, folder: str, message_id: str) -> list[int]:

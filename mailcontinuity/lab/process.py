@@ -6,6 +6,7 @@ when it is really gone, and to take down a master process together with every ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -15,11 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
-
-
-class LabError(Exception):
-    """The lab could not do what was asked; the message says what to do about it."""
-
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.store.heartbeats import pid_alive
 
 # Below Linux's ephemeral range (32768-60999), so that an outgoing connection's local port never
 # takes a listener's port between allocation and start.
@@ -84,16 +82,7 @@ def read_pid(pid_file: Path) -> int | None:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if is_alive(pid) else None
-
-
-def is_alive(pid: int) -> bool:
-    """True for a running process; a zombie has already exited and only awaits reaping."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rpartition(")")[2].split()[0] != "Z"
+    return pid if pid_alive(pid) else None
 
 
 def descendants(pid: int) -> list[int]:
@@ -113,7 +102,7 @@ def descendants(pid: int) -> list[int]:
         for child in parents.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
-    return [child for child in found if is_alive(child)]
+    return [child for child in found if pid_alive(child)]
 
 
 def stop_process_tree(pid: int, timeout: float = 10.0) -> None:
@@ -121,20 +110,18 @@ def stop_process_tree(pid: int, timeout: float = 10.0) -> None:
     victims = [pid, *descendants(pid)]
     _signal_all(victims, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(is_alive(victim) for victim in victims) and time.monotonic() < deadline:
+    while any(pid_alive(victim) for victim in victims) and time.monotonic() < deadline:
         time.sleep(0.05)
-    _signal_all([v for v in victims if is_alive(v)], signal.SIGKILL)
+    _signal_all([v for v in victims if pid_alive(v)], signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while any(is_alive(victim) for victim in victims) and time.monotonic() < deadline:
+    while any(pid_alive(victim) for victim in victims) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
 def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
     for victim in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(victim, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stop_pid_file(pid_file: Path) -> None:
@@ -143,8 +130,6 @@ def stop_pid_file(pid_file: Path) -> None:
     pid = read_pid(pid_file)
     if pid is not None:
         stop_process_tree(pid)
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
     pid_file.unlink(missing_ok=True)

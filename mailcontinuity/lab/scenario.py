@@ -13,22 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from functools import partial
 
 from imapclient import IMAPClient
 
-from mailcontinuity.headers import JOURNAL_HEADER
 from mailcontinuity.lab.dovecot import LabUser
 from mailcontinuity.lab.lab import Lab
-from mailcontinuity.lab.mailbox import (
-    INTERNET_CLIENT,
-    imap_login,
-    locate,
-    make_message,
-    send_message,
-)
-from mailcontinuity.state import StateStore
-from mailcontinuity.status import collect_status
-from mailcontinuity.sync.failback import appended_since
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT, locate
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.reports.status import collect_status
+from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.db import StateStore, open_store
 
 SENDER = "partner@remote.test"
 JOURNAL_FIELD = f"BODY.PEEK[HEADER.FIELDS ({JOURNAL_HEADER})]"
@@ -136,7 +133,7 @@ class OutageScenario:
         self.detection_timeout = detection_timeout
         self.failback_timeout = failback_timeout
         self.users = {user.address: user for user in lab.users}
-        self.store = StateStore(lab.config.state.path)
+        self.store = open_store(lab.config)
         self.started = time.time()
 
     # -- helpers -----------------------------------------------------------------------------
@@ -184,11 +181,11 @@ class OutageScenario:
                  for n, address in enumerate(addresses * 2)]
         for sent in batch:
             wait_until("delivery to the primary before the outage",
-                       lambda sent=sent: self.arrived("primary", sent), 30)
+                       partial(self.arrived, "primary", sent), 30)
         slowest = 0.0
         for sent in batch:
             wait_until("journal copy in the standby",
-                       lambda sent=sent: self.arrived("standby", sent, journal=True), 30)
+                       partial(self.arrived, "standby", sent, journal=True), 30)
             slowest = max(slowest, time.monotonic() - sent.sent_at)
         self.report.journal_lag_seconds = slowest
         journal = self.status().get("journal") or {}
@@ -209,13 +206,13 @@ class OutageScenario:
         during.append(self.send(addresses, "during outage, to everyone", "outage"))
         for sent in during:
             wait_until("delivery to the standby during the outage",
-                       lambda sent=sent: self.arrived("standby", sent), 30)
+                       partial(self.arrived, "standby", sent), 30)
         self.report.routed_to_standby = len(during) + 1
 
     def _state_changed_after(self, since_monotonic: float, state: str) -> float | None:
         """Seconds from ``since_monotonic`` to the audited transition into ``state``."""
         offset = time.time() - time.monotonic()
-        for entry in reversed(self.store.audit_log()):
+        for entry in reversed(audit_log(self.store)):
             if entry.event == "transition" and entry.to_state == state:
                 return entry.at - (since_monotonic + offset)
         return None
@@ -288,3 +285,12 @@ class OutageScenario:
             client.select_folder(folder, readonly=True)
             return flag in client.get_flags(uids)[uids[0]]
         return False
+
+
+def appended_since(store: StateStore, since: float) -> int:
+    """Messages failback APPENDed to the primary since ``since`` (from the audit log's
+    merge entries), for reports that say how much of an outage was merged back."""
+    return sum(n for entry in audit_log(store, since=since)
+               if entry.event == "merge" and entry.cause == "failback"
+               for action, n in entry.detail.get("counts", {}).items()
+               if action.startswith("append") and action.endswith(":done"))

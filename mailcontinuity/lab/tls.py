@@ -1,4 +1,4 @@
-"""The lab's own certificate authority, so that every lab hop runs with TLS verified as in production.
+"""The lab's own certificate authority, so that every lab hop runs TLS verified as in production.
 
 A production standby and primary present certificates from the site's CA; the lab makes a private
 CA under ``DIR/tls`` and one server certificate signed by it, valid for the names and loopback
@@ -53,7 +53,7 @@ class LabCertificates:
         self.directory.chmod(0o755)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(ca_name).issuer_name(ca_name)

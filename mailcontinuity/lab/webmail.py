@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
-from mailcontinuity.lab.process import LabError, read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
 
 ROUNDCUBE_HOME = Path("/var/lib/roundcube")
 ROUNDCUBE_ETC = Path("/etc/roundcube")
@@ -34,7 +35,8 @@ def _php_string(value: str) -> str:
 
 @dataclass
 class Webmail:
-    """Roundcube under ``root``, served on ``endpoint``, for the standby's ``imap``/``submission``."""
+    """Roundcube under ``root``, served on ``endpoint``, for the standby's ``imap`` and
+    ``submission``."""
 
     root: Path
     endpoint: Endpoint

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
-from mailcontinuity.sieve.managesieve import Credentials, SieveError, SieveSession, Scripts, session
-from mailcontinuity.sync.scan import protected_maildirs
-from mailcontinuity.tls import TLSPolicy
+from mailcontinuity.mail.managesieve import Credentials, Scripts, SieveError, SieveSession, session
+from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.outage.scan import protected_maildirs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class UserResult:
+class SieveUserResult:
     """What sieve-sync did for one user; ``errors`` non-empty means the user failed."""
 
     user: str
@@ -38,10 +37,10 @@ class UserResult:
 
 @dataclass
 class SieveSyncReport:
-    users: list[UserResult]
+    users: list[SieveUserResult]
 
     @property
-    def failed(self) -> list[UserResult]:
+    def failed(self) -> list[SieveUserResult]:
         return [result for result in self.users if result.errors]
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,7 +71,7 @@ def sieve_sync(config: Config) -> SieveSyncReport:
     primary_tls, standby_tls = TLSPolicy.of(config, "primary"), TLSPolicy.of(config, "standby")
     results = []
     for user in protected_users(config):
-        result = UserResult(user)
+        result = SieveUserResult(user)
         try:
             with session(primary_at, user, primary_admin, primary_tls) as primary:
                 wanted = primary.scripts()
@@ -90,7 +89,7 @@ def sieve_sync(config: Config) -> SieveSyncReport:
     return SieveSyncReport(results)
 
 
-def replicate(standby: SieveSession, wanted: Scripts, result: UserResult,
+def replicate(standby: SieveSession, wanted: Scripts, result: SieveUserResult,
               delete_missing: bool) -> None:
     """Make the standby's scripts and activation those of ``wanted``, script by script."""
     have = standby.scripts()

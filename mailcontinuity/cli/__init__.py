@@ -1,0 +1,1 @@
+"""The command line: ``mailcontinuity`` and its commands, one module per part of the system."""

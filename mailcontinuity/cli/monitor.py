@@ -1,0 +1,54 @@
+"""The operator's commands for routing: ``policyd`` and ``failover``.
+
+``failback`` belongs to the sync part (mailcontinuity/sync/commands.py): it routes back to the
+primary through the same ``change_state`` and then merges the outage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mailcontinuity.audit import become_daemon, operator
+from mailcontinuity.cli.common import Context, command, emit
+from mailcontinuity.deploy.routing import nexthop
+from mailcontinuity.monitor.daemon import run_policyd
+from mailcontinuity.monitor.server import PolicyServerError
+from mailcontinuity.store.state import current_state
+from mailcontinuity.transitions import change_state
+
+
+@command(json_output=False)
+def policyd(ctx: Context) -> None:
+    """Run the policy daemon and health monitor in the foreground."""
+    become_daemon("policyd")
+    try:
+        run_policyd(ctx.config)
+    except PolicyServerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@command(audit=True)
+@click.option("--reason", required=True, help="Why, for the audit log (e.g. 'planned upgrade').")
+def failover(ctx: Context, reason: str, as_json: bool) -> None:
+    """Route protected domains to the standby now; stays until you run failback."""
+    store = ctx.store()
+    try:
+        actor = operator()
+        changed = change_state(ctx.config, store, "failover", f"operator: {reason}", actor,
+                               expect=("normal", "failback"))
+        state = current_state(store)
+    finally:
+        store.close()
+    report = {"state": state.name, "changed": changed, "since": state.since,
+              "cause": state.cause, "actor": state.actor,
+              "route": str(nexthop(ctx.config, "standby"))}
+    emit(report, as_json, _render_failover)
+
+
+def _render_failover(report: dict[str, Any]) -> str:
+    if not report["changed"]:
+        return (f"already in failover ({report['cause']}, by {report['actor']}); nothing changed")
+    return (f"failover: protected domains now go to the standby ({report['route']}); queued mail"
+            " was flushed. It stays so until you run 'mailcontinuity failback'.")

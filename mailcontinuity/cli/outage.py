@@ -1,0 +1,103 @@
+"""The click commands of the sync part: ``failback``, ``verify`` and ``sync-agent``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from mailcontinuity.audit import become_daemon, operator
+from mailcontinuity.cli.common import Context, command, emit
+from mailcontinuity.outage.merge import FailbackReport, plan_failback, run_failback
+from mailcontinuity.outage.recorder import SyncAgent
+from mailcontinuity.outage.verify import verify
+
+
+def render_failback(report: dict[str, Any]) -> str:
+    lines = [f"outage:   {report['outage'] if report['outage'] is not None else 'none'}",
+             f"state:    {report['state']}"]
+    if report["note"]:
+        lines.append(f"note:     {report['note']}")
+    for name, count in report["counts"].items():
+        lines.append(f"  {name:<24} {count}")
+    for user, actions in report["plan"].items():
+        lines.append(f"{user}: {len(actions)} action(s)")
+        lines += [f"  {a['action']:<13} {a['folder']!r} {a.get('from_folder', '')}"
+                  f" {a['message_id']} {' '.join(a.get('add', []))}" for a in actions]
+    for item in report["refused"]:
+        lines.append(f"REFUSED {item['user']} {item['folder']!r} {item['message_id']}:"
+                     f" {item['server_said']} (kept: {item['kept_on_standby']})")
+    for item in report["reports"]:
+        lines.append(f"note {item['user']} {item['reason']} {item['folder']!r}"
+                     f" {item['message_id']}")
+    return "\n".join(lines)
+
+
+@command(audit=True)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Merge the outage into the primary and return to normal; resumable."""
+    config = ctx.config
+    if dry_run:
+        emit(plan_failback(config).as_dict(), as_json, render_failback)
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("failback reroutes mail and writes to the primary;"
+                                       " pass --yes to confirm without a terminal")
+        click.confirm("Route mail back to the primary and merge the outage into it?",
+                      abort=True)
+    if sys.stdout.isatty() and not as_json:
+        report = _with_progress_bar(config)
+    else:
+        report = run_failback(config, actor=operator())
+    emit(report.as_dict(), as_json, render_failback,
+         failure=f"{len(report.refused)} message(s) refused by the primary and kept on the"
+         " standby; see the list above" if report.refused else None)
+
+
+def _with_progress_bar(config: Any) -> FailbackReport:
+    bars: list[Any] = []
+
+    def on_plan(total: int) -> None:
+        bars.append(click.progressbar(length=max(total, 1), label="merging").__enter__())
+
+    def progress(count: int) -> None:
+        if bars:
+            bars[0].update(count)
+
+    try:
+        return run_failback(config, actor=operator(), progress=progress, on_plan=on_plan)
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
+
+
+def render_verify(report: dict[str, Any]) -> str:
+    lines = [f"outage {report['outage']} ({report['outage_status']}):"
+             f" {'clean' if report['ok'] else str(report['problems']) + ' problem(s)'}"]
+    for user, found in report["users"].items():
+        counts = ", ".join(f"{len(items)} {name.replace('_', ' ')}" for name, items in
+                           found.items())
+        lines.append(f"  {user}: {counts}")
+        for name, items in found.items():
+            lines += [f"    {name}: {item}" for item in items]
+    return "\n".join(lines)
+
+
+@command("verify", audit=True)
+def verify_command(ctx: Context, as_json: bool) -> None:
+    """Audit the primary against the last outage: missing, duplicated, flags."""
+    report = verify(ctx.config)
+    emit(report, as_json, render_verify,
+         failure=None if report["ok"] else f"{report['problems']} problem(s) on the primary for"
+         " the last outage; run 'mailcontinuity failback --yes' again, then verify")
+
+
+@command("sync-agent", json_output=False)
+def sync_agent(ctx: Context) -> None:
+    """Run the sync agent in the foreground (record outage activity, merge on failback)."""
+    become_daemon("sync-agent")
+    SyncAgent(ctx.config).run()

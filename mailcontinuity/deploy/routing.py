@@ -1,0 +1,88 @@
+"""Which mail store the gateway delivers protected domains to, as a Postfix transport table.
+
+The table is an indexed ``hash:`` file that mailcontinuity rewrites on each transition. If the
+process that writes it dies, the last routing simply stays in force and Postfix keeps delivering:
+routing fails open (see docs/routing.md for the measured comparison with the alternatives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from mailcontinuity.config import Config, DeliveryEndpoint, PeerSection
+from mailcontinuity.mail.postfix import reload_postfix, run_postfix, write_indexed_map
+
+Route = Literal["primary", "standby"]
+
+
+def nexthop(config: Config, route: Route) -> DeliveryEndpoint:
+    """The store that receives protected mail on this route."""
+    if route == "primary":
+        return config.primary.delivery
+    return DeliveryEndpoint("lmtp", config.standby.lmtp)
+
+
+def transport_entries(config: Config, route: Route,
+                      overrides: Mapping[str, Route] | None = None) -> list[str]:
+    """transport(5) lines sending every protected domain to the route's store.
+
+    ``overrides`` routes single addresses elsewhere (the drill's probe address): Postfix looks up
+    the full address before the domain, so production traffic keeps the domain's route.
+    """
+    lines = [f"{address} {nexthop(config, target).postfix_nexthop}"
+             for address, target in sorted((overrides or {}).items())]
+    target = nexthop(config, route).postfix_nexthop
+    return lines + [f"{domain} {target}" for domain in config.domains.protected]
+
+
+def tls_policy_entries(config: Config) -> list[str]:
+    """tls_policy(5) lines for Postfix's own deliveries to the two stores.
+
+    Inbound mail crosses to the standby (and, normally, to the primary) as the gateway's LMTP or
+    SMTP client, so it is held to the side's ``tls`` setting like mailcontinuity's own
+    connections: ``secure``, the certificate checked against the endpoint's host and, with
+    ``tls_ca_file``, against that CA only (``tafile``). A side with ``tls = "none"`` is left to
+    Postfix's defaults. A delivery that cannot be verified is deferred, never sent in the clear.
+    """
+    lines = []
+    sides: tuple[tuple[Route, PeerSection], ...] = (("primary", config.primary),
+                                                    ("standby", config.standby))
+    for route, side in sides:
+        if side.tls == "none":
+            continue
+        host, port = nexthop(config, route).endpoint
+        anchor = f" tafile={side.tls_ca_file}" if side.tls_ca_file else ""
+        lines.append(f"[{host}]:{port} secure match=nexthop{anchor}")
+    return lines
+
+
+def write_tls_policy_map(config: Config) -> None:
+    """Install the TLS policy table (it depends on the configuration only, not on the state)."""
+    write_indexed_map(config.gateway.postfix_config_dir, config.gateway.tls_policy_map,
+                      ["# written by mailcontinuity: TLS for deliveries to the mail stores",
+                       *tls_policy_entries(config)])
+
+
+def write_transport_map(config: Config, route: Route,
+                        overrides: Mapping[str, Route] | None = None) -> None:
+    """Point the gateway's transport table at ``route`` (the caller reloads Postfix)."""
+    header = f"# written by mailcontinuity: protected domains routed to the {route}"
+    write_indexed_map(
+        config.gateway.postfix_config_dir,
+        config.gateway.transport_map,
+        [header, *transport_entries(config, route, overrides)],
+    )
+
+
+def switch_route(config: Config, route: Route,
+                 overrides: Mapping[str, Route] | None = None) -> None:
+    """Route new and already-queued mail for protected domains to ``route`` now.
+
+    ``postfix reload`` makes every process re-read the table at once (without it, trivial-rewrite
+    notices the change only after tens of seconds); ``postqueue -f`` retries deferred mail
+    immediately, so mail queued for a dead primary moves to the standby too.
+    """
+    write_transport_map(config, route, overrides)
+    reload_postfix(config.gateway.postfix_config_dir)
+    run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")

@@ -1,0 +1,279 @@
+"""The Postfix and Dovecot settings a configuration needs, in one place.
+
+``check-config`` prints them for an administrator to apply, and the lab applies the very same
+values to its own instances, so what we document is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailcontinuity.config import Config
+from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
+from mailcontinuity.journal.listener import postfix_name
+from mailcontinuity.mail.postfix import postfix_socket_name
+
+
+def postfix_main_settings(config: Config) -> dict[str, str]:
+    """main.cf parameters for the gateway (``postconf -e`` them, then ``postfix reload``).
+
+    The journal milter runs for SMTP and for locally submitted mail alike. If it is down,
+    ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
+    before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
+
+    policyd is consulted after ``reject_unauth_destination`` (it never says OK, but if it ever
+    did, that must not open a relay) and fails open: if it is down, hung or slow, Postfix takes
+    ``default_action=DUNNO`` after one try and the timeout, so mail keeps flowing and only the
+    early rejection of recipients unknown to the standby is lost. A fail-closed default would
+    turn a dead helper daemon into a mail outage, the very thing this kit exists to prevent.
+    """
+    milter = postfix_name(config.milter.listen)
+    return {
+        "relay_domains": ", ".join(config.domains.protected),
+        "transport_maps": f"hash:{config.gateway.transport_map}",
+        "smtpd_milters": milter,
+        "non_smtpd_milters": milter,
+        "milter_default_action": "accept",
+        "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
+        f" reject_unauth_destination, {policy_service(config)}",
+        **postfix_tls_settings(),
+        **postfix_delivery_tls_settings(config),
+    }
+
+
+def postfix_delivery_tls_settings(config: Config) -> dict[str, str]:
+    """The TLS policy table for the gateway's deliveries to the stores, for SMTP and LMTP.
+
+    An existing ``smtp_tls_policy_maps`` of yours: list ours first in it (first match wins).
+    """
+    if not tls_policy_entries(config):
+        return {}
+    table = f"hash:{config.gateway.tls_policy_map}"
+    return {"smtp_tls_policy_maps": table, "lmtp_tls_policy_maps": table}
+
+
+def postfix_tls_settings() -> dict[str, str]:
+    """STARTTLS offered on every smtpd listener, AUTH only inside TLS (main.cf).
+
+    Port 25 must keep taking mail from servers that cannot encrypt, so TLS is offered (``may``),
+    never required there; a listener that offers SMTP AUTH (the gateway's submission) never lets
+    a password cross the wire in the clear. Postfix reads the key as root before dropping
+    privileges, so the key file stays mode 0600 root. The certificate is the site's own
+    (``smtpd_tls_chain_files``), which this kit does not choose.
+    """
+    return {"smtpd_tls_security_level": "may", "smtpd_tls_auth_only": "yes"}
+
+
+def postfix_submission_options() -> dict[str, str]:
+    """``-o`` options of the gateway's submission service in master.cf.
+
+    Users authenticate there with their mailbox credentials (Dovecot SASL), so the listener
+    insists on TLS before anything else and relays for authenticated users only; unauthenticated
+    clients get no RCPT at all, not even for local domains, as on any submission port.
+    """
+    return {
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+    }
+
+
+def postfix_submission_service(config: Config, sasl_path: str = "private/auth") -> str | None:
+    """The gateway's submission line for master.cf, or None when ``gateway.submission`` is unset.
+
+    ``sasl_path`` is Dovecot's auth socket as Postfix reaches it (relative to the queue
+    directory for a chrooted smtpd, Debian's default)."""
+    endpoint = config.gateway.submission
+    if endpoint is None:
+        return None
+    options = {**postfix_submission_options(), "smtpd_sasl_type": "dovecot",
+               "smtpd_sasl_path": sasl_path}
+    return f"{endpoint} inet n - n - - smtpd" + "".join(
+        f" -o {key}={value}" for key, value in options.items())
+
+
+def policy_service(config: Config) -> str:
+    """The ``check_policy_service`` restriction with explicit, fail-open per-service limits.
+
+    Postfix uses the TCP listener when one is configured, else the unix socket (a chrooted
+    smtpd, Debian's default, reaches only one under the queue directory).
+    """
+    settings = config.policyd
+    if settings.tcp is not None:
+        where = f"inet:{settings.tcp}"
+    else:
+        assert settings.socket is not None, "the config requires socket or tcp"
+        where = postfix_socket_name(settings.socket)
+    return (f"check_policy_service {{ {where}, timeout={settings.postfix_timeout_seconds}s,"
+            " default_action=DUNNO, try_limit=1 }")
+
+
+def dovecot_lmtp_settings(config: Config) -> str:
+    """Sieve on the LMTP listener used in failover, none on the journal listener.
+
+    Journal copies must never fire vacation or filters. Dovecot picks plugins per local
+    address, and a global ``protocol lmtp { mail_plugins }`` would conflict with these blocks.
+    It applies a ``local`` block when an lmtp process starts, for the address of its first
+    connection, and a reused process kept those plugins for the other listener: journal copies
+    fired vacation (found by tests/test_milter_lmtp.py). One connection per process
+    (``service_count = 1``) makes each connection get its own listener's plugins.
+    """
+    blocks = [
+        f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
+        "    mail_plugins = $mail_plugins sieve\n  }\n}"
+    ]
+    journal = config.milter.lmtp
+    if journal is not None:
+        blocks.append(
+            f"local {journal.host} {{\n  protocol lmtp {{\n    mail_plugins = $mail_plugins\n"
+            "    lmtp_save_to_detail_mailbox = yes\n  }\n}"
+        )
+        blocks.append("service lmtp {\n  service_count = 1\n}")
+    return "\n".join(blocks)
+
+
+# Dovecot's own default, written out so that an administrator sees it and can tune it.
+AUTH_FAILURE_DELAY_SECONDS = 2
+
+
+def dovecot_standby_hardening(config: Config) -> dict[str, str]:
+    """Top-level settings that keep the standby from being an open relay or a guessing target.
+
+    - ``ssl = required``: no authentication of any kind before TLS (IMAP, ManageSieve and
+      submission, where AUTH is not even offered before STARTTLS); plaintext mechanisms are
+      refused too (``disable_plaintext_auth``). Dovecot counts a connection whose local and
+      remote addresses are equal (a webmail on the same host) as secured, and so are clients in
+      ``login_trusted_networks``, which is therefore left empty.
+    - A failed login is answered after ``auth_failure_delay``; on top of that Dovecot's anvil
+      process adds a penalty per client IP that doubles with every further failure up to 15 s
+      (skipped for ``login_trusted_networks``, another reason to leave it empty).
+    - Submission relays what authenticated users send through the gateway (``gateway.smtp``),
+      which lets the standby relay because its address is in ``mynetworks``: a trust by address
+      that needs no extra secret on the standby. ``submission_relay_trusted = no`` because the
+      gateway does not authorise XCLIENT: if it did, it would treat the relayed mail as SMTP
+      AUTH from the user and the milter would journal a second Sent copy beside the one the
+      user's client saves on the standby.
+    - That relay carries the users' outgoing mail, across a WAN when the standby is remote: it
+      uses STARTTLS and verifies the gateway's certificate (against ``gateway.tls_ca_file``, else
+      the system's CAs) unless ``gateway.tls = "none"``.
+    """
+    gateway = config.gateway
+    relay = {
+        "submission_relay_host": gateway.smtp.host,
+        "submission_relay_port": str(gateway.smtp.port),
+        "submission_relay_trusted": "no",
+    }
+    if gateway.tls != "none":
+        relay |= {"submission_relay_ssl": "smtps" if gateway.tls == "ssl" else "starttls",
+                  "submission_relay_ssl_verify": "yes"}
+        relay |= ({"ssl_client_ca_file": str(gateway.tls_ca_file)} if gateway.tls_ca_file
+                  else {"ssl_client_ca_dir": "/etc/ssl/certs"})
+    return {
+        "ssl": "required",
+        "disable_plaintext_auth": "yes",
+        "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
+        **relay,
+    }
+
+
+def dovecot_standby_settings(config: Config) -> str:
+    """Dovecot settings for the standby: hardening and listeners; users come from the existing
+    passdb."""
+    standby = config.standby
+    protocols = ["imap", "lmtp"]
+    lmtp = [(standby.lmtp.host, standby.lmtp.port)]
+    if config.milter.lmtp is not None:
+        lmtp.append((config.milter.lmtp.host, config.milter.lmtp.port))
+    blocks = [
+        _listener("imap-login", "imap", standby.imap.host, standby.imap.port),
+        _service("lmtp", [("lmtp" if i == 0 else f"lmtp{i}", host, port)
+                          for i, (host, port) in enumerate(lmtp)]),
+    ]
+    if standby.managesieve:
+        protocols.append("sieve")
+        blocks.append(
+            _listener("managesieve-login", "sieve", standby.managesieve.host,
+                      standby.managesieve.port)
+        )
+    if standby.submission:
+        protocols.append("submission")
+        blocks.append(
+            _listener("submission-login", "submission", standby.submission.host,
+                      standby.submission.port)
+        )
+    hardening = [f"{key} = {value}" for key, value in dovecot_standby_hardening(config).items()]
+    return "\n".join([*hardening, f"protocols = {' '.join(protocols)}", *blocks,
+                      dovecot_lmtp_settings(config)])
+
+
+def _listener(service: str, name: str, host: str, port: int) -> str:
+    return _service(service, [(name, host, port)])
+
+
+def _service(service: str, listeners: list[tuple[str, str, int]]) -> str:
+    inner = "".join(
+        f"  inet_listener {name} {{\n    address = {host}\n    port = {port}\n  }}\n"
+        for name, host, port in listeners
+    )
+    return f"service {service} {{\n{inner}}}"
+
+
+def settings_report(config: Config) -> dict[str, Any]:
+    """``check-config --json``: what the Ansible role (and other automation) applies."""
+    return {
+        "config": str(config.source),
+        "valid": True,
+        "postfix_main": postfix_main_settings(config),
+        "postfix_submission": postfix_submission_service(config),
+        "transport_map": {
+            "path": str(config.gateway.transport_map),
+            "lines": transport_entries(config, "primary"),
+        },
+        "tls_policy_map": {
+            "path": str(config.gateway.tls_policy_map),
+            "lines": tls_policy_entries(config),
+        },
+        "dovecot_standby": dovecot_standby_settings(config) + "\n",
+    }
+
+
+def render_check_config(config: Config) -> str:
+    """The text ``check-config`` prints after a successful validation."""
+    lines = [f"# {config.source}: configuration is valid", "", "# Postfix gateway: main.cf"]
+    lines += [f"postconf -e '{key} = {value}'"
+              for key, value in postfix_main_settings(config).items()]
+    lines += [
+        "# policyd fails open (default_action=DUNNO, try_limit=1): if it is down or slow, mail",
+        "# still flows; only the RCPT-time rejection of users the standby lacks is skipped.",
+        "# A chrooted smtpd (Debian's default) reaches a unix socket only under",
+        "# /var/spool/postfix: put policyd.socket and milter.listen there, or use TCP.",
+    ]
+    submission = postfix_submission_service(config)
+    if submission is not None:
+        lines += [
+            "",
+            "# Postfix gateway: master.cf, the submission service (TLS before AUTH, relaying for",
+            "# authenticated users only; smtpd_sasl_path is Dovecot's auth socket for Postfix)",
+            submission,
+        ]
+    lines += [
+        "",
+        f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"
+        " this table on every failover and failback; create it once with the lines below)",
+        *transport_entries(config, "primary"),
+    ]
+    if tls_policy_entries(config):
+        lines += [
+            "",
+            f"# Postfix gateway: {config.gateway.tls_policy_map} (TLS for deliveries to the"
+            " stores; postmap it once)",
+            *tls_policy_entries(config),
+        ]
+    lines += [
+        "",
+        "# Standby Dovecot (add to its configuration; keep your existing passdb/userdb so users",
+        "# log in with their usual credentials)",
+        dovecot_standby_settings(config),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""``mailcontinuity milter``: the journal milter process (libmilter threads plus the shipper).
+
+Start-up clears half-written spool files a killed predecessor left and hands every committed
+entry to the shipper, so nothing accepted is lost across a crash or restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import Milter
+import milter
+
+from mailcontinuity.config import Config
+from mailcontinuity.journal.listener import libmilter_name, prepare, tuned_listener
+from mailcontinuity.journal.milter import (
+    JournalMilter,
+    JournalPolicy,
+    JournalRuntime,
+    SpoolErrorCounter,
+)
+from mailcontinuity.journal.shipper import Shipper
+from mailcontinuity.journal.sinks import make_sink
+from mailcontinuity.journal.spool import Spool
+from mailcontinuity.mail.tools import CommandError
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.journal import record_alarm
+
+log = logging.getLogger(__name__)
+
+MILTER_NAME = "mailcontinuity-journal"
+# Postfix gives up on a reply after content_timeout (300 s); libmilter's own I/O timeout.
+SOCKET_TIMEOUT_SECONDS = 240
+
+
+class MilterStartError(CommandError):
+    """The milter could not open its socket (port in use, predecessor still exiting)."""
+
+
+def journal_policy(config: Config) -> JournalPolicy:
+    lmtp = config.standby.lmtp
+    return JournalPolicy(
+        id_header=config.milter.id_header,
+        protected_domains=frozenset(config.domains.protected),
+        # How Postfix shows the failover route in {rcpt_host} (see routing.nexthop).
+        standby_nexthops=frozenset({f"[{lmtp.host}]:{lmtp.port}", f"{lmtp.host}:{lmtp.port}"}),
+        tempfail_on_spool_error=config.milter.on_spool_error == "tempfail",
+    )
+
+
+def run_milter(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT (libmilter handles them), then stop the shipper."""
+    settings = config.milter
+    spool = Spool(settings.spool_dir)
+    leftovers = spool.clear_in_flight()
+    if leftovers:
+        log.info("event=spool_in_flight_cleared files=%d", leftovers)
+    shipper = Shipper(spool, make_sink(config), lambda: open_store(config),
+                      settings.retry_initial_seconds, settings.retry_max_seconds)
+    alarm_store = open_store(config)
+    alarm_lock = threading.Lock()
+
+    def report_spool_error(detail: str) -> None:
+        with alarm_lock:
+            record_alarm(alarm_store, "spool_error", detail)
+
+    runtime = JournalRuntime(journal_policy(config), spool, shipper.notify,
+                             SpoolErrorCounter(report_spool_error))
+    Milter.factory = lambda: JournalMilter(runtime)
+    milter.set_exception_policy(milter.CONTINUE)
+    milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    shipper.start()
+    log.info("event=milter_start listen=%s sink=%s spool=%s", settings.listen, settings.sink,
+             settings.spool_dir)
+    try:
+        prepare(settings.listen)
+        with tuned_listener(settings):
+            Milter.runmilter(MILTER_NAME, libmilter_name(settings.listen),
+                             timeout=SOCKET_TIMEOUT_SECONDS)
+    except (milter.error, OSError) as exc:
+        raise MilterStartError(
+            f"milter cannot listen on {settings.listen}: {exc}; check that no other process"
+            " (or a predecessor still exiting) holds milter.listen"
+        ) from None
+    finally:
+        shipper.stop()
+        shipper.join(timeout=10)
+        alarm_store.close()
+        log.info("event=milter_stop")

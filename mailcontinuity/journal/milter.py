@@ -1,0 +1,235 @@
+"""The milter callbacks: stamp every accepted message with an id, spool its journal copies.
+
+libmilter runs callbacks on a worker pool, one connection's callbacks in sequence, possibly on
+different threads: per-message state lives on the instance, shared things (the spool, the
+shipper's queue) are thread-safe. An exception escaping a callback would make libmilter tempfail
+the mail, so every callback is wrapped (``guarded``) and production mail keeps flowing.
+
+The hot path is kept short on purpose: headers, body chunks and end-of-header are negotiated as
+no-reply (Postfix does not wait for them), connect/helo are not called at all, nothing is logged
+per chunk, and only end-of-message waits, for the fsync that makes the copy durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import Milter
+
+from mailcontinuity.journal.spool import Envelope, Spool, SpoolWriter, Target, new_message_id
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.maildir import INBOX
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+SENT_FOLDER = "Sent"
+
+
+@dataclass(frozen=True)
+class JournalPolicy:
+    """What the callbacks need to decide, built once from the config."""
+
+    id_header: str
+    protected_domains: frozenset[str]
+    standby_nexthops: frozenset[str]
+    """``{rcpt_host}`` values meaning "Postfix already routes this recipient to the standby"."""
+    tempfail_on_spool_error: bool
+
+
+class SpoolErrorCounter:
+    """Counts spool failures and reports them to the state store (status shows the alarm)."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self._report = report
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __call__(self, error: BaseException) -> None:
+        with self._lock:
+            self.count += 1
+        log.error("event=spool_error error=%r action=see milter.on_spool_error", str(error))
+        try:
+            self._report(str(error))
+        except Exception:
+            log.exception("event=spool_error_report_failed")
+
+
+@dataclass
+class JournalRuntime:
+    """Process-wide collaborators shared by every connection."""
+
+    policy: JournalPolicy
+    spool: Spool
+    shipped_later: Callable[[Path], None]
+    spool_error: Callable[[BaseException], None]
+
+
+def guarded(func: F) -> F:
+    """Never let an exception reach libmilter (it would tempfail the mail): log and continue."""
+
+    @wraps(func)
+    def wrapper(self: JournalMilter, *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except Exception as exc:
+            log.exception("event=callback_error callback=%s queue_id=%s", func.__name__,
+                          self.getsymval("i") if self._ctx else "")
+            self.abandon_journal(exc)
+            return Milter.CONTINUE
+
+    return wrapper  # type: ignore[return-value]
+
+
+@Milter.header_leading_space
+class JournalMilter(Milter.Base):
+    """One SMTP connection; attributes never share a name with a callback (``body``...)."""
+
+    def __init__(self, runtime: JournalRuntime) -> None:
+        self.runtime = runtime
+        self.reset_message()
+
+    def reset_message(self) -> None:
+        self.message_id = ""
+        self.sender = ""
+        self.targets: list[Target] = []
+        self.writer: SpoolWriter | None = None
+        self.spool_failure: BaseException | None = None
+        self.foreign_headers: dict[str, int] = {}
+
+    def abandon_journal(self, error: BaseException | None) -> None:
+        """Stop journaling this message (the mail itself still goes through)."""
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        if error is not None and self.spool_failure is None:
+            self.spool_failure = error
+            self.runtime.spool_error(error)
+
+    @Milter.noreply
+    @guarded
+    def envfrom(self, sender: str, *params: str) -> int:
+        self.abandon_journal(None)
+        self.reset_message()
+        self.message_id = new_message_id(time.time())
+        self.sender = sender.strip("<>")
+        login = self.getsymval("{auth_authen}")
+        if login:
+            mailbox = login if "@" in login else self.sender
+            if self._is_protected(mailbox):
+                self.targets.append(Target(_normalise(mailbox), SENT_FOLDER))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        address = _normalise(recipient.strip("<>"))
+        if not self._is_protected(address) or self._routed_to_standby():
+            return Milter.CONTINUE
+        target = Target(address, INBOX)
+        if target not in self.targets:
+            self.targets.append(target)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    @guarded
+    def header(self, name: str, value: bytes) -> int:
+        lowered = name.lower()
+        if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
+            # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
+            self.foreign_headers[lowered] = self.foreign_headers.get(lowered, 0) + 1
+            return Milter.CONTINUE
+        writer = self._journal_writer()
+        if writer is not None:
+            # With P_HDR_LEADSPC the value keeps its exact leading space and folding.
+            folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            self._write(writer, name.encode("utf-8", "surrogateescape") + b":" + folded + b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def eoh(self) -> int:
+        writer = self._journal_writer()
+        if writer is not None:
+            stamp = (f"{self.runtime.policy.id_header}: {self.message_id}\r\n"
+                     f"{JOURNAL_HEADER}: yes\r\n\r\n").encode("ascii")
+            self._write(writer, stamp)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def body(self, chunk: bytes) -> int:
+        if self.writer is not None:
+            self._write(self.writer, chunk)
+        return Milter.CONTINUE
+
+    @guarded
+    def eom(self) -> int:
+        for name, count in self.foreign_headers.items():
+            for index in range(count, 0, -1):  # last first: earlier indexes stay valid
+                self.chgheader(name, index, "")
+        self.addheader(self.runtime.policy.id_header, f" {self.message_id}")
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            envelope = Envelope(self.message_id, time.time(), self.sender,
+                                self.getsymval("i") or "", self.targets)
+            try:
+                entry = writer.commit(envelope)
+            except OSError as exc:
+                writer.discard()
+                self.abandon_journal(exc)
+            else:
+                self.runtime.shipped_later(entry)
+        if self.spool_failure is not None and self.runtime.policy.tempfail_on_spool_error:
+            self.setreply("451", "4.3.0", "Journal spool unavailable, try again later")
+            return Milter.TEMPFAIL
+        return Milter.CONTINUE
+
+    @guarded
+    def abort(self) -> int:
+        self.abandon_journal(None)
+        self.reset_message()
+        return Milter.CONTINUE
+
+    @guarded
+    def close(self) -> int:
+        self.abandon_journal(None)
+        return Milter.CONTINUE
+
+    def _journal_writer(self) -> SpoolWriter | None:
+        """The spool file of this message, opened at its first header; None when not journaled."""
+        if self.writer is None and self.targets and self.spool_failure is None:
+            try:
+                self.writer = self.runtime.spool.open_message(self.message_id)
+            except OSError as exc:
+                self.abandon_journal(exc)
+        return self.writer
+
+    def _write(self, writer: SpoolWriter, data: bytes) -> None:
+        try:
+            writer.write(data)
+        except OSError as exc:
+            self.abandon_journal(exc)
+
+    def _is_protected(self, address: str) -> bool:
+        return address.rpartition("@")[2].lower() in self.runtime.policy.protected_domains
+
+    def _routed_to_standby(self) -> bool:
+        """During failover Postfix already delivers this recipient to the standby."""
+        nexthop = (self.getsymval("{rcpt_host}") or "").removeprefix("inet:")
+        return nexthop in self.runtime.policy.standby_nexthops
+
+
+def _normalise(address: str) -> str:
+    """Domains are case-insensitive; the local part is kept as the sender wrote it."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{domain.lower()}" if at else address
+

@@ -1,0 +1,218 @@
+"""Where the shipper puts journal copies: the standby's Maildirs, or its sieve-free LMTP.
+
+A sink answers the same three ways for each copy of a message: stored (``shipped``), refused
+for good (``unknown`` user or ``failed``), or ``TemporaryFailure`` (standby down, disk full
+there): the shipper keeps the spool entry and retries that copy with backoff. A copy shipped
+twice is stored once. The maildir sink derives the file name from the message id and looks
+before it writes. The lmtp sink cannot look before it delivers; the journal index (written by
+the shipper after each batch) says which copies are done, and for an entry seen before (a
+restart, a retry) it asks the standby's doveadm, when it has one, whether the copy arrived before
+the index was written. Without doveadm, a crash in that window delivers the copy again.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mailcontinuity.config import Config, ConfigError, MilterSection
+from mailcontinuity.journal.spool import Envelope, Target, iter_chunks
+from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
+from mailcontinuity.mail.maildir import (
+    INBOX,
+    MaildirError,
+    MailOwner,
+    deliver,
+    expand_template,
+    find_delivered,
+    folder_path,
+    message_name,
+)
+from mailcontinuity.mail.smtp import LmtpClient, Reply
+from mailcontinuity.mail.tls import TLSError, TLSPolicy
+from mailcontinuity.store.journal import CopyStatus
+
+LMTP_LOCATION_PREFIX = "lmtp:"
+
+
+class TemporaryFailure(Exception):
+    """The standby cannot take the copy now; retry later."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final fate of one journal copy."""
+
+    status: CopyStatus
+    location: str | None = None
+    detail: str = ""
+
+
+Result = Outcome | TemporaryFailure
+
+
+class Sink(Protocol):
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        """Store copies; ``source`` holds the message in its first ``envelope.size`` bytes.
+
+        ``recovered``: the entry was seen before (restart, retry), so a copy may already be
+        stored. Raises TemporaryFailure when no copy could be tried at all.
+        """
+        ...
+
+
+def maildir_name(envelope: Envelope) -> str:
+    """The same name every time for one message: what makes a second shipping a no-op."""
+    seconds = int(envelope.received)
+    micros = int((envelope.received - seconds) * 1_000_000)
+    return message_name(f"{seconds}.M{micros}Q{envelope.id}", envelope.size,
+                        envelope.virtual_size)
+
+
+class StandbyUsers:
+    """Whether the standby knows a mailbox, asked of its own userdb, cached for a while."""
+
+    def __init__(self, doveadm: Doveadm, cache_seconds: float) -> None:
+        self._doveadm = doveadm
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[bool, float]] = {}
+
+    def knows(self, address: str) -> bool:
+        known, expires = self._cache.get(address, (False, 0.0))
+        if time.monotonic() < expires:
+            return known
+        known = self._doveadm.knows_user(address)
+        self._cache[address] = (known, time.monotonic() + self._cache_seconds)
+        return known
+
+
+class MaildirSink:
+    """Writes journal copies as files into the standby's Maildir++ folders."""
+
+    def __init__(self, template: str, settings: MilterSection) -> None:
+        self._template = template
+        self._owner = MailOwner.parse(settings.mail_owner)
+        self._users = StandbyUsers(Doveadm(settings.doveadm_config),
+                                   settings.recipient_cache_seconds)
+
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        results: dict[Target, Result] = {}
+        for target in targets:
+            try:
+                results[target] = self._ship_one(source, envelope, target, recovered)
+            except TemporaryFailure as exc:
+                results[target] = exc
+        return results
+
+    def _ship_one(self, source: int, envelope: Envelope, target: Target,
+                  recovered: bool) -> Outcome:
+        try:
+            known = self._users.knows(target.address)
+        except StandbyUnreachable as exc:
+            raise TemporaryFailure(str(exc)) from None
+        if not known:
+            return Outcome("unknown", detail="the standby has no such user")
+        folder = folder_path(expand_template(self._template, target.address), target.folder)
+        name = maildir_name(envelope)
+        existing = (find_delivered(folder, name) if recovered
+                    else _existing(folder / "new" / name))
+        if existing is not None:
+            return Outcome("shipped", str(existing), "already stored")
+        try:
+            path = deliver(folder, name, source, envelope.size, self._owner, envelope.received)
+        except OSError as exc:
+            raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
+        return Outcome("shipped", str(path))
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None
+
+
+class LmtpSink:
+    """Delivers journal copies to the standby's LMTP listener that runs no sieve.
+
+    All copies of a message go in one transaction: a recipient per copy, ``user+Folder`` for a
+    folder other than INBOX (the journal listener saves to the detail mailbox), and each
+    recipient's own reply decides its copy: 2xx shipped, 550 5.1.1 unknown, other 5xx failed,
+    4xx retried.
+    """
+
+    def __init__(self, settings: MilterSection, tls: TLSPolicy) -> None:
+        if settings.lmtp is None:
+            raise ConfigError(
+                'milter.sink = "lmtp" needs milter.lmtp, the standby\'s sieve-free LMTP listener'
+                ' (e.g. "127.0.0.2:24"; check-config prints the Dovecot settings for it)'
+            )
+        self._endpoint = settings.lmtp
+        self._client = LmtpClient(settings.lmtp, tls)
+        self._id_header = settings.id_header
+        self._doveadm = Doveadm(settings.doveadm_config) if settings.doveadm_config else None
+
+    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+             recovered: bool) -> dict[Target, Result]:
+        results: dict[Target, Result] = {}
+        if recovered and self._doveadm is not None:
+            results = self._already_stored(self._doveadm, envelope, targets)
+        pending = {lmtp_recipient(t): t for t in targets if t not in results}
+        if not pending:
+            return results
+        try:
+            replies = self._client.deliver(envelope.sender, list(pending),
+                                           iter_chunks(source, envelope.size))
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"standby LMTP {self._endpoint}: {exc}") from None
+        except TLSError as exc:  # kept in the spool until the certificate or CA is fixed
+            raise TemporaryFailure(str(exc)) from None
+        for recipient, reply in replies.items():
+            results[pending[recipient]] = self._outcome(reply)
+        return results
+
+    def _already_stored(self, doveadm: Doveadm, envelope: Envelope,
+                        targets: list[Target]) -> dict[Target, Result]:
+        found: dict[Target, Result] = {}
+        for target in targets:
+            try:
+                if doveadm.journal_copies(target.address, target.folder, self._id_header,
+                                                envelope.id):
+                    found[target] = Outcome("shipped", self.location, "already stored")
+            except StandbyUnreachable:
+                continue  # cannot tell: deliver, a duplicate is better than a gap
+        return found
+
+    @property
+    def location(self) -> str:
+        return f"{LMTP_LOCATION_PREFIX}{self._endpoint}"
+
+    def _outcome(self, reply: Reply) -> Result:
+        if reply.accepted:
+            return Outcome("shipped", self.location)
+        if reply.temporary:
+            return TemporaryFailure(f"standby LMTP {self._endpoint}: {reply}")
+        if reply.code == 550 and "5.1.1" in reply.text:
+            return Outcome("unknown", detail=str(reply))
+        return Outcome("failed", detail=str(reply))
+
+
+def lmtp_recipient(target: Target) -> str:
+    """INBOX is the address itself; another folder is ``local+Folder@domain``."""
+    if target.folder.upper() == INBOX:
+        return target.address
+    local, at, domain = target.address.rpartition("@")
+    return f"{local}+{target.folder}{at}{domain}"
+
+
+def make_sink(config: Config) -> Sink:
+    """The sink the configuration names."""
+    settings = config.milter
+    if settings.sink == "lmtp":
+        return LmtpSink(settings, TLSPolicy.of(config, "standby"))
+    try:
+        return MaildirSink(config.standby.maildir, settings)
+    except MaildirError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None

@@ -1,0 +1,87 @@
+"""``mailcontinuity lab``: start, stop and take down the local lab from the command line.
+
+The root command loads this group only when ``lab`` is asked for, so the product never imports
+the lab (nor the lab's dependencies, such as the CA it makes with cryptography).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mailcontinuity.cli.common import operator_errors
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.lab import Lab
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lab_errors(func: F) -> F:
+    """A lab that cannot do what was asked says so in one line, like any operator error."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return operator_errors(func)(*args, **kwargs)
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def lab() -> None:
+    """The local lab: private Postfix and Dovecot instances on 127.0.0.1."""
+
+
+lab_dir_option = click.option(
+    "--dir", "directory", required=True, type=click.Path(path_type=Path, file_okay=False),
+    help="Directory holding the lab's instances, lab.json and mailcontinuity.toml.",
+)
+
+
+@lab.command("up")
+@lab_dir_option
+@click.option("--webmail", is_flag=True,
+              help="Also start Roundcube on the standby (PHP's built-in server).")
+@lab_errors
+def lab_up(directory: Path, webmail: bool) -> None:
+    """Start the lab (creating it on first use) and write lab.json."""
+    started = Lab.up(directory, webmail=webmail)
+    click.echo(f"lab is up: {started.dir / 'lab.json'}")
+    click.echo(f"config:    {started.config_file}")
+    if started.webmail is not None:
+        click.echo(f"webmail:   {started.webmail.url}")
+
+
+@lab.command("down")
+@lab_dir_option
+@lab_errors
+def lab_down(directory: Path) -> None:
+    """Stop everything the lab started (safe to run twice)."""
+    Lab.down(directory)
+    click.echo(f"lab in {directory} is down")
+
+
+@lab.command("stop")
+@click.argument("name")
+@lab_dir_option
+@lab_errors
+def lab_stop(name: str, directory: Path) -> None:
+    """Stop one lab part (primary, standby, gateway...)."""
+    Lab.load(directory.absolute()).part(name).stop()
+    click.echo(f"{name} stopped")
+
+
+@lab.command("start")
+@click.argument("name")
+@lab_dir_option
+@lab_errors
+def lab_start(name: str, directory: Path) -> None:
+    """Start one lab part again."""
+    Lab.load(directory.absolute()).part(name).start()
+    click.echo(f"{name} started")

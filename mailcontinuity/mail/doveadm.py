@@ -1,0 +1,69 @@
+"""Questions asked of the standby's own Dovecot through ``doveadm``.
+
+Which users it knows (so an unknown recipient is recorded, not retried), and where journal copies
+delivered over LMTP are (they have no file name we chose, so ``prune`` and a restarted shipper
+find them by their id header). ``doveadm`` needs the standby's configuration on this host:
+``[milter] doveadm_config``, or the system's Dovecot when it is the standby.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.tools import CommandError, run_command
+
+DOVEADM_NO_SUCH_USER = 67  # EX_NOUSER; 75 (EX_TEMPFAIL) means auth could not be asked
+DOVEADM_TIMEOUT_SECONDS = 30
+
+
+class StandbyUnreachable(Exception):
+    """doveadm could not answer (standby down, config unreadable); try again later."""
+
+
+class Doveadm:
+    """``doveadm`` against the standby's configuration."""
+
+    def __init__(self, config: Path | None) -> None:
+        self._config = ["-c", str(config)] if config else []
+
+    def run(self, *args: str) -> str:
+        return run_command(["doveadm", *self._config, *args], timeout=DOVEADM_TIMEOUT_SECONDS,
+                           missing_hint="install dovecot-core on this host, or set"
+                           " milter.doveadm_config to the standby's dovecot.conf")
+
+    def journal_copies(self, address: str, folder: str, id_header: str,
+                       message_id: str) -> list[str]:
+        """``<mailbox-guid> <uid>`` of the journal copies of one message in one folder."""
+        try:
+            found = self.run("search", "-u", address, *self._journal_query(
+                folder, id_header, message_id))
+        except CommandError as exc:
+            raise StandbyUnreachable(f"doveadm search for {address}: {exc}") from None
+        return found.split("\n")[:-1] if found else []
+
+    def expunge_journal_copies(self, address: str, folder: str, id_header: str,
+                               message_id: str) -> None:
+        """Expunge them; the query also demands the journal header, so a user's own mail with
+        the same id (a message received during an outage) never matches."""
+        try:
+            self.run("expunge", "-u", address, *self._journal_query(folder, id_header,
+                                                                    message_id))
+        except CommandError as exc:
+            raise StandbyUnreachable(f"doveadm expunge for {address}: {exc}") from None
+
+    @staticmethod
+    def _journal_query(folder: str, id_header: str, message_id: str) -> list[str]:
+        return ["mailbox", folder, "HEADER", id_header, message_id,
+                "HEADER", JOURNAL_HEADER, "yes"]
+
+
+    def knows_user(self, address: str) -> bool:
+        """Whether the standby's userdb has ``address`` (``doveadm user``)."""
+        try:
+            self.run("user", "-f", "uid", address)
+        except CommandError as exc:
+            if exc.returncode != DOVEADM_NO_SUCH_USER:
+                raise StandbyUnreachable(f"standby userdb lookup failed: {exc}") from None
+            return False
+        return True

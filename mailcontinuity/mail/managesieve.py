@@ -1,0 +1,162 @@
+"""One user's ManageSieve session, logged in through an admin (SASL PLAIN with an authzid).
+
+A thin layer over sievelib that turns its ``False`` returns and ``errmsg`` bytes into
+``SieveError`` with the server's words, and that hides sievelib's quirks the replication must
+not trip over (postfix-dovecot-facts.md section 6): ``listscripts()`` leaves the active script
+out of its list, and ``getscript()`` returns LF line ends without the final newline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sievelib.managesieve import Client, Error
+
+from mailcontinuity.config import Endpoint
+from mailcontinuity.mail.tls import TLSError, TLSPolicy
+
+
+class VerifiedClient(Client):
+    """sievelib's client with our TLS context.
+
+    sievelib wraps its socket with ``ssl.create_default_context()``: the system CAs only, so a
+    private CA could not be configured. That one step is replaced; the protocol stays sievelib's.
+    """
+
+    sock: Any  # sievelib's socket, plain until STARTTLS
+
+    def __init__(self, endpoint: Endpoint, tls: TLSPolicy) -> None:
+        super().__init__(endpoint.host, endpoint.port)
+        self.endpoint = endpoint
+        self.tls = tls
+        self.tls_error: TLSError | None = None
+
+
+    def _Client__enable_ssl(self, keyfile: str | None = None,  # noqa: N802 - sievelib's name
+                            certfile: str | None = None) -> None:
+        assert self.tls.context is not None
+        try:
+            self.sock = self.tls.context.wrap_socket(self.sock, server_hostname=self.endpoint.host)
+        except ssl.SSLError as exc:
+            self.tls_error = self.tls.explain("ManageSieve", self.endpoint, exc)
+            raise Error(str(self.tls_error)) from None
+
+
+class SieveError(Exception):
+    """A ManageSieve server refused or could not be reached; the message says which and why."""
+
+
+def normalise(text: str) -> str:
+    """Script text as compared and stored: LF line ends, exactly one final newline.
+
+    Two copies that differ only in CRLF or a trailing newline are the same script, and
+    sievelib's ``getscript`` already strips both on the way in.
+    """
+    return "\n".join(text.splitlines()).rstrip("\n") + "\n"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An admin who may act as any user (a Dovecot master user)."""
+
+    login: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """A user's scripts by name (normalised text) and which one is active, if any."""
+
+    active: str | None
+    texts: dict[str, str]
+
+
+class SieveSession:
+    """Logged in as ``user`` on one server; every method raises SieveError on refusal."""
+
+    def __init__(self, client: Client, where: str) -> None:
+        self._client = client
+        self.where = where
+
+    def _refused(self, what: str) -> SieveError:
+        said = " ".join(self._client.errmsg.decode("utf-8", errors="replace").split())
+        return SieveError(f"{self.where}: {what} refused: {said or 'no reason given'}")
+
+    def scripts(self) -> Scripts:
+        try:
+            listing = self._client.listscripts()
+            if listing is None:
+                raise self._refused("LISTSCRIPTS")
+            active, others = listing
+            texts = {}
+            for name in [*others, *([active] if active else [])]:
+                text = self._client.getscript(name)
+                if text is None:
+                    raise self._refused(f"GETSCRIPT {name!r}")
+                texts[name] = normalise(text)
+        except Error as exc:
+            raise SieveError(f"{self.where}: {exc}") from None
+        return Scripts(active, texts)
+
+    def check(self, text: str) -> None:
+        """Whether this server would compile ``text`` (RFC 5804 CHECKSCRIPT)."""
+        self._call("CHECKSCRIPT", lambda: self._client.checkscript(text))
+
+    def put(self, name: str, text: str) -> None:
+        self._call(f"PUTSCRIPT {name!r}", lambda: self._client.putscript(name, text))
+
+    def activate(self, name: str | None) -> None:
+        """Make ``name`` the active script, or deactivate all with None."""
+        self._call(f"SETACTIVE {name or '(none)'!r}", lambda: self._client.setactive(name or ""))
+
+    def delete(self, name: str) -> None:
+        self._call(f"DELETESCRIPT {name!r}", lambda: self._client.deletescript(name))
+
+    def _call(self, what: str, command: Callable[[], bool]) -> None:
+        try:
+            done = command()
+        except Error as exc:
+            raise SieveError(f"{self.where}: {what}: {exc}") from None
+        if not done:
+            raise self._refused(what)
+
+
+@contextmanager
+def session(endpoint: Endpoint, user: str, admin: Credentials,
+            tls: TLSPolicy) -> Iterator[SieveSession]:
+    """A ManageSieve session on ``tls.side`` (primary/standby) acting as ``user``; ManageSieve
+    has no implicit-TLS port, so TLS is always STARTTLS, and required unless ``tls = "none"``."""
+    where = f"{tls.side} ManageSieve {endpoint} as {user}"
+    client = VerifiedClient(endpoint, tls)
+    try:
+        with warnings.catch_warnings():
+            # sievelib warns on every plaintext login; tls = "none" is the operator's choice.
+            warnings.simplefilter("ignore", UserWarning)
+            logged_in = client.connect(admin.login, admin.password, authz_id=user,
+                                       starttls=tls.enabled, authmech="PLAIN")
+    except (Error, OSError) as exc:
+        if client.sock is not None:
+            client.sock.close()
+        if client.tls_error is not None:
+            raise SieveError(f"{where}: {client.tls_error}") from None
+        if "STARTTLS not supported" in str(exc):
+            raise SieveError(f"{where}: {tls.no_starttls('ManageSieve', endpoint)}") from None
+        raise SieveError(f"{where}: {exc}; is it up, and is the managesieve key right?") from None
+    if not logged_in:
+        said = client.errmsg.decode("utf-8", errors="replace").strip()
+        client.sock.close()
+        raise SieveError(f"{where}: login via {admin.login} failed ({said or 'refused'}); check"
+                         " the admin login and password file, and that the user exists there")
+    try:
+        yield SieveSession(client, where)
+    finally:
+        with contextlib.suppress(Error, OSError):  # the server may have closed it: nothing lost
+            client.logout()
+        if client.sock is not None:
+            client.sock.close()

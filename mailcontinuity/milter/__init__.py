@@ -1,1 +1,0 @@
-"""The journal milter: keeps a copy of every accepted message in the standby."""

@@ -1,0 +1,105 @@
+"""The health monitor: probe the primary each round, record it, and act on the Detector.
+
+``HealthMonitor`` runs the probes, writes them and its heartbeat to the state store, and calls
+``change_state`` (the one path that moves state, routing and audit together) when the Detector
+(``monitor.detector``) says the state should change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mailcontinuity.config import Config
+from mailcontinuity.deploy.routing import switch_route
+from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.mail.tools import CommandError
+from mailcontinuity.monitor.detector import MONITOR_ACTOR, Decision, Detector
+from mailcontinuity.monitor.probes import probe_primary
+from mailcontinuity.store.db import StateStore, StateStoreError
+from mailcontinuity.store.heartbeats import policyd_beat
+from mailcontinuity.store.probes import ProbeResult, prune_probes, record_probes
+from mailcontinuity.store.state import State, current_state
+from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_ROUNDS = 500
+
+
+class HealthMonitor:
+    """Probes every ``interval_seconds`` and changes the state when the Detector says so."""
+
+    def __init__(self, config: Config, store: StateStore) -> None:
+        self.config = config
+        self.store = store
+        self.primary_tls = TLSPolicy.of(config, "primary")
+        self.detector = Detector(config.health, config.failback)
+        self.state: State = current_state(store)
+        self.started_at = time.time()
+        self.rounds = 0
+        self._route_pending = False
+
+    @property
+    def stale_after(self) -> float:
+        """How long without a heartbeat before ``status`` calls policyd down."""
+        health = self.config.health
+        return max(5.0, 3 * (health.interval_seconds + health.timeout_seconds))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        interval = self.config.health.interval_seconds
+        while not stopping.is_set():
+            started = time.monotonic()
+            results = await probe_primary(self.config, self.primary_tls)
+            try:
+                await asyncio.to_thread(self.after_round, results)
+            except Exception:
+                log.exception("event=monitor_round_failed")
+            try:
+                async with asyncio.timeout(max(0.0, started + interval - time.monotonic())):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+    def after_round(self, results: list[ProbeResult]) -> None:
+        """Record a round and act on it; runs in a worker thread, the store's only user."""
+        now = time.time()
+        record_probes(self.store, results)
+        policyd_beat(self.store, self.started_at, now, self.stale_after)
+        failures = [f"{r.probe} {r.target}: {r.error}" for r in results if not r.ok]
+        if failures:  # the first failure of a run is news; the rest are only repetitions
+            level = logging.WARNING if self.detector.failed == 0 else logging.DEBUG
+            log.log(level, "event=probe_failed failures=%s", "; ".join(failures))
+        elif self.detector.failed:
+            log.warning("event=primary_answering after_failed_rounds=%d", self.detector.failed)
+        state = current_state(self.store)
+        decision = self.detector.observe(now, not failures, state, "; ".join(failures))
+        if decision is not None:
+            self._apply(decision)
+            state = current_state(self.store)
+        elif self._route_pending:
+            self._retry_route(state)
+        self.state = state
+        self.rounds += 1
+        if self.rounds % PRUNE_EVERY_ROUNDS == 0:
+            prune_probes(self.store, now - self.config.health.probe_retention_hours * 3600)
+
+    def _apply(self, decision: Decision) -> None:
+        try:
+            change_state(self.config, self.store, decision.to_state, decision.cause,
+                         MONITOR_ACTOR, expect=decision.expect)
+        except (CommandError, StateStoreError) as exc:
+            self._route_pending = True
+            log.error("event=route_switch_failed to=%s error=%r action=retry_next_round",
+                      decision.to_state, str(exc))
+
+    def _retry_route(self, state: State) -> None:
+        try:
+            switch_route(self.config, ROUTE_IN_STATE[state.name])
+        except CommandError as exc:
+            log.error("event=route_switch_failed state=%s error=%r action=retry_next_round",
+                      state.name, str(exc))
+            return
+        self._route_pending = False
+        log.info("event=route_switched state=%s after=retry", state.name)

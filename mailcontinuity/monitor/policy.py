@@ -1,0 +1,76 @@
+"""The answer policyd gives at RCPT time, as the design states it.
+
+In ``failover``, a recipient in a protected domain that the standby does not know is rejected
+while the sender's server is still connected (no bounce later, no backscatter). Everything else,
+and everything uncertain, is ``DUNNO``: policyd never accepts mail on its own (it never says
+``OK``) and never blocks mail because it is unsure. Routing itself is not decided here but by
+the transport table (see routing.py), so policyd's answers can only ever reject unknown users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from mailcontinuity.config import Config
+from mailcontinuity.monitor.protocol import DUNNO, POLICY_REQUEST
+from mailcontinuity.monitor.recipients import StandbyRecipients
+from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.state import StateName, current_state
+
+log = logging.getLogger(__name__)
+
+# Postfix prefixes "<rcpt>: Recipient address rejected: " itself.
+UNKNOWN_RECIPIENT = "550 5.1.1 no such user on the standby mail system"
+STATE_CACHE_SECONDS = 0.25
+
+
+class RecipientPolicy:
+    """``decide(request)`` for the policy server; ``state`` says the current continuity state."""
+
+    def __init__(self, config: Config, state: Callable[[], StateName],
+                 standby: StandbyRecipients) -> None:
+        self.protected = frozenset(config.domains.protected)
+        self.state = state
+        self.standby = standby
+
+    async def decide(self, request: dict[str, str]) -> str:
+        if request.get("request") != POLICY_REQUEST:
+            log.warning("event=request_unexpected request=%r action=DUNNO",
+                        request.get("request", "")[:60])
+            return DUNNO
+        if request.get("protocol_state") != "RCPT" or self.state() != "failover":
+            return DUNNO
+        recipient = request.get("recipient", "")
+        if recipient.rpartition("@")[2].lower() not in self.protected:
+            return DUNNO
+        if await self.standby.knows(recipient) is False:
+            log.info("event=recipient_rejected recipient=%s queue_id=%s client=%s", recipient,
+                     request.get("queue_id", ""), request.get("client_address", ""))
+            return UNKNOWN_RECIPIENT
+        return DUNNO
+
+
+class CachedState:
+    """The continuity state for policy answers: read from the store at most every ``ttl``.
+
+    Read from the store (not from the monitor) so that an operator's ``failover`` in another
+    process counts within a fraction of a second; cached so that thousands of requests a
+    second do not each query the store.
+    """
+
+    def __init__(self, store: StateStore, ttl: float = STATE_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.clock = clock
+        self._name: StateName = current_state(store).name
+        self._read_at = clock()
+
+    def __call__(self) -> StateName:
+        now = self.clock()
+        if now - self._read_at >= self.ttl:
+            self._name = current_state(self.store).name
+            self._read_at = now
+        return self._name

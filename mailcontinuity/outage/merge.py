@@ -1,0 +1,370 @@
+"""Failback: route mail back to the primary, merge the outage into it, return to ``normal``.
+
+Safe to interrupt anywhere: each finished action is checkpointed, and a new run plans again from
+the primary's current contents, so a message appended just before a kill -9 (but not yet
+checkpointed) is found on the primary and not appended twice. Only one process merges at a time
+(a lease in the state store), whether it is ``mailcontinuity failback`` or the sync agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from imapclient.exceptions import IMAPClientError
+
+from mailcontinuity.config import Config
+from mailcontinuity.mail.imap import Append
+from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
+from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.outage.scan import rescan
+from mailcontinuity.store.audit import record_command
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
+from mailcontinuity.store.outages import ChangeLog, Outage, RecordedMessage
+from mailcontinuity.store.state import current_state
+from mailcontinuity.transitions import change_state
+
+log = logging.getLogger(__name__)
+
+LEASE = "failback"
+# A last pass catches what users did on the standby while the first pass ran; more passes only
+# when that one still found work (bounded: a user cannot keep failback open forever).
+MAX_PASSES = 3
+APPEND_BATCH_MESSAGES = 50
+APPEND_BATCH_BYTES = 16 * 1024 * 1024
+FINISHED = ("done", "reported")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the outage record says about one user: all a plan depends on besides the primary."""
+
+    messages: list[RecordedMessage]
+    folders: dict[str, tuple[bool, bool]]
+
+
+@dataclass
+class UserMerge:
+    """What one pass did for one user."""
+
+    user: str
+    counts: Counter[str] = field(default_factory=Counter)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    settled: UserRecord | None = None
+    """The record this pass merged completely (every action finished), if it did."""
+    skipped: bool = False
+    """Nothing to do: the record had not changed since an earlier pass settled it."""
+
+
+def _summary(action: Action) -> dict[str, Any]:
+    return {"action": action.kind, "folder": action.folder, "message_id": action.message_id,
+            **({"from_folder": action.from_folder} if action.from_folder else {}),
+            **({"add": list(action.add)} if action.add else {}),
+            **({"remove": list(action.remove)} if action.remove else {}),
+            **({"reason": action.reason} if action.reason else {})}
+
+
+def _append_item(source: Any) -> Append:
+    data = Path(source.path).read_bytes()
+    # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.replace(b"\n", b"\r\n")
+    return Append(data, source.flags, datetime.fromtimestamp(source.mtime, UTC))
+
+
+class Merger:
+    """One merge pass for one user, over its own IMAP session and state-store connection."""
+
+    def __init__(self, config: Config, outage: Outage, user: str, password: str,
+                 progress: Progress, lease_holder: str | None) -> None:
+        self.config = config
+        self.outage = outage
+        self.user = user
+        self.password = password
+        self.progress = progress
+        self.lease_holder = lease_holder
+        self.result = UserMerge(user)
+
+    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
+             record: UserRecord) -> list[Action]:
+        # Read only what can matter: messages saved since the outage began (a day's margin
+        # for the server's time zone) and the folders of history the user changed; the whole
+        # primary only if some key that may have an older copy is not found that way.
+        since = date.fromtimestamp(self.outage.started_at) - timedelta(days=1)
+        keys, folders = older_copies_needed(record.messages)
+        index = mailbox.index(since, folders)
+        if not keys <= index.keys():
+            index = mailbox.index()
+        actions = plan_user(record.messages, record.folders, index, mailbox.folders,
+                            self.config.sync.propagate_deletions)
+        done = changelog.done_actions(self.outage.id, self.user)
+        return [action for action in actions if done.get(action.id) not in FINISHED]
+
+    def run(self, dry_run: bool, settled: UserRecord | None = None) -> UserMerge:
+        """Plan and (unless ``dry_run``) execute; nothing at all when the record still equals
+        ``settled``, the record an earlier pass of this run merged completely: planning it again
+        against the primary could only find those same, finished, actions."""
+        store = open_store(self.config)
+        changelog = ChangeLog(store)
+        try:
+            record = UserRecord(changelog.messages(self.outage.id, self.user),
+                                changelog.folders(self.outage.id, self.user))
+            if settled is not None and record == settled:
+                self.result.settled, self.result.skipped = record, True
+                return self.result
+            mailbox = connect(self.config, self.user, self.password)
+            try:
+                actions = self.plan(changelog, mailbox, record)
+                if dry_run:
+                    self.result.plan = [_summary(action) for action in actions]
+                    self.result.counts.update(action.kind for action in actions)
+                    return self.result
+                self._execute(changelog, mailbox, actions)
+            finally:
+                mailbox.close()
+            if not self.result.refused:
+                self.result.settled = record
+        finally:
+            store.close()
+        return self.result
+
+    def _execute(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
+                 actions: list[Action]) -> None:
+        appends: dict[str, list[Action]] = {}
+        for action in actions:
+            if action.kind == "append":
+                appends.setdefault(action.folder, []).append(action)
+        for action in (a for a in actions if a.kind == "create_folder"):
+            mailbox.ensure_folder(action.folder)
+            self._finish(changelog, [(action, "done", {})])
+        for folder, batch in appends.items():
+            for chunk in _batches(batch):
+                self._append(changelog, mailbox, folder, chunk)
+        for action in actions:
+            if action.kind in ("flags", "move", "copy", "delete"):
+                self._change(mailbox, action)
+                self._finish(changelog, [(action, "done", {})])
+            elif action.kind == "report":
+                log.warning("event=failback_report user=%s reason=%s folder=%r message_id=%s",
+                            self.user, action.reason, action.folder, action.message_id)
+                self.result.reports.append(_summary(action))
+                self._finish(changelog, [(action, "reported", _summary(action))])
+
+    def _append(self, changelog: ChangeLog, mailbox: PrimaryMailbox, folder: str,
+                chunk: list[Action]) -> None:
+        items = [_append_item(action.source) for action in chunk]
+        try:
+            mailbox.append(folder, items)
+            self._finish(changelog, [(action, "done", {}) for action in chunk])
+            return
+        except IMAPClientError as exc:
+            if len(chunk) == 1:
+                self._refuse(changelog, chunk[0], str(exc))
+                return
+        # MULTIAPPEND is all or nothing: find the message the primary refuses one by one.
+        for action, item in zip(chunk, items, strict=False):
+            try:
+                mailbox.append(folder, [item])
+            except IMAPClientError as exc:
+                self._refuse(changelog, action, str(exc))
+            else:
+                self._finish(changelog, [(action, "done", {})])
+
+    def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
+        detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
+                  if action.source else ""}
+        log.error("event=append_refused user=%s folder=%r message_id=%s reason=%r",
+                  self.user, action.folder, action.message_id, reason)
+        self.result.refused.append(detail)
+        self._finish(changelog, [(action, "refused", detail)])
+
+    def _change(self, mailbox: PrimaryMailbox, action: Action) -> None:
+        if action.kind == "flags":
+            mailbox.set_flags(action.folder, action.uid, action.add, action.remove)
+        elif action.kind == "move":
+            mailbox.set_flags(action.from_folder, action.uid, action.add, action.remove)
+            mailbox.ensure_folder(action.folder)
+            mailbox.move(action.from_folder, action.uid, action.folder)
+        elif action.kind == "copy":
+            mailbox.ensure_folder(action.folder)
+            mailbox.copy(action.from_folder, action.uid, action.folder)
+        elif action.kind == "delete":
+            mailbox.expunge(action.folder, action.uid)
+
+    def _finish(self, changelog: ChangeLog,
+                results: list[tuple[Action, str, dict[str, Any]]]) -> None:
+        changelog.checkpoint(self.outage.id, self.user,
+                             [(action.id, status, detail) for action, status, detail in results])
+        if self.lease_holder is not None:
+            acquire_lease(changelog.store, LEASE, self.lease_holder)  # renew while working
+        for action, status, _ in results:
+            self.result.counts[f"{action.kind}:{status}"] += 1
+        self.progress(len(results))
+
+
+def _batches(actions: list[Action]) -> list[list[Action]]:
+    batches: list[list[Action]] = [[]]
+    size = 0
+    for action in actions:
+        length = action.source.size if action.source else 0
+        if batches[-1] and (len(batches[-1]) >= APPEND_BATCH_MESSAGES
+                            or size + length > APPEND_BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(action)
+        size += length
+    return [batch for batch in batches if batch]
+
+
+def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
+               progress: Progress, lease_holder: str | None,
+               settled: dict[str, UserRecord] | None = None) -> list[UserMerge]:
+    """One pass over every user, ``sync.concurrency`` users at a time; users whose record
+    is still one in ``settled`` are skipped (see ``Merger.run``)."""
+    settled = settled or {}
+    password = read_admin_password(config)
+    lock = threading.Lock()
+
+    def locked_progress(count: int) -> None:
+        with lock:
+            progress(count)
+
+    def one(user: str) -> UserMerge:
+        return Merger(config, outage, user, password, locked_progress,
+                      lease_holder).run(dry_run, settled.get(user))
+
+    with ThreadPoolExecutor(max_workers=config.sync.concurrency) as pool:
+        return list(pool.map(one, users))
+
+
+def count_planned(config: Config, outage: Outage, users: list[str]) -> int:
+    """How many actions the next pass has to do (for a progress bar's length)."""
+    results = merge_pass(config, outage, users, True, lambda _: None, None)
+    return sum(len(result.plan) for result in results)
+
+
+@dataclass
+class FailbackReport:
+    outage: int | None
+    state: str
+    passes: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outage": self.outage, "state": self.state, "passes": self.passes,
+                "counts": dict(sorted(self.counts.items())), "refused": self.refused,
+                "reports": self.reports, "plan": self.plan, "note": self.note}
+
+
+def _add(report: FailbackReport, results: list[UserMerge]) -> int:
+    """Fold a pass into the report; returns how many changes it made on the primary."""
+    changed = 0
+    for result in results:
+        report.counts.update(result.counts)
+        report.refused += [{"user": result.user, **item} for item in result.refused]
+        report.reports += [{"user": result.user, **item} for item in result.reports]
+        changed += sum(n for name, n in result.counts.items()
+                       if name.endswith(":done") and not name.startswith("create_folder"))
+    return changed
+
+
+def plan_failback(config: Config) -> FailbackReport:
+    """``--dry-run``: what failback would do now, changing nothing on the primary."""
+    store = open_store(config)
+    try:
+        changelog = ChangeLog(store)
+        state = current_state(store).name
+        outage = changelog.open_outage()
+        if outage is None:
+            return FailbackReport(None, state, note="no outage to merge")
+        outage = rescan(config, changelog, outage)
+        results = merge_pass(config, outage, changelog.users(outage.id), True,
+                             lambda _: None, None)
+        report = FailbackReport(outage.id, state)
+        for result in results:
+            report.counts.update(result.counts)
+            report.plan[result.user] = result.plan
+        return report
+    finally:
+        store.close()
+
+
+def run_failback(config: Config, actor: str, cause: str = "failback requested",
+                 progress: Progress = lambda _: None,
+                 on_plan: Callable[[int], None] | None = None) -> FailbackReport:
+    """Merge the open outage into the primary and return to ``normal`` (resumable).
+
+    ``on_plan``, when given, hears how many actions the first pass will take before it starts
+    (for a progress bar; it costs one more look at every mailbox).
+    """
+    store = open_store(config)
+    changelog = ChangeLog(store)
+    holder = f"{actor}-{uuid.uuid4().hex[:8]}"
+    try:
+        acquire_lease(store, LEASE, holder)
+    except LeaseHeld:
+        store.close()
+        raise
+    try:
+        state = current_state(store).name
+        outage = changelog.open_outage()
+        if state == "normal" and outage is None:
+            return FailbackReport(None, state, note="no outage to merge")
+        if state == "failover":
+            # Routing first: new mail goes to the primary before the merge starts.
+            change_state(config, store, "failback", cause, actor, expect=("failover",))
+        if outage is None and changelog.last_outage() is None:
+            log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"
+                        " merging what the standby holds now (flag changes and moves of older"
+                        " mail cannot be known)")
+            outage = changelog.start_outage()
+        report = FailbackReport(outage.id if outage else None, "failback")
+        if outage is not None:
+            changelog.set_outage(outage.id, status="merging")
+            settled: dict[str, UserRecord] = {}
+            for number in range(1, MAX_PASSES + 1):
+                outage = rescan(config, changelog, outage)
+                users = changelog.users(outage.id)
+                if number == 1 and on_plan is not None:
+                    on_plan(count_planned(config, outage, users))
+                results = merge_pass(config, outage, users, False, progress, holder, settled)
+                unchanged = sum(1 for result in results if result.skipped)
+                settled = {r.user: r.settled for r in results if r.settled is not None}
+                changed = _add(report, results)
+                report.passes = number
+                log.info("event=failback_pass outage=%d pass=%d changes=%d users=%d"
+                         " users_unchanged=%d", outage.id, number, changed, len(users), unchanged)
+                if number > 1 and changed == 0:
+                    break
+            changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
+                                 summary=report.as_dict())
+        change_state(config, store, "normal", "failback complete", actor,
+                     expect=("failback", "failover"))
+        record_command(store, "failback", actor, {"outage": report.outage,
+                                         "counts": dict(report.counts),
+                                         "refused": len(report.refused)}, event="merge")
+        report.state = "normal"
+        return report
+    finally:
+        release_lease(store, LEASE, holder)
+        store.close()
+

@@ -1,0 +1,100 @@
+"""The primary as failback and verify see it: each user's mailbox and an index of its messages.
+
+Both look at the primary the same way: every message by the key ``mail.headers.message_key``
+computes for standby files too (id header, else Message-ID with size), so a copy that is already
+there (delivered from Postfix's queue, appended by an interrupted run, or renumbered by a
+UIDVALIDITY change) is recognised without trusting any UID kept from before.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+from imapclient.exceptions import IMAPClientError
+
+from mailcontinuity.config import Config, ConfigError, read_secret
+from mailcontinuity.mail.headers import KEY_HEADERS, message_key, parse_headers
+from mailcontinuity.mail.imap import Mailbox, open_imap, str_flags
+from mailcontinuity.mail.tls import TLSError, TLSPolicy
+
+_HEADER_FIELDS = " ".join(KEY_HEADERS).upper()
+_HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({_HEADER_FIELDS})]"
+_HEADER_KEY = f"BODY[HEADER.FIELDS ({_HEADER_FIELDS})]".encode()
+
+
+class PrimaryError(Exception):
+    """The primary cannot be reached or logged into; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class PrimaryCopy:
+    """A message on the primary as the index sees it."""
+
+    folder: str
+    uid: int
+    flags: tuple[str, ...]
+    key: str
+
+
+def read_admin_password(config: Config) -> str:
+    """The master user's password, checked like every secrets file; a problem with it is a
+    PrimaryError, on which the sync agent retries its failback later instead of stopping."""
+    try:
+        return read_secret(config, "sync.password_file")
+    except ConfigError as exc:
+        raise PrimaryError(str(exc)) from None
+
+
+class PrimaryMailbox(Mailbox):
+    """One user's mailbox on the primary, and the index of its messages failback plans with."""
+
+    def index(self, saved_since: date | None = None,
+              whole: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
+        """key -> copies in any folder.
+
+        With ``saved_since`` (and a server with SAVEDATE, RFC 8514), only messages saved on the
+        primary since that day are looked at, except in the ``whole`` folders: every copy of
+        outage mail (a queued delivery, an earlier run's APPEND, COPY or MOVE) was saved after
+        the outage began, so a primary holding years of history is not read in full.
+        """
+        if b"SAVEDATE" not in self.capabilities:
+            saved_since = None
+        index: dict[str, list[PrimaryCopy]] = defaultdict(list)
+        for folder in sorted(self.folders):
+            for copy in self.scan_folder(folder, None if folder in whole else saved_since):
+                index[copy.key].append(copy)
+        return index
+
+    def scan_folder(self, folder: str, saved_since: date | None = None) -> list[PrimaryCopy]:
+        fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE", _HEADER_ITEM], saved_since)
+        copies = []
+        for uid, data in fetched.items():
+            headers = parse_headers(data.get(_HEADER_KEY) or b"")
+            copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
+                                      message_key(headers, int(data[b"RFC822.SIZE"]))))
+        return copies
+
+
+def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
+    """``user``'s mailbox on the primary, logged in as ``user*admin`` (Dovecot master user),
+    over TLS as ``primary.tls`` says: the master password opens every mailbox."""
+    endpoint = config.primary.imap
+    sync = config.sync
+    try:
+        client = open_imap(endpoint, TLSPolicy.of(config, "primary"), sync.timeout_seconds)
+    except TLSError as exc:
+        raise PrimaryError(str(exc)) from None
+    except (OSError, IMAPClientError) as exc:
+        raise PrimaryError(f"primary IMAP {endpoint}: {exc}; is the primary up"
+                           " (mailcontinuity status) and primary.imap right?") from None
+    try:
+        client.login(f"{user}{sync.master_user_separator}{sync.admin_login}", password)
+    except IMAPClientError as exc:
+        client.shutdown()
+        raise PrimaryError(f"primary IMAP {endpoint}: login as {user} via {sync.admin_login}"
+                           f" failed ({exc}); check sync.admin_login and sync.password_file"
+                           ) from None
+    return PrimaryMailbox(client)

@@ -1,0 +1,1 @@
+"""What mailcontinuity tells people: ``status``, the Prometheus ``metrics``, the ``drill``."""

@@ -1,0 +1,107 @@
+"""The journal index: what was shipped where, what could not be, and the milter's alarms.
+
+Written by the shipper (one transaction per batch, off the SMTP hot path), read by ``status``
+and ``prune``. A row per journal copy keyed by (message id, mailbox, folder) is what makes
+shipping idempotent: a copy already recorded is never shipped again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mailcontinuity.store.db import StateStore
+
+CopyStatus = Literal["shipped", "unknown", "failed", "pruned"]
+AlarmKind = Literal["spool_error", "ship_error"]
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """The outcome of one journal copy."""
+
+    message_id: str
+    address: str
+    folder: str
+    status: CopyStatus
+    received: float
+    location: str | None = None
+    detail: str = ""
+
+
+def record_copies(store: StateStore, records: Iterable[CopyRecord]) -> None:
+    rows = [
+        [r.message_id, r.address, r.folder, r.status, r.received, time.time(), r.location,
+         r.detail]
+        for r in records
+    ]
+    if not rows:
+        return
+    with store.transaction():
+        store.executemany(
+            "INSERT INTO journal (message_id, address, folder, status, received, recorded,"
+            " location, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (message_id, address, folder) DO UPDATE SET status = excluded.status,"
+            " received = excluded.received, recorded = excluded.recorded,"
+            " location = excluded.location, detail = excluded.detail",
+            rows,
+        )
+
+
+def settled_copies(store: StateStore, message_id: str) -> set[tuple[str, str]]:
+    """(address, folder) of this message's copies that need no further shipping."""
+    rows = store.query("SELECT address, folder FROM journal WHERE message_id = ?", [message_id])
+    return {(address, folder) for address, folder in rows}
+
+
+def record_alarm(store: StateStore, kind: AlarmKind, detail: str) -> None:
+    with store.transaction():
+        store.execute("INSERT INTO journal_alarm (at, kind, detail) VALUES (?, ?, ?)",
+                      [time.time(), kind, detail])
+
+
+def prunable(store: StateStore, before: float) -> list[CopyRecord]:
+    """Shipped journal copies accepted before ``before``: candidates for ``prune``."""
+    rows = store.query(
+        "SELECT message_id, address, folder, status, received, location, detail FROM journal"
+        " WHERE status = 'shipped' AND received < ? ORDER BY received",
+        [before],
+    )
+    return [CopyRecord(*row) for row in rows]
+
+
+def mark_pruned(store: StateStore, records: Iterable[CopyRecord]) -> None:
+    now = time.time()
+    keys = [[now, r.message_id, r.address, r.folder] for r in records]
+    with store.transaction():
+        store.executemany(
+            "UPDATE journal SET status = 'pruned', recorded = ?"
+            " WHERE message_id = ? AND address = ? AND folder = ?",
+            keys,
+        )
+
+
+def journal_summary(store: StateStore) -> dict[str, Any]:
+    """Counters for ``status``: copies by outcome, unknown recipients, the latest alarms."""
+    counts = dict(store.query("SELECT status, count(*) FROM journal GROUP BY status"))
+    unknown = [row[0] for row in store.query(
+        "SELECT DISTINCT address FROM journal WHERE status = 'unknown' ORDER BY address")]
+    summary: dict[str, Any] = {
+        "shipped": counts.get("shipped", 0) + counts.get("pruned", 0),
+        "failed": counts.get("failed", 0),
+        "pruned": counts.get("pruned", 0),
+        "unknown_recipients": unknown,
+    }
+    for kind in ("spool_error", "ship_error"):
+        total, last_at = store.one(
+            "SELECT count(*), max(at) FROM journal_alarm WHERE kind = ?", [kind]) or (0, None)
+        last = None
+        if total:
+            newest = store.one(
+                "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
+            last = {"at": last_at, "detail": newest[0] if newest else ""}
+        summary[f"{kind}s"] = total
+        summary[f"last_{kind}"] = last
+    return summary

@@ -1,0 +1,116 @@
+"""The state store's schema, as numbered migrations: append only.
+
+A released migration is never edited; a change is a new function at the end of ``MIGRATIONS``.
+Each runs inside the transaction that also records the new schema version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailcontinuity.store.db import StateStore
+
+
+def _migration_1(store: StateStore) -> None:
+    """State and audit log: the minimum every other part builds on."""
+    store.execute(
+        "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL,"
+        " since REAL NOT NULL, cause TEXT NOT NULL, actor TEXT NOT NULL)"
+    )
+    store.execute(
+        "INSERT INTO state (id, name, since, cause, actor) VALUES (1, 'normal', ?, ?, ?)",
+        [time.time(), "state store created", "mailcontinuity"],
+    )
+    store.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " event TEXT NOT NULL, from_state TEXT, to_state TEXT, cause TEXT NOT NULL,"
+        " actor TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}')"
+    )
+    store.execute("CREATE INDEX audit_at ON audit (at)")
+
+
+def _migration_journal(store: StateStore) -> None:
+    """Journal index: one row per journal copy (shipped, unknown recipient, failed, pruned),
+    and the milter's alarms (spool write failures, shipping errors) for ``status``."""
+    store.execute(
+        "CREATE TABLE journal (message_id TEXT NOT NULL, address TEXT NOT NULL,"
+        " folder TEXT NOT NULL, status TEXT NOT NULL, received REAL NOT NULL,"
+        " recorded REAL NOT NULL, location TEXT, detail TEXT NOT NULL DEFAULT '',"
+        " PRIMARY KEY (message_id, address, folder))"
+    )
+    store.execute("CREATE INDEX journal_status ON journal (status, received)")
+    store.execute(
+        "CREATE TABLE journal_alarm (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " kind TEXT NOT NULL, detail TEXT NOT NULL)"
+    )
+    store.execute("CREATE INDEX journal_alarm_kind ON journal_alarm (kind, at)")
+
+
+def _migration_sync(store: StateStore) -> None:
+    """Outages, the standby mirror, folders, failback checkpoints, the merge lease, heartbeat."""
+    store.execute(
+        "CREATE TABLE sync_outage (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL,"
+        " baseline_at REAL, status TEXT NOT NULL, merged_at REAL, summary TEXT NOT NULL"
+        " DEFAULT '{}')"
+    )
+    store.execute(
+        "CREATE TABLE sync_message (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " folder TEXT NOT NULL, basename TEXT NOT NULL, filename TEXT NOT NULL,"
+        " path TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, flags TEXT NOT NULL,"
+        " size INTEGER NOT NULL, mtime REAL NOT NULL, message_id TEXT NOT NULL,"
+        " present INTEGER NOT NULL, in_baseline INTEGER NOT NULL, base_flags TEXT,"
+        " updated_at REAL NOT NULL, PRIMARY KEY (outage_id, user, folder, basename))"
+    )
+    store.execute("CREATE INDEX sync_message_key ON sync_message (user, key, kind)")
+    store.execute(
+        "CREATE TABLE sync_folder (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " folder TEXT NOT NULL, in_baseline INTEGER NOT NULL, present INTEGER NOT NULL,"
+        " PRIMARY KEY (outage_id, user, folder))"
+    )
+    store.execute(
+        "CREATE TABLE sync_progress (outage_id INTEGER NOT NULL, user TEXT NOT NULL,"
+        " action TEXT NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL,"
+        " PRIMARY KEY (outage_id, user, action))"
+    )
+    store.execute(
+        "CREATE TABLE sync_lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+        " pid INTEGER NOT NULL, host TEXT NOT NULL, expires_at REAL NOT NULL)"
+    )
+    store.execute(
+        "CREATE TABLE sync_agent (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL,"
+        " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL)"
+    )
+
+
+def _migration_policyd_health(store: StateStore) -> None:
+    """The primary's health probes and policyd's heartbeat, written by policyd, read by status."""
+    store.execute(
+        "CREATE TABLE health_probes (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+        " probe TEXT NOT NULL, target TEXT NOT NULL, ok INTEGER NOT NULL,"
+        " latency_ms REAL NOT NULL, error TEXT NOT NULL)"
+    )
+    store.execute("CREATE INDEX health_probes_at ON health_probes (at)")
+    store.execute(
+        "CREATE TABLE policyd_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " pid INTEGER NOT NULL, started_at REAL NOT NULL, beat_at REAL NOT NULL,"
+        " stale_after REAL NOT NULL, stopped_at REAL)"
+    )
+
+
+def _migration_audit_origin(store: StateStore) -> None:
+    """Where each audited action came from (``ssh:IP``, ``tty:...``, ``daemon:NAME@HOST``);
+    records from before this migration have an empty origin."""
+    store.execute("ALTER TABLE audit ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+
+
+# Append only: a released migration is never edited, a change is a new entry.
+MIGRATIONS: list[Callable[[StateStore], None]] = [
+    _migration_1,
+    _migration_journal,
+    _migration_sync,
+    _migration_policyd_health,
+    _migration_audit_origin,
+]

@@ -1,0 +1,249 @@
+"""The outage record: what the standby held when the outage began, what it holds now, and how
+far failback got.
+
+The record is a mirror of the standby's message files (one row per user, folder and Maildir base
+name) plus the baseline taken when the outage began. A mirror rather than an event list, because
+events can be lost (a queue overflow, an agent restart) while the disk cannot: a rescan simply
+brings the mirror back in line, and every change failback needs (new mail, flag changes, moves,
+deletions, new folders) is the difference between the baseline and the mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mailcontinuity.mail.maildir import MessageFile
+from mailcontinuity.store.db import StateStore
+
+OutageStatus = Literal["recording", "merging", "merged"]
+
+
+@dataclass(frozen=True)
+class Outage:
+    id: int
+    started_at: float
+    baseline_at: float | None
+    status: OutageStatus
+    merged_at: float | None
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    """One row of the mirror: a message file of a user's folder, now or at the baseline."""
+
+    user: str
+    folder: str
+    basename: str
+    filename: str
+    path: str
+    key: str
+    kind: str
+    flags: tuple[str, ...]
+    size: int
+    mtime: float
+    message_id: str
+    present: bool
+    in_baseline: bool
+    base_flags: tuple[str, ...] | None
+
+
+def _flags(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(text.split())
+
+
+class ChangeLog:
+    """Queries on the outage tables (``sync_*``), over one process's store connection."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    # --- outages -------------------------------------------------------------------------
+    def open_outage(self) -> Outage | None:
+        """The outage not merged yet, if any."""
+        row = self.store.one(
+            "SELECT * FROM sync_outage WHERE status != 'merged' ORDER BY id DESC LIMIT 1"
+        )
+        return self._outage(row)
+
+    def last_outage(self) -> Outage | None:
+        row = self.store.one("SELECT * FROM sync_outage ORDER BY id DESC LIMIT 1")
+        return self._outage(row)
+
+    def start_outage(self) -> Outage:
+        """The open outage, created now if there is none (idempotent, race-free)."""
+        with self.store.transaction():
+            existing = self.open_outage()
+            if existing is not None:
+                return existing
+            self.store.execute(
+                "INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
+                [time.time()])
+        outage = self.open_outage()
+        assert outage is not None
+        return outage
+
+    def set_outage(self, outage_id: int, **fields: Any) -> None:
+        if "summary" in fields:
+            fields["summary"] = json.dumps(fields["summary"], sort_keys=True)
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.store.transaction():
+            self.store.execute(f"UPDATE sync_outage SET {assignments} WHERE id = ?",
+                               [*fields.values(), outage_id])
+
+    @staticmethod
+    def _outage(row: tuple[Any, ...] | None) -> Outage | None:
+        if row is None:
+            return None
+        return Outage(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+    # --- the mirror ----------------------------------------------------------------------
+    def messages(self, outage_id: int, user: str | None = None) -> list[RecordedMessage]:
+        sql = ("SELECT user, folder, basename, filename, path, key, kind, flags, size, mtime,"
+               " message_id, present, in_baseline, base_flags FROM sync_message"
+               " WHERE outage_id = ?")
+        args: list[Any] = [outage_id]
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        rows = self.store.query(sql + " ORDER BY user, folder, mtime, basename", args)
+        return [
+            RecordedMessage(user=row[0], folder=row[1], basename=row[2], filename=row[3],
+                            path=row[4], key=row[5], kind=row[6], flags=_flags(row[7]) or (),
+                            size=row[8], mtime=row[9], message_id=row[10],
+                            present=bool(row[11]), in_baseline=bool(row[12]),
+                            base_flags=_flags(row[13]))
+            for row in rows
+        ]
+
+    def users(self, outage_id: int) -> list[str]:
+        rows = self.store.query(
+            "SELECT DISTINCT user FROM sync_message WHERE outage_id = ? UNION"
+            " SELECT DISTINCT user FROM sync_folder WHERE outage_id = ? ORDER BY 1",
+            [outage_id, outage_id],
+        )
+        return [row[0] for row in rows]
+
+    def known_files(self, outage_id: int, user: str) -> dict[tuple[str, str], tuple[str, bool]]:
+        """(folder, basename) -> (filename, present), to skip re-reading unchanged files."""
+        rows = self.store.query(
+            "SELECT folder, basename, filename, present FROM sync_message"
+            " WHERE outage_id = ? AND user = ?", [outage_id, user],
+        )
+        return {(row[0], row[1]): (row[2], bool(row[3])) for row in rows}
+
+    def kind_of(self, outage_id: int, user: str, found: MessageFile) -> str:
+        """``outage`` for mail that exists only because of this outage, else ``existing``.
+
+        Journal copies are history, never outage mail. A non-journal message merged in an
+        earlier outage is history now, so a later outage never merges it a second time.
+        """
+        if found.journal:
+            return "existing"
+        earlier = self.store.one(
+            "SELECT 1 FROM sync_message WHERE user = ? AND key = ? AND kind = 'outage'"
+            " AND outage_id < ? LIMIT 1", [user, found.key, outage_id],
+        )
+        return "existing" if earlier else "outage"
+
+    def upsert_file(self, outage_id: int, user: str,
+                    found: MessageFile, baseline: bool) -> None:
+        """Record a file seen on disk (new, or renamed by a flag change)."""
+        flags = " ".join(found.flags)
+        updated = self.store.execute(
+            "UPDATE sync_message SET filename = ?, path = ?, flags = ?, present = 1,"
+            " updated_at = ? WHERE outage_id = ? AND user = ? AND folder = ? AND basename = ?",
+            [found.filename, str(found.path), flags, time.time(), outage_id, user, found.folder,
+             found.basename],
+        )
+        if updated:
+            return
+        self.store.execute(
+            "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
+            " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            [outage_id, user, found.folder, found.basename, found.filename, str(found.path),
+             found.key, self.kind_of(outage_id, user, found), flags, found.size, found.mtime,
+             found.message_id, int(baseline), flags if baseline else None, time.time()],
+        )
+
+    def mark_gone(self, outage_id: int, user: str, folder: str,
+                  basename: str, filename: str | None = None) -> None:
+        """A file left the folder; with ``filename``, only if that is still its recorded name
+        (a flag-change rename's MOVED_FROM may arrive after its MOVED_TO)."""
+        sql = ("UPDATE sync_message SET present = 0, updated_at = ? WHERE outage_id = ?"
+               " AND user = ? AND folder = ? AND basename = ?")
+        args: list[Any] = [time.time(), outage_id, user, folder, basename]
+        if filename is not None:
+            sql += " AND filename = ?"
+            args.append(filename)
+        self.store.execute(sql, args)
+
+    def record_folder(self, outage_id: int, user: str, folder: str,
+                      present: bool, baseline: bool) -> None:
+        self.store.execute(
+            "INSERT INTO sync_folder (outage_id, user, folder, in_baseline, present)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (outage_id, user, folder)"
+            " DO UPDATE SET present = excluded.present",
+            [outage_id, user, folder, int(baseline), int(present)],
+        )
+
+    def folders(self, outage_id: int, user: str) -> dict[str, tuple[bool, bool]]:
+        """folder -> (in_baseline, present)."""
+        rows = self.store.query(
+            "SELECT folder, in_baseline, present FROM sync_folder WHERE outage_id = ?"
+            " AND user = ?", [outage_id, user],
+        )
+        return {row[0]: (bool(row[1]), bool(row[2])) for row in rows}
+
+    def activity(self, outage_id: int) -> dict[str, int]:
+        """Counts of what users did on the standby during the outage, for ``status``."""
+        one = self.store.one(
+            "SELECT"
+            " SUM(CASE WHEN kind = 'outage' AND present = 1 THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN kind = 'existing' AND in_baseline = 1 AND present = 1"
+            " AND flags != base_flags THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN kind = 'existing' AND in_baseline = 0 AND present = 1"
+            " THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN in_baseline = 1 AND present = 0 THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN kind = 'outage' AND present = 0 THEN 1 ELSE 0 END),"
+            " (SELECT COUNT(*) FROM sync_folder WHERE outage_id = ? AND in_baseline = 0"
+            " AND present = 1)"
+            " FROM sync_message WHERE outage_id = ?", [outage_id, outage_id],
+        )
+        assert one is not None, "an aggregate query returns one row"
+        names = ("new_messages", "flag_changes", "moved_or_copied", "removed_from_folder",
+                 "outage_messages_deleted", "new_folders")
+        return {name: int(value or 0) for name, value in zip(names, one, strict=False)}
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def done_actions(self, outage_id: int, user: str) -> dict[str, str]:
+        rows = self.store.query(
+            "SELECT action, status FROM sync_progress WHERE outage_id = ? AND user = ?",
+            [outage_id, user],
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def checkpoint(self, outage_id: int, user: str,
+                   results: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Record finished actions (action id, status, detail) in one transaction."""
+        now = time.time()
+        with self.store.transaction():
+            for action, status, detail in results:
+                self.store.execute(
+                    "INSERT INTO sync_progress (outage_id, user, action, status, detail, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outage_id, user, action)"
+                    " DO UPDATE SET status = excluded.status, detail = excluded.detail,"
+                    " at = excluded.at",
+                    [outage_id, user, action, status, json.dumps(detail, sort_keys=True), now],
+                )
+
+    def progress_counts(self, outage_id: int) -> dict[str, int]:
+        rows = self.store.query(
+            "SELECT status, COUNT(*) FROM sync_progress WHERE outage_id = ? GROUP BY status",
+            [outage_id],
+        )
+        return {row[0]: int(row[1]) for row in rows}

@@ -1,0 +1,45 @@
+"""Health probe results: written by policyd's monitor each round, read by status and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailcontinuity.store.db import StateStore
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe's outcome; ``error`` is empty when it succeeded."""
+
+    probe: str
+    target: str
+    ok: bool
+    latency_ms: float
+    error: str
+    at: float
+
+
+def record_probes(store: StateStore, results: list[ProbeResult]) -> None:
+    with store.transaction():
+        store.executemany(
+            "INSERT INTO health_probes (at, probe, target, ok, latency_ms, error)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [[result.at, result.probe, result.target, int(result.ok), result.latency_ms,
+              result.error] for result in results],
+        )
+
+
+def prune_probes(store: StateStore, before: float) -> None:
+    """Forget old probes: a probe every few seconds would otherwise grow the store forever."""
+    with store.transaction():
+        store.execute("DELETE FROM health_probes WHERE at < ?", [before])
+
+
+def latest_probes(store: StateStore) -> list[ProbeResult]:
+    """The most recent result of each probe (delivery, imap)."""
+    rows = store.query(
+        "SELECT probe, target, ok, latency_ms, error, at FROM health_probes"
+        " WHERE id IN (SELECT MAX(id) FROM health_probes GROUP BY probe) ORDER BY probe"
+    )
+    return [ProbeResult(probe, target, bool(ok), latency, error, at)
+            for probe, target, ok, latency, error, at in rows]
