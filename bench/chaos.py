@@ -4,7 +4,7 @@
 
 Prints the figures (sent, accepted, journaled, routed to the standby, merged, lost, duplicated,
 longest wait) and the seeded log of kills and restarts; exits 1 if anything was lost,
-duplicated or bounced. tests/test_chaos.py runs a short version of the same thing in CI.
+duplicated or bounced. tests/lab/test_chaos.py runs a short version of the same thing in CI.
 """
 
 from __future__ import annotations

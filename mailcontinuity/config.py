@@ -26,9 +26,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
-
 DEFAULT_CONFIG_PATH = Path("/etc/mailcontinuity/mailcontinuity.toml")
+# The id header the gateway puts on every message (mail.headers); milter.id_header by default.
+DEFAULT_ID_HEADER = "X-Mailcontinuity-Id"
 CONFIG_ENV_VAR = "MAILCONTINUITY_CONFIG"
 
 
@@ -149,6 +149,10 @@ class StateSection(Section):
     """The SQLite state store every process shares."""
 
     path: Path = Path("/var/lib/mailcontinuity/state.db")
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    """How long ``prune`` keeps records nothing needs any more: journal index rows of copies
+    already pruned, refused or for unknown users, the milter's alarms, and the per-message detail
+    of outages merged that long ago (their summary stays for ``report``)."""
 
 
 class DomainsSection(Section):
@@ -357,6 +361,8 @@ class AuditSection(Section):
     """Where audit records go besides the state store: syslog, as facility authpriv."""
 
     syslog_socket: Annotated[Path | None, BeforeValidator(_false_is_none)] = Path("/dev/log")
+    retention_days: int = Field(default=400, ge=1, le=36500)
+    """How long ``prune`` keeps audit records in the state store (syslog keeps its own)."""
 
 
 class Config(Section):

@@ -9,7 +9,9 @@ packages=(
     dovecot-submissiond
     libmilter-dev gcc make python3-dev python3-venv
     python3-apt systemd
-    swaks
+    # swaks speaks STARTTLS only with these (recommended by swaks, which --no-install-recommends
+    # skips): the standby hardening tests rely on it.
+    swaks libnet-ssleay-perl libio-socket-ssl-perl
     isync
     knot
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3

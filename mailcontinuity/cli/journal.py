@@ -6,6 +6,7 @@ from mailcontinuity.audit import become_daemon
 from mailcontinuity.cli.common import Context, command, emit
 from mailcontinuity.journal.daemon import run_milter
 from mailcontinuity.journal.prune import prune_journal, render_prune
+from mailcontinuity.store.retention import forget_old_records
 
 
 @command("milter", json_output=False)
@@ -17,9 +18,12 @@ def milter_command(ctx: Context) -> None:
 
 @command("prune", audit=True)
 def prune_command(ctx: Context, as_json: bool) -> None:
-    """Delete journal copies older than standby.retention_days from the standby."""
+    """Delete journal copies older than standby.retention_days from the standby, and records
+    the state store no longer needs (state.retention_days, audit.retention_days)."""
     store = ctx.store()
     try:
-        emit(prune_journal(ctx.config, store), as_json, render_prune)
+        report = prune_journal(ctx.config, store)
+        report["forgotten"] = forget_old_records(ctx.config, store)
+        emit(report, as_json, render_prune)
     finally:
         store.close()

@@ -1,7 +1,7 @@
 """The operator's commands for routing: ``policyd`` and ``failover``.
 
-``failback`` belongs to the sync part (mailcontinuity/sync/commands.py): it routes back to the
-primary through the same ``change_state`` and then merges the outage.
+``failback`` belongs to the outage's commands (cli/outage.py): it routes back to the primary
+through the same ``change_state`` and then merges the outage.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from mailcontinuity.cli.common import Context, command, emit
 from mailcontinuity.deploy.routing import nexthop
 from mailcontinuity.monitor.daemon import run_policyd
 from mailcontinuity.monitor.server import PolicyServerError
+from mailcontinuity.reports.metrics import MetricsEndpoint
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
 
@@ -23,8 +24,12 @@ from mailcontinuity.transitions import change_state
 def policyd(ctx: Context) -> None:
     """Run the policy daemon and health monitor in the foreground."""
     become_daemon("policyd")
+    config = ctx.config
+    # policyd is the one long-running monitor, so it serves every part's metrics.
+    metrics = ((lambda registry: MetricsEndpoint(config, registry))
+               if config.metrics.enabled else None)
     try:
-        run_policyd(ctx.config)
+        run_policyd(config, metrics)
     except PolicyServerError as exc:
         raise click.ClickException(str(exc)) from None
 

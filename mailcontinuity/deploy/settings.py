@@ -10,8 +10,7 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
-from mailcontinuity.journal.listener import postfix_name
-from mailcontinuity.mail.postfix import postfix_socket_name
+from mailcontinuity.mail.postfix import postfix_milter_name, postfix_socket_name
 
 
 def postfix_main_settings(config: Config) -> dict[str, str]:
@@ -27,7 +26,7 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     early rejection of recipients unknown to the standby is lost. A fail-closed default would
     turn a dead helper daemon into a mail outage, the very thing this kit exists to prevent.
     """
-    milter = postfix_name(config.milter.listen)
+    milter = postfix_milter_name(config.milter.listen)
     return {
         "relay_domains": ", ".join(config.domains.protected),
         "transport_maps": f"hash:{config.gateway.transport_map}",
@@ -116,7 +115,7 @@ def dovecot_lmtp_settings(config: Config) -> str:
     address, and a global ``protocol lmtp { mail_plugins }`` would conflict with these blocks.
     It applies a ``local`` block when an lmtp process starts, for the address of its first
     connection, and a reused process kept those plugins for the other listener: journal copies
-    fired vacation (found by tests/test_milter_lmtp.py). One connection per process
+    fired vacation (found by tests/lab/test_milter_lmtp.py). One connection per process
     (``service_count = 1``) makes each connection get its own listener's plugins.
     """
     blocks = [

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import milter
 
 from mailcontinuity.config import Endpoint, MilterSection, UnixSocket
-from mailcontinuity.mail.postfix import grant_postfix_access, postfix_socket_name
+from mailcontinuity.mail.postfix import grant_postfix_access
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ def libmilter_name(listen: Listen) -> str:
     if isinstance(listen, UnixSocket):
         return f"unix:{listen.path}"
     return f"inet:{listen.port}@{listen.host}"
-
-
-def postfix_name(listen: Listen) -> str:
-    """The ``smtpd_milters`` value."""
-    if isinstance(listen, UnixSocket):
-        return postfix_socket_name(listen.path)
-    return f"inet:{listen}"
 
 
 def accepts_connections(listen: Listen, timeout: float = 1.0) -> bool:

@@ -22,10 +22,10 @@ from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.maildir import find_delivered, read_header_block
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.journal import CopyRecord, mark_pruned, prunable
+from mailcontinuity.store.retention import DAY_SECONDS
 
 log = logging.getLogger(__name__)
 
-DAY_SECONDS = 86400
 
 
 def is_journal_copy(path: Path) -> bool:
@@ -90,7 +90,12 @@ def prune_journal(config: Config, store: StateStore, now: float | None = None) -
 
 def render_prune(report: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report["cutoff"]))
-    return (f"pruned journal copies accepted before {when} ({report['retention_days']} days):"
-            f" {report['deleted']} deleted, {report['already_gone']} already gone,"
-            f" {report['refused']} refused (no journal header),"
-            f" {report['postponed']} postponed (standby unreachable: run prune again)")
+    lines = [f"pruned journal copies accepted before {when} ({report['retention_days']} days):"
+             f" {report['deleted']} deleted, {report['already_gone']} already gone,"
+             f" {report['refused']} refused (no journal header),"
+             f" {report['postponed']} postponed (standby unreachable: run prune again)"]
+    forgotten = report.get("forgotten")
+    if forgotten is not None:
+        lines.append("forgot old records in the state store: " + ", ".join(
+            f"{count} {kind.replace('_', ' ')}" for kind, count in forgotten.items()))
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.lab import Lab
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.lab.scenario import appended_since, audit_deliveries
@@ -140,9 +141,7 @@ class ChaosRun:
         if name in DAEMONS and pid is not None:
             self._note(f"kill -9 {name} (pid {pid})")
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while part.pid() is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            eventually(lambda: part.pid() is None, 10, f"{name} gone", interval=0.05)
         else:
             self._note(f"kill {name} (stop)")
             part.stop()
@@ -180,7 +179,7 @@ class ChaosRun:
 
     def _audit(self) -> None:
         """Each accepted message exactly once per recipient on the primary; nothing bounced."""
-        self.report.lost, self.report.duplicated = audit_deliveries(
+        self.report.lost, self.report.duplicated, _ = audit_deliveries(
             self.lab, [(message_id, message_id, recipients)
                        for message_id, recipients in self.report.accepted])
         log_text = self.lab.gateway.log_file.read_text(errors="replace")[self.log_offset:]

@@ -7,14 +7,15 @@ systemd unit would run.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.eventually import NotInTime, eventually
 from mailcontinuity.lab.process import read_pid, stop_pid_file
 
 START_TIMEOUT_SECONDS = 20.0
@@ -50,14 +51,14 @@ class DaemonPart:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True)
         self.pid_file.write_text(f"{process.pid}\n")
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self.ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-                raise LabError(f"{self.name} did not start: {' | '.join(tail)}"
-                               f" (log: {self.log_file})")
-            time.sleep(0.05)
+        with contextlib.suppress(NotInTime):  # ready, or exited: an exit is reported at once
+            eventually(lambda: self.ready() or process.poll() is not None, START_TIMEOUT_SECONDS,
+                       f"{self.name} ready", interval=0.05)
+        if process.poll() is not None or not self.ready():
+            self.stop()
+            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            raise LabError(f"{self.name} did not start: {' | '.join(tail)}"
+                           f" (log: {self.log_file})")
 
     def stop(self) -> None:
         stop_pid_file(self.pid_file)

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.scenario import OutageScenario, ScenarioError
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.scenario import OutageScenario
 from mailcontinuity.reports.drill import Drill, archive, render_report
 from mailcontinuity.store.db import open_store
 
@@ -32,13 +33,13 @@ def run_demo(directory: Path) -> int:
               " primary back, automatic failback", flush=True)
         try:
             report = OutageScenario(lab).run()
-        except ScenarioError as exc:
+        except LabError as exc:
             print(f"   FAILED: {exc}")
             return 1
         width = max(len(name) for name, _ in report.rows())
         for name, value in report.rows():
             print(f"   {name:<{width}}  {value}")
-        for problem in report.lost + report.duplicated:
+        for problem in report.lost + report.duplicated + report.misplaced:
             print(f"   problem: {problem}")
         print("== continuity drill (mailcontinuity drill)", flush=True)
         store = open_store(lab.config)

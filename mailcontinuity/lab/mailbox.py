@@ -13,6 +13,7 @@ import time
 from imapclient import IMAPClient
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.lab.eventually import NotInTime, eventually
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.tls import TLSPolicy
 
@@ -29,15 +30,16 @@ def find_by_message_id(client: IMAPClient, folder: str, message_id: str) -> list
 def wait_for_message(endpoint: Endpoint, login: str, password: str, message_id: str,
                      folder: str = "INBOX", timeout: float = 30.0) -> bytes | None:
     """The raw message once it shows up in ``folder``, or None after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def fetched() -> bytes | None:
         with imap_login(endpoint, login, password) as client:
             uids = find_by_message_id(client, folder, message_id)
-            if uids:
-                return client.fetch(uids[:1], ["BODY.PEEK[]"])[uids[0]][b"BODY[]"]
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
+            return client.fetch(uids[:1], ["BODY.PEEK[]"])[uids[0]][b"BODY[]"] if uids else None
+
+    try:
+        return eventually(fetched, timeout, f"{message_id} in {login}'s {folder}", interval=0.2)
+    except NotInTime:
+        return None
 
 
 def locate(client: IMAPClient, message_id: str) -> dict[str, list[int]]:

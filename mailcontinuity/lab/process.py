@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.eventually import NotInTime, eventually
 from mailcontinuity.store.heartbeats import pid_alive
 
 # Below Linux's ephemeral range (32768-60999), so that an outgoing connection's local port never
@@ -64,16 +65,18 @@ def accepts_unix_connections(path: Path, timeout: float = 1.0) -> bool:
 def wait_for(endpoints: Iterable[Endpoint], up: bool, what: str, timeout: float = 20.0) -> None:
     """Wait until every endpoint accepts (``up``) or refuses (not ``up``) connections."""
     pending = list(endpoints)
-    deadline = time.monotonic() + timeout
-    while pending:
-        pending = [ep for ep in pending if accepts_connections(ep, 0.5) != up]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            state = "accept" if up else "stop accepting"
-            names = ", ".join(str(ep) for ep in pending)
-            raise LabError(f"{what}: {names} did not {state} connections within {timeout:.0f}s")
-        time.sleep(0.05)
+
+    def settled() -> bool:
+        pending[:] = [ep for ep in pending if accepts_connections(ep, 0.5) != up]
+        return not pending
+
+    try:
+        eventually(settled, timeout, what, interval=0.05)
+    except NotInTime:
+        state = "accept" if up else "stop accepting"
+        names = ", ".join(str(ep) for ep in pending)
+        raise LabError(f"{what}: {names} did not {state} connections within {timeout:.0f}s"
+                       ) from None
 
 
 def read_pid(pid_file: Path) -> int | None:

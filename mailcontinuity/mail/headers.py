@@ -16,7 +16,8 @@ import hashlib
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-DEFAULT_ID_HEADER = "X-Mailcontinuity-Id"
+from mailcontinuity.config import DEFAULT_ID_HEADER
+
 JOURNAL_HEADER = "X-Mailcontinuity-Journal"
 # The headers a message key is computed from, as IMAP's HEADER.FIELDS names them.
 KEY_HEADERS = (DEFAULT_ID_HEADER, JOURNAL_HEADER, "Message-ID", "Date", "From", "Subject")

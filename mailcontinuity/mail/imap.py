@@ -12,6 +12,7 @@ one of these parts is gone.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from mailcontinuity.mail.maildir import IMAP_SEPARATOR
 from mailcontinuity.mail.tls import TLSPolicy
 
 SERVER_SET_FLAGS = {"\\Recent"}
+_COPYUID = re.compile(r"\[COPYUID \d+ \d+ (\d+)\]", re.IGNORECASE)
 FETCH_CHUNK = 2000
 # What the MULTIAPPEND shim takes from imaplib.IMAP4 and IMAPClient (see the module docstring).
 PRIVATE_PARTS = {"imaplib.IMAP4": ("_new_tag", "_command_complete", "send"),
@@ -176,10 +178,17 @@ class Mailbox:
             self.select(folder)
         self.client.move([uid], self._theirs(destination))
 
-    def copy(self, folder: str, uid: int, destination: str) -> None:
+    def copy(self, folder: str, uid: int, destination: str) -> int:
+        """COPY one message; returns its UID in ``destination``: from the server's COPYUID
+        (UIDPLUS), else the UID that ``destination``'s UIDNEXT promised before the copy."""
         if self.selected != folder:
             self.select(folder)
-        self.client.copy([uid], self._theirs(destination))
+        theirs = self._theirs(destination)
+        promised = int(self.client.folder_status(theirs, ["UIDNEXT"])[b"UIDNEXT"])
+        said = self.client.copy([uid], theirs)
+        text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+        match = _COPYUID.search(text)
+        return int(match.group(1)) if match else promised
 
     def expunge(self, folder: str, uid: int) -> None:
         if self.selected != folder:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mailcontinuity.config import ConfigError
+from mailcontinuity.config import ConfigError, Endpoint, UnixSocket
 from mailcontinuity.mail.tools import CommandError, run_command
 
 # Where Debian (and Postfix's default build) keep the queue; Postfix daemons run with it as their
@@ -84,6 +84,13 @@ def postfix_socket_name(path: Path) -> str:
     if path.is_relative_to(POSTFIX_QUEUE_DIR):
         return f"unix:{path.relative_to(POSTFIX_QUEUE_DIR)}"
     return f"unix:{path}"
+
+
+def postfix_milter_name(listen: Endpoint | UnixSocket) -> str:
+    """The ``smtpd_milters`` value for a milter listening on ``listen``."""
+    if isinstance(listen, UnixSocket):
+        return postfix_socket_name(listen.path)
+    return f"inet:{listen}"
 
 
 def grant_postfix_access(path: Path, group: str | None, mode: int, key: str) -> None:

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -21,19 +23,30 @@ from mailcontinuity.monitor.loop import HealthMonitor
 from mailcontinuity.monitor.policy import CachedState, RecipientPolicy
 from mailcontinuity.monitor.recipients import StandbyRecipients
 from mailcontinuity.monitor.server import PolicyServer
-from mailcontinuity.reports.metrics import MetricsEndpoint
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.heartbeats import policyd_beat, policyd_stopped
 
 log = logging.getLogger(__name__)
 
 
-def run_policyd(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    asyncio.run(_main(config))
+class MetricsServer(Protocol):
+    """What serves the metrics policyd counts (``reports.metrics.MetricsEndpoint``)."""
+
+    def start(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
-async def _main(config: Config) -> None:
+MetricsFactory = Callable[[CollectorRegistry], MetricsServer]
+
+
+def run_policyd(config: Config, metrics: MetricsFactory | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; with ``metrics``, also the endpoint it makes for the
+    registry policyd counts its answers in."""
+    asyncio.run(_main(config, metrics))
+
+
+async def _main(config: Config, make_metrics: MetricsFactory | None) -> None:
     store = open_store(config)
     reader = open_store(config)
     monitor = HealthMonitor(config, store)
@@ -44,13 +57,13 @@ async def _main(config: Config) -> None:
     registry = CollectorRegistry()
     server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide,
                           registry)
-    metrics = MetricsEndpoint(config, registry)
+    metrics = make_metrics(registry) if make_metrics is not None else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await server.start()
-    if config.metrics.enabled:
+    if metrics is not None:
         metrics.start()
     policyd_beat(store, monitor.started_at, time.time(), monitor.stale_after)
     log.info("event=policyd_started state=%s", monitor.state.name)
@@ -58,7 +71,8 @@ async def _main(config: Config) -> None:
         await monitor.run(stopping)
     finally:
         await server.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         await standby.close()
         policyd_stopped(store, time.time())
         store.close()

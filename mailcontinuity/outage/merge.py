@@ -202,7 +202,9 @@ class Merger:
             mailbox.move(action.from_folder, action.uid, action.folder)
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
-            mailbox.copy(action.from_folder, action.uid, action.folder)
+            copied = mailbox.copy(action.from_folder, action.uid, action.folder)
+            if action.add:
+                mailbox.set_flags(action.folder, copied, action.add, ())
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 

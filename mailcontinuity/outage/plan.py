@@ -158,23 +158,33 @@ def _existing_message(key: str, group: list[RecordedMessage], copies: list[Prima
                 actions.append(Action("flags", folder, key, message_id, uid=copy.uid, add=add,
                                       remove=remove))
     removed = [folder for folder in sorted(before.keys() - now.keys()) if folder in on_primary]
+    moves: list[Action] = []
     for folder in sorted(now.keys() - before.keys()):
         row = now[folder]
         if folder in on_primary:
+            # Placed there already (an earlier pass): only the flags may still be owed.
+            lacking = _gained(row.flags, on_primary[folder].flags)
+            if lacking:
+                actions.append(Action("flags", folder, key, message_id,
+                                      uid=on_primary[folder].uid, add=lacking))
             continue
         if removed:
             origin = removed.pop(0)
             copy = on_primary[origin]
             base_flags = before[origin].base_flags or ()
-            actions.append(Action("move", folder, key, message_id, uid=copy.uid,
-                                  from_folder=origin, add=_gained(row.flags, base_flags),
-                                  remove=tuple(f for f in _gained(base_flags, row.flags)
-                                               if f in copy.flags)))
+            moves.append(Action("move", folder, key, message_id, uid=copy.uid,
+                                from_folder=origin, add=_gained(row.flags, base_flags),
+                                remove=tuple(f for f in _gained(base_flags, row.flags)
+                                             if f in copy.flags)))
         elif copies:
+            # The copy gets the row's flags whatever the source has by then (a flag change
+            # planned for the source runs first).
             actions.append(Action("copy", folder, key, message_id, uid=copies[0].uid,
-                                  from_folder=copies[0].folder))
+                                  from_folder=copies[0].folder, add=row.flags))
         else:
             actions.append(Action("report", folder, key, message_id, reason="not_on_primary"))
+    # Copies first: a copy is made from a message that one of the moves may take away.
+    actions += moves
     for folder in removed:
         if propagate_deletions:
             actions.append(Action("delete", folder, key, message_id, uid=on_primary[folder].uid))

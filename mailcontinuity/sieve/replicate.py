@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
+from mailcontinuity.mail.maildir import user_maildirs
 from mailcontinuity.mail.managesieve import Credentials, Scripts, SieveError, SieveSession, session
 from mailcontinuity.mail.tls import TLSPolicy
-from mailcontinuity.outage.scan import protected_maildirs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class SieveSyncReport:
 
 def protected_users(config: Config) -> list[str]:
     """Users with a standby Maildir (anyone who has had mail journaled) plus ``sieve.users``."""
-    return sorted({*protected_maildirs(config), *(u.lower() for u in config.sieve.users)})
+    maildirs = user_maildirs(config.standby.maildir, list(config.domains.protected))
+    return sorted({*maildirs, *(u.lower() for u in config.sieve.users)})
 
 
 def sieve_sync(config: Config) -> SieveSyncReport:

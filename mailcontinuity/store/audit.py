@@ -40,6 +40,12 @@ def record_command(store: StateStore, command: str, actor: str, detail: dict[str
     announce(entry)
 
 
+def forget_before(store: StateStore, before: float) -> int:
+    """Delete audit records older than ``before``; how many."""
+    with store.transaction():
+        return store.execute("DELETE FROM audit WHERE at < ?", [before])
+
+
 def audit_log(store: StateStore, since: float = 0.0) -> list[AuditEntry]:
     rows = store.query(
         "SELECT id, at, event, from_state, to_state, cause, actor, detail, origin FROM audit"

@@ -83,15 +83,41 @@ def mark_pruned(store: StateStore, records: Iterable[CopyRecord]) -> None:
         )
 
 
+# Copies that need no more work once recorded: their rows only count them.
+SETTLED = ("pruned", "unknown", "failed")
+
+
+def forget_before(store: StateStore, before: float) -> int:
+    """Delete the rows of settled copies recorded before ``before`` and the alarms raised
+    before it; their numbers move to ``retired_count``, so counters never go down."""
+    placeholders = ", ".join("?" for _ in SETTLED)
+    with store.transaction():
+        retired = store.query(
+            f"SELECT 'journal:' || status, count(*) FROM journal WHERE status IN ({placeholders})"
+            " AND recorded < ? GROUP BY status", [*SETTLED, before])
+        retired += store.query("SELECT 'alarm:' || kind, count(*) FROM journal_alarm"
+                               " WHERE at < ? GROUP BY kind", [before])
+        store.executemany(
+            "INSERT INTO retired_count (name, count) VALUES (?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET count = retired_count.count + excluded.count", retired)
+        deleted = store.execute(f"DELETE FROM journal WHERE status IN ({placeholders})"
+                                " AND recorded < ?", [*SETTLED, before])
+        deleted += store.execute("DELETE FROM journal_alarm WHERE at < ?", [before])
+    return deleted
+
+
 def journal_summary(store: StateStore) -> dict[str, Any]:
     """Counters for ``status``: copies by outcome, unknown recipients, the latest alarms."""
     counts = dict(store.query("SELECT status, count(*) FROM journal GROUP BY status"))
+    for name, count in store.query("SELECT name, count FROM retired_count"):
+        counts[name] = counts.get(name, 0) + count
     unknown = [row[0] for row in store.query(
         "SELECT DISTINCT address FROM journal WHERE status = 'unknown' ORDER BY address")]
     summary: dict[str, Any] = {
-        "shipped": counts.get("shipped", 0) + counts.get("pruned", 0),
-        "failed": counts.get("failed", 0),
-        "pruned": counts.get("pruned", 0),
+        "shipped": counts.get("shipped", 0) + counts.get("pruned", 0)
+        + counts.get("journal:pruned", 0),
+        "failed": counts.get("failed", 0) + counts.get("journal:failed", 0),
+        "pruned": counts.get("pruned", 0) + counts.get("journal:pruned", 0),
         "unknown_recipients": unknown,
     }
     for kind in ("spool_error", "ship_error"):
@@ -102,6 +128,6 @@ def journal_summary(store: StateStore) -> dict[str, Any]:
             newest = store.one(
                 "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
             last = {"at": last_at, "detail": newest[0] if newest else ""}
-        summary[f"{kind}s"] = total
+        summary[f"{kind}s"] = total + counts.get(f"alarm:{kind}", 0)
         summary[f"last_{kind}"] = last
     return summary

@@ -106,6 +106,13 @@ def _migration_audit_origin(store: StateStore) -> None:
     store.execute("ALTER TABLE audit ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
 
 
+def _migration_retired_counts(store: StateStore) -> None:
+    """How many records ``prune`` has forgotten, by kind (``journal:pruned``,
+    ``alarm:ship_error``...), so that the counters ``status`` and the metrics show never go
+    down when old rows are deleted."""
+    store.execute("CREATE TABLE retired_count (name TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -113,4 +120,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_sync,
     _migration_policyd_health,
     _migration_audit_origin,
+    _migration_retired_counts,
 ]

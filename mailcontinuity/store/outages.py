@@ -217,7 +217,7 @@ class ChangeLog:
         assert one is not None, "an aggregate query returns one row"
         names = ("new_messages", "flag_changes", "moved_or_copied", "removed_from_folder",
                  "outage_messages_deleted", "new_folders")
-        return {name: int(value or 0) for name, value in zip(names, one, strict=False)}
+        return {name: int(value or 0) for name, value in zip(names, one, strict=True)}
 
     # --- checkpoints ---------------------------------------------------------------------
     def done_actions(self, outage_id: int, user: str) -> dict[str, str]:
@@ -240,6 +240,24 @@ class ChangeLog:
                     " at = excluded.at",
                     [outage_id, user, action, status, json.dumps(detail, sort_keys=True), now],
                 )
+
+    def forget_merged_before(self, before: float) -> int:
+        """Delete the per-message detail of outages merged before ``before``: the mirror of
+        the standby, folders and checkpoints; the outage's row and summary stay (``report``).
+        Rows of outage mail stay too: they are how a later outage knows that a message still
+        on the standby was merged already (``kind_of``)."""
+        with self.store.transaction():
+            old = [row[0] for row in self.store.query(
+                "SELECT id FROM sync_outage WHERE status = 'merged' AND merged_at < ?", [before])]
+            deleted = 0
+            for outage_id in old:
+                deleted += self.store.execute("DELETE FROM sync_message WHERE outage_id = ?"
+                                              " AND kind != 'outage'", [outage_id])
+                deleted += self.store.execute("DELETE FROM sync_folder WHERE outage_id = ?",
+                                              [outage_id])
+                deleted += self.store.execute("DELETE FROM sync_progress WHERE outage_id = ?",
+                                              [outage_id])
+        return deleted
 
     def progress_counts(self, outage_id: int) -> dict[str, int]:
         rows = self.store.query(

@@ -1,0 +1,65 @@
+"""Hooks: run in order with the transition in their environment, bounded, after routing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailcontinuity.cli.main import main
+from mailcontinuity.hooks.runner import run_hooks
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.mail.imap import imap_login
+from tests.lab.policyd_helpers import back_to_normal
+from tests.unit.test_hook_runner import TRANSITION, install
+
+
+@pytest.fixture
+def lab_hooks(lab: Lab) -> Iterator[Path]:
+    hooks_dir = lab.config.hooks_dir
+    back_to_normal(lab)
+    yield hooks_dir
+    for hook in hooks_dir.glob("on-*.d/*"):
+        hook.unlink()
+    back_to_normal(lab)
+
+
+def test_transition_runs_hooks_after_routing_switched(lab: Lab, lab_hooks: Path) -> None:
+    seen = lab.dir / "hook-saw"
+    install(lab_hooks, "failover", "10-check-routing",
+            f"#!/bin/sh\ncat {lab.config.gateway.transport_map} > {seen}\n"
+            f'echo "$NEW_STATE $MAILCONTINUITY_CONFIG" >> {seen}\n')
+    install(lab_hooks, "failover", "20-hangs", "#!/bin/sh\nsleep 60\n")
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "failover",
+                                       "--reason", "hook test", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["changed"] is True
+    text = seen.read_text()
+    assert f"lmtp:inet:[127.0.0.1]:{lab.config.standby.lmtp.port}" in text
+    assert f"failover {lab.config_file}" in text
+
+
+def test_example_hook_mails_the_administrators(lab: Lab, tmp_path: Path) -> None:
+    admin = lab.users[2]
+    directory = tmp_path / "on-failover.d"
+    directory.mkdir()
+    (directory / "mail-admins").symlink_to(Path(sys.executable).parent
+                                           / "mailcontinuity-hook-mail-admins")
+    # Its settings come from the hooks' environment file, as the role writes it.
+    (tmp_path / "environment").write_text(f"# admins\nMAILCONTINUITY_ADMINS={admin.address}\n"
+                                          f"MAILCONTINUITY_SMTP_RELAY='{lab.gateway.smtp}'\n"
+                                          "not a setting\n")
+    [result] = run_hooks(tmp_path, TRANSITION, timeout=30)
+    assert result.exit_code == 0, result.output
+
+    def delivered() -> bool:
+        with imap_login(lab.endpoint("primary", "imap"), admin.login, admin.password) as client:
+            client.select_folder("INBOX", readonly=True)
+            return bool(client.search(["SUBJECT", "normal -> failover"]))
+
+    eventually(delivered, 30, "administrator's notification in the INBOX")

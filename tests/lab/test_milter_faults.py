@@ -1,0 +1,158 @@
+"""Faults: standby down, the milter killed between accept and ship, the spool disk full."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+
+import Milter
+import pytest
+from click.testing import CliRunner
+from Milter.testctx import TestCtx as MilterContext
+
+from mailcontinuity.cli.main import main
+from mailcontinuity.journal.daemon import journal_policy
+from mailcontinuity.journal.milter import JournalMilter, JournalRuntime, SpoolErrorCounter
+from mailcontinuity.journal.spool import Spool, SpoolWriter, spool_usage
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.store.heartbeats import pid_alive
+from tests.lab.journal_helpers import fetch_by_header, wait_for_empty_spool
+
+SENDER = "sender@remote.test"
+
+
+def journal_status(lab: Lab) -> dict:
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["journal"]
+
+
+def send_batch(lab: Lab, count: int, subject: str) -> list[str]:
+    ids = []
+    for number in range(count):
+        message = make_message(SENDER, [lab.users[1].address], f"{subject} {number}")
+        send_message(lab.gateway.smtp, message, SENDER, [lab.users[1].address])
+        ids.append(message["Message-ID"])
+    return ids
+
+
+def wait_for_spooled(spool_dir: Path, count: int, timeout: float = 20.0) -> None:
+    eventually(lambda: spool_usage(spool_dir).entries >= count, timeout,
+               f"{count} entries spooled")
+
+
+def stop_standby(lab: Lab) -> None:
+    """Stop the standby and let the milter's cache of known users expire (lab: 1 s)."""
+    lab.part("standby").stop()
+    time.sleep(lab.config.milter.recipient_cache_seconds + 0.1)
+
+
+def test_standby_down_spool_grows_then_drains_and_lag_shows(lab: Lab) -> None:
+    spool_dir = lab.config.milter.spool_dir
+    wait_for_empty_spool(spool_dir)
+    stop_standby(lab)
+    try:
+        ids = send_batch(lab, 3, f"while standby down {uuid.uuid4().hex[:6]}")
+        wait_for_spooled(spool_dir, 3)
+        time.sleep(1.1)
+        # The shipper tries again on its backoff (up to retry_max_seconds): wait for its error.
+        journal = eventually(lambda: (got := journal_status(lab))["ship_errors"] >= 1 and got,
+                             lab.config.milter.retry_max_seconds + 5, "a shipping error")
+        assert journal["spooled"] == 3
+        assert journal["lag_seconds"] >= 1.0
+        assert journal["ship_errors"] >= 1 and "standby" in journal["last_ship_error"]["detail"]
+    finally:
+        lab.part("standby").start()
+    wait_for_empty_spool(spool_dir, timeout=30)
+    for message_id in ids:
+        assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID", message_id)) == 1
+    assert journal_status(lab)["lag_seconds"] == 0
+
+
+def test_milter_killed_between_accept_and_ship_ships_once_after_restart(lab: Lab) -> None:
+    spool_dir = lab.config.milter.spool_dir
+    milter = lab.part("milter")
+    wait_for_empty_spool(spool_dir)
+    stop_standby(lab)  # holds the entry in the spool: accepted, not shipped
+    try:
+        [message_id] = send_batch(lab, 1, f"killed milter {uuid.uuid4().hex[:6]}")
+        wait_for_spooled(spool_dir, 1)
+        pid = milter.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        eventually(lambda: not pid_alive(pid), 10, f"milter {pid} gone")
+        assert spool_usage(spool_dir).entries == 1
+    finally:
+        lab.part("standby").start()
+        milter.start()
+    wait_for_empty_spool(spool_dir, timeout=30)
+    time.sleep(1)
+    assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID", message_id)) == 1
+
+
+def feed(runtime: JournalRuntime, raw: bytes, recipient: str, auth: str = "") -> MilterContext:
+    """Run one message through the milter callbacks with pymilter's own test context."""
+    Milter.factory = lambda: JournalMilter(runtime)
+    ctx = MilterContext()
+    ctx._setsymval("{auth_authen}", auth)
+    ctx._setsymval("i", "ABC123")
+    ctx._connect()
+    ctx.rc = ctx._feedFile(BytesIO(raw), "sender@example.test", recipient)
+    return ctx
+
+
+@pytest.fixture
+def runtime(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JournalRuntime:
+    # The test context stops at the first reply that is not CONTINUE, so offer no "no-reply"
+    # protocol steps: every callback then answers CONTINUE as with an old MTA.
+    monkeypatch.setattr(MilterContext, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
+    errors: list[str] = []
+    counter = SpoolErrorCounter(errors.append)
+    entries: list[Path] = []
+    return JournalRuntime(journal_policy(lab.config), Spool(tmp_path / "spool"), entries.append,
+                          counter)
+
+
+RAW = b"From: a@remote.test\nTo: alice@example.test\nSubject: t\n\nbody\n"
+
+
+@pytest.mark.parametrize("policy", ["accept", "tempfail"])
+def test_disk_full_on_the_spool_behaves_as_configured(
+    runtime: JournalRuntime, mocker: pytest.MockFixture, policy: str
+) -> None:
+    runtime.policy = runtime.policy.__class__(**{**runtime.policy.__dict__,
+                                                 "tempfail_on_spool_error": policy == "tempfail"})
+    full = OSError(errno.ENOSPC, "No space left on device")
+    mocker.patch.object(SpoolWriter, "write", side_effect=full)
+    ctx = feed(runtime, RAW, "alice@example.test")
+    assert ctx.rc == (Milter.TEMPFAIL if policy == "tempfail" else Milter.CONTINUE)
+    assert runtime.spool_error.count == 1  # alarmed once, not per chunk
+    assert list(runtime.spool.tmp_dir.iterdir()) == [] and runtime.spool.entries() == []
+    if policy == "tempfail":
+        assert ctx._reply[0] == "451"
+
+
+def test_disk_full_at_commit_loses_no_accepted_mail_silently(
+    runtime: JournalRuntime, mocker: pytest.MockFixture
+) -> None:
+    mocker.patch("os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device"))
+    ctx = feed(runtime, RAW, "alice@example.test")
+    assert ctx.rc == Milter.CONTINUE
+    assert runtime.spool_error.count == 1
+    assert list(runtime.spool.tmp_dir.iterdir()) == [] and runtime.spool.entries() == []
+
+
+def test_authenticated_sender_gets_a_sent_copy(runtime: JournalRuntime) -> None:
+    ctx = feed(runtime, RAW, "someone@remote.test", auth="alice@example.test")
+    assert ctx.rc == Milter.CONTINUE
+    [entry] = runtime.spool.entries()
+    envelope = runtime.spool.read_envelope(entry)
+    assert [(t.address, t.folder) for t in envelope.targets] == [("alice@example.test", "Sent")]

@@ -1,0 +1,253 @@
+"""The Ansible role, applied to this machine as CI does (gateway and standby on one host).
+
+It configures the system's own Postfix and Dovecot (not the lab's private instances), so the
+servers it configures are started by hand here and stopped again; no running systemd is needed.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailcontinuity.config import Endpoint
+from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.mailbox import wait_for_message
+from mailcontinuity.lab.process import accepts_unix_connections
+from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.mail.tools import run_command
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+VENV_BIN = Path(sys.executable).parent
+CI_USERS = Path("/etc/dovecot/mailcontinuity-ci-users")
+CI_MASTERS = Path("/etc/dovecot/mailcontinuity-ci-masters")
+UNITS = [Path(f"/etc/systemd/system/mailcontinuity-{name}")
+         for name in ("milter.service", "policyd.service", "sync-agent.service",
+                      "prune.service", "prune.timer", "sieve-sync.service",
+                      "sieve-sync.timer")]
+
+
+def run(*argv: str | Path, cwd: Path = ANSIBLE,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def play(wheel_dir: Path) -> subprocess.CompletedProcess:
+    return run(VENV_BIN / "ansible-playbook", "-c", "local", "-i", "localhost,",
+               "tests/localhost.yml", "-e", f"wheel_dir={wheel_dir}", "-e", "primary_port=12525")
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Apply the role twice; yields the recap lines of both runs."""
+    if shutil.which("postfix") is None or shutil.which("dovecot") is None:
+        pytest.fail("postfix and dovecot must be installed (scripts/install-system-deps.sh)")
+    wheel_dir = tmp_path_factory.mktemp("wheels")
+    built = run(VENV_BIN / "pip", "wheel", "--no-deps", "-q", "-w", wheel_dir, ROOT, cwd=ROOT)
+    assert built.returncode == 0, built.stderr
+    # A fresh venv each time: the same version from a new wheel is not reinstalled by pip.
+    shutil.rmtree("/opt/mailcontinuity", ignore_errors=True)
+    # And a fresh state store: one left by another build may have a newer schema or an outage.
+    for leftover in Path("/var/lib/mailcontinuity").glob("state.db*"):
+        leftover.unlink()
+    CI_USERS.write_text("ci@ci.test:{PLAIN}ci-password::::::\n")
+    CI_MASTERS.write_text("cimaster:{PLAIN}ci-master-password\n")
+    for credentials in (CI_USERS, CI_MASTERS):
+        shutil.chown(credentials, "root", "dovecot")
+        credentials.chmod(0o640)
+    recaps = []
+    for attempt in ("first", "second"):
+        result = play(wheel_dir)
+        assert result.returncode == 0, f"{attempt} run failed:\n{result.stdout[-4000:]}"
+        recaps.append(next(line for line in result.stdout.splitlines()
+                           if line.startswith("localhost") and "ok=" in line))
+    yield recaps
+
+
+def test_second_run_changes_nothing(applied: list[str]) -> None:
+    assert re.search(r"\bchanged=0\b", applied[1]), applied[1]
+
+
+def test_postfix_has_the_settings(applied: list[str]) -> None:
+    assert run("postfix", "check").returncode == 0
+    settings = run("postconf", "-n").stdout
+    assert "relay_domains = ci.test" in settings
+    assert f"transport_maps = hash:{TRANSPORT}" in settings
+    assert "inet_interfaces = loopback-only" in settings
+    # The sockets, under the queue directory, named relative to it: smtpd is chrooted there.
+    assert "smtpd_milters = unix:mailcontinuity/milter/milter.sock" in settings
+    assert "check_policy_service { unix:mailcontinuity/policyd/policyd.sock," in settings
+    assert "ci.test smtp:[127.0.0.1]:12525" in TRANSPORT.read_text()
+
+
+def test_dovecot_has_the_standby_settings(applied: list[str]) -> None:
+    result = run("doveconf", "-n")
+    assert result.returncode == 0, result.stderr
+    assert "mail_location = maildir:/var/vmail/%d/%n/Maildir" in result.stdout
+    for port in (10143, 10024, 10587, 14190):
+        assert f"port = {port}" in result.stdout
+    # The hardening check-config prints wins over Debian's conf.d (ssl = yes there).
+    hardening = {"ssl": "required", "disable_plaintext_auth": "yes",
+                 "auth_failure_delay": "2 secs", "submission_relay_port": "25"}
+    for key, value in hardening.items():
+        assert run("doveconf", "-h", key).stdout.strip() == value, key
+
+
+def test_units_verify(applied: list[str]) -> None:
+    result = run("systemd-analyze", "verify", *UNITS)
+    assert result.returncode == 0, result.stderr
+    milter = UNITS[0].read_text()
+    assert "ExecStart=/opt/mailcontinuity/bin/mailcontinuity --config" in milter
+    # The maildir sink writes the standby's Maildirs, so the milter runs as their owner.
+    assert "User=vmail" in milter and "SupplementaryGroups=mailcontinuity" in milter
+    assert "ProtectSystem=strict" in milter and "NoNewPrivileges=true" in milter
+    units = {path.name: path.read_text() for path in UNITS}
+    assert not any("User=root" in text for text in units.values())
+    policyd = units["mailcontinuity-policyd.service"]
+    assert "User=mailcontinuity" in policyd and "NoNewPrivileges=false" in policyd
+    # systemd forces NoNewPrivileges back on with any of these (systemd.exec(5)), which would
+    # break `sudo postfix reload` and the setgid postqueue.
+    forcing = [line for line in policyd.splitlines() if line.split("=")[0] in NNP_FORCING]
+    assert forcing == []
+    assert "NoNewPrivileges=true" in units["mailcontinuity-sync-agent.service"]
+
+
+def test_root_is_lent_for_postfix_reload_only(applied: list[str]) -> None:
+    rule = SUDOERS.read_text()
+    assert run("visudo", "-cf", SUDOERS).returncode == 0
+    grants = [line for line in rule.splitlines() if "NOPASSWD" in line]
+    assert grants == [
+        "mailcontinuity ALL=(root) NOPASSWD: /usr/sbin/postfix -c /etc/postfix reload"]
+    assert SUDOERS.stat().st_mode & 0o777 == 0o440
+    for directory, owner in (("milter", "vmail"), ("policyd", "mailcontinuity")):
+        status = (SOCKET_DIR / directory).stat()
+        assert status.st_mode & 0o7777 == 0o2750
+        assert (pwd.getpwuid(status.st_uid).pw_name, grp.getgrgid(status.st_gid).gr_name) == (
+            owner, "postfix")
+
+
+def test_config_is_validated_and_private(applied: list[str]) -> None:
+    config = Path("/etc/mailcontinuity/mailcontinuity.toml")
+    assert config.stat().st_mode & 0o007 == 0
+    result = run("/opt/mailcontinuity/bin/mailcontinuity", "--config", config, "check-config")
+    assert result.returncode == 0, result.stderr
+
+
+CONFIG = "/etc/mailcontinuity/mailcontinuity.toml"
+COMMAND = "/opt/mailcontinuity/bin/mailcontinuity"
+TRANSPORT = Path("/etc/postfix/mailcontinuity/transport")
+SUDOERS = Path("/etc/sudoers.d/mailcontinuity")
+SOCKET_DIR = Path("/var/spool/postfix/mailcontinuity")
+NNP_FORCING = {"DynamicUser", "LockPersonality", "MemoryDenyWriteExecute", "PrivateDevices",
+               "ProtectClock", "ProtectHostname", "ProtectKernelLogs", "ProtectKernelModules",
+               "ProtectKernelTunables", "RestrictAddressFamilies", "RestrictNamespaces",
+               "RestrictRealtime", "RestrictSUIDSGID", "SystemCallArchitectures",
+               "SystemCallFilter", "SystemCallLog"}
+# As their units run them: no daemon as root.
+DAEMON_USERS = {
+    "milter": ["runuser", "-u", "vmail", "-g", "vmail", "-G", "mailcontinuity", "--"],
+    "policyd": ["runuser", "-u", "mailcontinuity", "-g", "mailcontinuity", "--"],
+    "sync-agent": ["runuser", "-u", "vmail", "-g", "vmail", "-G", "mailcontinuity", "--"],
+}
+
+
+@pytest.fixture
+def installed_servers(applied: list[str]) -> Iterator[None]:
+    """The system's Postfix and Dovecot as the role configured them, smtp-sink as the primary,
+    and the three daemons started by hand as their units would (user, groups, umask)."""
+    started: list[subprocess.Popen] = []
+    try:
+        started.append(subprocess.Popen(["smtp-sink", "-u", "nobody", "127.0.0.1:12525", "100"]))
+        run_command(["dovecot"])  # daemons: run_command does not wait on their inherited pipes
+        run_command(["postfix", "start"])
+        for name, prefix in DAEMON_USERS.items():
+            started.append(subprocess.Popen(
+                [*prefix, "sh", "-c", f"umask 0007; exec {COMMAND} --config {CONFIG} {name}"]))
+        for name in ("milter", "policyd"):
+            wait_for_socket(SOCKET_DIR / name / f"{name}.sock")
+        yield
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        run_command(["postfix", "stop"])
+        run_command(["doveadm", "stop"])
+
+
+def wait_for_socket(path: Path, timeout: float = 20.0) -> None:
+    eventually(lambda: accepts_unix_connections(path), timeout, f"a listener on {path}")
+    status = path.stat()
+    assert (grp.getgrgid(status.st_gid).gr_name, status.st_mode & 0o777) == ("postfix", 0o660)
+
+
+def test_installed_gateway_journals_into_the_installed_standby(installed_servers: None) -> None:
+    message = make_message("someone@remote.test", ["ci@ci.test"], "through the installed gateway")
+    send_message(Endpoint("127.0.0.1", 25), message, "someone@remote.test", ["ci@ci.test"])
+    raw = wait_for_message(Endpoint("127.0.0.1", 10143), "ci@ci.test", "ci-password",
+                           message["Message-ID"], timeout=30)
+    assert raw is not None, run(COMMAND, "--config", CONFIG, "status").stdout
+    assert JOURNAL_HEADER.encode() in raw
+    status = run(COMMAND, "--config", CONFIG, "status", "--json")
+    report = json.loads(status.stdout)
+    assert report["primary"]["policyd"]["running"] is True
+    assert report["journal"]["shipped"] >= 1
+
+
+def test_unprivileged_policyd_fails_over_through_the_sudo_rule(installed_servers: None) -> None:
+    """The primary (smtp-sink) stops: policyd, running as mailcontinuity, rewrites the table
+    and reloads Postfix through sudo; an operator's failback returns to normal."""
+    run("pkill", "-f", "smtp-sink -u nobody 127.0.0.1:12525")
+    try:
+        eventually(lambda: "ci.test lmtp:inet:[127.0.0.1]:10024" in TRANSPORT.read_text(), 60,
+                   "the transport table routed to the standby", interval=0.5)
+        report = json.loads(run(COMMAND, "--config", CONFIG, "status", "--json").stdout)
+        assert report["state"] == "failover"
+    finally:
+        restarted = subprocess.Popen(["smtp-sink", "-u", "nobody", "127.0.0.1:12525", "100"])
+        try:
+            # Run here, or by the sync agent (as vmail) if it takes the failback lease first.
+            result = run(COMMAND, "--config", CONFIG, "failback", "--yes")
+            assert result.returncode == 0 or "is in progress" in result.stderr, result.stderr
+            eventually(lambda: json.loads(run(COMMAND, "--config", CONFIG, "status", "--json")
+                                          .stdout)["state"] == "normal", 60,
+                       "failback back to normal", interval=0.5)
+        finally:
+            restarted.terminate()
+            restarted.wait(timeout=10)
+    assert "ci.test smtp:[127.0.0.1]:12525" in TRANSPORT.read_text()
+
+
+def test_ansible_lint_is_clean() -> None:
+    result = run(VENV_BIN / "ansible-lint", "--offline", "roles/mailcontinuity", "site.yml",
+                 "tests/localhost.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_portal_and_hooks_are_installed(applied: list[str]) -> None:
+    roundcube = Path("/etc/roundcube/config.inc.php").read_text()
+    assert "$config['imap_host'] = ['127.0.0.1:10143'];" in roundcube
+    assert "$config['smtp_host'] = '127.0.0.1:10587';" in roundcube
+    assert re.search(r"\$config\['des_key'\] = '[^']{24}';", roundcube)
+    hook = Path("/etc/mailcontinuity/hooks/on-failover.d/50-webhook")
+    assert os.readlink(hook) == "/opt/mailcontinuity/bin/mailcontinuity-hook-webhook"
+    environment = Path("/etc/mailcontinuity/hooks/environment")
+    assert "MAILCONTINUITY_WEBHOOK_URL=http://127.0.0.1:9/ci" in environment.read_text()
+    assert environment.stat().st_mode & 0o007 == 0
+    timer = Path("/etc/systemd/system/mailcontinuity-sieve-sync.timer").read_text()
+    assert "OnCalendar=*:0/15" in timer

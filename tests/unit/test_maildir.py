@@ -1,0 +1,120 @@
+"""The Maildir library's codecs, round trip: folder names, path templates, file names, headers."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mailcontinuity.mail.maildir import (
+    FLAG_LETTERS,
+    INBOX,
+    MaildirError,
+    expand_template,
+    flags_of,
+    folder_dirname,
+    folder_name,
+    folder_path,
+    message_name,
+    read_header_block,
+    rfc822_size,
+    split_filename,
+    user_maildirs,
+)
+
+# A folder name part as Dovecot's Maildir++ layout allows it: no separator of either kind.
+part = st.text(st.characters(blacklist_characters="./\x00\r\n", blacklist_categories=("Cs",)),
+               min_size=1, max_size=12)
+folders = st.lists(part, min_size=1, max_size=3).map("/".join).filter(
+    lambda name: name.upper() != INBOX)
+local_parts = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,15}", fullmatch=True).filter(
+    lambda local: not local.endswith("."))
+domains = st.sampled_from(["example.test", "mail.example.org"])
+
+
+@given(folders)
+def test_folder_names_round_trip(folder: str) -> None:
+    dirname = folder_dirname(folder)
+    assert dirname.startswith(".") and dirname.isascii() and "/" not in dirname
+    assert folder_name(dirname) == folder
+
+
+def test_inbox_is_the_root_in_any_case() -> None:
+    assert folder_dirname("inbox") == folder_dirname(INBOX) == ""
+    assert folder_name("") == INBOX
+    assert folder_path(Path("/m"), "Inbox") == Path("/m")
+    assert folder_path(Path("/m"), "Archive/Résumé") == Path("/m/.Archive.R&AOk-sum&AOk-")
+
+
+@given(local_parts, domains, st.sampled_from([
+    "/var/vmail/%d/%n/Maildir", "/srv/mail/%u", "/home/%d/%n", "/v/%d/users/%n.box/Maildir",
+    "/v/100%%/%d/%n"]))
+def test_templates_expand_as_dovecot_does(local: str, domain: str, template: str) -> None:
+    address = f"{local}@{domain}"
+    expanded = str(expand_template(template, address))
+    assert "%" not in expanded.replace("100%", "")
+    assert (local in expanded) and (domain in expanded or "%u" not in template)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(local_parts, min_size=1, max_size=5, unique=True), domains,
+       st.sampled_from(["%d/%n/Maildir", "%u", "%d/%n.box/Maildir", "100%%/%d/%n"]))
+def test_every_maildir_a_template_makes_is_found_again(locals_: list[str], domain: str,
+                                                      template: str) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        full = f"{root}/{template}"
+        for local in locals_:
+            (expand_template(full, f"{local}@{domain}") / "cur").mkdir(parents=True)
+        # Not a Maildir, and a name the template cannot have made: both ignored.
+        (expand_template(full, f"stray@{domain}").parent / "not-a-maildir").mkdir(
+            parents=True, exist_ok=True)
+        found = user_maildirs(full, [domain, "other.test"])
+        assert found == {f"{local}@{domain}": expand_template(full, f"{local}@{domain}")
+                         for local in locals_}
+
+
+def test_a_template_without_the_user_or_with_an_unknown_variable_is_refused() -> None:
+    with pytest.raises(MaildirError, match="does not name the user"):
+        user_maildirs("/var/vmail/%d/Maildir", ["example.test"])
+    with pytest.raises(MaildirError, match="unknown variable %h"):
+        expand_template("/home/%h/Maildir", "a@example.test")
+
+
+@given(st.sets(st.sampled_from(sorted(FLAG_LETTERS))), st.sets(st.sampled_from("abcdef")),
+       st.integers(1, 10**9), st.integers(0, 10**6))
+def test_file_names_carry_sizes_and_flags(letters: set[str], keyword_letters: set[str],
+                                          size: int, extra: int) -> None:
+    keywords = {letter: f"$Keyword{letter}" for letter in "abcdef"}
+    base = message_name("1795325361.M1P2Q3", size, size + extra)
+    info = "".join(sorted(letters | keyword_letters))
+    assert split_filename(f"{base}:2,{info}") == (base, info)
+    assert split_filename(base) == (base, "")
+    assert rfc822_size(Path("/nonexistent"), f"{base}:2,{info}") == size + extra
+    expected = {FLAG_LETTERS[c] for c in letters} | {keywords[c] for c in keyword_letters}
+    assert flags_of(info, keywords) == tuple(sorted(expected))
+
+
+def test_rfc822_size_counts_bare_line_feeds_when_the_name_does_not_say(tmp_path: Path) -> None:
+    stored = tmp_path / "1.M1P1.host"
+    stored.write_bytes(b"Subject: x\n\nline\r\nline\n")
+    assert rfc822_size(stored, stored.name) == len(stored.read_bytes()) + 3  # 3 bare LFs
+
+
+header_lines = st.lists(
+    st.tuples(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True),
+              st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)),
+    min_size=1, max_size=40)
+
+
+@given(header_lines, st.sampled_from([b"\n", b"\r\n"]), st.binary(max_size=2000))
+def test_the_header_block_ends_at_the_first_empty_line(lines: list[tuple[str, str]],
+                                                        eol: bytes, body: bytes) -> None:
+    headers = b"".join(f"{name}: {value}".encode() + eol for name, value in lines)
+    assume(eol + eol not in headers)
+    with tempfile.NamedTemporaryFile() as stored:
+        stored.write(headers + eol + body)
+        stored.flush()
+        assert read_header_block(Path(stored.name)) == headers + eol

@@ -1,0 +1,200 @@
+"""The merge core without servers: plans applied to a model primary, planned again, verified.
+
+A generated outage record (history the user moved, flagged, copied or deleted on the standby;
+mail that arrived during the outage, read, filed or deleted; a queued copy the primary got on
+its own) is planned against a model of the primary, the plan applied to the model as the IMAP
+steps would apply it, then planned again: nothing may be left to do but reports, and ``verify``
+must find the primary as the record says.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailcontinuity.outage.merge import APPEND_BATCH_BYTES, APPEND_BATCH_MESSAGES, _batches
+from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
+from mailcontinuity.outage.primary import PrimaryCopy
+from mailcontinuity.outage.verify import verify_user
+from mailcontinuity.store.outages import RecordedMessage
+
+FOLDERS = ("INBOX", "Archive", "Projekte/Übersicht", "Sent")
+FLAGS = ("\\Seen", "\\Flagged", "\\Answered", "$Important")
+
+
+@dataclass
+class ModelPrimary:
+    """One user's mailbox on the primary: folder -> uid -> (key, flags), and when saved."""
+
+    folders: set[str] = field(default_factory=lambda: {"INBOX", "Sent"})
+    messages: dict[tuple[str, int], tuple[str, frozenset[str], bool]] = field(default_factory=dict)
+    """(folder, uid) -> (key, flags, saved since the outage began)."""
+    uids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def add(self, folder: str, key: str, flags: frozenset[str], recent: bool) -> None:
+        self.messages[(folder, next(self.uids))] = (key, flags, recent)
+
+    def index(self, saved_since_outage_only: bool = False,
+              whole: set[str] | None = None) -> dict[str, list[PrimaryCopy]]:
+        index: dict[str, list[PrimaryCopy]] = {}
+        for (folder, uid), (key, flags, recent) in sorted(self.messages.items()):
+            if saved_since_outage_only and not recent and folder not in (whole or set()):
+                continue
+            index.setdefault(key, []).append(PrimaryCopy(folder, uid, tuple(sorted(flags)), key))
+        return index
+
+    def apply(self, action: Action) -> None:
+        """What failback's IMAP steps do to the mailbox."""
+        if action.kind == "create_folder":
+            self.folders.add(action.folder)
+        elif action.kind == "append":
+            assert action.source is not None and action.folder in self.folders
+            self.add(action.folder, action.key, frozenset(action.source.flags), True)
+        elif action.kind == "flags":
+            key, flags, recent = self.messages[(action.folder, action.uid)]
+            self.messages[(action.folder, action.uid)] = (
+                key, (flags | set(action.add)) - set(action.remove), recent)
+        elif action.kind in ("move", "copy"):
+            assert action.folder in self.folders
+            key, flags, _ = self.messages[(action.from_folder, action.uid)]
+            if action.kind == "move":
+                del self.messages[(action.from_folder, action.uid)]
+            self.add(action.folder, key, (flags | set(action.add)) - set(action.remove), True)
+        elif action.kind == "delete":
+            del self.messages[(action.folder, action.uid)]
+
+
+def row(key: str, folder: str, kind: str, flags: tuple[str, ...], present: bool,
+        in_baseline: bool, base_flags: tuple[str, ...] | None) -> RecordedMessage:
+    return RecordedMessage(user="alice@example.test", folder=folder, basename=f"{key}-{folder}",
+                           filename=f"{key}-{folder}:2,", path=f"/standby/{key}", key=key,
+                           kind=kind, flags=tuple(sorted(flags)), size=1000, mtime=0.0,
+                           message_id=f"<{key}@test>", present=present, in_baseline=in_baseline,
+                           base_flags=None if base_flags is None else tuple(sorted(base_flags)))
+
+
+# A message's rows in the record, and the copies the primary holds of it: (folder, flags).
+Drawn = tuple[list[RecordedMessage], list[tuple[str, tuple[str, ...]]]]
+flag_sets = st.sets(st.sampled_from(FLAGS)).map(lambda flags: tuple(sorted(flags)))
+
+
+@st.composite
+def history(draw: st.DrawFn, key: str) -> Drawn:
+    """A message the primary had before the outage (in one folder), and what the user did with
+    its standby copy: nothing, flags, a move, a copy, a deletion."""
+    folder = draw(st.sampled_from(FOLDERS))
+    base = draw(flag_sets)
+    now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
+    rows = [] if folder in now else [row(key, folder, "existing", base, False, True, base)]
+    rows += [row(key, there, "existing", draw(flag_sets), True, there == folder,
+                 base if there == folder else None) for there in now]
+    return rows, [(folder, base)]
+
+
+@st.composite
+def outage_mail(draw: st.DrawFn, key: str) -> Drawn:
+    """A message that reached the standby during the outage, where the user filed and flagged
+    it (or deleted it); maybe a journal copy beside it (accepted just before the failover,
+    delivered from the queue afterwards), maybe a copy the primary got from Postfix's queue."""
+    now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
+    rows = [row(key, there, "outage", draw(flag_sets), True, False, None) for there in now]
+    if draw(st.booleans()):
+        rows.append(row(key, "INBOX", "existing", (), draw(st.booleans()), True, ()))
+    queued = [("INBOX", ())] if now and draw(st.booleans()) else []
+    return rows, queued
+
+
+@st.composite
+def outages(draw: st.DrawFn) -> tuple[list[RecordedMessage], dict[str, tuple[bool, bool]],
+                                      ModelPrimary]:
+    primary = ModelPrimary()
+    rows: list[RecordedMessage] = []
+    for number in range(draw(st.integers(1, 8))):
+        key = f"id:{number}"
+        made, copies = draw(outage_mail(key) if draw(st.booleans()) else history(key))
+        rows += made
+        for folder, flags in copies:
+            primary.folders.add(folder)
+            primary.add(folder, key, frozenset(flags), recent=any(r.kind == "outage"
+                                                                   for r in made))
+    used = {r.folder for r in rows if r.present}
+    folders = {folder: (folder in primary.folders, folder in used) for folder in FOLDERS}
+    return rows, folders, primary
+
+
+def plan(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]],
+         primary: ModelPrimary, propagate: bool) -> list[Action]:
+    return plan_user(rows, folders, primary.index(), set(primary.folders), propagate)
+
+
+@settings(max_examples=300, deadline=None)
+@given(outages(), st.booleans())
+def test_a_plan_applied_leaves_nothing_to_do_and_verify_agrees(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool) -> None:
+    rows, folders, primary = outage
+    for action in plan(rows, folders, primary, propagate):
+        primary.apply(action)
+    again = plan(rows, folders, primary, propagate)
+    assert [a for a in again if a.kind != "report"] == []
+    found = verify_user(rows, primary.index())
+    assert found == {"missing": [], "duplicated": [], "flag_mismatches": []}
+    before = {key: len(copies) for key, copies in outage[2].index().items()}
+    for key in {r.key for r in rows if r.kind == "outage"}:
+        on_standby = sum(1 for r in rows if r.key == key and r.kind == "outage" and r.present)
+        on_primary = len(primary.index().get(key, []))
+        # Once per copy the user kept on the standby; one deleted there is not added back.
+        assert on_primary == (on_standby or before.get(key, 0)), key
+
+
+@settings(max_examples=200, deadline=None)
+@given(outages(), st.booleans())
+def test_action_ids_are_stable_across_plans(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool) -> None:
+    rows, folders, primary = outage
+    first = plan(rows, folders, primary, propagate)
+    assert [a.id for a in first] == [a.id for a in plan(rows, folders, primary, propagate)]
+    assert len({a.id for a in first}) == len(first), "two actions share a checkpoint id"
+
+
+@settings(max_examples=200, deadline=None)
+@given(outages())
+def test_reading_only_recent_mail_and_changed_folders_plans_the_same(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary]) -> None:
+    """Failback reads the primary since the outage began plus the folders of changed history;
+    whenever that finds every key that may be older, the plan is the one the whole primary
+    gives."""
+    rows, folders, primary = outage
+    keys, whole = older_copies_needed(rows)
+    partial = primary.index(saved_since_outage_only=True, whole=whole)
+    if keys <= partial.keys():
+        assert (plan_user(rows, folders, partial, set(primary.folders), False)
+                == plan_user(rows, folders, primary.index(), set(primary.folders), False))
+
+
+def test_appends_are_batched_by_count_and_size_in_order() -> None:
+    source = row("id:x", "INBOX", "outage", (), True, False, None)
+    big = replace(source, size=APPEND_BATCH_BYTES // 2 + 1)
+    actions = [Action("append", "INBOX", f"id:{n}", source=source)
+               for n in range(APPEND_BATCH_MESSAGES + 3)]
+    batches = _batches(actions)
+    assert [len(batch) for batch in batches] == [APPEND_BATCH_MESSAGES, 3]
+    assert [a for batch in batches for a in batch] == actions
+    heavy = [Action("append", "INBOX", f"id:{n}", source=big) for n in range(3)]
+    assert [len(batch) for batch in _batches(heavy)] == [1, 1, 1]
+    assert _batches([]) == []
+
+
+def test_a_deletion_on_the_standby_is_reported_unless_propagation_is_asked() -> None:
+    rows = [row("id:1", "Archive", "existing", (), False, True, ())]
+    primary = ModelPrimary(folders={"INBOX", "Archive"})
+    primary.add("Archive", "id:1", frozenset(), False)
+    folders = {"Archive": (True, True)}
+    [kept] = plan(rows, folders, primary, propagate=False)
+    assert (kept.kind, kept.reason) == ("report", "deleted_on_standby_kept_on_primary")
+    [deleted] = plan(rows, folders, primary, propagate=True)
+    assert (deleted.kind, deleted.folder) == ("delete", "Archive")

@@ -1,0 +1,75 @@
+"""``prune``'s store side: old rows go, counters stay, nothing still needed is touched."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+from mailcontinuity.config import parse_config
+from mailcontinuity.mail.maildir import MessageFile
+from mailcontinuity.store.audit import audit_log, record_command
+from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.journal import CopyRecord, journal_summary, record_alarm, record_copies
+from mailcontinuity.store.outages import ChangeLog
+from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
+from tests.unit.test_config import VALID
+
+NOW = time.time()
+OLD = NOW - 100 * DAY_SECONDS  # beyond the default 90 days of [state] retention_days
+
+
+def message(key: str, journal: bool) -> MessageFile:
+    return MessageFile(folder="INBOX", basename=key, filename=key, path=Path("/x") / key,
+                       flags=(), key=key, journal=journal, size=1, mtime=0.0,
+                       message_id=f"<{key}>")
+
+
+def test_old_records_are_forgotten_and_counters_do_not_go_down(tmp_path: Path) -> None:
+    config = parse_config(tomllib.loads(VALID), tmp_path / "mailcontinuity.toml")
+    store = StateStore(tmp_path / "state.db")
+    try:
+        record_copies(store, [
+            CopyRecord("old", "a@example.org", "INBOX", "pruned", OLD),
+            CopyRecord("gone", "b@example.org", "INBOX", "unknown", OLD),
+            CopyRecord("new", "a@example.org", "INBOX", "shipped", NOW),
+        ])
+        store.execute("UPDATE journal SET recorded = ? WHERE message_id IN ('old', 'gone')",
+                      [OLD])
+        record_alarm(store, "ship_error", "standby down long ago")
+        store.execute("UPDATE journal_alarm SET at = ?", [OLD])
+        record_command(store, "failover", "root", {"outcome": "ok"}, "local")
+        store.execute("UPDATE audit SET at = ?", [NOW - 500 * DAY_SECONDS])
+        record_command(store, "status", "root", {"outcome": "ok"}, "local")
+        changelog = ChangeLog(store)
+        merged = changelog.start_outage()
+        with store.transaction():
+            changelog.upsert_file(merged.id, "a@example.org", message("hist", True), True)
+            changelog.upsert_file(merged.id, "a@example.org", message("new", False), False)
+            changelog.record_folder(merged.id, "a@example.org", "INBOX", True, True)
+        changelog.checkpoint(merged.id, "a@example.org", [("append|INBOX|new|", "done", {})])
+        changelog.set_outage(merged.id, status="merged", merged_at=OLD, summary={"n": 1})
+        current = changelog.start_outage()
+        with store.transaction():
+            changelog.upsert_file(current.id, "a@example.org", message("hist", True), True)
+        before = journal_summary(store)
+
+        forgotten = forget_old_records(config, store, now=NOW)
+
+        assert forgotten == {"journal_rows": 3, "outage_detail_rows": 3, "audit_rows": 1}
+        after = journal_summary(store)
+        for counter in ("shipped", "pruned", "failed", "ship_errors"):
+            assert after[counter] == before[counter], counter
+        assert after["unknown_recipients"] == [] and before["unknown_recipients"]
+        assert [entry.cause for entry in audit_log(store)] == ["status"]
+        # The merged outage keeps its summary and its outage mail (a later outage must know
+        # the message was merged); the open outage is untouched.
+        assert changelog.last_outage() is not None
+        assert [m.key for m in changelog.messages(merged.id)] == ["new"]
+        assert changelog.kind_of(current.id + 1, "a@example.org", message("new", False)) \
+            == "existing"
+        assert [m.key for m in changelog.messages(current.id)] == ["hist"]
+        assert forget_old_records(config, store, now=NOW) == {
+            "journal_rows": 0, "outage_detail_rows": 0, "audit_rows": 0}
+    finally:
+        store.close()
