@@ -216,7 +216,9 @@ def main() -> None:
         store = open_store(lab.config)
         change_state(lab.config, store, "failover", "benchmark", "bench")
         changelog = ChangeLog(store)
-        outage = rescan(lab.config, changelog, changelog.start_outage())  # the baseline
+        opened = changelog.start_outage()
+        assert opened is not None
+        outage = rescan(lab.config, changelog, opened)  # the baseline
         written = write_outage_mail(lab, args.messages, random.Random(1))
         rescan(lab.config, changelog, outage)
         total = sum(written[0].values())

@@ -382,12 +382,13 @@ def restored(lab: Lab) -> Iterator[None]:
     finally:
         store = open_store(lab.config)
         try:
+            if current_state(store).name != "normal":
+                change_state(lab.config, store, "normal", "scenario cleanup", "scenario")
+            # After the state: once it is normal the recorder opens no new record.
             changelog = ChangeLog(store)
             outage = changelog.open_outage()
             if outage is not None:
                 changelog.set_outage(outage.id, status="merged")
-            if current_state(store).name != "normal":
-                change_state(lab.config, store, "normal", "scenario cleanup", "scenario")
         finally:
             store.close()
 

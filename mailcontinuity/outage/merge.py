@@ -328,12 +328,14 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         raise
     try:
         state = current_state(store).name
-        outage = changelog.open_outage()
-        if state == "normal" and outage is None:
-            return FailbackReport(None, state, note="no outage to merge")
         if state == "failover":
             # Routing first: new mail goes to the primary before the merge starts.
             change_state(config, store, "failback", cause, actor, expect=("failover",))
+        # Read after the transition: the recorder opens no record once the state has left
+        # failover, so none can appear after this.
+        outage = changelog.open_outage()
+        if state == "normal" and outage is None:
+            return FailbackReport(None, state, note="no outage to merge")
         if outage is None and changelog.last_outage() is None:
             log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"
                         " merging what the standby holds now (flag changes and moves of older"

@@ -118,9 +118,10 @@ class SyncAgent(pyinotify.ProcessEvent):
         # outage can come and go between two looks at the state.
         self.outage = self.changelog.open_outage() if state != "normal" else None
         if state == "failover" and self.outage is None:
-            self.outage = self.changelog.start_outage()
-            self.rescan_all = True
-            log.info("event=outage_recording outage=%d", self.outage.id)
+            self.outage = self.changelog.start_outage(while_in=("failover",))
+            if self.outage is not None:
+                self.rescan_all = True
+                log.info("event=outage_recording outage=%d", self.outage.id)
         if self.outage is not None:
             if self.rescan_all or self.outage.baseline_at is None:
                 self.outage = rescan(self.config, self.changelog, self.outage)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.state import StateName, current_state
 
 OutageStatus = Literal["recording", "merging", "merged"]
 
@@ -73,18 +74,22 @@ class ChangeLog:
         row = self.store.one("SELECT * FROM sync_outage ORDER BY id DESC LIMIT 1")
         return self._outage(row)
 
-    def start_outage(self) -> Outage:
-        """The open outage, created now if there is none (idempotent, race-free)."""
+    def start_outage(self, while_in: tuple[StateName, ...] | None = None) -> Outage | None:
+        """The open outage, created now if there is none (idempotent, race-free); with
+        ``while_in``, only while the continuity state is one of those, checked in the same
+        transaction: a recorder that saw ``failover`` a moment ago must not open a record for
+        an outage an operator has closed since (it would stay open, and a later outage would
+        inherit its stale baseline)."""
         with self.store.transaction():
             existing = self.open_outage()
             if existing is not None:
                 return existing
+            if while_in is not None and current_state(self.store).name not in while_in:
+                return None
             self.store.execute(
                 "INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
                 [time.time()])
-        outage = self.open_outage()
-        assert outage is not None
-        return outage
+        return self.open_outage()
 
     def set_outage(self, outage_id: int, **fields: Any) -> None:
         if "summary" in fields:
