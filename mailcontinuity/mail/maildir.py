@@ -17,6 +17,7 @@ Reading never changes a file: Dovecot owns them.
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -340,24 +341,51 @@ def _make_owned(directory: Path, owner: MailOwner) -> None:
     os.chown(directory, owner.uid, owner.gid)
 
 
+# copy_file_range refuses these where the two files are on different file systems (a spool on
+# its own disk or tmpfs, a separate /var/vmail) or the file system cannot do it; sendfile can.
+_NO_RANGE_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _copy_in_kernel(source: int, target: int, length: int) -> int:
+    """Copy the first ``length`` bytes of ``source`` into ``target`` without passing them
+    through Python; returns how many were copied (fewer only if ``source`` is shorter)."""
+    copied = 0
+    ranged = True
+    while copied < length:
+        chunk = min(COPY_CHUNK, length - copied)
+        if ranged:
+            try:
+                done = os.copy_file_range(source, target, chunk, copied, copied)
+            except OSError as exc:
+                if exc.errno not in _NO_RANGE_COPY:
+                    raise
+                ranged = False
+                os.lseek(target, copied, os.SEEK_SET)
+                continue
+        else:
+            done = os.sendfile(target, source, copied, chunk)
+        if done == 0:
+            break
+        copied += done
+    return copied
+
+
 def deliver(path: Path, name: str, source: int, length: int, owner: MailOwner,
             received: float) -> Path:
     """Copy ``length`` bytes from the start of file descriptor ``source`` into ``path/new/name``.
 
-    The copy stays in the kernel (``os.copy_file_range``), so a 50 MB message never passes
-    through Python. mtime is set to ``received``: Dovecot shows it as the INTERNALDATE.
+    The copy stays in the kernel (``os.copy_file_range``, or ``os.sendfile`` between file
+    systems), so a 50 MB message never passes through Python. mtime is set to ``received``:
+    Dovecot shows it as the INTERNALDATE.
     """
     ensure_folder(path, owner)
     temporary = path / "tmp" / name
     final = path / "new" / name
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        copied = 0
-        while copied < length:
-            done = os.copy_file_range(source, fd, min(COPY_CHUNK, length - copied), copied, copied)
-            if done == 0:
-                raise MaildirError(f"{temporary}: source ended after {copied} of {length} bytes")
-            copied += done
+        copied = _copy_in_kernel(source, fd, length)
+        if copied < length:
+            raise MaildirError(f"{temporary}: source ended after {copied} of {length} bytes")
         os.fchown(fd, owner.uid, owner.gid)
         os.fsync(fd)
     except BaseException:

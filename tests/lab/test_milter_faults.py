@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from io import BytesIO
@@ -96,6 +97,29 @@ def test_milter_killed_between_accept_and_ship_ships_once_after_restart(lab: Lab
     wait_for_empty_spool(spool_dir, timeout=30)
     time.sleep(1)
     assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID", message_id)) == 1
+
+
+def test_a_spool_on_its_own_file_system_still_ships_every_copy(lab: Lab) -> None:
+    """A spool on its own tmpfs while the standby's Maildirs stay on /tmp's disk: the
+    in-kernel copy crosses file systems (it used to fail with EXDEV and the spool grew)."""
+    spool_dir = lab.config.milter.spool_dir
+    wait_for_empty_spool(spool_dir)
+    milter = lab.part("milter")
+    milter.stop()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
+                    str(spool_dir)], check=True)
+    try:
+        assert os.stat(spool_dir).st_dev != os.stat(lab.dir / "standby").st_dev
+        milter.start()
+        ids = send_batch(lab, 3, f"spool on tmpfs {uuid.uuid4().hex[:8]}")
+        wait_for_empty_spool(spool_dir, timeout=30)
+        for message_id in ids:
+            assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID",
+                                       message_id)) == 1
+    finally:
+        milter.stop()
+        subprocess.run(["umount", str(spool_dir)], check=True)
+        milter.start()
 
 
 def feed(runtime: JournalRuntime, raw: bytes, recipient: str, auth: str = "") -> MilterContext:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from pytest_mock import MockerFixture
 
 from mailcontinuity.mail.maildir import (
     FLAG_LETTERS,
     INBOX,
     MaildirError,
+    MailOwner,
+    deliver,
     expand_template,
     flags_of,
     folder_dirname,
@@ -118,3 +123,44 @@ def test_the_header_block_ends_at_the_first_empty_line(lines: list[tuple[str, st
         stored.write(headers + eol + body)
         stored.flush()
         assert read_header_block(Path(stored.name)) == headers + eol
+
+
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EOPNOTSUPP])
+def test_delivery_copies_between_file_systems(tmp_path: Path, mocker: MockerFixture,
+                                              refusal: int) -> None:
+    """copy_file_range refuses a copy from a spool on another file system (EXDEV); the copy
+    goes on with sendfile from where it stopped, byte for byte."""
+    data = bytes(range(256)) * 9000  # over two COPY_CHUNKs
+    source = tmp_path / "spool-entry"
+    source.write_bytes(data + b"TRAILER")
+    real = os.copy_file_range
+    calls = []
+
+    def refuse_after_one_chunk(*args: int) -> int:
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(refusal, os.strerror(refusal))
+        return real(*args)
+
+    mocker.patch("os.copy_file_range", side_effect=refuse_after_one_chunk)
+    owner = MailOwner(os.getuid(), os.getgid())
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        stored = deliver(tmp_path / "Maildir", "1.M1P1.host,S=1,W=1", fd, len(data), owner, 1e9)
+    finally:
+        os.close(fd)
+    assert stored.read_bytes() == data and stored.stat().st_mtime == 1e9
+    assert len(calls) == 2 and list((tmp_path / "Maildir" / "tmp").iterdir()) == []
+
+
+def test_a_short_source_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "short"
+    source.write_bytes(b"12345")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with pytest.raises(MaildirError, match="source ended after 5 of 10 bytes"):
+            deliver(tmp_path / "Maildir", "x", fd, 10, MailOwner(os.getuid(), os.getgid()), 0.0)
+    finally:
+        os.close(fd)
+    assert list((tmp_path / "Maildir" / "tmp").iterdir()) == []
+    assert list((tmp_path / "Maildir" / "new").iterdir()) == []
