@@ -12,6 +12,7 @@ import os
 import re
 import ssl
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -139,10 +140,26 @@ SocketField = Annotated[
 ]
 
 
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are immutable once loaded."""
+def _accepts_path(annotation: Any) -> bool:
+    """Whether a field's type is ``Path`` or a union with it (``Path | None``)."""
+    return annotation is Path or Path in typing.get_args(annotation)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable once loaded, and
+    types are strict: ``retention_days = "30"`` or ``concurrency = true`` is an error naming the
+    key, never silently coerced. TOML has no path type, so a string is taken for a ``Path``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_from_text(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {name: Path(value) if isinstance(value, str) and name in cls.model_fields
+                and _accepts_path(cls.model_fields[name].annotation) else value
+                for name, value in data.items()}
 
 
 class StateSection(Section):
