@@ -11,7 +11,9 @@ monitor saw the primary recover) the agent runs the merge itself, unless an oper
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 from types import FrameType
@@ -22,6 +24,7 @@ from mailcontinuity.config import Config
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
 from mailcontinuity.outage.scan import protected_maildirs, record_file, rescan, rescan_user
+from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.heartbeats import sync_agent_beat
 from mailcontinuity.store.leases import LeaseHeld
@@ -96,6 +99,7 @@ class SyncAgent(pyinotify.ProcessEvent):
         signal.signal(signal.SIGINT, self._stop)
         last_beat = last_discovery = 0.0
         log.info("event=sync_agent_start pid_state=%s", current_state(self.store).name)
+        self._report_process(True, f"runs (pid {os.getpid()})")
         while not self.stopping:
             now = time.time()
             if now - last_discovery >= USER_DISCOVERY_SECONDS:
@@ -109,8 +113,15 @@ class SyncAgent(pyinotify.ProcessEvent):
                 self.notifier.read_events()
                 self.notifier.process_events()
         self.notifier.stop()
+        self._report_process(False, f"was stopped (pid {os.getpid()})")
         self.store.close()
         log.info("event=sync_agent_stop")
+
+    def _report_process(self, running: bool, detail: str) -> None:
+        """Say at once that the agent runs or has stopped (``status`` need not wait for its
+        heartbeat to go stale)."""
+        record_checks(self.store, [Check("sync-agent", "process", socket.gethostname(), running,
+                                         time.time(), detail)])
 
     def follow_state(self) -> None:
         state = current_state(self.store).name

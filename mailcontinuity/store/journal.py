@@ -131,3 +131,18 @@ def journal_summary(store: StateStore) -> dict[str, Any]:
         summary[f"{kind}s"] = total + counts.get(f"alarm:{kind}", 0)
         summary[f"last_{kind}"] = last
     return summary
+
+
+def journaled_since(store: StateStore, since: float) -> tuple[int, float | None]:
+    """(messages with a journal copy accepted since ``since``, when the newest copy was
+    accepted), for the check that the journal keeps pace with the gateway. Both read the
+    (status, received) index, one status at a time, so the journal's size does not matter."""
+    statuses = ("shipped", "unknown", "failed", "pruned")
+    placeholders = ", ".join("?" for _ in statuses)
+    row = store.one(f"SELECT COUNT(DISTINCT message_id) FROM journal WHERE status IN"
+                    f" ({placeholders}) AND received >= ?", [*statuses, since])
+    newest = store.one("SELECT MAX(newest) FROM (" + " UNION ALL ".join(
+        "SELECT MAX(received) AS newest FROM journal WHERE status = ?" for _ in statuses)
+        + ")", list(statuses))
+    return (int(row[0]) if row else 0,
+            None if newest is None or newest[0] is None else float(newest[0]))
