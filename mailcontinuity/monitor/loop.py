@@ -20,6 +20,7 @@ from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.detector import MONITOR_ACTOR, Decision, Detector
+from mailcontinuity.monitor.guard import FailoverGuard
 from mailcontinuity.monitor.probes import probe_primary
 from mailcontinuity.monitor.watch import check_watched_parts
 from mailcontinuity.store.accepted import add_accepted, prune_accepted
@@ -46,6 +47,7 @@ class HealthMonitor:
         self.standby_tls = TLSPolicy.of(config, "standby")
         self.accepted = accepted
         self.detector = Detector(config.health, config.failback)
+        self.guard = FailoverGuard(store)
         self.state: State = current_state(store)
         self.started_at = time.time()
         self.rounds = 0
@@ -89,7 +91,8 @@ class HealthMonitor:
         elif self.detector.failed:
             log.warning("event=primary_answering after_failed_rounds=%d", self.detector.failed)
         state = current_state(self.store)
-        decision = self.detector.observe(now, not failures, state, "; ".join(failures))
+        decision = self.guard.review(
+            self.detector.observe(now, not failures, state, "; ".join(failures)), watched, now)
         if decision is not None:
             self._apply(decision)
             state = current_state(self.store)

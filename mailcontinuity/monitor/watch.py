@@ -66,14 +66,28 @@ def action(part: str, name: str, endpoint: str) -> str:
     return ACTIONS[(part, name)].format(endpoint=endpoint)
 
 
+async def check_standby(config: Config, tls: TLSPolicy) -> list[Check]:
+    """What failover needs of the standby (``FAILOVER_NEEDS``), checked now: for an
+    operator's ``failover``, which must not wait for the monitor's next round."""
+    return list(await asyncio.gather(*_standby_checks(config, tls)))
+
+
+def _standby_checks(config: Config, tls: TLSPolicy) -> list[Awaitable[Check]]:
+    standby = config.standby
+    timeout = config.health.timeout_seconds
+    return [
+        _timed("standby", "lmtp", str(standby.lmtp),
+               probe_delivery(DeliveryEndpoint("lmtp", standby.lmtp), tls), timeout),
+        _timed("standby", "imap", str(standby.imap), _probe_standby_imap(config, tls), timeout),
+    ]
+
+
 async def check_watched_parts(config: Config, tls: TLSPolicy) -> list[Check]:
     """Every watched part's checks at once, each bounded by the health timeout."""
     standby = config.standby
     timeout = config.health.timeout_seconds
     checks: list[Awaitable[Check]] = [
-        _timed("standby", "lmtp", str(standby.lmtp),
-               probe_delivery(DeliveryEndpoint("lmtp", standby.lmtp), tls), timeout),
-        _timed("standby", "imap", str(standby.imap), _probe_standby_imap(config, tls), timeout),
+        *_standby_checks(config, tls),
         _timed("milter", "socket", str(config.milter.listen), _probe_milter(config), timeout),
     ]
     if standby.submission is not None:
