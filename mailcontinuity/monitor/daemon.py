@@ -76,6 +76,7 @@ async def _main(config: Config, make_metrics: MetricsFactory | None) -> None:
         if metrics is not None:
             metrics.close()
         await standby.close()
+        await asyncio.to_thread(monitor.close)
         policyd_stopped(store, time.time())
         store.close()
         reader.close()

@@ -29,7 +29,7 @@ from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.heartbeats import policyd_beat
 from mailcontinuity.store.probes import ProbeResult, prune_probes, record_probes
 from mailcontinuity.store.state import State, current_state
-from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
+from mailcontinuity.transitions import ROUTE_IN_STATE, change_state, hook_queue
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class HealthMonitor:
         self.accepted = accepted
         self.detector = Detector(config.health, config.failback)
         self.guard = FailoverGuard(store)
+        # Hooks run in a thread of their own: a slow one never stalls probes or heartbeats.
+        self.hooks = hook_queue(config)
         self.state: State = current_state(store)
         self.started_at = time.time()
         self.rounds = 0
@@ -109,11 +111,15 @@ class HealthMonitor:
     def _apply(self, decision: Decision) -> None:
         try:
             change_state(self.config, self.store, decision.to_state, decision.cause,
-                         MONITOR_ACTOR, expect=decision.expect)
+                         MONITOR_ACTOR, expect=decision.expect, hooks=self.hooks)
         except (CommandError, StateStoreError) as exc:
             self._route_pending = True
             log.error("event=route_switch_failed to=%s error=%r action=retry_next_round",
                       decision.to_state, str(exc))
+
+    def close(self) -> None:
+        """Give hooks still queued or running up to their timeout, then stop them."""
+        self.hooks.close(self.config.hooks_timeout_seconds + 5)
 
     def _retry_route(self, state: State) -> None:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
+from mailcontinuity.hooks.runner import HookQueue
 from mailcontinuity.mail.imap import Append
 from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
@@ -312,11 +313,13 @@ def plan_failback(config: Config) -> FailbackReport:
 
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
                  progress: Progress = lambda _: None,
-                 on_plan: Callable[[int], None] | None = None) -> FailbackReport:
+                 on_plan: Callable[[int], None] | None = None,
+                 hooks: HookQueue | None = None) -> FailbackReport:
     """Merge the open outage into the primary and return to ``normal`` (resumable).
 
     ``on_plan``, when given, hears how many actions the first pass will take before it starts
-    (for a progress bar; it costs one more look at every mailbox).
+    (for a progress bar; it costs one more look at every mailbox). ``hooks``: the daemon's
+    queue for the transitions' hooks (see ``change_state``).
     """
     store = open_store(config)
     changelog = ChangeLog(store)
@@ -330,7 +333,8 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         state = current_state(store).name
         if state == "failover":
             # Routing first: new mail goes to the primary before the merge starts.
-            change_state(config, store, "failback", cause, actor, expect=("failover",))
+            change_state(config, store, "failback", cause, actor, expect=("failover",),
+                         hooks=hooks)
         # Read after the transition: the recorder opens no record once the state has left
         # failover, so none can appear after this.
         outage = changelog.open_outage()
@@ -362,7 +366,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
                                  summary=report.as_dict())
         change_state(config, store, "normal", "failback complete", actor,
-                     expect=("failback", "failover"))
+                     expect=("failback", "failover"), hooks=hooks)
         record_command(store, "failback", actor, {"outage": report.outage,
                                          "counts": dict(report.counts),
                                          "refused": len(report.refused)}, event="merge")

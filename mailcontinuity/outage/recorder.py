@@ -30,6 +30,7 @@ from mailcontinuity.store.heartbeats import sync_agent_beat
 from mailcontinuity.store.leases import LeaseHeld
 from mailcontinuity.store.outages import ChangeLog, Outage
 from mailcontinuity.store.state import current_state
+from mailcontinuity.transitions import hook_queue
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.stopping = False
         self.started_at = time.time()
         self.next_merge = 0.0
+        # The transitions' hooks in a thread of their own: the heartbeat never waits for them.
+        self.hooks = hook_queue(config)
 
     # --- watching ----------------------------------------------------------------------
     def discover_users(self) -> None:
@@ -113,6 +116,7 @@ class SyncAgent(pyinotify.ProcessEvent):
                 self.notifier.read_events()
                 self.notifier.process_events()
         self.notifier.stop()
+        self.hooks.close(self.config.hooks_timeout_seconds + 5)
         self._report_process(False, f"was stopped (pid {os.getpid()})")
         self.store.close()
         log.info("event=sync_agent_stop")
@@ -149,7 +153,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         """The primary is back: merge, then ``normal`` (run_failback does both)."""
         try:
             report = run_failback(self.config, actor="sync-agent",
-                                  cause="primary recovered: automatic failback")
+                                  cause="primary recovered: automatic failback",
+                                  hooks=self.hooks)
         except LeaseHeld as exc:
             log.info("event=merge_deferred reason=%r", str(exc))
         except (PrimaryError, OSError) as exc:
