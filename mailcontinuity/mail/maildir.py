@@ -247,11 +247,13 @@ class MessageFile:
     message_id: str
 
 
-def read_message(folder: str, path: Path, keywords: dict[str, str]) -> MessageFile | None:
-    """Describe one message file; None if it vanished meanwhile (expunged, renamed)."""
+def read_message(folder: str, path: Path, keywords: dict[str, str],
+                 id_header: str) -> MessageFile | None:
+    """Describe one message file, keyed by the configured ``id_header``; None if it vanished
+    meanwhile (expunged, renamed)."""
     try:
         stat = path.stat()
-        headers = parse_headers(read_header_block(path))
+        headers = parse_headers(read_header_block(path), id_header)
         size = rfc822_size(path, path.name)
     except FileNotFoundError:
         return None

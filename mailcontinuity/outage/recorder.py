@@ -94,7 +94,8 @@ class SyncAgent(pyinotify.ProcessEvent):
             # A folder appeared, moved or went: its contents may predate the watch.
             self.rescan_users.add(user)
         elif path.parent.name in MESSAGE_DIRS:
-            record_file(self.changelog, self.outage.id, user, maildir, path)
+            record_file(self.changelog, self.outage.id, user, maildir, path,
+                        self.config.milter.id_header)
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -144,7 +145,8 @@ class SyncAgent(pyinotify.ProcessEvent):
                 self.rescan_users.clear()
             for user in sorted(self.rescan_users):
                 if user in self.maildirs:
-                    rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False)
+                    rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False,
+                                self.config.milter.id_header)
         self.rescan_users.clear()
         if state == "failback" and time.time() >= self.next_merge:
             self.merge()
