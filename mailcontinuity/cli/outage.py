@@ -83,8 +83,17 @@ def render_verify(report: dict[str, Any]) -> str:
                            found.items())
         lines.append(f"  {user}: {counts}")
         for name, items in found.items():
-            lines += [f"    {name}: {item}" for item in items]
+            lines += [f"    {name.replace('_', ' ')}: {_verify_item(item)}" for item in items]
     return "\n".join(lines)
+
+
+def _verify_item(item: dict[str, Any]) -> str:
+    """One message verify is unhappy about, as an operator finds it, then the particulars."""
+    named = (f"{item.get('subject') or '(no subject)'!r} {item.get('message_id') or ''}"
+             f" id {item.get('id') or '-'} (standby file {item.get('file') or '-'})")
+    rest = {key: value for key, value in item.items()
+            if key not in ("subject", "message_id", "id", "file")}
+    return f"{named} {' '.join(f'{key}={value}' for key, value in rest.items())}"
 
 
 @command("verify", audit=True)
