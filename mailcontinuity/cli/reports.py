@@ -1,4 +1,4 @@
-"""The reporting commands: ``status``, ``check-config``, ``drill`` and ``audit``.
+"""The reporting commands: ``status``, ``check-config``, ``drill``, ``report`` and ``audit``.
 
 ``audit`` is read-only, so not audited itself. Its times are shown in local time in the table
 (what the operator reads next to their watch) and in UTC plus the epoch in JSON (what a SIEM
@@ -18,6 +18,7 @@ import click
 from mailcontinuity.audit import AuditEntry
 from mailcontinuity.cli.common import OPERATOR_ERRORS, Context, command, emit, note
 from mailcontinuity.deploy.settings import render_check_config, settings_report
+from mailcontinuity.outage.incident import IncidentError, incident_report, render_incident
 from mailcontinuity.reports.drill import Drill, archive, render_report
 from mailcontinuity.reports.problems import EXIT_CODES
 from mailcontinuity.reports.status import (
@@ -86,6 +87,21 @@ def drill(ctx: Context, as_json: bool) -> None:
     failed = [step.name for step in report.steps if not step.passed and not step.skipped]
     emit(report.as_dict(), as_json, lambda _: render_report(report),
          failure=f"drill failed at: {', '.join(failed)}" if failed else None)
+
+
+@click.option("--outage", "outage_id", type=click.IntRange(min=1),
+              help="The outage's number (default: the last one).")
+@command("report")
+def report_command(ctx: Context, outage_id: int | None, as_json: bool) -> None:
+    """The incident report of an outage: timeline, RTO and RPO achieved, what went wrong."""
+    store = ctx.store()
+    try:
+        incident = incident_report(ctx.config, store, outage_id)
+    except IncidentError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    emit(incident.as_dict(), as_json, render_incident)
 
 
 SINCE_FORMS = "an ISO 8601 date or time (2026-05-01, 2026-05-01T08:30, 2026-05-01T08:30Z) or a" \

@@ -109,9 +109,14 @@ class HealthMonitor:
                 2 * self.config.watch.journal_pace_seconds))
 
     def _apply(self, decision: Decision) -> None:
+        # What the monitor knew, audited with the transition (the incident report's timeline).
+        detector = self.detector
+        detail = ({"first_failed_probe": detector.failing_since, "failed_rounds": detector.failed}
+                  if decision.to_state == "failover" else
+                  {"healthy_since": detector.healthy_since, "healthy_rounds": detector.succeeded})
         try:
             change_state(self.config, self.store, decision.to_state, decision.cause,
-                         MONITOR_ACTOR, expect=decision.expect, hooks=self.hooks)
+                         MONITOR_ACTOR, expect=decision.expect, hooks=self.hooks, detail=detail)
         except (CommandError, StateStoreError) as exc:
             self._route_pending = True
             log.error("event=route_switch_failed to=%s error=%r action=retry_next_round",

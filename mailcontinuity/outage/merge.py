@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
 from mailcontinuity.mail.imap import Append
-from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
+from mailcontinuity.outage.plan import Action, plan_user
 from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.outage.scan import rescan
+from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
@@ -103,14 +104,8 @@ class Merger:
 
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
              record: UserRecord) -> list[Action]:
-        # Read only what can matter: messages saved since the outage began (a day's margin
-        # for the server's time zone) and the folders of history the user changed; the whole
-        # primary only if some key that may have an older copy is not found that way.
-        since = date.fromtimestamp(self.outage.started_at) - timedelta(days=1)
-        keys, folders = older_copies_needed(record.messages)
-        index = mailbox.index(since, folders)
-        if not keys <= index.keys():
-            index = mailbox.index()
+        # Read only what can matter (verify reads the same way).
+        index = outage_index(mailbox, record.messages, self.outage.started_at)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
         done = changelog.done_actions(self.outage.id, self.user)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -21,6 +22,7 @@ from types import FrameType
 import pyinotify
 
 from mailcontinuity.config import Config
+from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
 from mailcontinuity.outage.scan import protected_maildirs, record_file, rescan, rescan_user
@@ -165,7 +167,21 @@ class SyncAgent(pyinotify.ProcessEvent):
         else:
             log.info("event=merge_done outage=%s counts=%s refused=%d", report.outage,
                      dict(report.counts), len(report.refused))
+            if report.state == "normal" and report.outage is not None:
+                self._report_incident(report.outage)
         self.next_merge = time.time() + MERGE_RETRY_SECONDS
+
+    def _report_incident(self, outage_id: int) -> None:
+        """Verify and archive the incident report in a thread of its own: verify reads every
+        user's primary mailbox, and the heartbeat must not wait for it."""
+
+        def work() -> None:
+            try:
+                finish_outage(self.config, outage_id)
+            except Exception:  # a report that fails must not take the agent down
+                log.exception("event=incident_report_failed outage=%d", outage_id)
+
+        threading.Thread(target=work, name=f"incident-{outage_id}", daemon=True).start()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -10,7 +10,9 @@ reported as such, never as absent.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config
 from mailcontinuity.mail.headers import parse_headers
 from mailcontinuity.mail.maildir import read_header_fields
+from mailcontinuity.outage.plan import older_copies_needed
 from mailcontinuity.outage.primary import PrimaryCopy, PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
@@ -29,7 +32,8 @@ class VerifyError(Exception):
 
 
 def verify(config: Config) -> dict[str, Any]:
-    """Per user: outage mail missing from the primary, duplicated on it, flags that differ."""
+    """Per user: outage mail missing from the primary, duplicated on it, flags that differ.
+    The outcome is kept with the outage (its summary), for the incident report."""
     store = open_store(config)
     try:
         changelog = ChangeLog(store)
@@ -41,16 +45,30 @@ def verify(config: Config) -> dict[str, Any]:
         for user in changelog.users(outage.id):
             mailbox = connect(config, user, password)
             try:
-                found = verify_user(changelog.messages(outage.id, user), mailbox.index())
+                rows = changelog.messages(outage.id, user)
+                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at))
                 found["missing"], found["not_matched"] = look_again(mailbox, found["missing"])
                 users[user] = found
             finally:
                 mailbox.close()
+        problems = sum(len(found) for report in users.values() for found in report.values())
+        changelog.add_to_summary(outage.id, verify={"at": time.time(), "ok": problems == 0,
+                                                    "problems": problems})
     finally:
         store.close()
-    problems = sum(len(found) for report in users.values() for found in report.values())
     return {"outage": outage.id, "outage_status": outage.status, "ok": problems == 0,
             "problems": problems, "users": users}
+
+
+def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
+                 started_at: float) -> dict[str, list[PrimaryCopy]]:
+    """The primary's copies that can matter, for failback's plan and verify alike: what was
+    saved since the outage began (a day's margin for the server's time zone) and the folders of
+    history users changed; the whole mailbox only when some key that may have older copies is
+    not found that way."""
+    keys, folders = older_copies_needed(rows)
+    index = mailbox.index(date.fromtimestamp(started_at) - timedelta(days=1), folders)
+    return index if keys <= index.keys() else mailbox.index()
 
 
 def verify_user(rows: list[RecordedMessage],

@@ -133,6 +133,24 @@ def journal_summary(store: StateStore) -> dict[str, Any]:
     return summary
 
 
+def backlog_at(store: StateStore, at: float) -> tuple[int, float | None]:
+    """(copies, the oldest one's acceptance time) of mail accepted before ``at`` whose journal
+    copy reached the standby only after it: what the standby lacked at that moment (the
+    recovery point of an outage that began then)."""
+    row = store.one("SELECT COUNT(*), MIN(received) FROM journal WHERE status IN"
+                    " ('shipped', 'unknown', 'failed') AND received < ? AND recorded > ?",
+                    [at, at])
+    return (0, None) if row is None else (int(row[0]), row[1])
+
+
+def history_from(store: StateStore, at: float) -> float | None:
+    """The oldest journal copy the standby held at ``at`` (pruned since, or still there)."""
+    row = store.one("SELECT MIN(received) FROM journal WHERE status IN ('shipped', 'pruned')"
+                    " AND received < ? AND ((status = 'shipped' AND recorded <= ?)"
+                    " OR (status = 'pruned' AND recorded > ?))", [at, at, at])
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def journaled_since(store: StateStore, since: float) -> tuple[int, float | None]:
     """(messages with a journal copy accepted since ``since``, when the newest copy was
     accepted), for the check that the journal keeps pace with the gateway. Both read the
