@@ -35,7 +35,7 @@ from mailcontinuity.reports.problems import (
 )
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.heartbeats import sync_agent_heartbeat
-from mailcontinuity.store.journal import journal_summary
+from mailcontinuity.store.journal import alarm_summary, journal_summary
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.probes import latest_probes
 from mailcontinuity.store.state import STATES, current_state
@@ -144,8 +144,9 @@ def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
     latest, not run again at scrape time), the disks and the journal's pace."""
     now = time.time()
     usage = readable_spool(config, now)
-    watched = watch(config, store, current_state(store), journal_summary(store), usage, now,
-                    live=False)
+    # Of the journal, the verdict needs only the spool errors (the journal section has the rest).
+    watched = watch(config, store, current_state(store), alarm_summary(store, "spool_error"),
+                    usage, now, live=False)
     yield _gauge("protected", "1 if every watched part answers (status: PROTECTED), 0 if"
                  " status lists a problem.", float(watched.protected))
     since = {problem.part: problem.since for problem in watched.problems}

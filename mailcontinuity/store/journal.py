@@ -121,16 +121,25 @@ def journal_summary(store: StateStore) -> dict[str, Any]:
         "unknown_recipients": unknown,
     }
     for kind in ("spool_error", "ship_error"):
-        total, last_at = store.one(
-            "SELECT count(*), max(at) FROM journal_alarm WHERE kind = ?", [kind]) or (0, None)
-        last = None
-        if total:
-            newest = store.one(
-                "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
-            last = {"at": last_at, "detail": newest[0] if newest else ""}
-        summary[f"{kind}s"] = total + counts.get(f"alarm:{kind}", 0)
-        summary[f"last_{kind}"] = last
+        summary |= alarm_summary(store, kind, counts.get(f"alarm:{kind}", 0))
     return summary
+
+
+def alarm_summary(store: StateStore, kind: AlarmKind, retired: int | None = None
+                  ) -> dict[str, Any]:
+    """``{kind}s`` (how many, those ``prune`` forgot included) and ``last_{kind}`` (when and
+    what, or None): one kind of the milter's alarms, read without the rest of the journal."""
+    if retired is None:
+        row = store.one("SELECT count FROM retired_count WHERE name = ?", [f"alarm:{kind}"])
+        retired = int(row[0]) if row else 0
+    total, last_at = store.one(
+        "SELECT count(*), max(at) FROM journal_alarm WHERE kind = ?", [kind]) or (0, None)
+    last = None
+    if total:
+        newest = store.one(
+            "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
+        last = {"at": last_at, "detail": newest[0] if newest else ""}
+    return {f"{kind}s": total + retired, f"last_{kind}": last}
 
 
 def backlog_at(store: StateStore, at: float) -> tuple[int, float | None]:

@@ -116,8 +116,8 @@ def _migration_retired_counts(store: StateStore) -> None:
 def _migration_watch(store: StateStore) -> None:
     """Every watched part's latest check (the standby's listeners, the milter's socket, the
     webmail, the sync agent's process), with since when it has been in its present condition;
-    and how many messages for protected domains the gateway accepted, by minute, which the
-    journal copies must keep pace with."""
+    how many messages for protected domains the gateway accepted, by minute, which the journal
+    copies must keep pace with; an index for each probe's latest result."""
     store.execute(
         "CREATE TABLE part_check (part TEXT NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,"
         " ok INTEGER NOT NULL, since REAL NOT NULL, at REAL NOT NULL, latency_ms REAL,"
@@ -126,6 +126,8 @@ def _migration_watch(store: StateStore) -> None:
     store.execute(
         "CREATE TABLE gateway_accepted (minute INTEGER PRIMARY KEY, messages INTEGER NOT NULL)"
     )
+    # status and every scrape read each probe's latest result (a day of rounds is 86,400 rows).
+    store.execute("CREATE INDEX health_probes_probe ON health_probes (probe, id)")
 
 
 # Append only: a released migration is never edited, a change is a new entry.
