@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import pwd
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable
@@ -38,6 +39,7 @@ from mailcontinuity.mail.postfix import postfix_access_problem
 from mailcontinuity.mail.smtp import SmtpSession
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.monitor.probes import ProbeError, probe_delivery, probe_imap
+from mailcontinuity.monitor.probes import _timed as _timed_probe
 from mailcontinuity.store.checks import Check
 
 log = logging.getLogger(__name__)
@@ -134,7 +136,13 @@ async def _probe_standby_imap(config: Config, tls: TLSPolicy) -> None:
 
 async def _probe_milter(config: Config) -> None:
     listen = config.milter.listen
-    await negotiate(listen)
+    try:
+        await negotiate(listen)
+    except PermissionError:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise ProbeError(f"this process (user {user}) may not connect to {listen}: give it"
+                         f" the socket's group ({config.milter.socket_group}), as the Ansible"
+                         " role gives policyd's unit") from None
     if isinstance(listen, UnixSocket) and config.milter.socket_group is not None:
         problem = postfix_access_problem(listen.path)
         if problem is not None:
@@ -164,18 +172,9 @@ def _warn_once(reason: str) -> None:
                 " drill.probe_password_file", reason)
 
 
-async def _timed(part: str, name: str, target: str, check: Awaitable[object],
+async def _timed(part: str, name: str, target: str, check: Awaitable[None],
                  timeout: float) -> Check:
-    at = time.time()
-    started = time.perf_counter()
-    error = ""
-    try:
-        async with asyncio.timeout(timeout):
-            await check
-    except TimeoutError:
-        error = f"no answer within {timeout:g}s"
-    except Exception as exc:  # noqa: BLE001 - every failure of a part is a failed check
-        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProbeError) else str(exc)
-    latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    return Check(part, name, target, not error, at, error,
-                 action(part, name, target) if error else "", latency_ms)
+    """Run and time one check, bounded, as the primary's probes are (``monitor.probes``)."""
+    result = await _timed_probe(name, target, check, timeout)
+    return Check(part, name, target, result.ok, result.at, result.error,
+                 "" if result.ok else action(part, name, target), result.latency_ms)

@@ -5,7 +5,6 @@ primary held many twice)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,10 +12,8 @@ import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
-from click.testing import CliRunner
 from imapclient import IMAPClient
 
-from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
@@ -27,6 +24,7 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.state import current_state
+from tests.lab.outage_helpers import run_cli
 
 SENDER = "lists@remote.test"
 BATCH = 30
@@ -40,13 +38,6 @@ def huge(recipient: str, subject: str) -> EmailMessage:
     for number in range(FILLER_FIELDS):
         message[f"X-List-Trace-{number:03d}"] = "hop " + "x" * 1000
     return message
-
-
-def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(main, ["--config", str(lab.config_file), *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 def copies(client: IMAPClient, subject: str) -> dict[str, int]:
@@ -101,7 +92,7 @@ def test_huge_header_blocks_stay_exactly_once_across_a_killed_failback(lab: Lab)
         # The gateway's id is near the top of the delivered copy, not after 300 KB.
         assert any(line.startswith(f"{lab.config.milter.id_header}: ")
                    for line in first_header_lines(lab, "standby", f"{tag} outage 00", 20))
-        eventually(lambda: invoke(lab, "status", "--json")[1]["outage"]["activity"]
+        eventually(lambda: run_cli(lab, "status", "--json")[1]["outage"]["activity"]
                    ["new_messages"] >= BATCH, 30, "the agent's record of the outage mail")
 
         agent.stop()  # or it would take over the interrupted merge itself
@@ -123,7 +114,7 @@ def test_huge_header_blocks_stay_exactly_once_across_a_killed_failback(lab: Lab)
             finally:
                 store.close()
 
-            code, report = invoke(lab, "failback", "--yes", "--json")
+            code, report = run_cli(lab, "failback", "--yes", "--json")
             assert code == 0 and report["state"] == "normal", report
         finally:
             agent.start()
@@ -132,7 +123,7 @@ def test_huge_header_blocks_stay_exactly_once_across_a_killed_failback(lab: Lab)
             stored = copies(client, f"{tag} outage")
         expected = {str(message["Message-ID"]): 1 for message in sent}
         assert stored == expected, "each outage message exactly once on the primary"
-        code, audit = invoke(lab, "verify", "--json")
+        code, audit = run_cli(lab, "verify", "--json")
         assert code == 0 and audit["ok"], audit
         assert any(line.startswith(f"{lab.config.milter.id_header}: ")
                    for line in first_header_lines(lab, "primary", f"{tag} outage 00", 20))

@@ -5,20 +5,17 @@ each message merged once, verify clean."""
 
 from __future__ import annotations
 
-import json
 import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
 from mailcontinuity.lab.scenario import SENDER, OutageScenario, SentMessage
 from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
 from mailcontinuity.mail.smtp import make_message, send_message
+from tests.lab.outage_helpers import run_cli
 
 CUSTOM = "X-Corp-Continuity-Id"
 FORGED = "forged-by-a-sender"
@@ -34,13 +31,6 @@ class ForgingScenario(OutageScenario):
         sent = SentMessage(message["Message-ID"], recipients, phase, time.monotonic())
         self.report.sent.append(sent)
         return sent
-
-
-def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(main, ["--config", str(lab.config_file), *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 def with_id_header(directory: Path, header: str) -> Lab:
@@ -63,16 +53,16 @@ def test_an_outage_with_another_id_header_ignores_a_forged_default_one(
     scenario.during_outage()
     scenario.activity_on_standby()
     outage_mail = [sent for sent in scenario.report.sent if sent.phase == "outage"]
-    eventually(lambda: invoke(lab, "status", "--json")[1]["outage"]["activity"]
+    eventually(lambda: run_cli(lab, "status", "--json")[1]["outage"]["activity"]
                ["new_messages"] >= sum(len(sent.recipients) for sent in outage_mail), 15,
                "the agent's record of the outage mail")
 
-    code, report = invoke(lab, "failback", "--yes", "--json")
+    code, report = run_cli(lab, "failback", "--yes", "--json")
     assert code == 0 and report["state"] == "normal", report
     assert report["refused"] == [] and report["reports"] == []
     merged = scenario.check_primary()
     assert (merged.lost, merged.duplicated, merged.misplaced) == ([], [], [])
-    code, audit = invoke(lab, "verify", "--json")
+    code, audit = run_cli(lab, "verify", "--json")
     assert code == 0 and audit["ok"], audit
 
     # On the primary the configured header carries the gateway's own id; the forged default
