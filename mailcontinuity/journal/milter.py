@@ -23,6 +23,12 @@ from typing import Any, TypeVar
 
 import Milter
 
+from mailcontinuity.journal.international import (
+    Refusal,
+    needs_smtputf8,
+    route_refusal,
+    strongest,
+)
 from mailcontinuity.journal.spool import Envelope, Spool, SpoolWriter, Target, new_message_id
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.maildir import INBOX
@@ -42,6 +48,9 @@ class JournalPolicy:
     standby_nexthops: frozenset[str]
     """``{rcpt_host}`` values meaning "Postfix already routes this recipient to the standby"."""
     tempfail_on_spool_error: bool
+    primary_smtputf8: bool = False
+    standby_smtputf8: bool = False
+    """Whether each route offers SMTPUTF8 (``primary.smtputf8``, ``standby.smtputf8``)."""
 
 
 class SpoolErrorCounter:
@@ -103,6 +112,11 @@ class JournalMilter(Milter.Base):
         self.writer: SpoolWriter | None = None
         self.spool_failure: BaseException | None = None
         self.foreign_headers: dict[str, int] = {}
+        self.smtputf8 = False
+        self.sender_utf8 = False
+        self.header_utf8 = False
+        self.utf8_refusals: list[Refusal] = []
+        """Accepted recipients whose route lacks SMTPUTF8: a UTF-8 header refuses the message."""
 
     def abandon_journal(self, error: BaseException | None) -> None:
         """Stop journaling this message (the mail itself still goes through)."""
@@ -120,6 +134,8 @@ class JournalMilter(Milter.Base):
         self.reset_message()
         self.message_id = new_message_id(time.time())
         self.sender = sender.strip("<>")
+        self.smtputf8 = any(param.upper() == "SMTPUTF8" for param in params)
+        self.sender_utf8 = needs_smtputf8(self.sender)
         login = self.getsymval("{auth_authen}")
         if login:
             mailbox = login if "@" in login else self.sender
@@ -127,11 +143,22 @@ class JournalMilter(Milter.Base):
                 self.targets.append(Target(_normalise(mailbox), SENT_FOLDER))
         return Milter.CONTINUE
 
-    @Milter.noreply
     @guarded
     def envrcpt(self, recipient: str, *params: str) -> int:
+        """The one callback besides eom that answers: mail for this recipient that its route
+        cannot carry (SMTPUTF8) is refused now, never accepted and bounced."""
         address = _normalise(recipient.strip("<>"))
-        if not self._is_protected(address) or self._routed_to_standby():
+        if not self._is_protected(address):
+            return Milter.CONTINUE
+        to_standby = self._routed_to_standby()
+        refusal = route_refusal(to_standby, self.runtime.policy.primary_smtputf8,
+                                self.runtime.policy.standby_smtputf8)
+        if refusal is not None:
+            if self.sender_utf8 or needs_smtputf8(address):
+                return self._refuse(refusal, "rcpt", address)
+            if self.smtputf8:
+                self.utf8_refusals.append(refusal)
+        if to_standby:
             return Milter.CONTINUE
         target = Target(address, INBOX)
         if target not in self.targets:
@@ -142,6 +169,8 @@ class JournalMilter(Milter.Base):
     @Milter.decode("bytes")
     @guarded
     def header(self, name: str, value: bytes) -> int:
+        if self.utf8_refusals and not (name.isascii() and value.isascii()):
+            self.header_utf8 = True
         lowered = name.lower()
         if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
             # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
@@ -171,6 +200,10 @@ class JournalMilter(Milter.Base):
 
     @guarded
     def eom(self) -> int:
+        refusal = strongest(self.utf8_refusals) if self.header_utf8 else None
+        if refusal is not None:  # before anything is journaled: no copy of refused mail
+            self.abandon_journal(None)
+            return self._refuse(refusal, "eom", self.sender)
         for name, count in self.foreign_headers.items():
             for index in range(count, 0, -1):  # last first: earlier indexes stay valid
                 self.chgheader(name, index, "")
@@ -203,6 +236,12 @@ class JournalMilter(Milter.Base):
     def close(self) -> int:
         self.abandon_journal(None)
         return Milter.CONTINUE
+
+    def _refuse(self, refusal: Refusal, stage: str, address: str) -> int:
+        log.info("event=smtputf8_refused stage=%s address=%r sender=%r reply=%r", stage,
+                 address, self.sender, str(refusal))
+        self.setreply(refusal.code, refusal.status, refusal.text)
+        return Milter.TEMPFAIL if refusal.temporary else Milter.REJECT
 
     def _journal_writer(self) -> SpoolWriter | None:
         """The spool file of this message, opened at its first header with the stamp (id and
