@@ -33,6 +33,10 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         "smtpd_milters": milter,
         "non_smtpd_milters": milter,
         "milter_default_action": "accept",
+        # Postfix's default plus what the journal copy's Received field is rebuilt from
+        # (journal/trace.py): the milter is not called at CONNECT, so these come with MAIL.
+        "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}"
+        " {mail_host} {mail_mailer} j _ {client_addr} {client_name} {tls_version}",
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
         **postfix_tls_settings(),

@@ -30,6 +30,7 @@ from mailcontinuity.journal.international import (
     strongest,
 )
 from mailcontinuity.journal.spool import Envelope, Spool, SpoolWriter, Target, new_message_id
+from mailcontinuity.journal.trace import TraceFacts, received_field
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.maildir import INBOX
 
@@ -103,6 +104,7 @@ class JournalMilter(Milter.Base):
 
     def __init__(self, runtime: JournalRuntime) -> None:
         self.runtime = runtime
+        self.helo = ""
         self.reset_message()
 
     def reset_message(self) -> None:
@@ -117,6 +119,7 @@ class JournalMilter(Milter.Base):
         self.header_utf8 = False
         self.utf8_refusals: list[Refusal] = []
         """Accepted recipients whose route lacks SMTPUTF8: a UTF-8 header refuses the message."""
+        self.trace = TraceFacts()
 
     def abandon_journal(self, error: BaseException | None) -> None:
         """Stop journaling this message (the mail itself still goes through)."""
@@ -129,6 +132,20 @@ class JournalMilter(Milter.Base):
 
     @Milter.noreply
     @guarded
+    def hello(self, name: str) -> int:
+        """Only for the journal copy's Received field (no macro carries the HELO name)."""
+        self.helo = name
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def data(self) -> int:
+        """Where Postfix dates its Received field; its queue id arrives with this event."""
+        self.trace.received_at = time.time()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
     def envfrom(self, sender: str, *params: str) -> int:
         self.abandon_journal(None)
         self.reset_message()
@@ -136,6 +153,7 @@ class JournalMilter(Milter.Base):
         self.sender = sender.strip("<>")
         self.smtputf8 = any(param.upper() == "SMTPUTF8" for param in params)
         self.sender_utf8 = needs_smtputf8(self.sender)
+        self.trace.smtputf8 = self.smtputf8
         login = self.getsymval("{auth_authen}")
         if login:
             mailbox = login if "@" in login else self.sender
@@ -149,6 +167,7 @@ class JournalMilter(Milter.Base):
         cannot carry (SMTPUTF8) is refused now, never accepted and bounced."""
         address = _normalise(recipient.strip("<>"))
         if not self._is_protected(address):
+            self.trace.recipients += (recipient.strip("<>"),)
             return Milter.CONTINUE
         to_standby = self._routed_to_standby()
         refusal = route_refusal(to_standby, self.runtime.policy.primary_smtputf8,
@@ -158,6 +177,7 @@ class JournalMilter(Milter.Base):
                 return self._refuse(refusal, "rcpt", address)
             if self.smtputf8:
                 self.utf8_refusals.append(refusal)
+        self.trace.recipients += (recipient.strip("<>"),)
         if to_standby:
             return Milter.CONTINUE
         target = Target(address, INBOX)
@@ -255,7 +275,21 @@ class JournalMilter(Milter.Base):
                 return None
             self._write(self.writer, (f"{self.runtime.policy.id_header}: {self.message_id}\r\n"
                                       f"{JOURNAL_HEADER}: yes\r\n").encode("ascii"))
+            self._write(self.writer, received_field(self._trace_facts()))
         return self.writer
+
+    def _trace_facts(self) -> TraceFacts:
+        """The facts so far plus Postfix's macros (``milter_mail_macros``), read once."""
+        facts, symbol = self.trace, self.getsymval
+        facts.helo = self.helo
+        facts.client_name = symbol("{client_name}") or ""
+        facts.client_addr = symbol("{client_addr}") or ""
+        facts.client_macro = symbol("_") or ""
+        facts.server = symbol("j") or ""
+        facts.queue_id = symbol("i") or ""
+        facts.tls = bool(symbol("{tls_version}"))
+        facts.authenticated = bool(symbol("{auth_type}"))
+        return facts
 
     def _write(self, writer: SpoolWriter, data: bytes) -> None:
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import smtplib
 import uuid
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
@@ -84,3 +86,33 @@ def test_smtputf8_during_an_outage_is_refused_temporarily(lab: Lab) -> None:
         eventually(lambda: "status=sent" in lab.gateway.log_file.read_text(
             errors="replace")[start:], 20, "the ASCII message delivered to the standby")
         no_bounce_since(lab, start)
+
+
+def trace_fields(raw: bytes) -> dict[str, list[str]]:
+    """Return-Path, Delivered-To and the gateway's Received fields, unfolded, date dropped."""
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    gateway = [" ".join(str(v).split()).rpartition(";")[0]
+               for v in parsed.get_all("Received", []) if "(Postfix)" in str(v)]
+    return {"return-path": [str(v) for v in parsed.get_all("Return-Path", [])],
+            "delivered-to": [str(v) for v in parsed.get_all("Delivered-To", [])],
+            "received-by-gateway": gateway}
+
+
+def test_journal_copy_carries_the_primarys_trace_fields(lab: Lab) -> None:
+    alice, bob = lab.users[0], lab.users[1]
+    token = uuid.uuid4().hex[:10]
+    for recipients in ([alice.address], [alice.address, bob.address]):
+        subject = f"trace {len(recipients)} {token}"
+        raw = (f"From: <{ASCII_SENDER}>\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{uuid.uuid4().hex}@remote.test>\r\n\r\nbody\r\n").encode()
+        gateway = lab.gateway.smtp
+        with smtplib.SMTP(gateway.host, gateway.port, timeout=60,
+                          source_address=(INTERNET_CLIENT, 0)) as smtp:
+            smtp.ehlo("client.remote.test")
+            assert not smtp.sendmail(ASCII_SENDER, recipients, raw)
+        [primary] = fetch_by_header(lab, "primary", alice, "Subject", subject, timeout=30)
+        [standby] = fetch_by_header(lab, "standby", alice, "Subject", subject, timeout=30)
+        expected = trace_fields(primary)
+        assert expected["return-path"] == [f"<{ASCII_SENDER}>"]
+        assert len(expected["received-by-gateway"]) == 1, primary
+        assert trace_fields(standby) == expected, (primary, standby)
