@@ -30,7 +30,7 @@ from mailcontinuity.journal.international import (
     strongest,
 )
 from mailcontinuity.journal.spool import Envelope, Spool, SpoolWriter, Target, new_message_id
-from mailcontinuity.journal.trace import TraceFacts, received_field
+from mailcontinuity.journal.trace import COPY_FIELDS_AT, TraceFacts, received_field
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.maildir import INBOX
 
@@ -120,6 +120,7 @@ class JournalMilter(Milter.Base):
         self.utf8_refusals: list[Refusal] = []
         """Accepted recipients whose route lacks SMTPUTF8: a UTF-8 header refuses the message."""
         self.trace = TraceFacts()
+        self.stamp_length = 0
 
     def abandon_journal(self, error: BaseException | None) -> None:
         """Stop journaling this message (the mail itself still goes through)."""
@@ -233,7 +234,8 @@ class JournalMilter(Milter.Base):
         if self.writer is not None:
             writer, self.writer = self.writer, None
             envelope = Envelope(self.message_id, time.time(), self.sender,
-                                self.getsymval("i") or "", self.targets)
+                                self.getsymval("i") or "", self.targets,
+                                extra={COPY_FIELDS_AT: str(self.stamp_length)})
             try:
                 entry = writer.commit(envelope)
             except OSError as exc:
@@ -275,7 +277,9 @@ class JournalMilter(Milter.Base):
                 return None
             self._write(self.writer, (f"{self.runtime.policy.id_header}: {self.message_id}\r\n"
                                       f"{JOURNAL_HEADER}: yes\r\n").encode("ascii"))
-            self._write(self.writer, received_field(self._trace_facts()))
+            if self.writer is not None:  # the copy's own fields go after the stamp
+                self.stamp_length = self.writer.size
+                self._write(self.writer, received_field(self._trace_facts()))
         return self.writer
 
     def _trace_facts(self) -> TraceFacts:

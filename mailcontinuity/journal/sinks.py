@@ -20,7 +20,7 @@ from typing import Protocol
 
 from mailcontinuity.config import Config, ConfigError, MilterSection
 from mailcontinuity.journal.spool import Envelope, Target, iter_chunks
-from mailcontinuity.journal.trace import delivery_fields
+from mailcontinuity.journal.trace import COPY_FIELDS_AT, delivery_fields
 from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
 from mailcontinuity.mail.maildir import (
     INBOX,
@@ -139,7 +139,7 @@ class MaildirSink:
             return Outcome("shipped", str(existing), "already stored")
         try:
             path = deliver(folder, name, source, envelope.size, self._owner, envelope.received,
-                           prefix)
+                           prefix, int(envelope.extra.get(COPY_FIELDS_AT, 0)))
         except OSError as exc:
             raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
         return Outcome("shipped", str(path))

@@ -19,6 +19,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+COPY_FIELDS_AT = "copy_fields_at"
+"""The envelope's ``extra`` key: where a copy's own fields go in (after the journal stamp,
+which stays first so that a reader finds it at once)."""
+
 
 @dataclass
 class TraceFacts:
