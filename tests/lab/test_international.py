@@ -19,6 +19,15 @@ ASCII_SENDER = "sender@remote.test"
 UTF8_SENDER = "pelé@remote.test"
 
 
+def from_the_internet(lab: Lab) -> smtplib.SMTP:
+    """An SMTP session with the gateway as a remote server opens it (EHLO said)."""
+    gateway = lab.gateway.smtp
+    smtp = smtplib.SMTP(gateway.host, gateway.port, timeout=60,
+                        source_address=(INTERNET_CLIENT, 0))
+    smtp.ehlo("client.remote.test")
+    return smtp
+
+
 def transaction(lab: Lab, sender: str, recipient: str, subject: str,
                 options: tuple[str, ...] = ("SMTPUTF8",)) -> tuple[int, int | None]:
     """One SMTP transaction from "the internet": the RCPT reply code and, if RCPT was
@@ -26,10 +35,7 @@ def transaction(lab: Lab, sender: str, recipient: str, subject: str,
     message_id = f"<{uuid.uuid4().hex}@remote.test>"
     raw = (f"From: <{sender}>\r\nTo: <{recipient}>\r\nSubject: {subject}\r\n"
            f"Message-ID: {message_id}\r\n\r\nbody\r\n").encode()
-    gateway = lab.gateway.smtp
-    with smtplib.SMTP(gateway.host, gateway.port, timeout=60,
-                      source_address=(INTERNET_CLIENT, 0)) as smtp:
-        smtp.ehlo("client.remote.test")
+    with from_the_internet(lab) as smtp:
         assert smtp.has_extn("smtputf8")
         smtp.command_encoding = "utf-8"  # an undeclared UTF-8 address is sent as is, too
         code, text = smtp.mail(sender, list(options))
@@ -105,10 +111,7 @@ def test_journal_copy_carries_the_primarys_trace_fields(lab: Lab) -> None:
         subject = f"trace {len(recipients)} {token}"
         raw = (f"From: <{ASCII_SENDER}>\r\nSubject: {subject}\r\n"
                f"Message-ID: <{uuid.uuid4().hex}@remote.test>\r\n\r\nbody\r\n").encode()
-        gateway = lab.gateway.smtp
-        with smtplib.SMTP(gateway.host, gateway.port, timeout=60,
-                          source_address=(INTERNET_CLIENT, 0)) as smtp:
-            smtp.ehlo("client.remote.test")
+        with from_the_internet(lab) as smtp:
             assert not smtp.sendmail(ASCII_SENDER, recipients, raw)
         [primary] = fetch_by_header(lab, "primary", alice, "Subject", subject, timeout=30)
         [standby] = fetch_by_header(lab, "standby", alice, "Subject", subject, timeout=30)
