@@ -55,6 +55,11 @@ def test_activity_counts_equal_what_the_scripted_outage_did(lab: Lab) -> None:
         folders_before = folders(lab)
         scenario.force_failover()
         scenario.during_outage()
+        # The record is a mirror of the standby's files, as fresh as the sync agent (a second
+        # or so): users act on mail after it is recorded, not within milliseconds of arrival.
+        routed = sum(len(s.recipients) for s in scenario.report.sent if s.phase == "outage")
+        eventually(lambda: reported(lab)["status"]["outage_received"] >= routed, 30,
+                   "the outage mail recorded before users act on it")
         scenario.activity_on_standby()
         # Deletions the script does not do: an outage message nobody touched, and history.
         alice = scenario.alice.address
