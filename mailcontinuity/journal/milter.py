@@ -143,6 +143,7 @@ class JournalMilter(Milter.Base):
     def data(self) -> int:
         """Where Postfix dates its Received field; its queue id arrives with this event."""
         self.trace.received_at = time.time()
+        self.trace.queue_id = self.getsymval("i") or ""
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -154,7 +155,7 @@ class JournalMilter(Milter.Base):
         self.sender = sender.strip("<>")
         self.smtputf8 = any(param.upper() == "SMTPUTF8" for param in params)
         self.sender_utf8 = needs_smtputf8(self.sender)
-        self.trace.smtputf8 = self.smtputf8
+        self._remember_trace_macros()
         login = self.getsymval("{auth_authen}")
         if login:
             mailbox = login if "@" in login else self.sender
@@ -282,18 +283,20 @@ class JournalMilter(Milter.Base):
                 self._write(self.writer, received_field(self._trace_facts()))
         return self.writer
 
-    def _trace_facts(self) -> TraceFacts:
-        """The facts so far plus Postfix's macros (``milter_mail_macros``), read once."""
+    def _remember_trace_macros(self) -> None:
+        """Postfix's macros for the Received field (``milter_mail_macros``), read at MAIL."""
         facts, symbol = self.trace, self.getsymval
-        facts.helo = self.helo
+        facts.smtputf8 = self.smtputf8
         facts.client_name = symbol("{client_name}") or ""
         facts.client_addr = symbol("{client_addr}") or ""
         facts.client_macro = symbol("_") or ""
         facts.server = symbol("j") or ""
-        facts.queue_id = symbol("i") or ""
         facts.tls = bool(symbol("{tls_version}"))
         facts.authenticated = bool(symbol("{auth_type}"))
-        return facts
+
+    def _trace_facts(self) -> TraceFacts:
+        self.trace.helo = self.helo
+        return self.trace
 
     def _write(self, writer: SpoolWriter, data: bytes) -> None:
         try:
