@@ -79,6 +79,25 @@ def imap_login(endpoint: Endpoint, login: str, password: str,
             client.logout()
 
 
+LOGIN_METHODS = ("master_user", "sasl_plain")
+
+
+def login_as(client: IMAPClient, user: str, method: str, admin: str, password: str,
+             master_separator: str = "*") -> None:
+    """Log in to ``user``'s mailbox with an administrator's credentials: ``master_user`` is
+    Dovecot's ``LOGIN user*admin``; ``sasl_plain`` is AUTHENTICATE PLAIN with the admin as
+    authentication identity and ``user`` as authorization identity (RFC 4616), which Cyrus
+    admins, Dovecot master users and other proxy-authentication setups accept.
+
+    Raises IMAPClientError with the server's words when it refuses."""
+    if method == "master_user":
+        client.login(f"{user}{master_separator}{admin}", password)
+    elif method == "sasl_plain":
+        client.plain_login(admin, password, authorization_identity=user)
+    else:
+        raise ValueError(f"unknown login method {method!r}; one of {', '.join(LOGIN_METHODS)}")
+
+
 @dataclass(frozen=True)
 class Append:
     """One message to APPEND: raw bytes, flags and INTERNALDATE."""
