@@ -113,9 +113,34 @@ def str_flags(flags: tuple[bytes | str, ...]) -> tuple[str, ...]:
     return tuple(sorted(names - SERVER_SET_FLAGS))
 
 
+# The standby's special folders, the SPECIAL-USE attribute (RFC 6154) that marks the primary's
+# folder for the same use, and the names servers without SPECIAL-USE give them (Exchange,
+# Gmail's localised-English layout, Apple/Thunderbird habits), in the order they are tried.
+SPECIAL_FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Sent": ("\\sent", ("Sent Items", "Sent Messages", "Sent Mail", "[Gmail]/Sent Mail",
+                          "[Google Mail]/Sent Mail")),
+    "Drafts": ("\\drafts", ("[Gmail]/Drafts", "[Google Mail]/Drafts")),
+    "Junk": ("\\junk", ("Junk Email", "Junk E-mail", "Spam", "[Gmail]/Spam",
+                          "[Google Mail]/Spam")),
+    "Trash": ("\\trash", ("Deleted Items", "Deleted Messages", "[Gmail]/Trash", "[Gmail]/Bin",
+                            "[Google Mail]/Trash", "[Google Mail]/Bin")),
+    "Archive": ("\\archive", ("Archives",)),
+}
+# Folders that exist but hold no messages of their own (RFC 3501, RFC 5258).
+UNSELECTABLE = {"\\noselect", "\\nonexistent"}
+# A folder that shows every message again (Gmail's All Mail): never a copy of its own.
+ALL_MAIL = "\\all"
+
+
 class Mailbox:
-    """One logged-in user's folders, in our folder names (``/`` separated) whatever the
-    server's separator; every method raises IMAPClientError when the server refuses."""
+    """One logged-in user's folders, in our folder names whatever the server's layout: ``/``
+    separated, without the personal NAMESPACE prefix (Cyrus' ``INBOX.``), and the standby's
+    special folders (``Sent``...) under the names the server gives them (found by SPECIAL-USE,
+    else by known names: Exchange's ``Sent Items``, Gmail's ``[Gmail]/Sent Mail``).
+
+    ``folders`` are the folders that hold messages: ``\\Noselect``/``\\NonExistent`` ones and
+    Gmail's All Mail are left out (``unselectable``/``hidden``). Every method raises
+    IMAPClientError when the server refuses."""
 
     def __init__(self, client: IMAPClient) -> None:
         self.client = client
@@ -125,14 +150,53 @@ class Mailbox:
         listing = client.list_folders()
         self.separator = next((str(sep, "ascii") if isinstance(sep, bytes) else sep
                                for _, sep, _ in listing if sep), IMAP_SEPARATOR)
-        self.folders = {self._ours(name) for _, _, name in listing}
+        self.prefix = personal_prefix(client)
+        attributes = {name: {_text(flag).lower() for flag in flags}
+                      for flags, _, name in listing}
+        self.alias: dict[str, str] = {}
+        """Standby folder -> the primary's folder for the same use, where the names differ."""
+        plain = {self._plain(name): name for name in attributes}
+        for folder, (use, known) in SPECIAL_FOLDERS.items():
+            native = next((name for name, flags in sorted(attributes.items())
+                           if use in flags and not flags & UNSELECTABLE), None)
+            if native is None:
+                native = next((plain[name] for name in known if name in plain), None)
+            if native is not None and self._plain(native) != folder:
+                self.alias[folder] = native
+        self._alias_back = {native: folder for folder, native in self.alias.items()}
+        self.hidden: set[str] = set()
+        """Folders not looked at: All Mail, and a folder a special folder's alias shadows."""
+        self.unselectable: set[str] = set()
+        self.folders: set[str] = set()
+        for name, flags in attributes.items():
+            ours = self.ours(name)
+            if ALL_MAIL in flags or (ours in self.alias and name not in self._alias_back):
+                self.hidden.add(ours if name in self._alias_back else name)
+            elif flags & UNSELECTABLE:
+                self.unselectable.add(ours)
+            else:
+                self.folders.add(ours)
         self.selected: str | None = None
 
-    def _ours(self, name: str) -> str:
+    def _plain(self, name: str) -> str:
+        """A server folder name without prefix and with our separator (no alias)."""
+        if name.upper() == "INBOX":
+            return "INBOX"
+        if self.prefix and name.startswith(self.prefix):
+            name = name[len(self.prefix):]
         return name.replace(self.separator, IMAP_SEPARATOR)
 
-    def _theirs(self, folder: str) -> str:
-        return folder.replace(IMAP_SEPARATOR, self.separator)
+    def ours(self, name: str) -> str:
+        """Our name of the server's folder ``name``."""
+        return self._alias_back.get(name) or self._plain(name)
+
+    def theirs(self, folder: str) -> str:
+        """The server's name of our ``folder``."""
+        if folder in self.alias:
+            return self.alias[folder]
+        if folder.upper() == "INBOX":
+            return "INBOX"
+        return self.prefix + folder.replace(IMAP_SEPARATOR, self.separator)
 
     @property
     def capabilities(self) -> set[bytes]:
@@ -140,7 +204,7 @@ class Mailbox:
 
     def select(self, folder: str) -> dict[bytes, Any]:
         self.selected = folder
-        return self.client.select_folder(self._theirs(folder))
+        return self.client.select_folder(self.theirs(folder))
 
     def fetch(self, folder: str, items: list[str],
               saved_since: date | None = None) -> dict[int, dict[bytes, Any]]:
@@ -160,13 +224,13 @@ class Mailbox:
         parts = folder.split(IMAP_SEPARATOR)
         for depth in range(1, len(parts) + 1):
             name = IMAP_SEPARATOR.join(parts[:depth])
-            if name not in self.folders:
+            if name not in self.folders and name not in self.unselectable:
                 try:
-                    self.client.create_folder(self._theirs(name))
+                    self.client.create_folder(self.theirs(name))
                 except IMAPClientError as exc:
                     if b"ALREADYEXISTS" not in str(exc).encode():
                         raise
-                self.client.subscribe_folder(self._theirs(name))
+                self.client.subscribe_folder(self.theirs(name))
                 self.folders.add(name)
         return True
 
@@ -176,7 +240,7 @@ class Mailbox:
         Raises IMAPClientError when the server refuses; a refused MULTIAPPEND stores nothing
         (it is atomic, RFC 3502).
         """
-        name = self._theirs(folder)
+        name = self.theirs(folder)
         if len(items) > 1 and {b"MULTIAPPEND", b"LITERAL+"} <= self.capabilities:
             multiappend(self.client, name, items)
             return
@@ -193,16 +257,22 @@ class Mailbox:
             self.client.remove_flags([uid], list(remove), silent=True)
 
     def move(self, folder: str, uid: int, destination: str) -> None:
+        """MOVE (RFC 6851); without it COPY, then ``\\Deleted`` and an expunge of that one
+        message (see ``expunge``)."""
         if self.selected != folder:
             self.select(folder)
-        self.client.move([uid], self._theirs(destination))
+        if b"MOVE" in self.capabilities:
+            self.client.move([uid], self.theirs(destination))
+            return
+        self.client.copy([uid], self.theirs(destination))
+        self.expunge(folder, uid)
 
     def copy(self, folder: str, uid: int, destination: str) -> int:
         """COPY one message; returns its UID in ``destination``: from the server's COPYUID
         (UIDPLUS), else the UID that ``destination``'s UIDNEXT promised before the copy."""
         if self.selected != folder:
             self.select(folder)
-        theirs = self._theirs(destination)
+        theirs = self.theirs(destination)
         promised = int(self.client.folder_status(theirs, ["UIDNEXT"])[b"UIDNEXT"])
         said = self.client.copy([uid], theirs)
         text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
@@ -210,14 +280,36 @@ class Mailbox:
         return int(match.group(1)) if match else promised
 
     def expunge(self, folder: str, uid: int) -> None:
+        """Remove one message: UID EXPUNGE (UIDPLUS); without UIDPLUS a plain EXPUNGE, which
+        also removes what the user had marked ``\\Deleted`` in that folder and not yet
+        expunged (RFC 3501 offers nothing narrower)."""
         if self.selected != folder:
             self.select(folder)
         self.client.add_flags([uid], ["\\Deleted"], silent=True)
-        self.client.uid_expunge([uid])
+        if b"UIDPLUS" in self.capabilities:
+            self.client.uid_expunge([uid])
+        else:
+            self.client.expunge()
 
     def close(self) -> None:
         with contextlib.suppress(OSError, IMAPClientError):  # the session is over either way
             self.client.logout()
+
+
+def personal_prefix(client: IMAPClient) -> str:
+    """The personal NAMESPACE's prefix (RFC 2342), e.g. Cyrus' ``INBOX.``; empty without
+    NAMESPACE or when the server has none."""
+    if not client.has_capability("NAMESPACE"):
+        return ""
+    personal = client.namespace().personal
+    if not personal:
+        return ""
+    prefix = personal[0][0]
+    return _text(prefix)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def multiappend(client: IMAPClient, folder: str, items: list[Append]) -> None:

@@ -8,6 +8,7 @@ checkpointed) is found on the primary and not appended twice. Only one process m
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import threading
 import time
@@ -26,7 +27,12 @@ from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
 from mailcontinuity.mail.imap import Append
 from mailcontinuity.outage.plan import Action, plan_user
-from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.outage.primary import (
+    PrimaryError,
+    PrimaryMailbox,
+    connect,
+    read_admin_password,
+)
 from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
@@ -45,6 +51,8 @@ MAX_PASSES = 3
 APPEND_BATCH_MESSAGES = 50
 APPEND_BATCH_BYTES = 16 * 1024 * 1024
 FINISHED = ("done", "reported")
+# The primary went away mid-merge (imaplib's abort covers a connection closed under it).
+CONNECTION_LOST = (OSError, imaplib.IMAP4.abort)
 
 Progress = Callable[[int], None]
 
@@ -131,6 +139,18 @@ class Merger:
                     self.result.counts.update(action.kind for action in actions)
                     return self.result
                 self._execute(changelog, mailbox, actions)
+            except CONNECTION_LOST as exc:
+                # What was done is checkpointed; the next run plans again from the primary.
+                raise PrimaryError(f"primary IMAP {self.config.primary.imap}: the connection"
+                                   f" was lost while merging {self.user} ({type(exc).__name__}:"
+                                   f" {exc}); failback resumes where it stopped when it is"
+                                   " run again") from None
+            except IMAPClientError as exc:
+                # A refusal outside any one action (SELECT, FETCH of the index): this user's
+                # merge fails with the server's words; the other users go on.
+                log.error("event=merge_user_failed user=%s reason=%r", self.user, str(exc))
+                self.result.refused.append({"action": "merge", "server_said": str(exc),
+                                            "kept_on_standby": "every outage message"})
             finally:
                 mailbox.close()
             if not self.result.refused:
@@ -146,14 +166,26 @@ class Merger:
             if action.kind == "append":
                 appends.setdefault(action.folder, []).append(action)
         for action in (a for a in actions if a.kind == "create_folder"):
-            mailbox.ensure_folder(action.folder)
+            try:
+                mailbox.ensure_folder(action.folder)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                self._refuse(changelog, action, str(exc))
+                continue
             self._finish(changelog, [(action, "done", {})])
         for folder, batch in appends.items():
             for chunk in _batches(batch):
                 self._append(changelog, mailbox, folder, chunk)
         for action in actions:
             if action.kind in ("flags", "move", "copy", "delete"):
-                self._change(mailbox, action)
+                try:
+                    self._change(mailbox, action)
+                except imaplib.IMAP4.abort:
+                    raise
+                except IMAPClientError as exc:
+                    self._refuse(changelog, action, str(exc))
+                    continue
                 self._finish(changelog, [(action, "done", {})])
             elif action.kind == "report":
                 log.warning("event=failback_report user=%s reason=%s folder=%r message_id=%s",
@@ -168,6 +200,8 @@ class Merger:
             mailbox.append(folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])
             return
+        except imaplib.IMAP4.abort:
+            raise
         except IMAPClientError as exc:
             if len(chunk) == 1:
                 self._refuse(changelog, chunk[0], str(exc))
@@ -176,6 +210,8 @@ class Merger:
         for action, item in zip(chunk, items, strict=False):
             try:
                 mailbox.append(folder, [item])
+            except imaplib.IMAP4.abort:
+                raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
             else:
@@ -184,8 +220,8 @@ class Merger:
     def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
         detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
                   if action.source else ""}
-        log.error("event=append_refused user=%s folder=%r message_id=%s reason=%r",
-                  self.user, action.folder, action.message_id, reason)
+        log.error("event=primary_refused user=%s action=%s folder=%r message_id=%s reason=%r",
+                  self.user, action.kind, action.folder, action.message_id, reason)
         self.result.refused.append(detail)
         self._finish(changelog, [(action, "refused", detail)])
 
