@@ -132,25 +132,24 @@ UNSELECTABLE = {"\\noselect", "\\nonexistent"}
 ALL_MAIL = "\\all"
 
 
-class Mailbox:
-    """One logged-in user's folders, in our folder names whatever the server's layout: ``/``
-    separated, without the personal NAMESPACE prefix (Cyrus' ``INBOX.``), and the standby's
-    special folders (``Sent``...) under the names the server gives them (found by SPECIAL-USE,
-    else by known names: Exchange's ``Sent Items``, Gmail's ``[Gmail]/Sent Mail``).
+Listing = list[tuple[tuple[bytes | str, ...], bytes | str | None, str]]
+"""LIST's answer as imapclient gives it: (attributes, separator, name) per folder."""
 
-    ``folders`` are the folders that hold messages: ``\\Noselect``/``\\NonExistent`` ones and
-    Gmail's All Mail are left out (``unselectable``/``hidden``). Every method raises
-    IMAPClientError when the server refuses."""
 
-    def __init__(self, client: IMAPClient) -> None:
-        self.client = client
-        # Commands are sent in several writes (MULTIAPPEND literals); Nagle would hold the last.
-        with contextlib.suppress(OSError):
-            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        listing = client.list_folders()
-        self.separator = next((str(sep, "ascii") if isinstance(sep, bytes) else sep
-                               for _, sep, _ in listing if sep), IMAP_SEPARATOR)
-        self.prefix = personal_prefix(client)
+class FolderNames:
+    """A mailbox's folders in our names whatever the server's layout: ``/`` separated, without
+    the personal NAMESPACE prefix (Cyrus' ``INBOX.``), and the standby's special folders
+    (``Sent``...) standing for the server's folder for that use (found by SPECIAL-USE, else by
+    known names: Exchange's ``Sent Items``, Gmail's ``[Gmail]/Sent Mail``).
+
+    ``folders`` hold messages; ``unselectable`` ones (``\\Noselect``, ``\\NonExistent``) exist
+    but are never selected nor created again; ``hidden`` ones are never looked at: All Mail
+    (every message again, not a copy of its own) and a folder a special folder's alias shadows
+    (a plain ``Sent`` beside the ``\\Sent`` folder ``Sent Items``)."""
+
+    def __init__(self, listing: Listing, prefix: str = "") -> None:
+        self.separator = next((_text(sep) for _, sep, _ in listing if sep), IMAP_SEPARATOR)
+        self.prefix = prefix
         attributes = {name: {_text(flag).lower() for flag in flags}
                       for flags, _, name in listing}
         self.alias: dict[str, str] = {}
@@ -165,18 +164,16 @@ class Mailbox:
                 self.alias[folder] = native
         self._alias_back = {native: folder for folder, native in self.alias.items()}
         self.hidden: set[str] = set()
-        """Folders not looked at: All Mail, and a folder a special folder's alias shadows."""
         self.unselectable: set[str] = set()
         self.folders: set[str] = set()
         for name, flags in attributes.items():
-            ours = self.ours(name)
-            if ALL_MAIL in flags or (ours in self.alias and name not in self._alias_back):
-                self.hidden.add(ours if name in self._alias_back else name)
+            if ALL_MAIL in flags or (self._plain(name) in self.alias
+                                     and name not in self._alias_back):
+                self.hidden.add(name)
             elif flags & UNSELECTABLE:
-                self.unselectable.add(ours)
+                self.unselectable.add(self.ours(name))
             else:
-                self.folders.add(ours)
-        self.selected: str | None = None
+                self.folders.add(self.ours(name))
 
     def _plain(self, name: str) -> str:
         """A server folder name without prefix and with our separator (no alias)."""
@@ -197,6 +194,23 @@ class Mailbox:
         if folder.upper() == "INBOX":
             return "INBOX"
         return self.prefix + folder.replace(IMAP_SEPARATOR, self.separator)
+
+
+class Mailbox:
+    """One logged-in user's folders, named as FolderNames says, and their messages; every
+    method raises IMAPClientError when the server refuses."""
+
+    def __init__(self, client: IMAPClient) -> None:
+        self.client = client
+        # Commands are sent in several writes (MULTIAPPEND literals); Nagle would hold the last.
+        with contextlib.suppress(OSError):
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.names = FolderNames(client.list_folders(), personal_prefix(client))
+        self.folders = self.names.folders
+        self.unselectable = self.names.unselectable
+        self.ours = self.names.ours
+        self.theirs = self.names.theirs
+        self.selected: str | None = None
 
     @property
     def capabilities(self) -> set[bytes]:
