@@ -216,6 +216,15 @@ class Mailbox:
     def capabilities(self) -> set[bytes]:
         return set(self.client.capabilities())
 
+    @property
+    def append_limit(self) -> int | None:
+        """The largest message the server accepts (APPENDLIMIT=N, RFC 7889), if it says."""
+        for capability in self.capabilities:
+            name, _, value = capability.partition(b"=")
+            if name.upper() == b"APPENDLIMIT" and value.isdigit():
+                return int(value)
+        return None
+
     def select(self, folder: str) -> dict[bytes, Any]:
         self.selected = folder
         return self.client.select_folder(self.theirs(folder))
@@ -255,6 +264,13 @@ class Mailbox:
         (it is atomic, RFC 3502).
         """
         name = self.theirs(folder)
+        limit = self.append_limit
+        if limit is not None and any(len(item.message) > limit for item in items):
+            if len(items) == 1:
+                raise IMAPClientError(f"APPEND to {folder!r} not sent: the message has"
+                                      f" {len(items[0].message)} bytes, above the primary's"
+                                      f" APPENDLIMIT of {limit}")
+            raise IMAPClientError("a message of this batch is above the primary's APPENDLIMIT")
         if len(items) > 1 and {b"MULTIAPPEND", b"LITERAL+"} <= self.capabilities:
             multiappend(self.client, name, items)
             return
@@ -308,6 +324,24 @@ class Mailbox:
     def close(self) -> None:
         with contextlib.suppress(OSError, IMAPClientError):  # the session is over either way
             self.client.logout()
+
+
+_BACKOFF = re.compile(r"Suggested Backoff Time:\s*(\d+)\s*milliseconds", re.IGNORECASE)
+_THROTTLED = re.compile(r"\[(THROTTLED|UNAVAILABLE|LIMIT)\]|\bthrottl|too many|rate limit",
+                        re.IGNORECASE)
+
+
+def backoff_hint(said: str, attempt: int) -> float | None:
+    """Seconds to wait before trying again when the server's refusal ``said`` is throttling
+    (Exchange Online's "Suggested Backoff Time: N milliseconds", Gmail's ``[THROTTLED]``,
+    RFC 5530's ``[UNAVAILABLE]``/``[LIMIT]``), else None: a refusal to report, not retry.
+    Without a hint, 1, 2, 4... seconds by ``attempt``, at most 60."""
+    suggested = _BACKOFF.search(said)
+    if suggested:
+        return min(int(suggested.group(1)) / 1000, 60.0)
+    if _THROTTLED.search(said):
+        return float(min(2 ** attempt, 60))
+    return None
 
 
 def personal_prefix(client: IMAPClient) -> str:

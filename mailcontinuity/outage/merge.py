@@ -25,7 +25,7 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
-from mailcontinuity.mail.imap import Append
+from mailcontinuity.mail.imap import Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
 from mailcontinuity.outage.primary import (
     PrimaryError,
@@ -53,6 +53,12 @@ APPEND_BATCH_BYTES = 16 * 1024 * 1024
 FINISHED = ("done", "reported")
 # The primary went away mid-merge (imaplib's abort covers a connection closed under it).
 CONNECTION_LOST = (OSError, imaplib.IMAP4.abort)
+# A throttled command is tried again this many times (waiting as the server suggests) before
+# this run gives up; the next run resumes from the checkpoints.
+THROTTLE_RETRIES = 5
+# Marked on what was merged as read: the primary's clients must not ask for a read receipt
+# the user already sent (or declined) on the standby (RFC 3503).
+MDN_SENT = "$MDNSent"
 
 Progress = Callable[[int], None]
 
@@ -88,13 +94,21 @@ def _summary(action: Action) -> dict[str, Any]:
             **({"reason": action.reason} if action.reason else {})}
 
 
+def read_receipt_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` plus $MDNSent when they make a message read."""
+    if "\\Seen" in flags and MDN_SENT not in flags:
+        return (*flags, MDN_SENT)
+    return flags
+
+
 def _append_item(source: Any) -> Append:
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.replace(b"\n", b"\r\n")
-    return Append(data, source.flags, datetime.fromtimestamp(source.mtime, UTC))
+    return Append(data, read_receipt_flags(tuple(source.flags)),
+                  datetime.fromtimestamp(source.mtime, UTC))
 
 
 class Merger:
@@ -167,7 +181,7 @@ class Merger:
                 appends.setdefault(action.folder, []).append(action)
         for action in (a for a in actions if a.kind == "create_folder"):
             try:
-                mailbox.ensure_folder(action.folder)
+                self._patiently(mailbox.ensure_folder, action.folder)
             except imaplib.IMAP4.abort:
                 raise
             except IMAPClientError as exc:
@@ -180,7 +194,7 @@ class Merger:
         for action in actions:
             if action.kind in ("flags", "move", "copy", "delete"):
                 try:
-                    self._change(mailbox, action)
+                    self._patiently(self._change, mailbox, action)
                 except imaplib.IMAP4.abort:
                     raise
                 except IMAPClientError as exc:
@@ -197,7 +211,7 @@ class Merger:
                 chunk: list[Action]) -> None:
         items = [_append_item(action.source) for action in chunk]
         try:
-            mailbox.append(folder, items)
+            self._patiently(mailbox.append, folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])
             return
         except imaplib.IMAP4.abort:
@@ -209,13 +223,36 @@ class Merger:
         # MULTIAPPEND is all or nothing: find the message the primary refuses one by one.
         for action, item in zip(chunk, items, strict=False):
             try:
-                mailbox.append(folder, [item])
+                self._patiently(mailbox.append, folder, [item])
             except imaplib.IMAP4.abort:
                 raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
             else:
                 self._finish(changelog, [(action, "done", {})])
+
+    def _patiently(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one IMAP step; when the primary throttles, wait as it suggests and try again,
+        up to THROTTLE_RETRIES times, then give this run up (PrimaryError: the sync agent
+        tries again later, resuming from the checkpoints; status shows why)."""
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                return step(*args)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                wait = backoff_hint(str(exc), attempt)
+                if wait is None:
+                    raise
+                if attempt == THROTTLE_RETRIES:
+                    raise PrimaryError(
+                        f"primary IMAP {self.config.primary.imap} throttles {self.user}'s"
+                        f" merge ({exc}) after {THROTTLE_RETRIES} waits; failback resumes"
+                        " where it stopped when it is run again") from None
+                log.warning("event=primary_throttled user=%s attempt=%d wait_seconds=%.1f"
+                            " said=%r", self.user, attempt + 1, wait, str(exc))
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
         detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
@@ -227,16 +264,18 @@ class Merger:
 
     def _change(self, mailbox: PrimaryMailbox, action: Action) -> None:
         if action.kind == "flags":
-            mailbox.set_flags(action.folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
         elif action.kind == "move":
-            mailbox.set_flags(action.from_folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.from_folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
             mailbox.ensure_folder(action.folder)
             mailbox.move(action.from_folder, action.uid, action.folder)
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
             copied = mailbox.copy(action.from_folder, action.uid, action.folder)
             if action.add:
-                mailbox.set_flags(action.folder, copied, action.add, ())
+                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add), ())
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 
