@@ -27,6 +27,7 @@ from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
 from mailcontinuity.mail.imap import Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
+from mailcontinuity.outage.preflight import preflight
 from mailcontinuity.outage.primary import (
     PrimaryError,
     PrimaryMailbox,
@@ -381,6 +382,21 @@ def plan_failback(config: Config) -> FailbackReport:
         store.close()
 
 
+def _preflight_or_refuse(config: Config, changelog: ChangeLog) -> None:
+    """Before the state switches: log in as one user (the drill's probe user, else one with
+    outage mail) the way the merge will; a PrimaryError saying why when that fails."""
+    outage = changelog.open_outage()
+    users = changelog.users(outage.id) if outage is not None else []
+    user = config.drill.probe_address or (users[0] if users else None)
+    if user is None:
+        return
+    checked = preflight(config, user)
+    if not checked.ok:
+        raise PrimaryError(f"failback not started, the state stays failover (mail keeps going"
+                           f" to the standby): preflight as {user} failed: {checked.failed}")
+    log.info("event=failback_preflight user=%s result=%r", user, checked.summary())
+
+
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
                  progress: Progress = lambda _: None,
                  on_plan: Callable[[int], None] | None = None,
@@ -402,6 +418,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     try:
         state = current_state(store).name
         if state == "failover":
+            _preflight_or_refuse(config, changelog)
             # Routing first: new mail goes to the primary before the merge starts.
             change_state(config, store, "failback", cause, actor, expect=("failover",),
                          hooks=hooks)

@@ -6,7 +6,9 @@ an admin with SASL PLAIN proxy authentication)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,9 +16,11 @@ from click.testing import CliRunner
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
-from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries
+from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restored
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.smtp import make_message
+from mailcontinuity.store.db import open_store
+from mailcontinuity.transitions import change_state
 
 KINDS = ["dovecot", "cyrus"]
 
@@ -86,3 +90,32 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
     alice = kind_lab.users[0]
     lost, duplicated, _ = audit_deliveries(kind_lab, [("nested", nested, [alice.address])])
     assert (lost, duplicated) == ([], [])
+
+
+def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start(
+        kind_lab: Lab, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-admin-password\n")
+    wrong.chmod(0o600)
+    text = kind_lab.config_file.read_text()
+    broken = tmp_path / "mailcontinuity.toml"
+    broken.write_text(re.sub(r"(?m)^password_file = .*$", f'password_file = "{wrong}"', text))
+    result = CliRunner().invoke(main, ["--config", str(broken), "drill", "--json"])
+    steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
+    step = steps["failback credentials on the primary"]
+    assert not step["passed"] and not step["skipped"] and step["advice"], step
+    assert "login as probe@example.test" in step["detail"], step
+
+    with restored(kind_lab):
+        store = open_store(kind_lab.config)
+        try:
+            assert change_state(kind_lab.config, store, "failover", "test", "test",
+                                expect=("normal",))
+        finally:
+            store.close()
+        result = CliRunner().invoke(main, ["--config", str(broken), "failback", "--yes"])
+        assert result.exit_code != 0
+        assert "preflight" in result.output and "stays failover" in result.output, result.output
+        assert invoke(kind_lab, "status", "--json")[1]["state"] == "failover"
+        code, report = invoke(kind_lab, "failback", "--yes", "--json")
+        assert code == 0 and report["state"] == "normal", report
