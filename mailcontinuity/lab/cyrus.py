@@ -35,6 +35,8 @@ DEFAULT_CACHE = Path("/var/cache/mailcontinuity-lab")
 CYRUS_DEBS = ("cyrus-imapd", "cyrus-common", "sasl2-bin", "libical3", "libpcre3", "libxapian30")
 # The SASL realm of logins without a domain (the admin): Cyrus takes it from servername.
 SERVER_NAME = "localhost"
+# The largest message the lab's Cyrus takes (LMTP and APPEND): the oversize refusal test.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Folders every new user gets, with their special use (set per folder: the xlist-* options of
 # imapd.conf make lowercase attributes that byte-comparing clients miss).
 SPECIAL_FOLDERS = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
@@ -191,6 +193,8 @@ sasl_mech_list: PLAIN LOGIN
 tls_server_cert: {p("tls", "server.pem")}
 tls_server_key: {p("tls", "server.key")}
 syslog_prefix: mclab-{self.name}
+# Small enough for a test to exceed (APPENDLIMIT says it; docs/primaries.md).
+maxmessagesize: {MAX_MESSAGE_BYTES}
 # Otherwise a second delivery of one Message-ID is dropped silently (tests deliver twice).
 duplicatesuppression: 0
 delete_mode: immediate

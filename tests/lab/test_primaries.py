@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from imapclient.imapclient import Quota
+from pytest_mock import MockerFixture
 
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.cyrus import MAX_MESSAGE_BYTES
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restored
-from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.imap import Mailbox, imap_login
 from mailcontinuity.mail.smtp import make_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.transitions import change_state
@@ -119,3 +124,108 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
         assert invoke(kind_lab, "status", "--json")[1]["state"] == "failover"
         code, report = invoke(kind_lab, "failback", "--yes", "--json")
         assert code == 0 and report["state"] == "normal", report
+
+
+def _cyrus_admin(lab: Lab) -> IMAPClient:
+    client = IMAPClient(lab.endpoint("primary", "imap").host, lab.endpoint("primary", "imap").port,
+                        ssl=False, timeout=30)
+    client.login(lab.primary.admin.login, lab.primary.admin.password)
+    return client
+
+
+def test_refusals_on_cyrus_are_each_users_own_and_the_others_are_merged(kind_lab: Lab) -> None:
+    """Over quota (Bob), CREATE refused by a folder-count quota (Alice), a message above
+    APPENDLIMIT (Alice): each is reported with Cyrus' words and kept on the standby; Carol's
+    mail and the rest of Alice's are merged; the state returns to normal."""
+    if kind_lab.primary_kind != "cyrus":
+        pytest.skip("quotas and the size limit are set up on the lab's Cyrus")
+    alice, bob, carol = kind_lab.users[:3]
+    with restored(kind_lab):
+        scenario = OutageScenario(kind_lab)
+        scenario.force_failover()
+        scenario.during_outage()
+        big = make_message("partner@remote.test", [alice.address], "too big for the primary")
+        big.set_content("x" * (MAX_MESSAGE_BYTES + 1024))
+        with imap_login(kind_lab.endpoint("standby", "imap"), alice.login,
+                        alice.password) as client:
+            client.append("INBOX", big.as_bytes())
+            client.create_folder("Neu im Ausfall")
+            client.select_folder("INBOX")
+            first = scenario.report.sent[0]
+            client.move(client.search(["HEADER", "Message-ID", first.message_id]),
+                        "Neu im Ausfall")
+        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
+                   ["new_folders"] >= 1, 15, "the agent's record of the new folder")
+        with imap_login(kind_lab.endpoint("primary", "imap"), alice.login,
+                        alice.password) as client:
+            folders = len(client.list_folders())
+        with imap_login(kind_lab.endpoint("primary", "imap"), bob.login, bob.password):
+            pass  # Cyrus creates a mailbox at its first login
+        admin = _cyrus_admin(kind_lab)
+        try:
+            admin.set_quota([Quota(f"user.{bob.address}", "STORAGE", b"", 1)])
+            admin.set_quota([Quota(f"user.{alice.address}", "X-NUM-FOLDERS", b"", folders)])
+            code, report = invoke(kind_lab, "failback", "--yes", "--json")
+        finally:
+            admin.set_quota([Quota(f"user.{bob.address}", "STORAGE", b"", -1)])
+            admin.set_quota([Quota(f"user.{alice.address}", "X-NUM-FOLDERS", b"", -1)])
+            admin.logout()
+    # Exit status 1: something was refused and is listed; the state is normal all the same.
+    assert code == 1 and report["state"] == "normal", report
+    refused = [(item["user"], item["action"], item["server_said"]) for item in report["refused"]]
+    assert any(user == bob.address and "Over quota" in said
+               for user, _, said in refused), refused
+    assert (alice.address, "create_folder", "create failed: Over quota") in refused, refused
+    assert any(user == alice.address and action == "append" and "APPENDLIMIT" in said
+               for user, action, said in refused), refused
+    assert all(user != carol.address for user, _, _ in refused), refused
+    lost, duplicated, _ = audit_deliveries(
+        kind_lab, [(sent.message_id, sent.message_id, [carol.address])
+                   for sent in scenario.report.sent if carol.address in sent.recipients])
+    assert (lost, duplicated) == ([], [])
+
+
+def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
+        kind_lab: Lab, mocker: MockerFixture) -> None:
+    """Fault injection: the primary answers APPEND with Exchange's throttling words. A few
+    refusals are waited out; a session throttled for good ends this run (the state is already
+    failback) and the sync agent's next run finishes the merge."""
+    real_append = Mailbox.append
+    throttled = {"left": 2}
+
+    def append(self: Mailbox, folder: str, items: list) -> None:
+        if throttled["left"] > 0:
+            throttled["left"] -= 1
+            raise IMAPClientError("APPEND failed: NO Request is throttled. Suggested Backoff"
+                                  " Time: 300 milliseconds")
+        real_append(self, folder, items)
+
+    mocker.patch.object(Mailbox, "append", append)
+    with restored(kind_lab):
+        scenario = OutageScenario(kind_lab)
+        scenario.force_failover()
+        scenario.during_outage()
+        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
+                   ["new_messages"] >= 7, 15, "the agent's record of the outage mail")
+        code, report = invoke(kind_lab, "failback", "--yes", "--json")
+        assert code == 0 and report["state"] == "normal" and report["refused"] == [], report
+        assert throttled["left"] == 0
+        checked = scenario.check_primary()
+        assert (checked.lost, checked.duplicated) == ([], [])
+
+    throttled["left"] = 10 ** 6
+    mocker.patch("mailcontinuity.outage.merge.THROTTLE_RETRIES", 1)
+    with restored(kind_lab):
+        scenario = OutageScenario(kind_lab)
+        scenario.force_failover()
+        scenario.during_outage()
+        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
+                   ["new_messages"] >= 7, 15, "the agent's record of the outage mail")
+        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "failback",
+                                           "--yes"])
+        assert result.exit_code != 0 and "throttles" in result.output, result.output
+        # The sync agent (its own process, not throttled) resumes and finishes.
+        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["state"] == "normal", 90,
+                   "the sync agent's failback", interval=1)
+        checked = scenario.check_primary()
+        assert (checked.lost, checked.duplicated) == ([], [])
