@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.cyrus import MAX_MESSAGE_BYTES
 from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restored
 from mailcontinuity.mail.imap import Mailbox, imap_login
-from mailcontinuity.mail.smtp import make_message
+from mailcontinuity.mail.managesieve import Credentials, normalise, session
+from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.transitions import change_state
 
@@ -229,3 +232,36 @@ def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
                    "the sync agent's failback", interval=1)
         checked = scenario.check_primary()
         assert (checked.lost, checked.duplicated) == ([], [])
+
+
+def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
+    """sieve-sync logs in to the primary's ManageSieve (Cyrus' timsieved: the admin with the
+    user as authorization identity) and copies the user's active script to the standby."""
+    carol = kind_lab.users[2]
+    admin = Credentials(kind_lab.primary.admin.login, kind_lab.primary.admin.password)
+    text = 'require ["fileinto"];\nif header :contains "subject" "[lists]" { fileinto "INBOX"; }\n'
+    name = f"rules-{uuid.uuid4().hex[:6]}"
+    send_message(kind_lab.gateway.smtp, make_message("news@remote.test", [carol.address], "hi"),
+                 "news@remote.test", [carol.address], source=INTERNET_CLIENT)
+    maildir = Path(kind_lab.config.standby.maildir.replace("%d", "example.test")
+                   .replace("%n", "carol"))
+    eventually(maildir.exists, 30, "Carol's standby Maildir")
+    with session(kind_lab.endpoint("primary", "sieve"), carol.address, admin,
+                 kind_lab.tls("primary")) as client:
+        client.put(name, text)
+        client.activate(name)
+    try:
+        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "sieve-sync",
+                                           "--json"])
+        assert result.exit_code == 0, result.output
+        with session(kind_lab.endpoint("standby", "sieve"), carol.address, admin,
+                     kind_lab.tls("standby")) as client:
+            scripts = client.scripts()
+        assert scripts.active == name and normalise(scripts.texts[name]) == normalise(text)
+    finally:
+        for role in ("primary", "standby"):
+            with session(kind_lab.endpoint(role, "sieve"), carol.address, admin,
+                         kind_lab.tls(role)) as client:
+                client.activate(None)
+                for script in client.scripts().texts:
+                    client.delete(script)
