@@ -29,6 +29,7 @@ from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotIn
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
+from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
@@ -123,12 +124,13 @@ class Lab:
 
     @classmethod
     def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
-           primary: str | None = None) -> Lab:
+           primary: str | None = None, primary_profile: str | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
         ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
-        the primary's kind (one of PRIMARY_KINDS), chosen when the lab is created."""
+        the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
+        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
@@ -138,7 +140,7 @@ class Lab:
                 raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
                                f" {primary}; take it down and use another directory")
         else:
-            lab = cls._create(directory, user_count, primary or "dovecot")
+            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile)
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
@@ -190,9 +192,14 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path, user_count: int, primary_kind: str) -> Lab:
+    def _create(cls, directory: Path, user_count: int, primary_kind: str,
+                primary_profile: str | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
+        if primary_profile is not None and (primary_kind != "dovecot"
+                                            or primary_profile not in PROFILES):
+            raise LabError(f"--primary-profile is one of {', '.join(PROFILES)}, for the"
+                           " Dovecot primary only")
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -217,6 +224,7 @@ class Lab:
             "domains": [LAB_DOMAIN],
             "config": str(directory / "mailcontinuity.toml"),
             "primary_kind": primary_kind,
+            **({"primary_profile": primary_profile} if primary_profile else {}),
         }
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -265,6 +273,8 @@ class Lab:
                 users, admin, LabCertificates(directory / "tls"))
         else:
             primary = dovecot("primary", primary_listeners)
+            if description.get("primary_profile"):
+                primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
