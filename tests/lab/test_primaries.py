@@ -30,6 +30,7 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
+from tests.lab.outage_helpers import run_cli
 
 # (primary, profile): a plain Dovecot, Cyrus, and Dovecot playing Exchange Online and Gmail.
 KINDS = [("dovecot", None), ("cyrus", None), ("dovecot", "exchange"), ("dovecot", "gmail")]
@@ -41,13 +42,6 @@ def kind_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     with Lab.temporary(prefix=f"mclab-{profile or primary}-", primary=primary,
                        primary_profile=profile) as lab:
         yield lab
-
-
-def invoke(lab: Lab, *args: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(main, ["--config", str(lab.config_file), *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, json.loads(result.stdout) if "--json" in args else {}
 
 
 def nested_folder_on_primary(lab: Lab) -> str:
@@ -70,7 +64,7 @@ def test_primary_is_healthy_and_its_kind_is_the_one_asked_for(kind_lab: Lab) -> 
     description = json.loads((kind_lab.dir / "lab.json").read_text())
     assert description["primary_kind"] == kind_lab.primary_kind
     assert set(description["primary"]) == {"imap", "lmtp", "managesieve"}
-    report = eventually(lambda: (got := invoke(kind_lab, "status", "--json")[1])["primary"]
+    report = eventually(lambda: (got := run_cli(kind_lab, "status", "--json")[1])["primary"]
                         ["healthy"] and got, 30, "the primary's probes to pass")
     assert {probe["probe"] for probe in report["primary"]["last_probes"]} == {"delivery", "imap"}
     assert all(probe["ok"] for probe in report["primary"]["last_probes"]), report
@@ -83,19 +77,19 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
     scenario.force_failover()
     scenario.during_outage()
     scenario.activity_on_standby()
-    eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
+    eventually(lambda: run_cli(kind_lab, "status", "--json")[1]["outage"]["activity"]
                ["new_messages"] >= 8, 15, "the agent's record of the outage activity")
 
-    code, report = invoke(kind_lab, "failback", "--yes", "--json")
+    code, report = run_cli(kind_lab, "failback", "--yes", "--json")
     assert code == 0, report
     assert report["state"] == "normal" and report["refused"] == [], report
     checked = scenario.check_primary()
     assert (checked.lost, checked.duplicated, checked.misplaced) == ([], [], [])
-    code, audit = invoke(kind_lab, "verify", "--json")
+    code, audit = run_cli(kind_lab, "verify", "--json")
     assert code == 0 and audit["ok"], audit
 
     # A second failback finds nothing to do and changes nothing on the primary.
-    code, again = invoke(kind_lab, "failback", "--yes", "--json")
+    code, again = run_cli(kind_lab, "failback", "--yes", "--json")
     assert code == 0 and again["refused"] == [], again
     checked = scenario.check_primary()
     assert (checked.lost, checked.duplicated, checked.misplaced) == ([], [], [])
@@ -120,7 +114,7 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
     text = kind_lab.config_file.read_text()
     broken = tmp_path / "mailcontinuity.toml"
     broken.write_text(re.sub(r"(?m)^password_file = .*$", f'password_file = "{wrong}"', text))
-    result = CliRunner().invoke(main, ["--config", str(broken), "drill", "--json"])
+    result = CliRunner().run_cli(main, ["--config", str(broken), "drill", "--json"])
     steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
     step = steps["failback credentials on the primary"]
     assert not step["passed"] and not step["skipped"] and step["advice"], step
@@ -129,7 +123,7 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
     with restored(kind_lab):
         # A loaded machine can make the lab's short health timings fail over by themselves;
         # the automatic failback then ends that first.
-        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["state"] == "normal", 120,
+        eventually(lambda: run_cli(kind_lab, "status", "--json")[1]["state"] == "normal", 120,
                    "state normal", interval=1)
         store = open_store(kind_lab.config)
         try:
@@ -137,11 +131,11 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
                                 expect=("normal",)), current_state(store)
         finally:
             store.close()
-        result = CliRunner().invoke(main, ["--config", str(broken), "failback", "--yes"])
+        result = CliRunner().run_cli(main, ["--config", str(broken), "failback", "--yes"])
         assert result.exit_code != 0
         assert "preflight" in result.output and "stays failover" in result.output, result.output
-        assert invoke(kind_lab, "status", "--json")[1]["state"] == "failover"
-        code, report = invoke(kind_lab, "failback", "--yes", "--json")
+        assert run_cli(kind_lab, "status", "--json")[1]["state"] == "failover"
+        code, report = run_cli(kind_lab, "failback", "--yes", "--json")
         assert code == 0 and report["state"] == "normal", report
 
 
@@ -173,7 +167,7 @@ def test_refusals_on_cyrus_are_each_users_own_and_the_others_are_merged(kind_lab
             first = scenario.report.sent[0]
             client.move(client.search(["HEADER", "Message-ID", first.message_id]),
                         "Neu im Ausfall")
-        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
+        eventually(lambda: run_cli(kind_lab, "status", "--json")[1]["outage"]["activity"]
                    ["new_folders"] >= 1, 15, "the agent's record of the new folder")
         with imap_login(kind_lab.endpoint("primary", "imap"), alice.login,
                         alice.password) as client:
@@ -184,7 +178,7 @@ def test_refusals_on_cyrus_are_each_users_own_and_the_others_are_merged(kind_lab
         try:
             admin.set_quota([Quota(f"user.{bob.address}", "STORAGE", b"", 1)])
             admin.set_quota([Quota(f"user.{alice.address}", "X-NUM-FOLDERS", b"", folders)])
-            code, report = invoke(kind_lab, "failback", "--yes", "--json")
+            code, report = run_cli(kind_lab, "failback", "--yes", "--json")
         finally:
             admin.set_quota([Quota(f"user.{bob.address}", "STORAGE", b"", -1)])
             admin.set_quota([Quota(f"user.{alice.address}", "X-NUM-FOLDERS", b"", -1)])
@@ -204,6 +198,16 @@ def test_refusals_on_cyrus_are_each_users_own_and_the_others_are_merged(kind_lab
     assert (lost, duplicated) == ([], [])
 
 
+def outage_with_mail(lab: Lab) -> OutageScenario:
+    """A forced failover and the scenario's outage mail, recorded by the sync agent."""
+    scenario = OutageScenario(lab)
+    scenario.force_failover()
+    scenario.during_outage()
+    eventually(lambda: run_cli(lab, "status", "--json")[1]["outage"]["activity"]
+               ["new_messages"] >= 7, 15, "the agent's record of the outage mail")
+    return scenario
+
+
 def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
         kind_lab: Lab, mocker: MockerFixture) -> None:
     """Fault injection: the primary answers APPEND with Exchange's throttling words. A few
@@ -221,12 +225,8 @@ def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
 
     mocker.patch.object(Mailbox, "append", append)
     with restored(kind_lab):
-        scenario = OutageScenario(kind_lab)
-        scenario.force_failover()
-        scenario.during_outage()
-        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
-                   ["new_messages"] >= 7, 15, "the agent's record of the outage mail")
-        code, report = invoke(kind_lab, "failback", "--yes", "--json")
+        scenario = outage_with_mail(kind_lab)
+        code, report = run_cli(kind_lab, "failback", "--yes", "--json")
         assert code == 0 and report["state"] == "normal" and report["refused"] == [], report
         assert throttled["left"] == 0
         checked = scenario.check_primary()
@@ -235,16 +235,12 @@ def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
     throttled["left"] = 10 ** 6
     mocker.patch("mailcontinuity.outage.merge.THROTTLE_RETRIES", 1)
     with restored(kind_lab):
-        scenario = OutageScenario(kind_lab)
-        scenario.force_failover()
-        scenario.during_outage()
-        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["outage"]["activity"]
-                   ["new_messages"] >= 7, 15, "the agent's record of the outage mail")
-        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "failback",
+        scenario = outage_with_mail(kind_lab)
+        result = CliRunner().run_cli(main, ["--config", str(kind_lab.config_file), "failback",
                                            "--yes"])
         assert result.exit_code != 0 and "throttles" in result.output, result.output
         # The sync agent (its own process, not throttled) resumes and finishes.
-        eventually(lambda: invoke(kind_lab, "status", "--json")[1]["state"] == "normal", 90,
+        eventually(lambda: run_cli(kind_lab, "status", "--json")[1]["state"] == "normal", 90,
                    "the sync agent's failback", interval=1)
         checked = scenario.check_primary()
         assert (checked.lost, checked.duplicated) == ([], [])
@@ -267,7 +263,7 @@ def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
         client.put(name, text)
         client.activate(name)
     try:
-        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "sieve-sync",
+        result = CliRunner().run_cli(main, ["--config", str(kind_lab.config_file), "sieve-sync",
                                            "--json"])
         assert result.exit_code == 0, result.output
         with session(kind_lab.endpoint("standby", "sieve"), carol.address, admin,
