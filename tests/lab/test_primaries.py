@@ -114,7 +114,7 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
     text = kind_lab.config_file.read_text()
     broken = tmp_path / "mailcontinuity.toml"
     broken.write_text(re.sub(r"(?m)^password_file = .*$", f'password_file = "{wrong}"', text))
-    result = CliRunner().run_cli(main, ["--config", str(broken), "drill", "--json"])
+    result = CliRunner().invoke(main, ["--config", str(broken), "drill", "--json"])
     steps = {step["name"]: step for step in json.loads(result.stdout)["steps"]}
     step = steps["failback credentials on the primary"]
     assert not step["passed"] and not step["skipped"] and step["advice"], step
@@ -131,7 +131,7 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
                                 expect=("normal",)), current_state(store)
         finally:
             store.close()
-        result = CliRunner().run_cli(main, ["--config", str(broken), "failback", "--yes"])
+        result = CliRunner().invoke(main, ["--config", str(broken), "failback", "--yes"])
         assert result.exit_code != 0
         assert "preflight" in result.output and "stays failover" in result.output, result.output
         assert run_cli(kind_lab, "status", "--json")[1]["state"] == "failover"
@@ -236,7 +236,7 @@ def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
     mocker.patch("mailcontinuity.outage.merge.THROTTLE_RETRIES", 1)
     with restored(kind_lab):
         scenario = outage_with_mail(kind_lab)
-        result = CliRunner().run_cli(main, ["--config", str(kind_lab.config_file), "failback",
+        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "failback",
                                            "--yes"])
         assert result.exit_code != 0 and "throttles" in result.output, result.output
         # The sync agent (its own process, not throttled) resumes and finishes.
@@ -263,7 +263,7 @@ def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
         client.put(name, text)
         client.activate(name)
     try:
-        result = CliRunner().run_cli(main, ["--config", str(kind_lab.config_file), "sieve-sync",
+        result = CliRunner().invoke(main, ["--config", str(kind_lab.config_file), "sieve-sync",
                                            "--json"])
         assert result.exit_code == 0, result.output
         with session(kind_lab.endpoint("standby", "sieve"), carol.address, admin,
