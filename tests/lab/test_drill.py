@@ -41,7 +41,8 @@ def test_drill_passes_on_a_healthy_lab_and_archives_its_report(lab: Lab) -> None
     assert [step["name"] for step in report["steps"]] == [
         "standby reachable", "login with production credentials", "send from the standby",
         "receive through the gateway into the standby", "journal lag",
-        "routing switch for the probe address", "sieve scripts in sync"]
+        "routing switch for the probe address", "failback credentials on the primary",
+        "sieve scripts in sync"]
     archived = json.loads(Path(report["archived_to"]).read_text())
     assert archived["passed"] is True
     # The probe's override is gone: the protected domain alone routes to the primary again.
