@@ -3,7 +3,7 @@
 Debian's cyrus-imapd conflicts with dovecot-imapd as a package, so it is never installed: its
 .debs (and the three libraries a Postfix+Dovecot host lacks) are fetched with ``apt-get download``
 and unpacked with ``dpkg-deb -x`` into a cache shared by every lab on the host
-(``MAILCONTINUITY_LAB_CACHE``, default /var/cache/mailcontinuity-lab), and run from there with
+(``MAILCONTINUITY_LAB_CACHE``, default /tmp/mailcontinuity-lab-cache), and run from there with
 ``LD_LIBRARY_PATH``. The verified recipe, and why each setting is there, is in the project's
 research note on Cyrus; the settings that bite are commented below.
 
@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
 from mailcontinuity.lab.tls import LabCertificates
 
 CACHE_ENV_VAR = "MAILCONTINUITY_LAB_CACHE"
-DEFAULT_CACHE = Path("/var/cache/mailcontinuity-lab")
+# Under the temporary directory: the lab touches nothing else on an administrator's host.
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "mailcontinuity-lab-cache"
 # The server and saslpasswd2, plus the libraries a Postfix+Dovecot Debian 12 host lacks.
 CYRUS_DEBS = ("cyrus-imapd", "cyrus-common", "sasl2-bin", "libical3", "libpcre3", "libxapian30")
 # The SASL realm of logins without a domain (the admin): Cyrus takes it from servername.
