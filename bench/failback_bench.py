@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.dovecot import MAIL_USER
+from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance
 from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.maildir import folder_dirname
@@ -163,6 +163,7 @@ def index_standby(lab: Lab) -> None:
 
 
 def wipe_primary(lab: Lab) -> None:
+    assert isinstance(lab.primary, DovecotInstance), "the benchmark's primary is Dovecot"
     lab.primary.stop()
     for child in lab.primary.mail_root.iterdir():
         shutil.rmtree(child)

@@ -261,6 +261,12 @@ class SyncSection(Section):
     """The sync agent and the failback merge: how to log into the primary as each user (a
     Dovecot master user or admin), and how hard to push it."""
 
+    login_method: Literal["master_user", "sasl_plain"] = "master_user"
+    """How failback, verify and the preflight log in to the primary as each user:
+    ``master_user`` sends ``LOGIN user<separator>admin`` (Dovecot master users);
+    ``sasl_plain`` sends ``AUTHENTICATE PLAIN`` with the admin as authentication identity and
+    the user as authorization identity (Cyrus admins, Dovecot master users, most servers with
+    proxy authentication)."""
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
     master_user_separator: str = Field(default="*", min_length=1)

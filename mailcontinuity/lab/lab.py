@@ -23,11 +23,13 @@ from typing import Any, Protocol
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.deploy.settings import dovecot_lmtp_settings, dovecot_standby_hardening
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
+from mailcontinuity.lab.cyrus import CyrusInstance
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
+from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
@@ -45,6 +47,8 @@ REQUIRED_PROGRAMS = {
     "dovecot": "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve"
     " dovecot-submissiond",
 }
+# ``lab up --primary``: which mail store plays the primary (lab.json's ``primary_kind``).
+PRIMARY_KINDS = ("dovecot", "cyrus")
 
 
 # mailcontinuity daemons the lab runs, by CLI command name, each with a builder of its readiness
@@ -93,7 +97,7 @@ class Lab:
     dir: Path
     config: Config
     users: list[LabUser]
-    primary: DovecotInstance
+    primary: DovecotInstance | CyrusInstance
     standby: DovecotInstance
     gateway: PostfixGateway
     webmail: Webmail | None = None
@@ -114,17 +118,29 @@ class Lab:
     def config_file(self) -> Path:
         return self.dir / "mailcontinuity.toml"
 
+    @property
+    def primary_kind(self) -> str:
+        return "cyrus" if isinstance(self.primary, CyrusInstance) else "dovecot"
+
     @classmethod
-    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False) -> Lab:
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
+           primary: str | None = None, primary_profile: str | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
-        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs)."""
+        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
+        the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
+        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
-        lab = (cls.load(directory) if (directory / "lab.json").exists()
-               else cls._create(directory, user_count))
+        if (directory / "lab.json").exists():
+            lab = cls.load(directory)
+            if primary is not None and primary != lab.primary_kind:
+                raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
+                               f" {primary}; take it down and use another directory")
+        else:
+            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile)
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
@@ -176,7 +192,14 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path, user_count: int) -> Lab:
+    def _create(cls, directory: Path, user_count: int, primary_kind: str,
+                primary_profile: str | None = None) -> Lab:
+        if primary_kind not in PRIMARY_KINDS:
+            raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
+        if primary_profile is not None and (primary_kind != "dovecot"
+                                            or primary_profile not in PROFILES):
+            raise LabError(f"--primary-profile is one of {', '.join(PROFILES)}, for the"
+                           " Dovecot primary only")
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -200,6 +223,8 @@ class Lab:
             "users": users,
             "domains": [LAB_DOMAIN],
             "config": str(directory / "mailcontinuity.toml"),
+            "primary_kind": primary_kind,
+            **({"primary_profile": primary_profile} if primary_profile else {}),
         }
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -238,6 +263,18 @@ class Lab:
             return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp,
                                    LabCertificates(directory / "tls"))
 
+        primary_listeners = {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}
+        primary: DovecotInstance | CyrusInstance
+        if description.get("primary_kind") == "cyrus":
+            primary = CyrusInstance(
+                "primary", directory / "primary",
+                {protocol: parse_endpoint(description["primary"][key])
+                 for protocol, key in primary_listeners.items()},
+                users, admin, LabCertificates(directory / "tls"))
+        else:
+            primary = dovecot("primary", primary_listeners)
+            if description.get("primary_profile"):
+                primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
@@ -254,7 +291,7 @@ class Lab:
             dir=directory,
             config=config,
             users=users,
-            primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
+            primary=primary,
             standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config,
                                    config.gateway.submission,
@@ -318,6 +355,19 @@ def _render_config(directory: Path, description: dict[str, Any], gateway_submiss
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
+    if description["primary_kind"] == "cyrus":
+        # No master users: an admin with proxy authentication; the health probe logs in as
+        # the drill's probe user with its own password.
+        sync_login = 'login_method = "sasl_plain"'
+        probe_login, probe_secret = f"{DRILL_PROBE}@{LAB_DOMAIN}", "drill-probe-password"
+        # Cyrus' lmtpd offers no STARTTLS to pre-authorised TCP clients (Postfix delivers
+        # without AUTH), and primary.tls covers delivery and IMAP alike: loopback in clear.
+        primary_tls = "none"
+    else:
+        primary_tls = "starttls"
+        sync_login = 'login_method = "master_user"'
+        probe_login = f"{description['users'][0]['login']}*{ADMIN_LOGIN}"
+        probe_secret = "admin-password"
     return f"""# mailcontinuity configuration for the lab in {directory}
 hooks_dir = {json.dumps(str(directory / "hooks"))}
 hooks_timeout_seconds = 3
@@ -332,7 +382,7 @@ protected = {json.dumps(description["domains"])}
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
-tls = "starttls"
+tls = "{primary_tls}"
 tls_ca_file = {ca_file}
 
 [standby]
@@ -375,14 +425,15 @@ retry_max_seconds = 5
 recipient_cache_seconds = 1
 
 [sync]
+{sync_login}
 admin_login = "{ADMIN_LOGIN}"
 password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 
 [policyd]
 socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
-{LAB_HEALTH_SECTION}imap_login = "{description["users"][0]["login"]}*{ADMIN_LOGIN}"
-imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+{LAB_HEALTH_SECTION}imap_login = "{probe_login}"
+imap_password_file = {json.dumps(str(directory / "secrets" / probe_secret))}
 
 [watch]
 # Short, so that a test that leaves the milter out on purpose flags the lab only briefly.

@@ -31,7 +31,7 @@ from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.lab import Lab
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, locate
 from mailcontinuity.mail.headers import JOURNAL_HEADER
-from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.mail.imap import Mailbox, imap_login
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.outage.merge import LEASE as FAILBACK_LEASE
 from mailcontinuity.reports.status import collect_status
@@ -375,11 +375,14 @@ def audit_deliveries(lab: Lab, deliveries: list[tuple[str, str, list[str]]],
     for address, messages in wanted.items():
         user = users[address]
         with imap_login(lab.endpoint("primary", "imap"), user.login, user.password) as client:
+            # Folders by the standby's names, whatever the primary's layout (INBOX. prefix,
+            # "Sent Items"): the mapping failback itself uses.
+            names = Mailbox(client)
             for message_id, label in messages.items():
                 found = []
                 for folder, uids in locate(client, message_id).items():
                     client.select_folder(folder, readonly=True)
-                    found += [(folder, {flag.decode() for flag in flags})
+                    found += [(names.ours(folder), {flag.decode() for flag in flags})
                               for flags in client.get_flags(uids).values()]
                 where = f"{address} {label}"
                 if not found:

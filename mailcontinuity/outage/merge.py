@@ -8,6 +8,7 @@ checkpointed) is found on the primary and not appended twice. Only one process m
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import threading
 import time
@@ -24,9 +25,15 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
-from mailcontinuity.mail.imap import Append
+from mailcontinuity.mail.imap import Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
-from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.outage.preflight import preflight
+from mailcontinuity.outage.primary import (
+    PrimaryError,
+    PrimaryMailbox,
+    connect,
+    read_admin_password,
+)
 from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
@@ -45,6 +52,14 @@ MAX_PASSES = 3
 APPEND_BATCH_MESSAGES = 50
 APPEND_BATCH_BYTES = 16 * 1024 * 1024
 FINISHED = ("done", "reported")
+# The primary went away mid-merge (imaplib's abort covers a connection closed under it).
+CONNECTION_LOST = (OSError, imaplib.IMAP4.abort)
+# A throttled command is tried again this many times (waiting as the server suggests) before
+# this run gives up; the next run resumes from the checkpoints.
+THROTTLE_RETRIES = 5
+# Marked on what was merged as read: the primary's clients must not ask for a read receipt
+# the user already sent (or declined) on the standby (RFC 3503).
+MDN_SENT = "$MDNSent"
 
 Progress = Callable[[int], None]
 
@@ -80,13 +95,21 @@ def _summary(action: Action) -> dict[str, Any]:
             **({"reason": action.reason} if action.reason else {})}
 
 
+def read_receipt_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` plus $MDNSent when they make a message read."""
+    if "\\Seen" in flags and MDN_SENT not in flags:
+        return (*flags, MDN_SENT)
+    return flags
+
+
 def _append_item(source: Any) -> Append:
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.replace(b"\n", b"\r\n")
-    return Append(data, source.flags, datetime.fromtimestamp(source.mtime, UTC))
+    return Append(data, read_receipt_flags(tuple(source.flags)),
+                  datetime.fromtimestamp(source.mtime, UTC))
 
 
 class Merger:
@@ -131,6 +154,18 @@ class Merger:
                     self.result.counts.update(action.kind for action in actions)
                     return self.result
                 self._execute(changelog, mailbox, actions)
+            except CONNECTION_LOST as exc:
+                # What was done is checkpointed; the next run plans again from the primary.
+                raise PrimaryError(f"primary IMAP {self.config.primary.imap}: the connection"
+                                   f" was lost while merging {self.user} ({type(exc).__name__}:"
+                                   f" {exc}); failback resumes where it stopped when it is"
+                                   " run again") from None
+            except IMAPClientError as exc:
+                # A refusal outside any one action (SELECT, FETCH of the index): this user's
+                # merge fails with the server's words; the other users go on.
+                log.error("event=merge_user_failed user=%s reason=%r", self.user, str(exc))
+                self.result.refused.append({"action": "merge", "server_said": str(exc),
+                                            "kept_on_standby": "every outage message"})
             finally:
                 mailbox.close()
             if not self.result.refused:
@@ -146,14 +181,26 @@ class Merger:
             if action.kind == "append":
                 appends.setdefault(action.folder, []).append(action)
         for action in (a for a in actions if a.kind == "create_folder"):
-            mailbox.ensure_folder(action.folder)
+            try:
+                self._patiently(mailbox.ensure_folder, action.folder)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                self._refuse(changelog, action, str(exc))
+                continue
             self._finish(changelog, [(action, "done", {})])
         for folder, batch in appends.items():
             for chunk in _batches(batch):
                 self._append(changelog, mailbox, folder, chunk)
         for action in actions:
             if action.kind in ("flags", "move", "copy", "delete"):
-                self._change(mailbox, action)
+                try:
+                    self._patiently(self._change, mailbox, action)
+                except imaplib.IMAP4.abort:
+                    raise
+                except IMAPClientError as exc:
+                    self._refuse(changelog, action, str(exc))
+                    continue
                 self._finish(changelog, [(action, "done", {})])
             elif action.kind == "report":
                 log.warning("event=failback_report user=%s reason=%s folder=%r message_id=%s",
@@ -165,9 +212,11 @@ class Merger:
                 chunk: list[Action]) -> None:
         items = [_append_item(action.source) for action in chunk]
         try:
-            mailbox.append(folder, items)
+            self._patiently(mailbox.append, folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])
             return
+        except imaplib.IMAP4.abort:
+            raise
         except IMAPClientError as exc:
             if len(chunk) == 1:
                 self._refuse(changelog, chunk[0], str(exc))
@@ -175,32 +224,59 @@ class Merger:
         # MULTIAPPEND is all or nothing: find the message the primary refuses one by one.
         for action, item in zip(chunk, items, strict=False):
             try:
-                mailbox.append(folder, [item])
+                self._patiently(mailbox.append, folder, [item])
+            except imaplib.IMAP4.abort:
+                raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
             else:
                 self._finish(changelog, [(action, "done", {})])
 
+    def _patiently(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one IMAP step; when the primary throttles, wait as it suggests and try again,
+        up to THROTTLE_RETRIES times, then give this run up (PrimaryError: the sync agent
+        tries again later, resuming from the checkpoints; status shows why)."""
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                return step(*args)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                wait = backoff_hint(str(exc), attempt)
+                if wait is None:
+                    raise
+                if attempt == THROTTLE_RETRIES:
+                    raise PrimaryError(
+                        f"primary IMAP {self.config.primary.imap} throttles {self.user}'s"
+                        f" merge ({exc}) after {THROTTLE_RETRIES} waits; failback resumes"
+                        " where it stopped when it is run again") from None
+                log.warning("event=primary_throttled user=%s attempt=%d wait_seconds=%.1f"
+                            " said=%r", self.user, attempt + 1, wait, str(exc))
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
     def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
         detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
                   if action.source else ""}
-        log.error("event=append_refused user=%s folder=%r message_id=%s reason=%r",
-                  self.user, action.folder, action.message_id, reason)
+        log.error("event=primary_refused user=%s action=%s folder=%r message_id=%s reason=%r",
+                  self.user, action.kind, action.folder, action.message_id, reason)
         self.result.refused.append(detail)
         self._finish(changelog, [(action, "refused", detail)])
 
     def _change(self, mailbox: PrimaryMailbox, action: Action) -> None:
         if action.kind == "flags":
-            mailbox.set_flags(action.folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
         elif action.kind == "move":
-            mailbox.set_flags(action.from_folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.from_folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
             mailbox.ensure_folder(action.folder)
             mailbox.move(action.from_folder, action.uid, action.folder)
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
             copied = mailbox.copy(action.from_folder, action.uid, action.folder)
             if action.add:
-                mailbox.set_flags(action.folder, copied, action.add, ())
+                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add), ())
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 
@@ -306,6 +382,21 @@ def plan_failback(config: Config) -> FailbackReport:
         store.close()
 
 
+def _preflight_or_refuse(config: Config, changelog: ChangeLog) -> None:
+    """Before the state switches: log in as one user (the drill's probe user, else one with
+    outage mail) the way the merge will; a PrimaryError saying why when that fails."""
+    outage = changelog.open_outage()
+    users = changelog.users(outage.id) if outage is not None else []
+    user = config.drill.probe_address or (users[0] if users else None)
+    if user is None:
+        return
+    checked = preflight(config, user)
+    if not checked.ok:
+        raise PrimaryError(f"failback not started, the state stays failover (mail keeps going"
+                           f" to the standby): preflight as {user} failed: {checked.failed}")
+    log.info("event=failback_preflight user=%s result=%r", user, checked.summary())
+
+
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
                  progress: Progress = lambda _: None,
                  on_plan: Callable[[int], None] | None = None,
@@ -327,6 +418,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     try:
         state = current_state(store).name
         if state == "failover":
+            _preflight_or_refuse(config, changelog)
             # Routing first: new mail goes to the primary before the merge starts.
             change_state(config, store, "failback", cause, actor, expect=("failover",),
                          hooks=hooks)

@@ -26,6 +26,7 @@ from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.smtp import make_message, offered_extensions, send_message
 from mailcontinuity.mail.tls import Side, TLSError, TLSPolicy, require_starttls
+from mailcontinuity.outage.preflight import preflight
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.sieve.replicate import sieve_sync
 from mailcontinuity.store.db import StateStore
@@ -102,6 +103,9 @@ class Drill:
                   " accepting journal copies")
         self.step("routing switch for the probe address", self.routing_switch,
                   "check the gateway's transport table and the standby's LMTP listener")
+        self.step("failback credentials on the primary", self.failback_preflight,
+                  "check [sync] (login_method, admin_login, password_file) against the"
+                  " primary's admin or master user setup: docs/primaries.md")
         self.step("international mail (SMTPUTF8)", self.smtputf8_routes,
                   "set primary.smtputf8 / standby.smtputf8 to what each store's listener"
                   " offers (docs/international.md), then restart the milter")
@@ -241,6 +245,17 @@ class Drill:
                 notes.append(f"{side} {delivery} offers SMTPUTF8: internationalised mail"
                              " is delivered")
         return "; ".join(notes)
+
+    def failback_preflight(self) -> str:
+        """Failback's login and what it will need (CREATE, the folder mapping), checked now
+        rather than at the end of an outage."""
+        state = current_state(self.store).name
+        if state != "normal":
+            raise _Skip(f"state is {state}: failback runs its own preflight before it starts")
+        checked = preflight(self.config, self.probe)
+        if not checked.ok:
+            raise StepFailed(checked.failed, "")
+        return checked.summary()
 
     def sieve_scripts_in_sync(self) -> str:
         """Users' filters and out-of-office replies must be on the standby before it is needed."""

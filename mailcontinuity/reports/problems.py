@@ -217,6 +217,15 @@ def sync_agent_problem(config: Config, store: StateStore, checks: list[CheckReco
     return None
 
 
+def failback_problem(state: State, checks: list[CheckRecord]) -> Problem | None:
+    """The sync agent's last automatic failback failed (the primary refused the login, went
+    away, throttles): while the state is still failback, that is a problem with its words."""
+    record = next((r for r in checks if r.check.name == "failback"), None)
+    if state.name != "failback" or record is None or record.check.ok:
+        return None
+    return Problem("sync-agent", record.since, record.check.detail, record.check.action)
+
+
 # --- the store and the disks ---------------------------------------------------------------
 def store_problem(config: Config, now: float) -> Problem | None:
     """Whether the state store can be read and written at its configured path. A read-only
@@ -414,6 +423,7 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     found += filter(None, [
         policyd_problem(daemon, now),
         sync_agent_problem(config, store, process, now),
+        failback_problem(state, process),
         store_problem(config, now),
     ])
     found += disk_problems(config, watched_disks(config), now)

@@ -155,6 +155,20 @@ def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: Stat
     assert silent["part"] == "sync-agent" and "no heartbeat" in silent["detail"]
 
 
+def test_a_failing_automatic_failback_is_a_problem_while_the_state_is_failback(
+        config: Config, store: StateStore) -> None:
+    said = "failback keeps failing, retried every 15s: login as a@example.org failed (NO Invalid)"
+    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", False, time.time(),
+                                said, "fix what the message names")])
+    assert report(config, store)["protected"] is True  # not while the state is normal
+    transition(store, "failover", "test", "test")
+    transition(store, "failback", "test", "test")
+    [problem] = [p for p in report(config, store)["problems"] if p["part"] == "sync-agent"]
+    assert problem["detail"] == said and problem["action"] == "fix what the message names"
+    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
+    assert "sync-agent" not in {p["part"] for p in report(config, store)["problems"]}
+
+
 def test_gateway_mail_without_journal_copies_is_a_milter_problem(config: Config,
                                                                  store: StateStore) -> None:
     now = time.time()
