@@ -37,7 +37,10 @@ def send_raw(lab: Lab, raw: bytes, recipients: list[str], options: tuple[str, ..
 def assert_same_on_both(lab: Lab, token: str, count: int = 1) -> list[bytes]:
     """Find the message by a Subject token on the primary and the standby of alice; compare."""
     alice = lab.users[0]
-    primary = fetch_by_header(lab, "primary", alice, "Subject", token, timeout=30)
+    # Each of ``count`` messages is delivered on its own: wait for the last, not the first.
+    primary = eventually(
+        lambda: len(got := fetch_by_header(lab, "primary", alice, "Subject", token)) >= count
+        and got, 30, f"{count} copies of {token} on the primary")
     assert len(primary) == count, f"primary holds {len(primary)} copies of {token}"
     standby = eventually(
         lambda: len(got := fetch_by_header(lab, "standby", alice, "Subject", token)) >= count
