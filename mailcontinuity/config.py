@@ -192,6 +192,10 @@ class PrimarySection(PeerSection):
     delivery: DeliveryField
     imap: EndpointField
     managesieve: EndpointField | None = None
+    smtputf8: bool = False
+    """Whether ``delivery`` offers SMTPUTF8 (Exchange and Gmail do; Dovecot 2.3 LMTP does not):
+    without it the milter refuses internationalised mail at SMTP time rather than let Postfix
+    accept it and bounce it (docs/international.md)."""
 
 
 class StandbySection(PeerSection):
@@ -201,6 +205,10 @@ class StandbySection(PeerSection):
     lmtp: EndpointField
     submission: EndpointField | None = None
     managesieve: EndpointField | None = None
+    smtputf8: bool = False
+    """Whether the standby's ``lmtp`` offers SMTPUTF8 (Dovecot 2.3 does not, whatever its
+    settings): without it, internationalised mail is refused with 451 4.6.7 during an outage,
+    never accepted and bounced. The drill checks the answer against the standby's LHLO."""
     maildir: str = "/var/vmail/%d/%n/Maildir"
     """Each user's Maildir on the standby (``%d``, ``%n``, ``%u``, ``%%``), as in its Dovecot
     ``mail_location``: where the journal's maildir sink writes and the sync agent watches."""

@@ -33,6 +33,10 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         "smtpd_milters": milter,
         "non_smtpd_milters": milter,
         "milter_default_action": "accept",
+        # Postfix's default plus what the journal copy's Received field is rebuilt from
+        # (journal/trace.py): the milter is not called at CONNECT, so these come with MAIL.
+        "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}"
+        " {mail_host} {mail_mailer} j _ {client_addr} {client_name} {tls_version}",
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
         **postfix_tls_settings(),
@@ -218,6 +222,35 @@ def _service(service: str, listeners: list[tuple[str, str, int]]) -> str:
     return f"service {service} {{\n{inner}}}"
 
 
+def smtputf8_notes(config: Config) -> list[str]:
+    """What happens to internationalised mail (RFC 6531 SMTPUTF8), route by route.
+
+    Postfix (``smtputf8_enable = yes``, its default) accepts such mail whatever the next hop
+    offers and bounces it when the hop lacks SMTPUTF8; the milter refuses it at SMTP time
+    instead, on what ``primary.smtputf8`` and ``standby.smtputf8`` say. Dovecot 2.3's LMTP
+    never offers SMTPUTF8 (no setting enables it), so a standby running it cannot take such
+    mail: check-config says so, the drill asks the listeners themselves.
+    """
+    primary, standby = config.primary.smtputf8, config.standby.smtputf8
+    notes = [
+        "primary.smtputf8 = " + ("true: internationalised mail is delivered to the primary"
+                                 if primary else
+                                 "false: internationalised mail (a UTF-8 address, or UTF-8"
+                                 " headers with SMTPUTF8) is refused with 550 5.6.7 at SMTP"
+                                 " time, never accepted and bounced"),
+        "standby.smtputf8 = " + ("true: the standby takes internationalised mail during an"
+                                 " outage" if standby else
+                                 "false: during an outage internationalised mail is refused"
+                                 " with 451 4.6.7 (senders retry; it arrives after failback)."
+                                 " Dovecot 2.3's LMTP cannot offer SMTPUTF8; a standby whose"
+                                 " LMTP does keeps such mail flowing during an outage"),
+    ]
+    if primary and not standby:
+        notes.append("the primary takes what the standby cannot: that mail waits in senders'"
+                     " queues during an outage (their queue lifetime, often 5 days)")
+    return notes
+
+
 def settings_report(config: Config) -> dict[str, Any]:
     """``check-config --json``: what the Ansible role (and other automation) applies."""
     return {
@@ -234,6 +267,8 @@ def settings_report(config: Config) -> dict[str, Any]:
             "lines": tls_policy_entries(config),
         },
         "dovecot_standby": dovecot_standby_settings(config) + "\n",
+        "smtputf8": {"primary": config.primary.smtputf8, "standby": config.standby.smtputf8,
+                     "notes": smtputf8_notes(config)},
     }
 
 
@@ -274,5 +309,8 @@ def render_check_config(config: Config) -> str:
         "# Standby Dovecot (add to its configuration; keep your existing passdb/userdb so users",
         "# log in with their usual credentials)",
         dovecot_standby_settings(config),
+        "",
+        "# International mail (SMTPUTF8; the drill checks these against the listeners)",
+        *(f"# {note}" for note in smtputf8_notes(config)),
     ]
     return "\n".join(lines) + "\n"

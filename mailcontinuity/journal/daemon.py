@@ -46,6 +46,8 @@ def journal_policy(config: Config) -> JournalPolicy:
         # How Postfix shows the failover route in {rcpt_host} (see routing.nexthop).
         standby_nexthops=frozenset({f"[{lmtp.host}]:{lmtp.port}", f"{lmtp.host}:{lmtp.port}"}),
         tempfail_on_spool_error=config.milter.on_spool_error == "tempfail",
+        primary_smtputf8=config.primary.smtputf8,
+        standby_smtputf8=config.standby.smtputf8,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from mailcontinuity.config import Config, ConfigError, MilterSection
 from mailcontinuity.journal.spool import Envelope, Target, iter_chunks
+from mailcontinuity.journal.trace import COPY_FIELDS_AT, delivery_fields
 from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
 from mailcontinuity.mail.maildir import (
     INBOX,
@@ -65,12 +66,24 @@ class Sink(Protocol):
         ...
 
 
-def maildir_name(envelope: Envelope) -> str:
-    """The same name every time for one message: what makes a second shipping a no-op."""
+def maildir_name(envelope: Envelope, prefix: bytes = b"") -> str:
+    """The same name every time for one message: what makes a second shipping a no-op.
+    ``prefix`` (CRLF lines written before the spooled bytes) counts in both sizes."""
     seconds = int(envelope.received)
     micros = int((envelope.received - seconds) * 1_000_000)
-    return message_name(f"{seconds}.M{micros}Q{envelope.id}", envelope.size,
-                        envelope.virtual_size)
+    return message_name(f"{seconds}.M{micros}Q{envelope.id}", envelope.size + len(prefix),
+                        envelope.virtual_size + len(prefix))
+
+
+def copy_prefix(envelope: Envelope, target: Target) -> bytes:
+    """What Dovecot's LMTP adds when it delivers into an INBOX (the primary's copy has them):
+    ``Return-Path`` always, ``Delivered-To`` only when the transaction had one recipient (it
+    names nobody else's address then; Postfix delivers a message's recipients on one route in
+    one transaction). None on a Sent copy: the primary gets that from the user's client."""
+    if target.folder.upper() != INBOX:
+        return b""
+    inboxes = sum(1 for t in envelope.targets if t.folder.upper() == INBOX)
+    return delivery_fields(envelope.sender, target.address if inboxes == 1 else None)
 
 
 class StandbyUsers:
@@ -118,13 +131,15 @@ class MaildirSink:
         if not known:
             return Outcome("unknown", detail="the standby has no such user")
         folder = folder_path(expand_template(self._template, target.address), target.folder)
-        name = maildir_name(envelope)
+        prefix = copy_prefix(envelope, target)
+        name = maildir_name(envelope, prefix)
         existing = (find_delivered(folder, name) if recovered
                     else _existing(folder / "new" / name))
         if existing is not None:
             return Outcome("shipped", str(existing), "already stored")
         try:
-            path = deliver(folder, name, source, envelope.size, self._owner, envelope.received)
+            path = deliver(folder, name, source, envelope.size, self._owner, envelope.received,
+                           prefix, int(envelope.extra.get(COPY_FIELDS_AT, 0)))
         except OSError as exc:
             raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
         return Outcome("shipped", str(path))

@@ -357,24 +357,27 @@ def _make_owned(directory: Path, owner: MailOwner) -> None:
 _NO_RANGE_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
-def _copy_in_kernel(source: int, target: int, length: int) -> int:
-    """Copy the first ``length`` bytes of ``source`` into ``target`` without passing them
-    through Python; returns how many were copied (fewer only if ``source`` is shorter)."""
+def _copy_in_kernel(source: int, target: int, length: int, start: int = 0,
+                    offset: int = 0) -> int:
+    """Copy ``length`` bytes of ``source`` from ``start`` into ``target`` at ``offset``, without
+    passing them through Python; returns how many were copied (fewer only if ``source`` is
+    shorter)."""
     copied = 0
     ranged = True
     while copied < length:
         chunk = min(COPY_CHUNK, length - copied)
         if ranged:
             try:
-                done = os.copy_file_range(source, target, chunk, copied, copied)
+                done = os.copy_file_range(source, target, chunk, start + copied,
+                                          offset + copied)
             except OSError as exc:
                 if exc.errno not in _NO_RANGE_COPY:
                     raise
                 ranged = False
-                os.lseek(target, copied, os.SEEK_SET)
+                os.lseek(target, offset + copied, os.SEEK_SET)
                 continue
         else:
-            done = os.sendfile(target, source, copied, chunk)
+            done = os.sendfile(target, source, start + copied, chunk)
         if done == 0:
             break
         copied += done
@@ -382,8 +385,10 @@ def _copy_in_kernel(source: int, target: int, length: int) -> int:
 
 
 def deliver(path: Path, name: str, source: int, length: int, owner: MailOwner,
-            received: float) -> Path:
-    """Copy ``length`` bytes from the start of file descriptor ``source`` into ``path/new/name``.
+            received: float, insert: bytes = b"", insert_at: int = 0) -> Path:
+    """Copy ``length`` bytes from the start of file descriptor ``source`` into ``path/new/name``,
+    with ``insert`` (the few header fields that differ per copy, e.g. ``Delivered-To``) written
+    in after the first ``insert_at`` bytes.
 
     The copy stays in the kernel (``os.copy_file_range``, or ``os.sendfile`` between file
     systems), so a 50 MB message never passes through Python. mtime is set to ``received``:
@@ -394,7 +399,12 @@ def deliver(path: Path, name: str, source: int, length: int, owner: MailOwner,
     final = path / "new" / name
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        copied = _copy_in_kernel(source, fd, length)
+        head = min(insert_at, length)
+        copied = _copy_in_kernel(source, fd, head)
+        if copied == head:
+            os.lseek(fd, head, os.SEEK_SET)
+            os.write(fd, insert)
+            copied += _copy_in_kernel(source, fd, length - head, head, head + len(insert))
         if copied < length:
             raise MaildirError(f"{temporary}: source ended after {copied} of {length} bytes")
         os.fchown(fd, owner.uid, owner.gid)

@@ -188,3 +188,23 @@ def test_a_short_source_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
         os.close(fd)
     assert list((tmp_path / "Maildir" / "tmp").iterdir()) == []
     assert list((tmp_path / "Maildir" / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_delivery_writes_a_copys_own_fields_in_after_the_stamp(
+        tmp_path: Path, mocker: MockerFixture, in_kernel: bool) -> None:
+    """A journal copy's own trace fields (Return-Path, Delivered-To) go in after the first
+    bytes (the stamp), by copy_file_range or, between file systems, by sendfile."""
+    data = bytes(range(256)) * 9000
+    source = tmp_path / "spool-entry"
+    source.write_bytes(data + b"TRAILER")
+    if not in_kernel:
+        mocker.patch("os.copy_file_range", side_effect=OSError(errno.EXDEV, "cross-device"))
+    prefix = b"Return-Path: <s@r.test>\r\nDelivered-To: a@x.test\r\n"
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        stored = deliver(tmp_path / "Maildir", "1.M1P1.host", fd, len(data),
+                         MailOwner(os.getuid(), os.getgid()), 1e9, prefix, 70000)
+    finally:
+        os.close(fd)
+    assert stored.read_bytes() == data[:70000] + prefix + data[70000:]
