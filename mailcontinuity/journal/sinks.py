@@ -21,7 +21,7 @@ from typing import Protocol
 from mailcontinuity.config import Config, ConfigError, MilterSection
 from mailcontinuity.journal.spool import Envelope, Target, iter_chunks
 from mailcontinuity.journal.trace import COPY_FIELDS_AT, delivery_fields
-from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
+from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable, without_detail
 from mailcontinuity.mail.maildir import (
     INBOX,
     MaildirError,
@@ -37,6 +37,7 @@ from mailcontinuity.mail.tls import TLSError, TLSPolicy
 from mailcontinuity.store.journal import CopyStatus
 
 LMTP_LOCATION_PREFIX = "lmtp:"
+DOVECOT_DELIMITER = "+"  # Dovecot's default recipient_delimiter
 
 
 class TemporaryFailure(Exception):
@@ -87,20 +88,21 @@ def copy_prefix(envelope: Envelope, target: Target) -> bytes:
 
 
 class StandbyUsers:
-    """Whether the standby knows a mailbox, asked of its own userdb, cached for a while."""
+    """Which mailbox the standby delivers an address to (``Alice@``, ``alice+tag@`` and
+    ``alice@`` are one user), asked of its own userdb, cached for a while."""
 
     def __init__(self, doveadm: Doveadm, cache_seconds: float) -> None:
         self._doveadm = doveadm
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[bool, float]] = {}
+        self._cache: dict[str, tuple[str | None, float]] = {}
 
-    def knows(self, address: str) -> bool:
-        known, expires = self._cache.get(address, (False, 0.0))
+    def mailbox_user(self, address: str) -> str | None:
+        user, expires = self._cache.get(address, (None, 0.0))
         if time.monotonic() < expires:
-            return known
-        known = self._doveadm.knows_user(address)
-        self._cache[address] = (known, time.monotonic() + self._cache_seconds)
-        return known
+            return user
+        user = self._doveadm.mailbox_user(address)
+        self._cache[address] = (user, time.monotonic() + self._cache_seconds)
+        return user
 
 
 class MaildirSink:
@@ -125,12 +127,13 @@ class MaildirSink:
     def _ship_one(self, source: int, envelope: Envelope, target: Target,
                   recovered: bool) -> Outcome:
         try:
-            known = self._users.knows(target.address)
+            user = self._users.mailbox_user(target.address)
         except StandbyUnreachable as exc:
             raise TemporaryFailure(str(exc)) from None
-        if not known:
+        if user is None:
             return Outcome("unknown", detail="the standby has no such user")
-        folder = folder_path(expand_template(self._template, target.address), target.folder)
+        # The Maildir Dovecot reads for that user: one per user whatever the address form.
+        folder = folder_path(expand_template(self._template, user), target.folder)
         prefix = copy_prefix(envelope, target)
         name = maildir_name(envelope, prefix)
         existing = (find_delivered(folder, name) if recovered
@@ -174,7 +177,8 @@ class LmtpSink:
         results: dict[Target, Result] = {}
         if recovered and self._doveadm is not None:
             results = self._already_stored(self._doveadm, envelope, targets)
-        pending = {lmtp_recipient(t): t for t in targets if t not in results}
+        pending = {lmtp_recipient(t, self._delimiters()): t for t in targets
+                   if t not in results}
         if not pending:
             return results
         try:
@@ -200,6 +204,16 @@ class LmtpSink:
                 continue  # cannot tell: deliver, a duplicate is better than a gap
         return found
 
+    def _delimiters(self) -> str:
+        """The standby's ``recipient_delimiter`` when doveadm can ask it, else Dovecot's
+        default (``+``, which the journal listener's ``user+Folder`` relies on anyway)."""
+        if self._doveadm is None:
+            return DOVECOT_DELIMITER
+        try:
+            return self._doveadm.recipient_delimiters() or DOVECOT_DELIMITER
+        except StandbyUnreachable:
+            return DOVECOT_DELIMITER
+
     @property
     def location(self) -> str:
         return f"{LMTP_LOCATION_PREFIX}{self._endpoint}"
@@ -214,11 +228,16 @@ class LmtpSink:
         return Outcome("failed", detail=str(reply))
 
 
-def lmtp_recipient(target: Target) -> str:
-    """INBOX is the address itself; another folder is ``local+Folder@domain``."""
+def lmtp_recipient(target: Target, delimiters: str = DOVECOT_DELIMITER) -> str:
+    """INBOX is the address without its detail; another folder is ``local+Folder@domain``.
+
+    The journal listener saves to the detail mailbox, so ``alice+tag@``'s copy would land in a
+    folder ``tag`` (or ``tag+Sent``): the detail the sender wrote is dropped first (the
+    primary's own delivery decides what a detail means; the journal keeps the user's INBOX)."""
+    address = without_detail(target.address, delimiters)[-1]
     if target.folder.upper() == INBOX:
-        return target.address
-    local, at, domain = target.address.rpartition("@")
+        return address
+    local, at, domain = address.rpartition("@")
     return f"{local}+{target.folder}{at}{domain}"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.datetime_util import datetime_to_INTERNALDATE
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.mail.maildir import IMAP_SEPARATOR
@@ -96,6 +96,11 @@ def login_as(client: IMAPClient, user: str, method: str, admin: str, password: s
         client.plain_login(admin, password, authorization_identity=user)
     else:
         raise ValueError(f"unknown login method {method!r}; one of {', '.join(LOGIN_METHODS)}")
+# What a session that is gone raises: a reset, EOF, timeout or TLS failure (OSError, some wrapped
+# by imaplib as "socket error: ..."), or the server's BYE (IMAPClientAbortError). Work cut short
+# this way may or may not have been done: it is retried, never taken as the server's refusal,
+# which is only a tagged NO or BAD (IMAPClientError).
+CONNECTION_LOST = (OSError, IMAPClientAbortError)
 
 
 @dataclass(frozen=True)

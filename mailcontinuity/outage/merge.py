@@ -8,7 +8,6 @@ checkpointed) is found on the primary and not appended twice. Only one process m
 
 from __future__ import annotations
 
-import imaplib
 import logging
 import threading
 import time
@@ -21,14 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
-from mailcontinuity.mail.imap import Append, backoff_hint
+from mailcontinuity.mail.imap import CONNECTION_LOST, Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
 from mailcontinuity.outage.preflight import preflight
 from mailcontinuity.outage.primary import (
+    PrimaryCopy,
     PrimaryError,
     PrimaryMailbox,
     connect,
@@ -52,8 +52,6 @@ MAX_PASSES = 3
 APPEND_BATCH_MESSAGES = 50
 APPEND_BATCH_BYTES = 16 * 1024 * 1024
 FINISHED = ("done", "reported")
-# The primary went away mid-merge (imaplib's abort covers a connection closed under it).
-CONNECTION_LOST = (OSError, imaplib.IMAP4.abort)
 # A throttled command is tried again this many times (waiting as the server suggests) before
 # this run gives up; the next run resumes from the checkpoints.
 THROTTLE_RETRIES = 5
@@ -116,23 +114,44 @@ class Merger:
     """One merge pass for one user, over its own IMAP session and state-store connection."""
 
     def __init__(self, config: Config, outage: Outage, user: str, password: str,
-                 progress: Progress, lease_holder: str | None) -> None:
+                 progress: Progress, lease_holder: str | None,
+                 only: set[str] | None = None) -> None:
         self.config = config
         self.outage = outage
         self.user = user
         self.password = password
         self.progress = progress
         self.lease_holder = lease_holder
+        self.only = only
+        """When set, only actions on these messages (keys) run: retrying refused messages
+        after the merge (their APPEND, or the flags a copy appended by hand lacks)."""
         self.result = UserMerge(user)
 
-    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
-             record: UserRecord) -> list[Action]:
+    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox, record: UserRecord,
+             dry_run: bool) -> list[Action]:
         # Read only what can matter (verify reads the same way).
         index = outage_index(mailbox, record.messages, self.outage.started_at)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
+        if not dry_run:
+            self._clear_stale_refusals(changelog, actions, index)
         done = changelog.done_actions(self.outage.id, self.user)
-        return [action for action in actions if done.get(action.id) not in FINISHED]
+        return [action for action in actions if done.get(action.id) not in FINISHED
+                and (self.only is None or action.key in self.only
+                     or action.kind == "create_folder")]
+
+    def _clear_stale_refusals(self, changelog: ChangeLog, actions: list[Action],
+                              index: dict[str, list[PrimaryCopy]]) -> None:
+        """A refused APPEND the plan no longer needs, because the primary holds the message
+        (the answer to an APPEND was lost, or the operator appended it), is merged: its row
+        must not keep saying "refused" (nor keep the alert on it firing)."""
+        planned = {action.id for action in actions}
+        stale = {action: "found on the primary by a later pass"
+                 for (_, action), detail in changelog.refused(self.outage.id, self.user).items()
+                 if action not in planned and refused_key(action, detail) in index}
+        if stale:
+            log.info("event=refusals_cleared user=%s count=%d", self.user, len(stale))
+            changelog.clear_refused(self.outage.id, self.user, stale)
 
     def run(self, dry_run: bool, settled: UserRecord | None = None) -> UserMerge:
         """Plan and (unless ``dry_run``) execute; nothing at all when the record still equals
@@ -148,18 +167,19 @@ class Merger:
                 return self.result
             mailbox = connect(self.config, self.user, self.password)
             try:
-                actions = self.plan(changelog, mailbox, record)
+                actions = self.plan(changelog, mailbox, record, dry_run)
                 if dry_run:
                     self.result.plan = [_summary(action) for action in actions]
                     self.result.counts.update(action.kind for action in actions)
                     return self.result
                 self._execute(changelog, mailbox, actions)
             except CONNECTION_LOST as exc:
-                # What was done is checkpointed; the next run plans again from the primary.
-                raise PrimaryError(f"primary IMAP {self.config.primary.imap}: the connection"
-                                   f" was lost while merging {self.user} ({type(exc).__name__}:"
-                                   f" {exc}); failback resumes where it stopped when it is"
-                                   " run again") from None
+                # Whatever was in flight may or may not be on the primary: the next run plans
+                # from what the primary holds, so it is retried, or found there, never doubled.
+                raise PrimaryError(
+                    f"primary IMAP {self.config.primary.imap}: the connection was lost while"
+                    f" merging {self.user} ({exc}); nothing was refused: run failback again when"
+                    " the primary answers (finished steps are kept)") from None
             except IMAPClientError as exc:
                 # A refusal outside any one action (SELECT, FETCH of the index): this user's
                 # merge fails with the server's words; the other users go on.
@@ -183,7 +203,7 @@ class Merger:
         for action in (a for a in actions if a.kind == "create_folder"):
             try:
                 self._patiently(mailbox.ensure_folder, action.folder)
-            except imaplib.IMAP4.abort:
+            except IMAPClientAbortError:
                 raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
@@ -196,7 +216,7 @@ class Merger:
             if action.kind in ("flags", "move", "copy", "delete"):
                 try:
                     self._patiently(self._change, mailbox, action)
-                except imaplib.IMAP4.abort:
+                except IMAPClientAbortError:
                     raise
                 except IMAPClientError as exc:
                     self._refuse(changelog, action, str(exc))
@@ -215,8 +235,8 @@ class Merger:
             self._patiently(mailbox.append, folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])
             return
-        except imaplib.IMAP4.abort:
-            raise
+        except IMAPClientAbortError:
+            raise  # the session is gone (see CONNECTION_LOST): not the server's refusal
         except IMAPClientError as exc:
             if len(chunk) == 1:
                 self._refuse(changelog, chunk[0], str(exc))
@@ -224,8 +244,8 @@ class Merger:
         # MULTIAPPEND is all or nothing: find the message the primary refuses one by one.
         for action, item in zip(chunk, items, strict=False):
             try:
-                self._patiently(mailbox.append, folder, [item])
-            except imaplib.IMAP4.abort:
+                mailbox.append(folder, [item])
+            except IMAPClientAbortError:
                 raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
@@ -239,7 +259,7 @@ class Merger:
         for attempt in range(THROTTLE_RETRIES + 1):
             try:
                 return step(*args)
-            except imaplib.IMAP4.abort:
+            except IMAPClientAbortError:
                 raise
             except IMAPClientError as exc:
                 wait = backoff_hint(str(exc), attempt)
@@ -256,8 +276,8 @@ class Merger:
         raise AssertionError("unreachable")
 
     def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
-        detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
-                  if action.source else ""}
+        detail = {**_summary(action), "key": action.key, "server_said": reason,
+                  "kept_on_standby": action.source.path if action.source else ""}
         log.error("event=primary_refused user=%s action=%s folder=%r message_id=%s reason=%r",
                   self.user, action.kind, action.folder, action.message_id, reason)
         self.result.refused.append(detail)
@@ -307,9 +327,11 @@ def _batches(actions: list[Action]) -> list[list[Action]]:
 
 def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
                progress: Progress, lease_holder: str | None,
-               settled: dict[str, UserRecord] | None = None) -> list[UserMerge]:
+               settled: dict[str, UserRecord] | None = None,
+               only: dict[str, set[str]] | None = None) -> list[UserMerge]:
     """One pass over every user, ``sync.concurrency`` users at a time; users whose record
-    is still one in ``settled`` are skipped (see ``Merger.run``)."""
+    is still one in ``settled`` are skipped (see ``Merger.run``); with ``only``, each user's
+    pass acts only on those messages (keys)."""
     settled = settled or {}
     password = read_admin_password(config)
     lock = threading.Lock()
@@ -319,8 +341,9 @@ def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
             progress(count)
 
     def one(user: str) -> UserMerge:
-        return Merger(config, outage, user, password, locked_progress,
-                      lease_holder).run(dry_run, settled.get(user))
+        return Merger(config, outage, user, password, locked_progress, lease_holder,
+                      None if only is None else only.get(user, set())).run(
+                          dry_run, settled.get(user))
 
     with ThreadPoolExecutor(max_workers=config.sync.concurrency) as pool:
         return list(pool.map(one, users))
@@ -359,6 +382,43 @@ def _add(report: FailbackReport, results: list[UserMerge]) -> int:
         changed += sum(n for name, n in result.counts.items()
                        if name.endswith(":done") and not name.startswith("create_folder"))
     return changed
+
+
+def refused_key(action: str, detail: dict[str, Any]) -> str:
+    """The message key of a refused APPEND (older rows lack it in their detail: the action id
+    ``append|folder|key|`` ends with it)."""
+    return str(detail.get("key") or action.rsplit("|", 2)[-2])
+
+
+def still_refused(changelog: ChangeLog, outage_id: int) -> list[dict[str, Any]]:
+    """What the primary refused and no later pass merged (a message retried and stored, or
+    found on the primary, is no longer listed)."""
+    return [{"user": user, **detail}
+            for (user, _), detail in changelog.refused(outage_id).items()]
+
+
+def _retry_refused(config: Config, changelog: ChangeLog, outage: Outage, actor: str,
+                   progress: Progress, holder: str) -> FailbackReport:
+    """After the merge: APPEND again only what the primary refused (the operator fixed the
+    cause), planned from the primary's contents like every pass, so a message that is there
+    by now (appended by hand, say) is cleared rather than appended twice, and only gets the
+    flags it lacks."""
+    refused = changelog.refused(outage.id)
+    only: dict[str, set[str]] = {}
+    for (user, action), detail in refused.items():
+        only.setdefault(user, set()).add(refused_key(action, detail))
+    results = merge_pass(config, outage, sorted(only), False, progress, holder, only=only)
+    report = FailbackReport(outage.id, "normal", passes=1,
+                            note=f"retried {len(refused)} message(s) the primary had refused")
+    _add(report, results)
+    report.refused = still_refused(changelog, outage.id)
+    changelog.add_to_summary(outage.id, refused=report.refused)
+    record_command(changelog.store, "failback", actor,
+                   {"outage": outage.id, "retried": len(refused),
+                    "refused": len(report.refused)}, event="merge")
+    log.info("event=refused_retried outage=%d retried=%d still_refused=%d", outage.id,
+             len(refused), len(report.refused))
+    return report
 
 
 def plan_failback(config: Config) -> FailbackReport:
@@ -426,6 +486,9 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         # failover, so none can appear after this.
         outage = changelog.open_outage()
         if state == "normal" and outage is None:
+            last = changelog.last_outage()
+            if last is not None and changelog.refused(last.id):
+                return _retry_refused(config, changelog, last, actor, progress, holder)
             return FailbackReport(None, state, note="no outage to merge")
         if outage is None and changelog.last_outage() is None:
             log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"
@@ -450,6 +513,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                          " users_unchanged=%d", outage.id, number, changed, len(users), unchanged)
                 if number > 1 and changed == 0:
                     break
+            report.refused = still_refused(changelog, outage.id)
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
                                  summary=report.as_dict())
         change_state(config, store, "normal", "failback complete", actor,

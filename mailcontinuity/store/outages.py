@@ -326,6 +326,32 @@ class ChangeLog:
                     [outage_id, user, action, status, json.dumps(detail, sort_keys=True), now],
                 )
 
+    def refused(self, outage_id: int, user: str | None = None) -> dict[tuple[str, str],
+                                                                        dict[str, Any]]:
+        """The actions the primary refused and no later pass merged: (user, action) -> detail."""
+        rows = self.store.query(
+            "SELECT user, action, detail FROM sync_progress WHERE outage_id = ?"
+            " AND status = 'refused'" + (" AND user = ?" if user is not None else "")
+            + " ORDER BY user, action", [outage_id] + ([user] if user is not None else []))
+        return {(row[0], row[1]): json.loads(row[2] or "{}") for row in rows}
+
+    def clear_refused(self, outage_id: int, user: str, actions: dict[str, str]) -> None:
+        """A later pass found refused messages on the primary (an APPEND whose answer was lost,
+        or one the operator made): they are merged, no longer refused. ``actions``: action id
+        -> why it is cleared (kept in the row's detail)."""
+        with self.store.transaction():
+            for action, why in actions.items():
+                row = self.store.one("SELECT detail FROM sync_progress WHERE outage_id = ?"
+                                     " AND user = ? AND action = ? AND status = 'refused'",
+                                     [outage_id, user, action])
+                if row is None:
+                    continue
+                detail = {**json.loads(row[0] or "{}"), "cleared": why}
+                self.store.execute(
+                    "UPDATE sync_progress SET status = 'done', detail = ?, at = ?"
+                    " WHERE outage_id = ? AND user = ? AND action = ?",
+                    [json.dumps(detail, sort_keys=True), time.time(), outage_id, user, action])
+
     def forget_merged_before(self, before: float) -> int:
         """Delete the per-message detail of outages merged before ``before``: the mirror of
         the standby, folders and checkpoints; the outage's row and summary stay (``report``).
