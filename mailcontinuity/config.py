@@ -317,12 +317,25 @@ class HealthSection(Section):
     hold_down_seconds: float = Field(default=60.0, ge=0)
     imap_login: str | None = None
     imap_password_file: Path | None = None
+    probe_source_address: str | None = None
+    """The local address the IMAP probes connect from. Dovecot slows logins per client address
+    after failed ones (up to 15 s); an address of the monitor's own keeps a guesser elsewhere on
+    the host from slowing the probe's LOGIN."""
+    login_penalty_seconds: float = Field(default=20.0, ge=0, le=600)
+    """How much longer than ``timeout_seconds`` the probe's LOGIN may take and still count as
+    "slow to log in" rather than down: a login penalty delays, it never refuses."""
     probe_retention_hours: float = Field(default=24.0, gt=0)
 
     @model_validator(mode="after")
     def _login_needs_password(self) -> HealthSection:
         if (self.imap_login is None) != (self.imap_password_file is None):
             raise ValueError("set both 'imap_login' and 'imap_password_file', or neither")
+        if self.probe_source_address is not None:
+            try:
+                ipaddress.ip_address(self.probe_source_address)
+            except ValueError:
+                raise ValueError("probe_source_address must be an IP address of this host,"
+                                 f" not {self.probe_source_address!r}") from None
         return self
 
 

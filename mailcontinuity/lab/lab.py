@@ -56,6 +56,10 @@ LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
 # The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
 # because Dovecot chooses LMTP plugins by local address (see required_settings).
 JOURNAL_LMTP_HOST = "127.0.0.2"
+# The monitor's own source address for its IMAP probes of the primary ([health]
+# probe_source_address): Dovecot's login penalty is per client address, so guessers on
+# 127.0.0.1 do not slow the probe's LOGIN.
+PROBE_SOURCE = "127.0.0.7"
 
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
@@ -383,6 +387,7 @@ socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
 {LAB_HEALTH_SECTION}imap_login = "{description["users"][0]["login"]}*{ADMIN_LOGIN}"
 imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+probe_source_address = "{PROBE_SOURCE}"
 
 [watch]
 # Short, so that a test that leaves the milter out on purpose flags the lab only briefly.
