@@ -219,6 +219,14 @@ class GatewaySection(PeerSection):
     postfix_config_dir: Path = Path("/etc/postfix")
     transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
     tls_policy_map: Path = Path("/etc/postfix/mailcontinuity_tls_policy")
+    sender_login_map: Path = Path("/etc/postfix/mailcontinuity_sender_login")
+    """The regexp table mailcontinuity writes: each address is owned by the login of that name."""
+    sender_aliases: Path | None = None
+    """The administrator's table of aliases and their owners (``texthash`` lines
+    ``alias@domain owner-login, owner-login``), for both submissions."""
+    standby_relay: EndpointField | None = None
+    """A listener where the standby's submission relays users' mail with XCLIENT (their login),
+    so that the gateway refuses senders they do not own; only the standby may use XCLIENT."""
 
 
 class DrillSection(Section):

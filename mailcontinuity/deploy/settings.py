@@ -10,6 +10,7 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
+from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
 from mailcontinuity.mail.postfix import postfix_milter_name, postfix_socket_name
 
 
@@ -63,18 +64,20 @@ def postfix_tls_settings() -> dict[str, str]:
     return {"smtpd_tls_security_level": "may", "smtpd_tls_auth_only": "yes"}
 
 
-def postfix_submission_options() -> dict[str, str]:
+def postfix_submission_options(config: Config) -> dict[str, str]:
     """``-o`` options of the gateway's submission service in master.cf.
 
     Users authenticate there with their mailbox credentials (Dovecot SASL), so the listener
     insists on TLS before anything else and relays for authenticated users only; unauthenticated
-    clients get no RCPT at all, not even for local domains, as on any submission port.
+    clients get no RCPT at all, not even for local domains, as on any submission port. A user
+    sends only as an address they own (``deploy.senders``).
     """
     return {
         "smtpd_tls_security_level": "encrypt",
         "smtpd_tls_auth_only": "yes",
         "smtpd_sasl_auth_enable": "yes",
         "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        **sender_restriction_options(config),
     }
 
 
@@ -86,8 +89,44 @@ def postfix_submission_service(config: Config, sasl_path: str = "private/auth") 
     endpoint = config.gateway.submission
     if endpoint is None:
         return None
-    options = {**postfix_submission_options(), "smtpd_sasl_type": "dovecot",
+    options = {**postfix_submission_options(config), "smtpd_sasl_type": "dovecot",
                "smtpd_sasl_path": sasl_path}
+    return _master_line(str(endpoint), options)
+
+
+def postfix_standby_relay_options(config: Config) -> dict[str, str]:
+    """``-o`` options of the listener the standby's submission relays through.
+
+    Dovecot's submission (2.3) cannot refuse a sender the user does not own, so it hands the
+    user's login to the gateway with XCLIENT (``submission_relay_trusted = yes``), and this
+    listener applies the same sender rule as the gateway's submission. XCLIENT is allowed from
+    the standby's address only (``standby.lmtp``'s host); SASL must be enabled for an XCLIENT
+    LOGIN to count as one. Nothing is relayed for a client that is not logged in.
+    """
+    options = {
+        "syslog_name": "postfix/standby-relay",
+        "smtpd_authorized_xclient_hosts": config.standby.lmtp.host,
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_recipient_restrictions": "permit_sasl_authenticated,reject",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        **sender_restriction_options(config),
+    }
+    if config.gateway.tls != "none":
+        options["smtpd_tls_security_level"] = "encrypt"
+    return options
+
+
+def postfix_standby_relay_service(config: Config, sasl_path: str = "private/auth") -> str | None:
+    """The master.cf line of ``gateway.standby_relay``, or None when it is unset."""
+    endpoint = config.gateway.standby_relay
+    if endpoint is None:
+        return None
+    options = {**postfix_standby_relay_options(config), "smtpd_sasl_type": "dovecot",
+               "smtpd_sasl_path": sasl_path}
+    return _master_line(str(endpoint), options)
+
+
+def _master_line(endpoint: str, options: dict[str, str]) -> str:
     return f"{endpoint} inet n - n - - smtpd" + "".join(
         f" -o {key}={value}" for key, value in options.items())
 
@@ -147,21 +186,22 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
     - A failed login is answered after ``auth_failure_delay``; on top of that Dovecot's anvil
       process adds a penalty per client IP that doubles with every further failure up to 15 s
       (skipped for ``login_trusted_networks``, another reason to leave it empty).
-    - Submission relays what authenticated users send through the gateway (``gateway.smtp``),
-      which lets the standby relay because its address is in ``mynetworks``: a trust by address
-      that needs no extra secret on the standby. ``submission_relay_trusted = no`` because the
-      gateway does not authorise XCLIENT: if it did, it would treat the relayed mail as SMTP
-      AUTH from the user and the milter would journal a second Sent copy beside the one the
-      user's client saves on the standby.
+    - Submission relays what authenticated users send through the gateway. With
+      ``gateway.standby_relay`` (recommended) it goes there with XCLIENT
+      (``submission_relay_trusted = yes``): the gateway learns the user's login and refuses a
+      sender they do not own, which Dovecot's submission cannot do itself; the milter makes no
+      Sent copy of XCLIENT mail (the user's client saves one on the standby). Without it, to
+      ``gateway.smtp``, trusted by address (``mynetworks``), with no sender check.
     - That relay carries the users' outgoing mail, across a WAN when the standby is remote: it
       uses STARTTLS and verifies the gateway's certificate (against ``gateway.tls_ca_file``, else
       the system's CAs) unless ``gateway.tls = "none"``.
     """
     gateway = config.gateway
+    relay_to = gateway.standby_relay or gateway.smtp
     relay = {
-        "submission_relay_host": gateway.smtp.host,
-        "submission_relay_port": str(gateway.smtp.port),
-        "submission_relay_trusted": "no",
+        "submission_relay_host": relay_to.host,
+        "submission_relay_port": str(relay_to.port),
+        "submission_relay_trusted": "yes" if gateway.standby_relay else "no",
     }
     if gateway.tls != "none":
         relay |= {"submission_relay_ssl": "smtps" if gateway.tls == "ssl" else "starttls",
@@ -225,6 +265,11 @@ def settings_report(config: Config) -> dict[str, Any]:
         "valid": True,
         "postfix_main": postfix_main_settings(config),
         "postfix_submission": postfix_submission_service(config),
+        "postfix_standby_relay": postfix_standby_relay_service(config),
+        "sender_login_map": {
+            "path": str(config.gateway.sender_login_map),
+            "lines": sender_identity_lines(config),
+        },
         "transport_map": {
             "path": str(config.gateway.transport_map),
             "lines": transport_entries(config, "primary"),
@@ -256,6 +301,20 @@ def render_check_config(config: Config) -> str:
             "# authenticated users only; smtpd_sasl_path is Dovecot's auth socket for Postfix)",
             submission,
         ]
+    relay = postfix_standby_relay_service(config)
+    if relay is not None:
+        lines += [
+            "",
+            "# Postfix gateway: master.cf, where the standby's submission relays with XCLIENT (the",
+            "# user's login), so that a user sends only as an address they own",
+            relay,
+        ]
+    lines += [
+        "",
+        f"# Postfix gateway: {config.gateway.sender_login_map} (who owns which sender address;"
+        " aliases: gateway.sender_aliases)",
+        *sender_identity_lines(config),
+    ]
     lines += [
         "",
         f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import Milter
 
+from mailcontinuity.deploy.senders import SenderOwners
 from mailcontinuity.journal.spool import Envelope, Spool, SpoolWriter, Target, new_message_id
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.maildir import INBOX
@@ -42,6 +43,8 @@ class JournalPolicy:
     standby_nexthops: frozenset[str]
     """``{rcpt_host}`` values meaning "Postfix already routes this recipient to the standby"."""
     tempfail_on_spool_error: bool
+    senders: SenderOwners | None = None
+    """Who owns which address: a logged-in user's From: must be theirs (None: not checked)."""
 
 
 class SpoolErrorCounter:
@@ -103,6 +106,8 @@ class JournalMilter(Milter.Base):
         self.writer: SpoolWriter | None = None
         self.spool_failure: BaseException | None = None
         self.foreign_headers: dict[str, int] = {}
+        self.login = ""
+        self.from_values: list[str] = []
 
     def abandon_journal(self, error: BaseException | None) -> None:
         """Stop journaling this message (the mail itself still goes through)."""
@@ -120,8 +125,10 @@ class JournalMilter(Milter.Base):
         self.reset_message()
         self.message_id = new_message_id(time.time())
         self.sender = sender.strip("<>")
-        login = self.getsymval("{auth_authen}")
-        if login:
+        login = self.login = self.getsymval("{auth_authen}") or ""
+        # Mail the standby's submission relays with XCLIENT: the user's client saved its Sent
+        # copy on the standby already.
+        if login and self.getsymval("{auth_type}") != "XCLIENT":
             mailbox = login if "@" in login else self.sender
             if self._is_protected(mailbox):
                 self.targets.append(Target(_normalise(mailbox), SENT_FOLDER))
@@ -143,6 +150,8 @@ class JournalMilter(Milter.Base):
     @guarded
     def header(self, name: str, value: bytes) -> int:
         lowered = name.lower()
+        if lowered == "from" and self.login:
+            self.from_values.append(value.decode("utf-8", "replace"))
         if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
             # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
             self.foreign_headers[lowered] = self.foreign_headers.get(lowered, 0) + 1
@@ -171,6 +180,16 @@ class JournalMilter(Milter.Base):
 
     @guarded
     def eom(self) -> int:
+        senders = self.runtime.policy.senders
+        foreign = senders.foreign_from(self.login, self.from_values) if (
+            senders is not None and self.login) else []
+        if foreign:
+            log.warning("event=sender_refused login=%s from=%s queue_id=%s", self.login,
+                        ",".join(foreign), self.getsymval("i") or "")
+            self.abandon_journal(None)
+            self.setreply("550", "5.7.1", f"From: header {', '.join(foreign)} not owned by"
+                          f" {self.login}")
+            return Milter.REJECT
         for name, count in self.foreign_headers.items():
             for index in range(count, 0, -1):  # last first: earlier indexes stay valid
                 self.chgheader(name, index, "")

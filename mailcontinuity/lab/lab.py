@@ -186,10 +186,11 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 2))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
+        standby_relay = next(numbers)  # likewise
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -215,7 +216,8 @@ class Lab:
         probe_file.write_text(users[-1]["password"] + "\n")
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
-            _render_config(directory, description, gateway_submission, metrics_port))
+            _render_config(directory, description, gateway_submission, metrics_port,
+                           standby_relay))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -317,7 +319,7 @@ syslog_socket = false
 
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
-                   metrics_port: int) -> str:
+                   metrics_port: int, standby_relay: int) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -352,6 +354,9 @@ tls_ca_file = {ca_file}
 [gateway]
 smtp = "{description["gateway"]["smtp"]}"
 submission = "127.0.0.1:{gateway_submission}"
+standby_relay = "127.0.0.1:{standby_relay}"
+sender_login_map = {json.dumps(str(directory / "gateway" / "etc" / "sender_login"))}
+sender_aliases = {json.dumps(str(directory / "gateway" / "etc" / "sender_aliases"))}
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
