@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -208,6 +209,22 @@ class StandbySection(PeerSection):
     webmail: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     """The emergency portal's URL on the standby, when there is one: the monitor checks that
     it answers, as it checks the standby's IMAP, LMTP and submission."""
+    journal_clients: list[str] = []
+    """The gateways' addresses as the standby sees them: the only hosts the firewall rules
+    (``check-config --json``, the role) let reach the journal LMTP listener (``milter.lmtp``)."""
+
+    @field_validator("journal_clients")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"journal_clients: {address!r} is not an IP address") from None
+        return value
+    journal_mark_filter: Path = Path("/etc/dovecot/sieve/mailcontinuity-strip-journal-mark.sieve")
+    """The Sieve script (``sieve_before``) that deletes a journal mark arriving on the normal
+    LMTP listener: only the journal listener may deliver journal copies."""
 
 
 class GatewaySection(PeerSection):

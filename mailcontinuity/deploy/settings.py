@@ -6,11 +6,14 @@ values to its own instances, so what we document is what the tests exercise.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.firewall import nft_ruleset
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
 from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
+from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.postfix import postfix_milter_name, postfix_socket_name
 
 
@@ -21,6 +24,9 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
     before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
 
+    ``mynetworks`` is the standby's address only: the gateway relays to the protected domains
+    for anyone, elsewhere only for the standby and for logged-in users.
+
     policyd is consulted after ``reject_unauth_destination`` (it never says OK, but if it ever
     did, that must not open a relay) and fails open: if it is down, hung or slow, Postfix takes
     ``default_action=DUNNO`` after one try and the timeout, so mail keeps flowing and only the
@@ -30,6 +36,7 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     milter = postfix_milter_name(config.milter.listen)
     return {
         "relay_domains": ", ".join(config.domains.protected),
+        "mynetworks": _host_network(config.standby.lmtp.host),
         "transport_maps": f"hash:{config.gateway.transport_map}",
         "smtpd_milters": milter,
         "non_smtpd_milters": milter,
@@ -39,6 +46,16 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         **postfix_tls_settings(),
         **postfix_delivery_tls_settings(config),
     }
+
+
+def _host_network(host: str) -> str:
+    """``mynetworks``: the standby alone (its Sieve vacation and redirects relay through the
+    gateway); every other client relays only to the protected domains, or logs in."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{address}]/128" if address.version == 6 else f"{address}/32"
 
 
 def postfix_delivery_tls_settings(config: Config) -> dict[str, str]:
@@ -161,6 +178,7 @@ def dovecot_lmtp_settings(config: Config) -> str:
         f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
         "    mail_plugins = $mail_plugins sieve\n  }\n}"
     ]
+    blocks.append(dovecot_journal_mark_filter_settings(config))
     journal = config.milter.lmtp
     if journal is not None:
         blocks.append(
@@ -169,6 +187,22 @@ def dovecot_lmtp_settings(config: Config) -> str:
         )
         blocks.append("service lmtp {\n  service_count = 1\n}")
     return "\n".join(blocks)
+
+
+def journal_mark_filter_script() -> str:
+    """Sieve that deletes the journal mark (``standby.journal_mark_filter``).
+
+    The sync agent tells journal copies from mail delivered during an outage by that mark; a
+    copy of it arriving on the normal LMTP listener (a forged one: anyone who can reach that
+    listener, a local user included, can deliver) must not count."""
+    return f'require ["editheader"];\ndeleteheader "{JOURNAL_HEADER}";\n'
+
+
+def dovecot_journal_mark_filter_settings(config: Config) -> str:
+    """Run the filter before every user's Sieve script; only the normal LMTP listener loads
+    Sieve, so journal copies keep their mark. The script must be compiled (``sievec``)."""
+    return (f"plugin {{\n  sieve_before = {config.standby.journal_mark_filter}\n"
+            "  sieve_global_extensions = +editheader\n}")
 
 
 # Dovecot's own default, written out so that an administrator sees it and can tune it.
@@ -279,6 +313,9 @@ def settings_report(config: Config) -> dict[str, Any]:
             "lines": tls_policy_entries(config),
         },
         "dovecot_standby": dovecot_standby_settings(config) + "\n",
+        "journal_mark_filter": {"path": str(config.standby.journal_mark_filter),
+                                "script": journal_mark_filter_script()},
+        "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
     }
 
 

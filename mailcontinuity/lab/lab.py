@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
-from mailcontinuity.deploy.settings import dovecot_lmtp_settings, dovecot_standby_hardening
+from mailcontinuity.deploy.settings import (
+    dovecot_lmtp_settings,
+    dovecot_standby_hardening,
+    journal_mark_filter_script,
+)
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
@@ -222,6 +226,8 @@ class Lab:
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
+        lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
+                                         journal_mark_filter_script())
         lab.gateway.write_config()
         return lab
 
@@ -347,6 +353,7 @@ lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
 maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+journal_mark_filter = {json.dumps(str(directory / "standby" / "sieve" / "strip-mark.sieve"))}
 retention_days = 30
 tls = "starttls"
 tls_ca_file = {ca_file}

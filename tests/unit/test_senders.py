@@ -44,3 +44,11 @@ def test_the_aliases_table_is_read_as_postfix_reads_texthash(tmp_path: Path) -> 
         read_aliases(table)
     with pytest.raises(ConfigError, match="cannot read"):
         read_aliases(tmp_path / "missing")
+
+
+def test_the_firewall_rules_need_addresses() -> None:
+    """standby.journal_clients are IP addresses (nft matches addresses, not names)."""
+    from mailcontinuity.config import StandbySection
+    with pytest.raises(ValueError, match="not an IP address"):
+        StandbySection(imap="127.0.0.1:143", lmtp="127.0.0.1:24",  # type: ignore[arg-type]
+                       journal_clients=["gateway.example"])
