@@ -35,6 +35,11 @@ def nft_ruleset(config: Config, host: Host) -> str | None:
             inputs.append(f"# the journal LMTP listener: the gateways only\n    {family} daddr"
                           f" {journal.host} tcp dport {journal.port} {family} saddr !="
                           f" {_set(config.standby.journal_clients)} drop")
+            lmtp = config.standby.lmtp
+            inputs.append(f"# the normal LMTP listener (failover deliveries, recipient checks):"
+                          f" the gateways only\n    {_family(lmtp.host)} daddr {lmtp.host} tcp"
+                          f" dport {lmtp.port} {_family(lmtp.host)} saddr !="
+                          f" {_set(config.standby.journal_clients)} drop")
             outputs.append(f"# ...and on this host the milter's and Postfix's users only\n"
                            f"    {family} daddr {journal.host} tcp dport {journal.port} meta"
                            f' skuid != {{ "{DAEMON_USER}", "postfix" }}'
