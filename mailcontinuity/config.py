@@ -209,18 +209,21 @@ class StandbySection(PeerSection):
     webmail: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     """The emergency portal's URL on the standby, when there is one: the monitor checks that
     it answers, as it checks the standby's IMAP, LMTP and submission."""
+    webmail_address: str | None = None
+    """The address the portal (Roundcube) connects to the standby's IMAP from: the only client
+    Dovecot trusts to report users' own addresses (``login_trusted_networks``)."""
     journal_clients: list[str] = []
     """The gateways' addresses as the standby sees them: the only hosts the firewall rules
     (``check-config --json``, the role) let reach the journal LMTP listener (``milter.lmtp``)."""
 
-    @field_validator("journal_clients")
+    @field_validator("journal_clients", "webmail_address")
     @classmethod
-    def _addresses(cls, value: list[str]) -> list[str]:
-        for address in value:
+    def _addresses(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for address in [value] if isinstance(value, str) else value or []:
             try:
                 ipaddress.ip_address(address)
             except ValueError:
-                raise ValueError(f"journal_clients: {address!r} is not an IP address") from None
+                raise ValueError(f"{address!r} is not an IP address") from None
         return value
     journal_mark_filter: Path = Path("/etc/dovecot/sieve/mailcontinuity-strip-journal-mark.sieve")
     """The Sieve script (``sieve_before``) that deletes a journal mark arriving on the normal

@@ -13,6 +13,12 @@ from mailcontinuity.config import Config
 from mailcontinuity.deploy.firewall import nft_ruleset
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
 from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
+from mailcontinuity.deploy.webmail import (
+    PLUGIN_NAME,
+    ROUNDCUBE_PLUGIN,
+    dovecot_webmail_trust,
+    roundcube_security_php,
+)
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.postfix import postfix_milter_name, postfix_socket_name
 
@@ -216,10 +222,12 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
       submission, where AUTH is not even offered before STARTTLS); plaintext mechanisms are
       refused too (``disable_plaintext_auth``). Dovecot counts a connection whose local and
       remote addresses are equal (a webmail on the same host) as secured, and so are clients in
-      ``login_trusted_networks``, which is therefore left empty.
+      ``login_trusted_networks``, which is therefore the portal's address alone
+      (``standby.webmail_address``, see ``deploy.webmail``) or empty.
     - A failed login is answered after ``auth_failure_delay``; on top of that Dovecot's anvil
       process adds a penalty per client IP that doubles with every further failure up to 15 s
-      (skipped for ``login_trusted_networks``, another reason to leave it empty).
+      (for a client in ``login_trusted_networks``, on the address it reports in IMAP ID: each
+      portal user gets their own).
     - Submission relays what authenticated users send through the gateway. With
       ``gateway.standby_relay`` (recommended) it goes there with XCLIENT
       (``submission_relay_trusted = yes``): the gateway learns the user's login and refuses a
@@ -247,6 +255,7 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
         "disable_plaintext_auth": "yes",
         "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
         **relay,
+        **dovecot_webmail_trust(config.standby.webmail_address),
     }
 
 
@@ -315,6 +324,8 @@ def settings_report(config: Config) -> dict[str, Any]:
         "dovecot_standby": dovecot_standby_settings(config) + "\n",
         "journal_mark_filter": {"path": str(config.standby.journal_mark_filter),
                                 "script": journal_mark_filter_script()},
+        "roundcube_plugin": {"name": PLUGIN_NAME, "php": ROUNDCUBE_PLUGIN},
+        "roundcube_settings": roundcube_security_php(config.standby.webmail_address),
         "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
     }
 

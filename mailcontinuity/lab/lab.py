@@ -64,6 +64,8 @@ JOURNAL_LMTP_HOST = "127.0.0.2"
 # probe_source_address): Dovecot's login penalty is per client address, so guessers on
 # 127.0.0.1 do not slow the probe's LOGIN.
 PROBE_SOURCE = "127.0.0.7"
+# The portal's own source address towards the standby's IMAP ([standby] webmail_address).
+WEBMAIL_SOURCE = "127.0.0.9"
 
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
@@ -260,7 +262,8 @@ class Lab:
             webmail = Webmail(directory / "webmail",
                               parse_endpoint(description["webmail"].removeprefix("http://")
                                              .rstrip("/")),
-                              standby.listeners["imap"], standby.listeners["submission"])
+                              standby.listeners["imap"], standby.listeners["submission"],
+                              config.standby.webmail_address)
 
         return cls(
             dir=directory,
@@ -353,6 +356,7 @@ lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
 maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+webmail_address = "{WEBMAIL_SOURCE}"
 journal_mark_filter = {json.dumps(str(directory / "standby" / "sieve" / "strip-mark.sieve"))}
 retention_days = 30
 tls = "starttls"
