@@ -163,7 +163,7 @@ class Lab:
         configuration's ``standby.webmail`` too, so that the monitor watches it (policyd is
         restarted by ``up`` to read it)."""
         description = json.loads((self.dir / "lab.json").read_text())
-        description["webmail"] = f"http://127.0.0.1:{free_ports(1)[0]}/"
+        description["webmail"] = f"https://127.0.0.1:{free_ports(1)[0]}/"
         self.part("policyd").stop()
         text = self.config_file.read_text()
         self.config_file.write_text(text.replace(
@@ -260,10 +260,12 @@ class Lab:
         webmail = None
         if "webmail" in description:
             webmail = Webmail(directory / "webmail",
-                              parse_endpoint(description["webmail"].removeprefix("http://")
+                              parse_endpoint(description["webmail"].split("://", 1)[1]
                                              .rstrip("/")),
                               standby.listeners["imap"], standby.listeners["submission"],
-                              config.standby.webmail_address)
+                              config.standby.webmail_address,
+                              LabCertificates(directory / "tls")
+                              if description["webmail"].startswith("https://") else None)
 
         return cls(
             dir=directory,

@@ -15,13 +15,15 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.deploy.webmail import PLUGIN_NAME, ROUNDCUBE_PLUGIN, roundcube_security_php
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.process import free_ports, read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.tls import LabCertificates
 
 ROUNDCUBE_HOME = Path("/var/lib/roundcube")
 ROUNDCUBE_ETC = Path("/etc/roundcube")
@@ -48,10 +50,12 @@ class Webmail:
     submission: Endpoint
     source: str | None = None
     """The address Roundcube connects to the standby's IMAP from (``standby.webmail_address``)."""
+    certificates: LabCertificates | None = None
+    """With these, the portal is served over HTTPS (``lab.tlsproxy`` in front of ``php -S``)."""
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}/"
+        return f"{'https' if self.certificates else 'http'}://{self.endpoint}/"
 
     @property
     def config_dir(self) -> Path:
@@ -113,22 +117,41 @@ class Webmail:
         env = {**os.environ, "ROUNDCUBE_CONFIG_DIR": str(self.config_dir),
                "PHP_CLI_SERVER_WORKERS": PHP_WORKERS}
         self._harden()
+        php = (Endpoint("127.0.0.1", free_ports(1)[0]) if self.certificates is not None
+               else self.endpoint)
         with open(self.log_file, "ab") as log:
             # Never as root: PHP runs as the web server's user, which owns only DIR/webmail.
             process = subprocess.Popen(
                 ["php", "-d", f"auto_prepend_file={self.root / 'prepend.php'}",
-                 "-S", str(self.endpoint), "-t", str(ROUNDCUBE_HOME / "public_html")],
+                 "-S", str(php), "-t", str(ROUNDCUBE_HOME / "public_html")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True, user=WEB_USER, group=WEB_USER, extra_groups=[])
         self.pid_file.write_text(f"{process.pid}\n")
         try:
-            wait_for([self.endpoint], up=True, what="webmail (php -S)")
+            wait_for([php], up=True, what="webmail (php -S)")
+            if self.certificates is not None:
+                self._start_tls_proxy(php, self.certificates)
         except LabError:
             self.stop()
             raise LabError(f"webmail did not start; see {self.log_file}") from None
 
     def stop(self) -> None:
+        stop_pid_file(self.tls_pid_file)
         stop_pid_file(self.pid_file)
+
+    @property
+    def tls_pid_file(self) -> Path:
+        return self.root / "tls-proxy.pid"
+
+    def _start_tls_proxy(self, php: Endpoint, certificates: LabCertificates) -> None:
+        """HTTPS on ``endpoint`` with the lab's certificate, piped to ``php``."""
+        with open(self.root / "logs" / "tls-proxy.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailcontinuity.lab.tlsproxy", str(self.endpoint),
+                 str(php), str(certificates.cert_file), str(certificates.key_file), WEB_USER],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.tls_pid_file.write_text(f"{process.pid}\n")
+        wait_for([self.endpoint], up=True, what="webmail (HTTPS)")
 
     def _harden(self) -> None:
         """The portal's own plugin directory (Roundcube's plugins plus ours, deploy.webmail),

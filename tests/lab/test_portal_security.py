@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -20,11 +21,12 @@ GUESSER = "127.0.0.11"
 USER = "127.0.0.12"
 
 
-def webmail_login(endpoint: Endpoint, source: str, login: str, password: str
-                  ) -> tuple[float, bool]:
-    """One login through Roundcube's form from ``source``: seconds taken, and success."""
-    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=90,
-                                      source_address=(source, 0))
+def webmail_login(endpoint: Endpoint, context: ssl.SSLContext, source: str, login: str,
+                  password: str) -> tuple[float, bool]:
+    """One login through Roundcube's form over HTTPS from ``source``: seconds taken, and
+    success."""
+    conn = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=90,
+                                       source_address=(source, 0), context=context)
     try:
         conn.request("GET", "/?_task=login")
         page = conn.getresponse()
@@ -48,13 +50,15 @@ def webmail_login(endpoint: Endpoint, source: str, login: str, password: str
 def test_a_webmail_guesser_slows_only_themselves(portal: Lab) -> None:  # noqa: F811
     assert portal.webmail is not None
     endpoint = portal.webmail.endpoint
+    assert portal.webmail.url.startswith("https://")
+    context = ssl.create_default_context(cafile=str(portal.standby.certificates.ca_file))
     bob, carol = portal.users[1], portal.users[2]
     with ThreadPoolExecutor(6) as pool:
-        guesses = list(pool.map(lambda n: webmail_login(endpoint, GUESSER, bob.login,
+        guesses = list(pool.map(lambda n: webmail_login(endpoint, context, GUESSER, bob.login,
                                                         f"guess-{n}-{uuid.uuid4().hex[:6]}"),
                                 range(6)))
     assert not any(ok for _, ok in guesses), guesses
-    seconds, ok = webmail_login(endpoint, USER, carol.login, carol.password)
+    seconds, ok = webmail_login(endpoint, context, USER, carol.login, carol.password)
     assert ok
     assert seconds < AUTH_FAILURE_DELAY_SECONDS, (seconds, guesses)
     # Dovecot saw the guesser's own address (IMAP ID from the trusted portal), not the portal's.
