@@ -151,7 +151,7 @@ class LoginProbe:
             if waited < limit:
                 if not self._noted:
                     self._noted = True
-                    log.warning("event=primary_slow_login waited_s=%.1f source=%s action=look"
+                    log.warning("event=primary_slow_login waited_s=%.1f source=%s"
                                 " for failed logins from that address in the primary's log",
                                 waited, source)
                 return result(True, f"slow to log in: no answer to LOGIN for {waited:.1f}s"
