@@ -152,7 +152,7 @@ class LoginProbe:
                 if not self._noted:
                     self._noted = True
                     log.warning("event=primary_slow_login waited_s=%.1f source=%s"
-                                " for failed logins from that address in the primary's log",
+                                " action=check_the_primarys_log_for_failed_logins_from_source",
                                 waited, source)
                 return result(True, f"slow to log in: no answer to LOGIN for {waited:.1f}s"
                               f" (down only after {limit:g}s): a login penalty for failed"
