@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import Milter
 
+from mailcontinuity.deploy.senders import SenderOwners
 from mailcontinuity.journal.international import (
     Refusal,
     needs_smtputf8,
@@ -52,6 +53,8 @@ class JournalPolicy:
     primary_smtputf8: bool = False
     standby_smtputf8: bool = False
     """Whether each route offers SMTPUTF8 (``primary.smtputf8``, ``standby.smtputf8``)."""
+    senders: SenderOwners | None = None
+    """Who owns which address: a logged-in user's From: must be theirs (None: not checked)."""
 
 
 class SpoolErrorCounter:
@@ -121,6 +124,8 @@ class JournalMilter(Milter.Base):
         """Accepted recipients whose route lacks SMTPUTF8: a UTF-8 header refuses the message."""
         self.trace = TraceFacts()
         self.stamp_length = 0
+        self.login = ""
+        self.from_values: list[str] = []
 
     def abandon_journal(self, error: BaseException | None) -> None:
         """Stop journaling this message (the mail itself still goes through)."""
@@ -156,8 +161,10 @@ class JournalMilter(Milter.Base):
         self.smtputf8 = any(param.upper() == "SMTPUTF8" for param in params)
         self.sender_utf8 = needs_smtputf8(self.sender)
         self._remember_trace_macros()
-        login = self.getsymval("{auth_authen}")
-        if login:
+        login = self.login = self.getsymval("{auth_authen}") or ""
+        # Mail the standby's submission relays with XCLIENT: the user's client saved its Sent
+        # copy on the standby already.
+        if login and self.getsymval("{auth_type}") != "XCLIENT":
             mailbox = login if "@" in login else self.sender
             if self._is_protected(mailbox):
                 self.targets.append(Target(_normalise(mailbox), SENT_FOLDER))
@@ -194,6 +201,8 @@ class JournalMilter(Milter.Base):
         if self.utf8_refusals and not (name.isascii() and value.isascii()):
             self.header_utf8 = True
         lowered = name.lower()
+        if lowered == "from" and self.login:
+            self.from_values.append(value.decode("utf-8", "replace"))
         if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
             # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
             self.foreign_headers[lowered] = self.foreign_headers.get(lowered, 0) + 1
@@ -226,6 +235,16 @@ class JournalMilter(Milter.Base):
         if refusal is not None:  # before anything is journaled: no copy of refused mail
             self.abandon_journal(None)
             return self._refuse(refusal, "eom", self.sender)
+        senders = self.runtime.policy.senders
+        foreign = senders.foreign_from(self.login, self.from_values) if (
+            senders is not None and self.login) else []
+        if foreign:
+            log.warning("event=sender_refused login=%s from=%s queue_id=%s", self.login,
+                        ",".join(foreign), self.getsymval("i") or "")
+            self.abandon_journal(None)
+            self.setreply("550", "5.7.1", f"From: header {', '.join(foreign)} not owned by"
+                          f" {self.login}")
+            return Milter.REJECT
         for name, count in self.foreign_headers.items():
             for index in range(count, 0, -1):  # last first: earlier indexes stay valid
                 self.chgheader(name, index, "")

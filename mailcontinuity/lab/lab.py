@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
-from mailcontinuity.deploy.settings import dovecot_lmtp_settings, dovecot_standby_hardening
+from mailcontinuity.deploy.settings import (
+    dovecot_lmtp_settings,
+    dovecot_standby_hardening,
+    journal_mark_filter_script,
+)
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
 from mailcontinuity.lab.cyrus import CyrusInstance
 from mailcontinuity.lab.daemon import DaemonPart
@@ -60,6 +64,12 @@ LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
 # The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
 # because Dovecot chooses LMTP plugins by local address (see required_settings).
 JOURNAL_LMTP_HOST = "127.0.0.2"
+# The monitor's own source address for its IMAP probes of the primary ([health]
+# probe_source_address): Dovecot's login penalty is per client address, so guessers on
+# 127.0.0.1 do not slow the probe's LOGIN.
+PROBE_SOURCE = "127.0.0.7"
+# The portal's own source address towards the standby's IMAP ([standby] webmail_address).
+WEBMAIL_SOURCE = "127.0.0.9"
 
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
@@ -169,7 +179,7 @@ class Lab:
         configuration's ``standby.webmail`` too, so that the monitor watches it (policyd is
         restarted by ``up`` to read it)."""
         description = json.loads((self.dir / "lab.json").read_text())
-        description["webmail"] = f"http://127.0.0.1:{free_ports(1)[0]}/"
+        description["webmail"] = f"https://127.0.0.1:{free_ports(1)[0]}/"
         self.part("policyd").stop()
         text = self.config_file.read_text()
         self.config_file.write_text(text.replace(
@@ -205,10 +215,11 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 2))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
+        standby_relay = next(numbers)  # likewise
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": secrets.token_urlsafe(12)}
@@ -236,11 +247,14 @@ class Lab:
         probe_file.write_text(users[-1]["password"] + "\n")
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
-            _render_config(directory, description, gateway_submission, metrics_port))
+            _render_config(directory, description, gateway_submission, metrics_port,
+                           standby_relay))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
+        lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
+                                         journal_mark_filter_script())
         lab.gateway.write_config()
         return lab
 
@@ -283,9 +297,12 @@ class Lab:
         webmail = None
         if "webmail" in description:
             webmail = Webmail(directory / "webmail",
-                              parse_endpoint(description["webmail"].removeprefix("http://")
+                              parse_endpoint(description["webmail"].split("://", 1)[1]
                                              .rstrip("/")),
-                              standby.listeners["imap"], standby.listeners["submission"])
+                              standby.listeners["imap"], standby.listeners["submission"],
+                              config.standby.webmail_address,
+                              LabCertificates(directory / "tls")
+                              if description["webmail"].startswith("https://") else None)
 
         return cls(
             dir=directory,
@@ -350,7 +367,7 @@ syslog_socket = false
 
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
-                   metrics_port: int) -> str:
+                   metrics_port: int, standby_relay: int) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -391,6 +408,8 @@ lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
 maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+webmail_address = "{WEBMAIL_SOURCE}"
+journal_mark_filter = {json.dumps(str(directory / "standby" / "sieve" / "strip-mark.sieve"))}
 retention_days = 30
 tls = "starttls"
 tls_ca_file = {ca_file}
@@ -398,6 +417,9 @@ tls_ca_file = {ca_file}
 [gateway]
 smtp = "{description["gateway"]["smtp"]}"
 submission = "127.0.0.1:{gateway_submission}"
+standby_relay = "127.0.0.1:{standby_relay}"
+sender_login_map = {json.dumps(str(directory / "gateway" / "etc" / "sender_login"))}
+sender_aliases = {json.dumps(str(directory / "gateway" / "etc" / "sender_aliases"))}
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
@@ -434,6 +456,7 @@ socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
 {LAB_HEALTH_SECTION}imap_login = "{probe_login}"
 imap_password_file = {json.dumps(str(directory / "secrets" / probe_secret))}
+probe_source_address = "{PROBE_SOURCE}"
 
 [watch]
 # Short, so that a test that leaves the milter out on purpose flags the lab only briefly.

@@ -163,6 +163,8 @@ class Drill:
         if submission is None:
             raise _Skip("standby.submission is not configured")
         message = self._message("sent from the standby")
+        # As itself: the gateway refuses a sender the login does not own (deploy.senders).
+        message.replace_header("From", self.probe)
         tls = self.tls["standby"]
         connect = (partial(smtplib.SMTP_SSL, context=tls.context) if tls.implicit
                    else smtplib.SMTP)

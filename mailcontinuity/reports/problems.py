@@ -143,6 +143,12 @@ def policyd_problem(daemon: dict[str, Any], now: float) -> Problem | None:
 def primary_problem(state: State, probes: list[ProbeResult], first_failure: float | None,
                     failover_held: str, now: float) -> Problem | None:
     failing = [f"{p.probe} {p.target}: {p.error}" for p in probes if not p.ok]
+    slow = [f"{p.probe} {p.target}: {p.error}" for p in probes if p.ok and p.error]
+    if not failing and slow:
+        return Problem("primary", now, "primary answers, but slowly: " + "; ".join(slow),
+                       "not down, so no failover; if the primary's log shows failed logins"
+                       " from the probe's address ([health] probe_source_address), block"
+                       " the guesser", "warning")
     if not failing:
         return None
     detail = "primary fails its probes: " + "; ".join(failing)

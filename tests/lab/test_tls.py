@@ -120,7 +120,7 @@ def test_health_probes_with_a_wrong_ca_fail_with_the_reason(lab: Lab,
                                                            distrusting_config: Path) -> None:
     wrong = load_config(distrusting_config)
     results = asyncio.run(probe_primary(wrong, TLSPolicy.of(wrong, "primary")))
-    assert {result.probe for result in results} == {"delivery", "imap"}
+    assert {result.probe for result in results} == {"delivery", "imap", "imap_login"}
     for result in results:
         assert not result.ok
         assert "certificate not accepted" in result.error, result.error

@@ -258,3 +258,19 @@ def test_status_check_is_unknown_when_it_cannot_tell(tmp_path: Path) -> None:
                                        "--check"])
     assert result.exit_code == 3
     assert result.stdout.startswith("MAILCONTINUITY UNKNOWN - ") and "not found" in result.stdout
+
+
+def test_a_slow_login_is_a_warning_not_a_failing_primary() -> None:
+    """Issue 20: "slow to log in" (ok with a reason) is told apart from down."""
+    from mailcontinuity.reports.problems import primary_problem
+    from mailcontinuity.store.probes import ProbeResult
+    from mailcontinuity.store.state import State
+    state = State("normal", 0.0, "", "")
+    slow = ProbeResult("imap_login", "p:143", True, 4000.0, "slow to log in: ...", 10.0)
+    fine = ProbeResult("imap", "p:143", True, 3.0, "", 10.0)
+    problem = primary_problem(state, [fine, slow], None, "", 10.0)
+    assert problem is not None and problem.severity == "warning"
+    assert "slowly" in problem.detail and "no failover" in problem.action
+    assert primary_problem(state, [fine], None, "", 10.0) is None
+    down = ProbeResult("imap", "p:143", False, 3.0, "refused", 10.0)
+    assert primary_problem(state, [down, slow], None, "", 10.0).severity == "critical"  # type: ignore[union-attr]
