@@ -164,19 +164,19 @@ class PortalStatus:
         log.info("event=portal_status state=%s file=%s", state.name, path)
 
 
-def roundcube_portal_php(status_file: Path | None, managesieve: Endpoint | None,
-                         managesieve_tls: bool = False) -> str:
+def roundcube_portal_php(status_file: Path | None, managesieve: Endpoint | None) -> str:
     """Lines for Roundcube's config.inc.php (after ``$config['plugins']`` is set): the banner,
-    and the managesieve plugin against the standby's ManageSieve with only the out-of-office
-    form users need during an outage (``managesieve_vacation = 1``: filters too)."""
+    and the managesieve plugin against the standby's ManageSieve with its out-of-office form
+    (``managesieve_vacation = 1``: filters and out-of-office). Reached as Roundcube reaches the
+    standby's IMAP: on the standby host itself, which Dovecot counts as secured (local and
+    remote address equal), so no TLS is needed on that hop."""
     lines = []
     if status_file is not None:
         lines += [f"$config['plugins'][] = '{BANNER_PLUGIN_NAME}';",
                   f"$config['mailcontinuity_status_file'] = {_php_string(str(status_file))};"]
     if managesieve is not None:
-        host = f"{'tls://' if managesieve_tls else ''}{managesieve}"
         lines += ["$config['plugins'][] = 'managesieve';",
-                  f"$config['managesieve_host'] = {_php_string(host)};",
+                  f"$config['managesieve_host'] = {_php_string(str(managesieve))};",
                   "$config['managesieve_vacation'] = 1;",
                   # Debian's default points at /etc/dovecot/sieve/global, not on the standby.
                   "$config['managesieve_default'] = '';"]

@@ -102,9 +102,9 @@ def test_an_unwritable_status_file_is_logged_and_retried(tmp_path: Path,
 
 def test_roundcube_lines_enable_the_banner_and_managesieve(tmp_path: Path) -> None:
     lines = roundcube_portal_php(Path("/var/lib/mailcontinuity/portal/status.json"),
-                                 Endpoint("127.0.0.1", 4190), managesieve_tls=True)
+                                 Endpoint("127.0.0.1", 4190))
     assert f"$config['plugins'][] = '{BANNER_PLUGIN_NAME}';" in lines
-    assert "$config['managesieve_host'] = 'tls://127.0.0.1:4190';" in lines
+    assert "$config['managesieve_host'] = '127.0.0.1:4190';" in lines
     assert "$config['managesieve_vacation'] = 1;" in lines
     assert roundcube_portal_php(None, None) == ""
 
