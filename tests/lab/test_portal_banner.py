@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from playwright.sync_api import Browser, Page
 
+from mailcontinuity.cli.main import main
 from mailcontinuity.config import Endpoint
 from mailcontinuity.deploy.portal import BANNER_ELEMENT_ID
 from mailcontinuity.lab import Lab
@@ -25,6 +27,7 @@ from mailcontinuity.lab.process import free_ports, wait_for
 from mailcontinuity.mail.managesieve import Credentials, Scripts, session
 from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.mail.tls import Side
 from mailcontinuity.store.db import open_store
 from mailcontinuity.transitions import change_state
 from tests.lab.policyd_helpers import back_to_normal
@@ -156,12 +159,13 @@ def queued_for(lab: Lab, domain: str) -> int:
                        for r in json.loads(line)["recipients"]))
 
 
-def standby_scripts(lab: Lab, user: LabUser, remove: bool = False) -> Scripts:
-    """The user's sieve scripts on the standby (as the lab's admin); with ``remove``, deleted
-    afterwards, so that later tests see no vacation."""
+def standby_scripts(lab: Lab, user: LabUser, remove: bool = False,
+                    role: Side = "standby") -> Scripts:
+    """The user's sieve scripts on the standby (or ``role``), as the lab's admin; with
+    ``remove``, deleted afterwards, so that later tests see no vacation."""
     admin = Credentials(lab.standby.admin.login, lab.standby.admin.password)
-    with session(lab.endpoint("standby", "sieve"), user.address, admin,
-                 lab.tls("standby")) as sieve:
+    with session(lab.endpoint(role, "sieve"), user.address, admin,
+                 lab.tls(role)) as sieve:
         scripts = sieve.scripts()
         if remove:
             sieve.activate(None)
@@ -210,6 +214,17 @@ def test_out_of_office_set_in_the_portal_answers_an_outside_sender_once(
         [reply] = replies_in(outside, first["Message-ID"])
         assert f"Subject: {subject}" in reply
         assert not replies_in(outside, second["Message-ID"])  # once per sender
+
+        # At failback the reply set on the standby ends: sieve-sync copies only from the
+        # primary, and its next run gives the standby the primary's scripts (docs/operations.md).
+        back_to_normal(lab)
+        assert standby_scripts(lab, carol, role="primary").active is None
+        synced = CliRunner().invoke(main, ["--config", str(lab.config_file), "sieve-sync",
+                                           "--json"])
+        [result] = [user for user in json.loads(synced.stdout)["users"]
+                    if user["user"] == carol.address]
+        assert result["errors"] == [] and result["active"] is None
+        assert standby_scripts(lab, carol).active is None
     finally:
         standby_scripts(lab, carol, remove=True)
         back_to_normal(lab)
