@@ -173,15 +173,16 @@ def roundcube_portal_php(status_file: Path | None, managesieve: Endpoint | None)
     lines = []
     if status_file is not None:
         lines += [f"$config['plugins'][] = '{BANNER_PLUGIN_NAME}';",
-                  f"$config['mailcontinuity_status_file'] = {_php_string(str(status_file))};"]
+                  f"$config['mailcontinuity_status_file'] = {php_string(str(status_file))};"]
     if managesieve is not None:
         lines += ["$config['plugins'][] = 'managesieve';",
-                  f"$config['managesieve_host'] = {_php_string(str(managesieve))};",
+                  f"$config['managesieve_host'] = {php_string(str(managesieve))};",
                   "$config['managesieve_vacation'] = 1;",
                   # Debian's default points at /etc/dovecot/sieve/global, not on the standby.
                   "$config['managesieve_default'] = '';"]
     return "".join(line + "\n" for line in lines)
 
 
-def _php_string(value: str) -> str:
+def php_string(value: str) -> str:
+    """A PHP single-quoted string literal of ``value``."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
-from mailcontinuity.deploy.portal import BANNER_PLUGIN, BANNER_PLUGIN_NAME, roundcube_portal_php
+from mailcontinuity.deploy.portal import (
+    BANNER_PLUGIN,
+    BANNER_PLUGIN_NAME,
+    php_string,
+    roundcube_portal_php,
+)
 from mailcontinuity.deploy.webmail import PLUGIN_NAME, ROUNDCUBE_PLUGIN, roundcube_security_php
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.process import free_ports, read_pid, stop_pid_file, wait_for
@@ -34,10 +39,6 @@ WEB_USER = "www-data"
 ROUNDCUBE_PLUGIN_DIRS = (ROUNDCUBE_HOME / "plugins", Path("/usr/share/roundcube/plugins"))
 # Roundcube's page loads make parallel requests; one PHP worker would serialise them.
 PHP_WORKERS = "4"
-
-
-def _php_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Webmail:
             "skin": "elastic",
             "support_url": "",
         }
-        lines = [f"$config[{_php_string(key)}] = {_php_string(value)};"
+        lines = [f"$config[{php_string(key)}] = {php_string(value)};"
                  for key, value in settings.items()]
         lines += ["$config['plugins'] = [];", "$config['enable_spellcheck'] = false;"]
         config.write_text("<?php\n// Written by mailcontinuity lab; do not edit.\n$config = [];\n"
@@ -176,7 +177,7 @@ class Webmail:
         self._install_portal_plugins(plugins)
         (self.root / "prepend.php").write_text(
             "<?php\n// Written by mailcontinuity lab: Roundcube's plugins from DIR/webmail.\n"
-            f"define('RCUBE_PLUGINS_DIR', {_php_string(str(plugins) + '/')});\n")
+            f"define('RCUBE_PLUGINS_DIR', {php_string(str(plugins) + '/')});\n")
         web = pwd.getpwnam(WEB_USER)
         self.root.chmod(0o700)
         for path in [self.root, *self.root.rglob("*")]:
