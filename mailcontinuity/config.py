@@ -324,6 +324,30 @@ class SieveSection(Section):
         return self
 
 
+class PortalSection(Section):
+    """The emergency portal's banner (Roundcube on the standby): what users read there during an
+    outage. The sync agent, which runs on the standby and follows the state, writes
+    ``status_file`` (the state, since when, these texts; no secrets) for the banner plugin."""
+
+    status_file: Path | None = None
+    """Where the banner's status file is written (readable by the web server); none: no banner."""
+    login_text: str = Field(default="Mail is running on the continuity system. Log in with your"
+                            " usual address and password.", max_length=1000)
+    """The only words shown on the login page during an outage, to anyone who opens it: say no
+    more than you would tell an outsider. Empty: nothing on the login page."""
+    outage_text: str = Field(default="Your mail is running on the continuity system because of"
+                             " an outage of the primary mail system.", min_length=1,
+                             max_length=1000)
+    failback_text: str = Field(default="When the primary mail system is back, what you do here"
+                               " (mail you receive, send, move or flag) reaches your normal"
+                               " mailbox.", max_length=1000)
+    returning_text: str = Field(default="The primary mail system is back: your mail is being"
+                                " returned to your normal mailbox. Use your usual mail program"
+                                " again.", min_length=1, max_length=1000)
+    contact: str = Field(default="", max_length=500)
+    """Who users contact about the outage (``IT service desk, +1 555 0100``); shown after login."""
+
+
 class PolicydSection(Section):
     """The policy daemon: where Postfix reaches it and how much input it tolerates."""
 
@@ -474,6 +498,7 @@ class Config(Section):
     milter: MilterSection = MilterSection()
     sync: SyncSection = SyncSection()
     sieve: SieveSection = SieveSection()
+    portal: PortalSection = PortalSection()
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
     watch: WatchSection = WatchSection()

@@ -21,6 +21,9 @@ packages=(
     # namespace of its own (never the host's ruleset); iproute2 brings up its loopback.
     nftables iproute2
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
+    # Roundcube's managesieve plugin (out-of-office on the standby, issue 18):
+    # tests/lab/test_portal_banner.py and the lab's webmail need it.
+    roundcube-plugins
     chromium
 )
 

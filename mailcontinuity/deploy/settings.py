@@ -11,6 +11,7 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.firewall import nft_ruleset
+from mailcontinuity.deploy.portal import BANNER_PLUGIN, BANNER_PLUGIN_NAME, roundcube_portal_php
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
 from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
 from mailcontinuity.deploy.webmail import (
@@ -361,6 +362,12 @@ def settings_report(config: Config) -> dict[str, Any]:
                                 "script": journal_mark_filter_script()},
         "roundcube_plugin": {"name": PLUGIN_NAME, "php": ROUNDCUBE_PLUGIN},
         "roundcube_settings": roundcube_security_php(config.standby.webmail_address),
+        "roundcube_portal": {
+            "banner_plugin": {"name": BANNER_PLUGIN_NAME, "php": BANNER_PLUGIN},
+            "status_file": str(config.portal.status_file or ""),
+            "settings": roundcube_portal_php(config.portal.status_file,
+                                             config.standby.managesieve),
+        },
         "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
     }
 

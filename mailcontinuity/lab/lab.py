@@ -308,7 +308,8 @@ class Lab:
                               standby.listeners["imap"], standby.listeners["submission"],
                               config.standby.webmail_address,
                               LabCertificates(directory / "tls")
-                              if description["webmail"].startswith("https://") else None)
+                              if description["webmail"].startswith("https://") else None,
+                              standby.listeners["sieve"], config.portal.status_file)
 
         return cls(
             dir=directory,
@@ -474,6 +475,10 @@ mode = "auto"
 [metrics]
 enabled = true
 listen = "127.0.0.1:{metrics_port}"
+
+[portal]
+status_file = {json.dumps(str(directory / "portal" / "status.json"))}
+contact = "the lab's help desk, help@{LAB_DOMAIN}"
 {LAB_AUDIT_SECTION}"""
 
 
