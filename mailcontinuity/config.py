@@ -483,8 +483,8 @@ class CredentialsSection(PeerSection):
     login_attribute: str = Field(default="mail", pattern=_LDAP_ATTRIBUTE)
     """The attribute users log in with (their Dovecot user name)."""
     password_attribute: str = Field(default="userPassword", pattern=_LDAP_ATTRIBUTE)
-    lock_attribute: Annotated[str | None, BeforeValidator(_false_is_none),
-                              Field(pattern=_LDAP_ATTRIBUTE)] = "pwdAccountLockedTime"
+    lock_attribute: Annotated[str | None, BeforeValidator(_false_is_none)] = (
+        "pwdAccountLockedTime")
     """An account with this attribute set is locked (OpenLDAP ppolicy); ``false``: none."""
     copy_file: Path = Path("/var/lib/mailcontinuity/credentials/passwd")
     """The standby's copy: a Dovecot passwd-file of logins and password hashes, never logged."""
@@ -495,6 +495,13 @@ class CredentialsSection(PeerSection):
     max_age_seconds: float = Field(default=3600.0, ge=60, le=30 * 86400)
     """A copy older than this is a problem in ``status`` and fails the drill."""
     timeout_seconds: int = Field(default=10, ge=1, le=300)
+
+    @field_validator("lock_attribute")
+    @classmethod
+    def _attribute_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(_LDAP_ATTRIBUTE, value):
+            raise ValueError(f"{value!r} is not an LDAP attribute name")
+        return value
 
     @model_validator(mode="after")
     def _refresh_within_max_age(self) -> CredentialsSection:
