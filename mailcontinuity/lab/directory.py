@@ -291,9 +291,6 @@ bind_dn = "{described["bind_dn"]}"
 bind_password_file = "{directory / "secrets" / "directory-bind-password"}"
 base = "{described["base"]}"
 copy_file = "{described["copy"]}"
-# Short, so that tests see a stale copy without waiting an hour.
-refresh_seconds = 30
-max_age_seconds = 120
 """
 
 
