@@ -482,6 +482,11 @@ class CredentialsSection(PeerSection):
     refresh)."""
     login_attribute: str = Field(default="mail", pattern=_LDAP_ATTRIBUTE)
     """The attribute users log in with (their Dovecot user name)."""
+    directory_login: Literal["hash", "bind"] = "hash"
+    """How the standby's Dovecot checks a password while the directory answers: ``hash``
+    compares it with ``password_attribute`` (OpenLDAP); ``bind`` binds as the user (Active
+    Directory, whose hashes cannot be read): the copy then holds the continuity passwords users
+    set in advance in ``password_attribute`` (``mailcontinuity continuity-password``)."""
     password_attribute: str = Field(default="userPassword", pattern=_LDAP_ATTRIBUTE)
     lock_attribute: Annotated[str | None, BeforeValidator(_false_is_none)] = (
         "pwdAccountLockedTime")
@@ -505,6 +510,10 @@ class CredentialsSection(PeerSection):
 
     @model_validator(mode="after")
     def _refresh_within_max_age(self) -> CredentialsSection:
+        if self.directory_login == "bind" and self.password_attribute.lower() == "userpassword":
+            raise ValueError('directory_login = "bind" keeps continuity passwords in an attribute'
+                             " of their own: set password_attribute (e.g. an"
+                             " extensionAttribute), never the directory's own password")
         if self.refresh_seconds >= self.max_age_seconds:
             raise ValueError("refresh_seconds must be below max_age_seconds, or every copy"
                              " would be reported as too old")

@@ -39,7 +39,7 @@ def read_accounts(config: Config) -> DirectoryRead:
     assert credentials is not None
     password = read_secret(config, "credentials.bind_password_file")
     try:
-        connection = _connect(credentials, password)
+        connection = connect(credentials, credentials.bind_dn, password)
     except (LDAPException, OSError) as exc:
         raise DirectoryUnavailable(f"{credentials.directory}: {_reason(exc)}") from None
     try:
@@ -51,7 +51,8 @@ def read_accounts(config: Config) -> DirectoryRead:
         connection.unbind()
 
 
-def _connect(credentials: CredentialsSection, password: str) -> Any:
+def connect(credentials: CredentialsSection, dn: str, password: str) -> Any:
+    """A bound connection to the directory as ``dn``, encrypted and verified first."""
     tls = None
     if credentials.tls != "none":
         tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT,
@@ -60,7 +61,7 @@ def _connect(credentials: CredentialsSection, password: str) -> Any:
     server = ldap3.Server(credentials.directory.host, port=credentials.directory.port,
                           use_ssl=credentials.tls == "ssl", tls=tls,
                           connect_timeout=credentials.timeout_seconds)
-    connection = ldap3.Connection(server, credentials.bind_dn, password, read_only=True,
+    connection = ldap3.Connection(server, dn, password,
                                   receive_timeout=credentials.timeout_seconds,
                                   raise_exceptions=True)
     connection.open()
@@ -97,8 +98,10 @@ def _search(connection: Any, credentials: CredentialsSection) -> DirectoryRead:
         hashes = [h for h in map(dovecot_hash, raw.get(
             credentials.password_attribute.lower()) or []) if h is not None]
         if not hashes:
-            found.skipped.append(Skipped(login, f"no hashed {credentials.password_attribute}"
-                                         " readable by the bind DN"))
+            found.skipped.append(Skipped(login, (
+                f"no continuity password set ({credentials.password_attribute})"
+                if credentials.directory_login == "bind" else
+                f"no hashed {credentials.password_attribute} readable by the bind DN")))
             continue
         if unsafe(login) or unsafe(hashes[0]) or login in logins:
             found.skipped.append(Skipped(login, "duplicate login or ':' or a line break in"
@@ -115,7 +118,7 @@ def directory_answers(config: Config) -> None:
     assert credentials is not None
     password = read_secret(config, "credentials.bind_password_file")
     try:
-        connection = _connect(credentials, password)
+        connection = connect(credentials, credentials.bind_dn, password)
         try:
             connection.search(credentials.base, "(objectClass=*)", ldap3.BASE,
                               attributes=[])

@@ -56,7 +56,7 @@ def dovecot_ldap_args(config: Config, bind_password: str = BIND_PASSWORD_PLACEHO
         "uris": directory_uri(credentials),
         "dn": credentials.bind_dn,
         "dnpass": bind_password,
-        "auth_bind": "no",
+        "auth_bind": "yes" if credentials.directory_login == "bind" else "no",
         "ldap_version": "3",
         "base": credentials.base,
         "scope": "subtree",
@@ -66,6 +66,11 @@ def dovecot_ldap_args(config: Config, bind_password: str = BIND_PASSWORD_PLACEHO
                       f"{credentials.password_attribute}=password",
         "default_pass_scheme": "SSHA",
     }
+    if credentials.directory_login == "bind":
+        # The directory checks the password (a bind as the user, found with the filter); the
+        # continuity password is for the copy only.
+        lines["pass_attrs"] = f"{credentials.login_attribute}=user"
+        del lines["default_pass_scheme"]
     if credentials.tls != "none":
         lines["tls_require_cert"] = "demand"
         lines["tls_ca_cert_file" if credentials.tls_ca_file else "tls_ca_cert_dir"] = str(

@@ -1,5 +1,5 @@
 """A private OpenLDAP slapd under the lab directory: the organisation's directory (part
-``directory``, ``lab up --directory ldap``).
+``directory``, ``lab up --directory ldap|ad``).
 
 It holds the lab users with their ``lab.json`` passwords (as ``{SSHA}`` hashes), a service
 account that may read the hashes (what Dovecot and ``credentials-sync`` bind as), and the ppolicy
@@ -7,6 +7,12 @@ overlay, so that an account is locked the way OpenLDAP sites lock one (``pwdAcco
 Debian's slapd package is used as a program only: its own configuration, database and listener
 live under ``DIR/directory``; /etc/ldap and the system's slapd are never touched. It listens on
 127.0.0.1 with StartTLS, its certificate from the lab's CA.
+
+``--directory ad`` plays Active Directory where it matters to us: nobody, the service account
+included, can read the users' password hashes (Dovecot binds as the user to check a password),
+and each user may set a continuity password in an attribute of their own entry
+(``mailContinuityPassword``, as a site would use an ``extensionAttribute``), readable by the
+service account only.
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ SLAPD_PACKAGES = "slapd ldap-utils"
 # "Locked until an administrator unlocks": ppolicy's permanent lock value.
 PERMANENT_LOCK = "000001010000Z"
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+CONTINUITY_ATTRIBUTE = "mailContinuityPassword"
+# OIDs under IANA's example enterprise number (RFC 5612): a lab schema, never a real one.
+CONTINUITY_SCHEMA = f"""attributetype ( 1.3.6.1.4.1.32473.18.1.1 NAME '{CONTINUITY_ATTRIBUTE}'
+  DESC 'hash of the continuity password the user set'
+  EQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.32473.18.2.1 NAME 'mailContinuityUser' SUP top AUXILIARY
+  MAY {CONTINUITY_ATTRIBUTE} )
+"""
 
 
 def ssha(password: str) -> str:
@@ -71,6 +85,8 @@ class LabDirectory:
     certificates: LabCertificates
     root_password_file: Path
     bind_password_file: Path
+    kind: str = "ldap"
+    """``ldap`` (OpenLDAP, hashes readable by the service account) or ``ad`` (see above)."""
 
     @property
     def config_file(self) -> Path:
@@ -124,6 +140,10 @@ class LabDirectory:
 
     def _render(self, root_hash: str, key: Path) -> str:
         includes = "".join(f"include /etc/ldap/schema/{name}.schema\n" for name in SCHEMAS)
+        if self.kind == "ad":
+            schema = self.root / "mailcontinuity.schema"
+            schema.write_text(CONTINUITY_SCHEMA)
+            includes += f"include {schema}\n"
         return f"""# Lab directory, written by mailcontinuity lab; do not edit.
 {includes}modulepath /usr/lib/ldap
 moduleload back_mdb.la
@@ -150,16 +170,19 @@ ppolicy_use_lockout
 
 # Passwords travel only inside TLS (StartTLS), as on a real directory.
 security simple_bind=128
-access to attrs=userPassword
-  by dn.exact="{SERVICE_DN}" read
-  by anonymous auth
-  by self write
-  by * none
-access to *
+{self._password_access()}access to *
   by dn.exact="{SERVICE_DN}" read
   by self read
   by * none
 """
+
+    def _password_access(self) -> str:
+        if self.kind == "ad":  # hashes unreadable; the continuity password for the copy
+            return (f"access to attrs=userPassword\n  by anonymous auth\n  by self write\n"
+                    f"  by * none\naccess to attrs={CONTINUITY_ATTRIBUTE}\n"
+                    f'  by dn.exact="{SERVICE_DN}" read\n  by self write\n  by * none\n')
+        return (f'access to attrs=userPassword\n  by dn.exact="{SERVICE_DN}" read\n'
+                "  by anonymous auth\n  by self write\n  by * none\n")
 
     def _initial_entries(self) -> str:
         bind_hash = ssha(self.bind_password_file.read_text().strip())
@@ -180,7 +203,8 @@ access to *
 
     def _user_entry(self, user: LabUser) -> str:
         uid = uid_of(user.address)
-        return (f"dn: {self.dn(user.address)}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+        extra = "objectClass: mailContinuityUser\n" if self.kind == "ad" else ""
+        return (f"dn: {self.dn(user.address)}\nobjectClass: inetOrgPerson\n{extra}uid: {uid}\n"
                 f"cn: {uid}\nsn: {uid}\nmail: {user.address}\n"
                 f"userPassword: {ssha(user.password)}\n")
 
@@ -269,12 +293,12 @@ def _write_secret(path: Path, secret: str) -> None:
 
 
 # --- wiring into the lab (lab up --directory ldap) ------------------------------------------
-DIRECTORY_KINDS = ("ldap",)
+DIRECTORY_KINDS = ("ldap", "ad")
 
 
-def describe_directory(directory: Path, port: int) -> dict[str, str]:
+def describe_directory(directory: Path, kind: str, port: int) -> dict[str, str]:
     """``lab.json``'s ``directory``: where the lab's directory listens and its tree."""
-    return {"kind": "ldap", "ldap": f"127.0.0.1:{port}", "base": PEOPLE, "bind_dn": SERVICE_DN,
+    return {"kind": kind, "ldap": f"127.0.0.1:{port}", "base": PEOPLE, "bind_dn": SERVICE_DN,
             "copy": str(directory / "standby" / "credentials" / "passwd")}
 
 
@@ -282,6 +306,8 @@ def credentials_section(directory: Path, description: dict[str, Any]) -> str:
     """The lab configuration's ``[credentials]``: the standby's copy of the lab directory,
     reached over StartTLS verified by the lab's CA."""
     described = description["directory"]
+    ad = ('directory_login = "bind"\n'
+          f'password_attribute = "{CONTINUITY_ATTRIBUTE}"\n') if described["kind"] == "ad" else ""
     return f"""
 [credentials]
 directory = "{described["ldap"]}"
@@ -291,7 +317,7 @@ bind_dn = "{described["bind_dn"]}"
 bind_password_file = "{directory / "secrets" / "directory-bind-password"}"
 base = "{described["base"]}"
 copy_file = "{described["copy"]}"
-"""
+{ad}"""
 
 
 def lab_directory(directory: Path, description: dict[str, Any],
@@ -299,7 +325,8 @@ def lab_directory(directory: Path, description: dict[str, Any],
     return LabDirectory(directory / "directory", _endpoint(description["directory"]["ldap"]),
                         users, LabCertificates(directory / "tls"),
                         directory / "secrets" / "directory-root-password",
-                        directory / "secrets" / "directory-bind-password")
+                        directory / "secrets" / "directory-bind-password",
+                        description["directory"]["kind"])
 
 
 def _endpoint(value: str) -> Endpoint:

@@ -267,7 +267,7 @@ class Lab:
             "config": str(directory / "mailcontinuity.toml"),
             "primary_kind": primary_kind,
             **({"primary_profile": primary_profile} if primary_profile else {}),
-            **({"directory": describe_directory(directory, next(numbers))}
+            **({"directory": describe_directory(directory, directory_kind, next(numbers))}
                if directory_kind else {}),
         }
         secrets_dir = directory / "secrets"

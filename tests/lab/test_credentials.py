@@ -197,3 +197,55 @@ def test_refresh_refuses_a_directory_it_cannot_verify(lab: Lab, tmp_path: Path) 
     assert "certificate verify failed" in failed.stderr.lower() or "ssl" in failed.stderr.lower()
     assert copy_file(lab).read_bytes() == before
     assert cli(lab, "credentials-sync").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def ad_lab() -> Iterator[Lab]:
+    with Lab.temporary(prefix="mclab-ad-", directory_kind="ad") as lab:
+        yield lab
+
+
+def set_continuity_password(lab: Lab, user: LabUser, new: str,
+                            directory_password: str | None = None
+                            ) -> subprocess.CompletedProcess[str]:
+    """What a user runs in advance (passwords on standard input, never on the command line)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailcontinuity", "--config", str(lab.config_file),
+         "continuity-password", "--login", user.login],
+        input=f"{directory_password or user.password}\n{new}\n", capture_output=True,
+        text=True, timeout=60, check=False)
+
+
+def test_active_directory_continuity_passwords_end_to_end(ad_lab: Lab) -> None:
+    """``--directory ad``: hashes cannot be read, so each user sets a continuity password in
+    advance with their own directory credentials; while the directory answers they log in with
+    their directory password (a bind as them), while it is away with the continuity password
+    from the copy, and a user who set none cannot."""
+    lab = ad_lab
+    alice, bob = lab.users[:2]
+    # the service account cannot read the directory's own hashes
+    assert lab.directory is not None
+    refreshed = cli(lab, "credentials-sync", "--json")
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert json.loads(refreshed.stdout)["users"] == 0
+    # nobody sets a continuity password for someone else, nor with a wrong or equal password
+    refused = set_continuity_password(lab, alice, "alice-continuity-1", bob.password)
+    assert refused.returncode == 1 and "refused your login" in refused.stderr
+    same = set_continuity_password(lab, alice, alice.password)
+    assert same.returncode == 1 and "must differ" in same.stderr
+    done = set_continuity_password(lab, alice, "alice-continuity-1")
+    assert done.returncode == 0, done.stderr
+    assert cli(lab, "credentials-sync").returncode == 0
+    assert read_logins(copy_file(lab)) == [alice.login]
+    assert "alice-continuity-1" not in copy_file(lab).read_text()
+    # directory up: the directory password, not the continuity one
+    assert logs_in(lab, "standby", alice)
+    assert not logs_in(lab, "standby", LabUser(alice.login, "alice-continuity-1"))
+    lab.part("directory").stop()
+    try:
+        assert logs_in(lab, "standby", LabUser(alice.login, "alice-continuity-1"))
+        assert not logs_in(lab, "standby", alice)
+        assert not logs_in(lab, "standby", bob)
+    finally:
+        lab.part("directory").start()
+    assert logs_in(lab, "standby", bob)

@@ -3,7 +3,9 @@ Dovecot settings rendered from ``[credentials]`` (no servers)."""
 
 from __future__ import annotations
 
+import base64
 import grp
+import hashlib
 import os
 import stat
 import tomllib
@@ -13,6 +15,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 from mailcontinuity.config import Config, ConfigError, parse_config
+from mailcontinuity.credentials.continuity import ssha512
 from mailcontinuity.credentials.copy import (
     Account,
     dovecot_hash,
@@ -166,3 +169,21 @@ def test_the_same_filter_selects_copied_and_accepted_users_without_locked_ones()
 def test_credentials_mistakes_name_the_key(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config(extra)
+
+
+def test_bind_mode_lets_the_directory_check_and_copies_continuity_passwords() -> None:
+    args = dovecot_ldap_args(config('directory_login = "bind"\n'
+                                    'password_attribute = "extensionAttribute10"\n'))
+    assert "auth_bind = yes\n" in args
+    assert "pass_attrs = mail=user\n" in args and "extensionAttribute10" not in args
+    with pytest.raises(ConfigError, match="never the directory's own password"):
+        config('directory_login = "bind"\n')
+
+
+def test_continuity_hash_is_salted_sha512_dovecot_reads() -> None:
+    first, second = ssha512("a long continuity"), ssha512("a long continuity")
+    assert first.startswith("{SSHA512}") and first != second
+    raw = base64.b64decode(first.removeprefix("{SSHA512}"))
+    digest, salt = raw[:64], raw[64:]
+    assert hashlib.sha512(b"a long continuity" + salt).digest() == digest
+    assert dovecot_hash(first) == first
