@@ -17,14 +17,17 @@ import base64
 import hashlib
 import logging
 import secrets
-from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
-from mailcontinuity.config import Config, CredentialsSection, read_secret
-from mailcontinuity.credentials.directory import DirectoryUnavailable, connect
+from mailcontinuity.config import Config, CredentialsSection
+from mailcontinuity.credentials.directory import (
+    DirectoryUnavailable,
+    connect,
+    service_connection,
+)
 from mailcontinuity.deploy.credentials import user_filter
 
 log = logging.getLogger(__name__)
@@ -86,18 +89,15 @@ def _bind_mode(config: Config) -> CredentialsSection:
 
 def _user_dn(config: Config, credentials: CredentialsSection, login: str) -> str:
     """The user's entry, found by the service account with the same filter Dovecot uses."""
-    password = read_secret(config, "credentials.bind_password_file")
+    connection = service_connection(config)
     try:
-        connection: Any = connect(credentials, credentials.bind_dn, password)
-        try:
-            connection.search(credentials.base,
-                              user_filter(credentials, escape_filter_chars(login)),
-                              ldap3.SUBTREE, attributes=[], size_limit=2)
-            entries = [e for e in connection.response or [] if e.get("type") == "searchResEntry"]
-        finally:
-            connection.unbind()
+        connection.search(credentials.base, user_filter(credentials, escape_filter_chars(login)),
+                          ldap3.SUBTREE, attributes=[], size_limit=2)
+        entries = [e for e in connection.response or [] if e.get("type") == "searchResEntry"]
     except (LDAPException, OSError) as exc:
         raise DirectoryUnavailable(f"{credentials.directory}: {_short(exc)}") from None
+    finally:
+        connection.unbind()
     if len(entries) != 1:
         raise ContinuityPasswordRefused(f"{login}: no single mail user of that login in the"
                                         " directory (unknown, locked, or outside the filter)")

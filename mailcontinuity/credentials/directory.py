@@ -33,15 +33,22 @@ class DirectoryRead:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def read_accounts(config: Config) -> DirectoryRead:
-    """Every user the filter selects, with a usable hash, that is not locked."""
+def service_connection(config: Config) -> Any:
+    """A connection bound as the service account (``bind_dn``), or DirectoryUnavailable."""
     credentials = config.credentials
     assert credentials is not None
     password = read_secret(config, "credentials.bind_password_file")
     try:
-        connection = connect(credentials, credentials.bind_dn, password)
+        return connect(credentials, credentials.bind_dn, password)
     except (LDAPException, OSError) as exc:
         raise DirectoryUnavailable(f"{credentials.directory}: {_reason(exc)}") from None
+
+
+def read_accounts(config: Config) -> DirectoryRead:
+    """Every user the filter selects, with a usable hash, that is not locked."""
+    credentials = config.credentials
+    assert credentials is not None
+    connection = service_connection(config)
     try:
         return _search(connection, credentials)
     except (LDAPException, OSError) as exc:
@@ -110,22 +117,6 @@ def _search(connection: Any, credentials: CredentialsSection) -> DirectoryRead:
         logins.add(login)
         found.accounts.append(Account(login, hashes[0]))
     return found
-
-
-def directory_answers(config: Config) -> None:
-    """Bind and read the base entry, or raise DirectoryUnavailable (the drill's check)."""
-    credentials = config.credentials
-    assert credentials is not None
-    password = read_secret(config, "credentials.bind_password_file")
-    try:
-        connection = connect(credentials, credentials.bind_dn, password)
-        try:
-            connection.search(credentials.base, "(objectClass=*)", ldap3.BASE,
-                              attributes=[])
-        finally:
-            connection.unbind()
-    except (LDAPException, OSError) as exc:
-        raise DirectoryUnavailable(f"{credentials.directory}: {_reason(exc)}") from None
 
 
 def _reason(exc: Exception) -> str:

@@ -28,19 +28,9 @@ from mailcontinuity.deploy.credentials import (
     dovecot_ldap_args,
     user_filter,
 )
+from tests.unit.test_config import VALID
 
-BASE = """
-[domains]
-protected = ["example.org"]
-
-[primary]
-delivery = "smtp:mail.example.org:25"
-imap = "mail.example.org:143"
-
-[standby]
-imap = "127.0.0.1:143"
-lmtp = "127.0.0.1:24"
-
+BASE = VALID + """
 [credentials]
 directory = "ldap.example.org:389"
 bind_dn = "cn=mailcontinuity,ou=services,dc=example,dc=org"
