@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -249,3 +250,30 @@ def test_active_directory_continuity_passwords_end_to_end(ad_lab: Lab) -> None:
     finally:
         lab.part("directory").start()
     assert logs_in(lab, "standby", bob)
+
+
+def test_directory_and_primary_down_every_user_logs_in_to_the_webmail(lab: Lab) -> None:
+    """The same outage seen from the portal (real Roundcube, its login form over HTTPS): every
+    user logs in with their existing password; a user locked before the outage cannot."""
+    from tests.lab.test_portal_security import webmail_login
+
+    with_webmail = Lab.up(lab.dir, webmail=True)
+    assert with_webmail.webmail is not None and with_webmail.directory is not None
+    locked = with_webmail.users[2]
+    with_webmail.directory.lock(locked.login)
+    assert cli(lab, "credentials-sync").returncode == 0
+    context = ssl.create_default_context(cafile=str(LabCertificates(lab.dir / "tls").ca_file))
+    endpoint = with_webmail.webmail.endpoint
+    try:
+        with_webmail.part("directory").stop()
+        with_webmail.part("primary").stop()
+        for number, user in enumerate(with_webmail.users):
+            _, ok = webmail_login(endpoint, context, f"127.0.18.{number + 1}", user.login,
+                                  user.password)
+            assert ok == (user != locked), user.login
+    finally:
+        with_webmail.part("webmail").stop()
+        with_webmail.part("directory").start()
+        with_webmail.part("primary").start()
+        with_webmail.directory.unlock(locked.login)
+        assert cli(lab, "credentials-sync").returncode == 0
