@@ -87,9 +87,11 @@ class DovecotInstance:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.mail_root.mkdir(parents=True, exist_ok=True)
         os.chown(self.mail_root, mail.pw_uid, mail.pw_gid)
+        # With a directory (``passdb``), the users file is the userdb alone: no passwords.
         _write_private(
             self.root / "users",
-            "".join(f"{user.login}:{{PLAIN}}{user.password}::::::\n" for user in self.users),
+            "".join(f"{user.login}:{'' if self.passdb else '{PLAIN}' + user.password}::::::\n"
+                    for user in self.users),
         )
         _write_private(self.root / "masters",
                        f"{self.admin.login}:{{PLAIN}}{self.admin.password}\n")
