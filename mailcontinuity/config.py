@@ -488,6 +488,13 @@ class CredentialsSection(PeerSection):
     Directory, whose hashes cannot be read): the copy then holds the continuity passwords users
     set in advance in ``password_attribute`` (``mailcontinuity continuity-password``)."""
     password_attribute: str = Field(default="userPassword", pattern=_LDAP_ATTRIBUTE)
+    check_first: Literal["directory", "copy"] = "directory"
+    """Which the standby's Dovecot asks first. ``directory``: locks, removals and password
+    changes count at once, but a directory that hangs or drops packets stalls every login on
+    Dovecot's fixed LDAP timeouts (5 to 60 s). ``copy``: users in the copy log in without the
+    directory (a hung one costs them nothing); the directory is asked only for users not in the
+    copy or passwords that do not match it, so a lock, a removal or an old password still works
+    until the next refresh (``refresh_seconds``)."""
     lock_attribute: Annotated[str | None, BeforeValidator(_false_is_none)] = (
         "pwdAccountLockedTime")
     """An account with this attribute set is locked (OpenLDAP ppolicy); ``false``: none."""

@@ -65,6 +65,10 @@ def dovecot_ldap_args(config: Config, bind_password: str = BIND_PASSWORD_PLACEHO
         "pass_attrs": f"{credentials.login_attribute}=user,"
                       f"{credentials.password_attribute}=password",
         "default_pass_scheme": "SSHA",
+        # LDAP in auth worker processes: a directory that hangs (libldap's StartTLS and bind
+        # wait without a timeout) then blocks only the workers asking it, never the auth
+        # process that also answers from the copy.
+        "blocking": "yes",
     }
     if credentials.directory_login == "bind":
         # The directory checks the password (a bind as the user, found with the filter); the
@@ -81,12 +85,27 @@ def dovecot_ldap_args(config: Config, bind_password: str = BIND_PASSWORD_PLACEHO
 
 
 def dovecot_credentials_passdb(config: Config, ldap_args: Path = DOVECOT_LDAP_ARGS) -> str:
-    """The standby's user passdb: the directory, then the copy when the directory cannot answer.
+    """The standby's user passdb: the directory, then the copy when the directory cannot answer
+    (``check_first = "copy"``: the copy, then the directory for what the copy does not accept).
 
     Replaces the standby's own user passdb (a master passdb for the sync agent stays before it).
     The userdb must not depend on the directory either (a static or passwd-file userdb): an
     LDAP userdb would make every login wait for it, then fail, while it is away."""
     credentials = _section(config)
+    if credentials.check_first == "copy":
+        return (
+            "passdb {\n"
+            "  driver = passwd-file\n"
+            f"  args = username_format=%u {credentials.copy_file}\n"
+            "  result_success = return-ok\n"
+            "  result_failure = continue\n"
+            "  result_internalfail = continue\n"
+            "}\n"
+            "passdb {\n"
+            "  driver = ldap\n"
+            f"  args = {ldap_args}\n"
+            "}"
+        )
     return (
         "passdb {\n"
         "  driver = ldap\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from mailcontinuity.credentials.copy import read_logins
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
+from mailcontinuity.lab.mailbox import timed_login
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.reports.status import collect_status
@@ -278,3 +280,36 @@ def test_directory_and_primary_down_every_user_logs_in_to_the_webmail(lab: Lab) 
         with_webmail.part("primary").start()
         with_webmail.directory.unlock(locked.login)
         assert cli(lab, "credentials-sync").returncode == 0
+
+
+def restart_standby(lab: Lab, config_text: str) -> None:
+    """Apply a changed [credentials] to the standby's Dovecot, as check-config and the role
+    would: the lab's configuration rewritten, the standby's passdb rendered from it again."""
+    lab.config_file.write_text(config_text)
+    changed = Lab.load(lab.dir)
+    changed.standby.stop()
+    changed.standby.write_config()
+    changed.standby.start()
+
+
+def test_copy_first_keeps_logins_fast_while_the_directory_hangs(lab: Lab) -> None:
+    """``check_first = "copy"``: a directory that hangs (slapd stopped with SIGSTOP: it accepts
+    connections and never answers) costs the users in the copy nothing."""
+    original = lab.config_file.read_text()
+    assert cli(lab, "credentials-sync").returncode == 0
+    assert lab.directory is not None
+    pid = lab.directory.pid()
+    assert pid is not None
+    try:
+        restart_standby(lab, original.replace("\n[credentials]\n",
+                                              '\n[credentials]\ncheck_first = "copy"\n', 1))
+        os.kill(pid, signal.SIGSTOP)
+        imap, tls = lab.endpoint("standby", "imap"), lab.tls("standby")
+        for number, user in enumerate(lab.users):
+            took, answer = timed_login(imap, tls, f"127.0.23.{number + 1}", user.login,
+                                       user.password)
+            assert "Logged in" in answer and took < 3, (user.login, took, answer)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        restart_standby(lab, original)
+    assert logs_in(lab, "standby", lab.users[0])

@@ -177,3 +177,12 @@ def test_continuity_hash_is_salted_sha512_dovecot_reads() -> None:
     digest, salt = raw[:64], raw[64:]
     assert hashlib.sha512(b"a long continuity" + salt).digest() == digest
     assert dovecot_hash(first) == first
+
+
+def test_copy_first_asks_the_directory_only_for_what_the_copy_does_not_accept() -> None:
+    passdb = dovecot_credentials_passdb(config('check_first = "copy"\n'),
+                                        Path("/etc/dovecot/ldap.conf.ext"))
+    copy, ldap = passdb.split("}\npassdb {")
+    assert "driver = passwd-file" in copy and "result_success = return-ok" in copy
+    assert "result_failure = continue" in copy and "result_internalfail = continue" in copy
+    assert "driver = ldap" in ldap
