@@ -1,6 +1,6 @@
 """Credential continuity (issue 18): what a login to the standby costs when the directory
-answers, when it is down (connection refused: the copy answers), and when it hangs; and what a
-refresh of the copy costs.
+answers, when it is down (connection refused: the copy answers), and when it hangs, with the
+directory asked first (the default) and with the copy asked first; and what a refresh costs.
 
 A lab of its own with its users in a real slapd (``--directory ldap``); every login is an IMAP
 LOGIN over STARTTLS to the standby from its own loopback address (no login penalty mixes in).
@@ -75,6 +75,21 @@ def main() -> None:
             except OSError:
                 print(f"{'directory hung (SIGSTOP)':<46} {1:>6} no answer within"
                       f" {HUNG_WAIT_SECONDS}s (imaplib's timeout)")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # check_first = "copy": the standby's passdb rendered again from the configuration.
+        text = lab.config_file.read_text()
+        lab.config_file.write_text(text.replace("\n[credentials]\n",
+                                                '\n[credentials]\ncheck_first = "copy"\n', 1))
+        copy_first = Lab.load(lab.dir)
+        copy_first.standby.stop()
+        copy_first.standby.write_config()
+        copy_first.standby.start()
+        row('check_first = "copy", directory answers', logins(copy_first, args.logins, 23))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            row('check_first = "copy", directory hung (SIGSTOP)',
+                logins(copy_first, args.logins, 24))
         finally:
             os.kill(pid, signal.SIGCONT)
 
