@@ -6,7 +6,9 @@ Prints two tables:
 1. scrape duration (median and max of 20 scrapes through prometheus_client, exactly what
    policyd serves) for a state store holding N journal copies, a day of health probes at the
    default interval (86,400 rows), an outage with N/10 recorded messages and 100 spooled
-   messages, side by side with Prometheus' default scrape timeout (10 s) and interval (60 s);
+   messages, every watched part's checks fresh and a day of the gateway's accepted counts,
+   side by side with Prometheus' default scrape timeout (10 s) and interval (60 s), and with
+   ``status``'s own collection on the same store (``status --check`` runs it);
 2. per policy request, classifying the answer and incrementing the counter, side by side with
    policyd's measured p50 request latency (docs/benchmarks.md, issue 4).
 
@@ -28,7 +30,11 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from mailcontinuity.config import parse_config
 from mailcontinuity.monitor.protocol import action_kind
 from mailcontinuity.reports.metrics import StoreCollector
+from mailcontinuity.reports.status import collect_status
+from mailcontinuity.store.accepted import add_accepted
+from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.heartbeats import policyd_beat, sync_agent_beat
 
 SCRAPES = 20
 PROBE_ROWS = 86_400
@@ -57,6 +63,14 @@ def fill(store: StateStore, copies: int) -> None:
             " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
             ((f"user{n % 500}", f"b{n}", f"b{n}:2,", f"k{n}", now, now)
              for n in range(copies // 10)))
+    policyd_beat(store, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
+    sync_agent_beat(store, now - 3600)
+    store.execute("UPDATE sync_agent SET heartbeat_at = ?", [now + 1e9])
+    record_checks(store, [Check(part, name, "127.0.0.1:1", True, now + 1e9, latency_ms=2.0)
+                          for part, name in (("standby", "lmtp"), ("standby", "imap"),
+                                             ("milter", "socket"))])
+    for minute in range(1440):
+        add_accepted(store, now - minute * 60, 10)
 
 
 def spool(directory: Path) -> None:
@@ -65,7 +79,8 @@ def spool(directory: Path) -> None:
         (directory / "new" / f"{n}.msg").write_bytes(b"x" * 20_000)
 
 
-def scrape_times(directory: Path, copies: int) -> list[float]:
+def scrape_times(directory: Path, copies: int) -> tuple[list[float], list[float]]:
+    """Scrape durations, then ``status`` collection durations (live checks off: fresh)."""
     config = parse_config({
         "domains": {"protected": ["example.org"]},
         "primary": {"delivery": "lmtp:127.0.0.1:24", "imap": "127.0.0.1:143"},
@@ -84,7 +99,13 @@ def scrape_times(directory: Path, copies: int) -> list[float]:
             started = time.perf_counter()
             generate_latest(registry)
             times.append(time.perf_counter() - started)
-        return times
+        statuses = []
+        for _ in range(SCRAPES):
+            started = time.perf_counter()
+            report = collect_status(config, store, live=False)
+            statuses.append(time.perf_counter() - started)
+        assert report["checked_by"] == "policyd", report["checks"]
+        return times, statuses
     finally:
         store.close()
 
@@ -104,13 +125,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
     print("scrape duration (state store + spool read, text rendered)")
-    print(f"{'journal copies':>15} {'median ms':>10} {'max ms':>8}   Prometheus default timeout"
-          " 10000 ms, interval 60000 ms")
+    print(f"{'journal copies':>15} {'median ms':>10} {'max ms':>8} {'status median ms':>17}"
+          "   Prometheus default timeout 10000 ms, interval 60000 ms")
     for copies in sizes:
         with tempfile.TemporaryDirectory(prefix="mcmetrics-") as directory:
-            times = scrape_times(Path(directory), copies)
+            times, statuses = scrape_times(Path(directory), copies)
         print(f"{copies:>15,} {statistics.median(times) * 1000:>10.1f}"
-              f" {max(times) * 1000:>8.1f}")
+              f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}")
     cost = counting_cost()
     print("\nper policy request")
     print(f"  counting the answer: {cost * 1e6:.2f} µs"

@@ -12,6 +12,7 @@ import os
 import re
 import ssl
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -139,10 +140,26 @@ SocketField = Annotated[
 ]
 
 
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are immutable once loaded."""
+def _accepts_path(annotation: Any) -> bool:
+    """Whether a field's type is ``Path`` or a union with it (``Path | None``)."""
+    return annotation is Path or Path in typing.get_args(annotation)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable once loaded, and
+    types are strict: ``retention_days = "30"`` or ``concurrency = true`` is an error naming the
+    key, never silently coerced. TOML has no path type, so a string is taken for a ``Path``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_from_text(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {name: Path(value) if isinstance(value, str) and name in cls.model_fields
+                and _accepts_path(cls.model_fields[name].annotation) else value
+                for name, value in data.items()}
 
 
 class StateSection(Section):
@@ -188,6 +205,9 @@ class StandbySection(PeerSection):
     """Each user's Maildir on the standby (``%d``, ``%n``, ``%u``, ``%%``), as in its Dovecot
     ``mail_location``: where the journal's maildir sink writes and the sync agent watches."""
     retention_days: int = Field(default=30, ge=1, le=3650)
+    webmail: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    """The emergency portal's URL on the standby, when there is one: the monitor checks that
+    it answers, as it checks the standby's IMAP, LMTP and submission."""
 
 
 class GatewaySection(PeerSection):
@@ -309,6 +329,25 @@ class HealthSection(Section):
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
+class WatchSection(Section):
+    """When a watched part counts as a problem in ``status``, ``status --check`` and the
+    metrics, beyond answering its probes (those are always watched)."""
+
+    disk_warning_percent: float = Field(default=10.0, gt=0, lt=100)
+    disk_critical_percent: float = Field(default=3.0, ge=0, lt=100)
+    journal_pace_seconds: float = Field(default=300.0, ge=10, le=86400)
+    """The window in which the messages the gateway accepted for protected domains are compared
+    with the journal copies the milter made of them."""
+    journal_pace_min_messages: int = Field(default=5, ge=1, le=100000)
+    sync_agent_stale_seconds: float = Field(default=20.0, ge=5, le=3600)
+
+    @model_validator(mode="after")
+    def _critical_below_warning(self) -> WatchSection:
+        if self.disk_critical_percent >= self.disk_warning_percent:
+            raise ValueError("disk_critical_percent must be below disk_warning_percent")
+        return self
+
+
 class FailbackSection(Section):
     """Whether the monitor returns mail to a recovered primary by itself, and when."""
 
@@ -382,6 +421,7 @@ class Config(Section):
     sieve: SieveSection = SieveSection()
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
+    watch: WatchSection = WatchSection()
     failback: FailbackSection = FailbackSection()
     metrics: MetricsSection = MetricsSection()
     audit: AuditSection = AuditSection()

@@ -1,15 +1,19 @@
 """Changing the continuity state: the one place where state, routing and audit move together.
 
 The health monitor, ``mailcontinuity failover`` and failback all call ``change_state``; none of
-them writes the state table or the transport map on its own.
+them writes the state table or the transport map on its own. Every hook run is audited too
+(``audit_hooks``): what ran for which transition, its exit status, how long, its last lines.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.routing import Route, switch_route
-from mailcontinuity.hooks.runner import Transition, run_hooks
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.hooks.runner import HookQueue, HookResult, Transition, run_hooks
+from mailcontinuity.store.audit import record_command
+from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.state import StateName, current_state, transition
 
 ROUTE_IN_STATE: dict[StateName, Route] = {
@@ -17,6 +21,9 @@ ROUTE_IN_STATE: dict[StateName, Route] = {
     "failover": "standby",
     "failback": "primary",
 }
+HOOK_EVENT = "hook"
+AUDITED_OUTPUT_LINES = 10
+AUDITED_OUTPUT_CHARS = 1000
 
 
 def change_state(
@@ -26,16 +33,20 @@ def change_state(
     cause: str,
     actor: str,
     expect: tuple[StateName, ...] | None = None,
+    hooks: HookQueue | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> bool:
     """Record the transition, route mail accordingly, then run the hooks; False if ``expect``
-    did not hold.
+    did not hold. ``detail`` is audited with the transition.
 
     The state is written first: if routing then fails, ``status`` already shows the state the
     operator asked for and the error says which Postfix command to fix. Hooks run last, even if
-    routing failed (the administrators want to hear about that most of all), and can only
-    delay the caller by their timeout, never the routing.
+    routing failed (the administrators want to hear about that most of all), and can never
+    delay the routing. With ``hooks`` (the daemons' ``HookQueue``) they run in its thread and
+    the caller goes on at once; without, here, each bounded by its timeout (an operator's
+    command, which shows what they did).
     """
-    old = transition(store, to_state, cause=cause, actor=actor, expect=expect)
+    old = transition(store, to_state, cause=cause, actor=actor, expect=expect, detail=detail)
     if old is None:
         return False
     try:
@@ -43,6 +54,43 @@ def change_state(
             switch_route(config, ROUTE_IN_STATE[to_state])
     finally:
         done = Transition(old.name, to_state, cause, actor, current_state(store).since)
-        run_hooks(config.hooks_dir, done, config.hooks_timeout_seconds,
-                  {"MAILCONTINUITY_CONFIG": str(config.source)})
+        if hooks is not None:
+            hooks.submit(done)
+        else:
+            audit_hooks(store, done, run_hooks(config.hooks_dir, done,
+                                               config.hooks_timeout_seconds,
+                                               hooks_env(config)))
     return True
+
+
+def hooks_env(config: Config) -> dict[str, str]:
+    return {"MAILCONTINUITY_CONFIG": str(config.source)}
+
+
+def audit_hooks(store: StateStore, done: Transition, results: list[HookResult]) -> None:
+    """One audit record per hook run: which, for which transition, and how it ended."""
+    for result in results:
+        outcome = ("timed out (killed)" if result.timed_out
+                   else "could not start" if result.exit_code is None
+                   else "ok" if result.exit_code == 0 else f"exit {result.exit_code}")
+        lines = result.output.strip().splitlines()[-AUDITED_OUTPUT_LINES:]
+        record_command(store, f"{result.hook.name} on-{done.new_state}", done.actor, {
+            "hook": str(result.hook), "transition": f"{done.old_state} -> {done.new_state}",
+            "outcome": outcome, "exit_code": result.exit_code, "seconds": result.seconds,
+            "output": "\n".join(lines)[-AUDITED_OUTPUT_CHARS:]}, event=HOOK_EVENT)
+
+
+def hook_queue(config: Config) -> HookQueue:
+    """The daemons' queue: hooks in a thread of their own, audited over its own connection
+    (a store connection serves one thread)."""
+
+    def done(transition_done: Transition, results: list[HookResult]) -> None:
+        if not results:
+            return
+        store = open_store(config)
+        try:
+            audit_hooks(store, transition_done, results)
+        finally:
+            store.close()
+
+    return HookQueue(config.hooks_dir, config.hooks_timeout_seconds, hooks_env(config), done)

@@ -13,6 +13,9 @@ packages=(
     # skips): the standby hardening tests rely on it.
     swaks libnet-ssleay-perl libio-socket-ssl-perl
     isync
+    # ps: tests/lab/test_secrets_exposure.py reads every process's command line with it (a
+    # minimal Debian 12, a container, has no procps).
+    procps
     knot
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
     chromium

@@ -17,7 +17,7 @@ from mailcontinuity.cli.common import Context
 from mailcontinuity.cli.journal import milter_command, prune_command
 from mailcontinuity.cli.monitor import failover, policyd
 from mailcontinuity.cli.outage import failback, sync_agent, verify_command
-from mailcontinuity.cli.reports import audit_command, check_config, drill, status
+from mailcontinuity.cli.reports import audit_command, check_config, drill, report_command, status
 from mailcontinuity.cli.sieve import sieve_sync_command
 from mailcontinuity.config import default_config_path
 from mailcontinuity.logsetup import configure_logging
@@ -60,5 +60,6 @@ def main(ctx: click.Context, config_path: Path, log_level: str) -> None:
 
 
 for _command in (milter_command, prune_command, policyd, failover, sync_agent, failback,
-                 verify_command, sieve_sync_command, status, check_config, drill, audit_command):
+                 verify_command, sieve_sync_command, status, check_config, drill, report_command,
+                 audit_command):
     main.add_command(_command)

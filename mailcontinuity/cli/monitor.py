@@ -6,15 +6,18 @@ through the same ``change_state`` and then merges the outage.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import click
 
 from mailcontinuity.audit import become_daemon, operator
-from mailcontinuity.cli.common import Context, command, emit
+from mailcontinuity.cli.common import Context, command, emit, note
 from mailcontinuity.deploy.routing import nexthop
+from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.monitor.daemon import run_policyd
 from mailcontinuity.monitor.server import PolicyServerError
+from mailcontinuity.monitor.watch import check_standby, standby_ready
 from mailcontinuity.reports.metrics import MetricsEndpoint
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
@@ -36,8 +39,22 @@ def policyd(ctx: Context) -> None:
 
 @command(audit=True)
 @click.option("--reason", required=True, help="Why, for the audit log (e.g. 'planned upgrade').")
-def failover(ctx: Context, reason: str, as_json: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Fail over even when the standby fails its checks (LMTP, IMAP).")
+def failover(ctx: Context, reason: str, force: bool, as_json: bool) -> None:
     """Route protected domains to the standby now; stays until you run failback."""
+    config = ctx.config
+    ready, why = standby_ready(asyncio.run(check_standby(config, TLSPolicy.of(config,
+                                                                              "standby"))))
+    if not ready:
+        if not force:
+            raise click.ClickException(
+                f"the standby fails its checks ({why}): failing over would send mail where it"
+                " cannot be delivered or read (Postfix would queue it for the standby instead"
+                " of the primary); bring the standby back, or pass --force to fail over anyway")
+        click.echo(f"warning: the standby fails its checks ({why}); failing over anyway"
+                   " (--force)", err=True)
+        note(standby_failing=why)
     store = ctx.store()
     try:
         actor = operator()
@@ -48,7 +65,7 @@ def failover(ctx: Context, reason: str, as_json: bool) -> None:
         store.close()
     report = {"state": state.name, "changed": changed, "since": state.since,
               "cause": state.cause, "actor": state.actor,
-              "route": str(nexthop(ctx.config, "standby"))}
+              "route": str(nexthop(ctx.config, "standby")), "standby_ready": ready}
     emit(report, as_json, _render_failover)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from mailcontinuity.audit import become_daemon, operator
-from mailcontinuity.cli.common import Context, command, emit
+from mailcontinuity.cli.common import Context, command, emit, note
+from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import FailbackReport, plan_failback, run_failback
 from mailcontinuity.outage.recorder import SyncAgent
 from mailcontinuity.outage.verify import verify
@@ -19,6 +20,8 @@ def render_failback(report: dict[str, Any]) -> str:
              f"state:    {report['state']}"]
     if report["note"]:
         lines.append(f"note:     {report['note']}")
+    if report.get("incident_report"):
+        lines.append(f"incident: {report['incident_report']} (mailcontinuity report)")
     for name, count in report["counts"].items():
         lines.append(f"  {name:<24} {count}")
     for user, actions in report["plan"].items():
@@ -53,7 +56,12 @@ def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
         report = _with_progress_bar(config)
     else:
         report = run_failback(config, actor=operator())
-    emit(report.as_dict(), as_json, render_failback,
+    result = report.as_dict()
+    if report.state == "normal" and report.outage is not None:
+        incident = finish_outage(config, report.outage)
+        result["incident_report"] = incident.archived_to
+        note(incident_report=incident.archived_to)
+    emit(result, as_json, render_failback,
          failure=f"{len(report.refused)} message(s) refused by the primary and kept on the"
          " standby; see the list above" if report.refused else None)
 
@@ -83,8 +91,17 @@ def render_verify(report: dict[str, Any]) -> str:
                            found.items())
         lines.append(f"  {user}: {counts}")
         for name, items in found.items():
-            lines += [f"    {name}: {item}" for item in items]
+            lines += [f"    {name.replace('_', ' ')}: {_verify_item(item)}" for item in items]
     return "\n".join(lines)
+
+
+def _verify_item(item: dict[str, Any]) -> str:
+    """One message verify is unhappy about, as an operator finds it, then the particulars."""
+    named = (f"{item.get('subject') or '(no subject)'!r} {item.get('message_id') or ''}"
+             f" id {item.get('id') or '-'} (standby file {item.get('file') or '-'})")
+    rest = {key: value for key, value in item.items()
+            if key not in ("subject", "message_id", "id", "file")}
+    return f"{named} {' '.join(f'{key}={value}' for key, value in rest.items())}"
 
 
 @command("verify", audit=True)

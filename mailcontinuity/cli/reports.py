@@ -1,4 +1,4 @@
-"""The reporting commands: ``status``, ``check-config``, ``drill`` and ``audit``.
+"""The reporting commands: ``status``, ``check-config``, ``drill``, ``report`` and ``audit``.
 
 ``audit`` is read-only, so not audited itself. Its times are shown in local time in the table
 (what the operator reads next to their watch) and in UTC plus the epoch in JSON (what a SIEM
@@ -16,19 +16,51 @@ from typing import Any
 import click
 
 from mailcontinuity.audit import AuditEntry
-from mailcontinuity.cli.common import Context, command, emit, note
+from mailcontinuity.cli.common import OPERATOR_ERRORS, Context, command, emit, note
 from mailcontinuity.deploy.settings import render_check_config, settings_report
+from mailcontinuity.outage.incident import IncidentError, incident_report, render_incident
 from mailcontinuity.reports.drill import Drill, archive, render_report
-from mailcontinuity.reports.status import collect_status, render_status
+from mailcontinuity.reports.problems import EXIT_CODES
+from mailcontinuity.reports.status import (
+    check_result,
+    collect_status,
+    render_status,
+    unavailable_status,
+)
 from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.db import StateStoreError
 
 
+@click.option("--check", is_flag=True,
+              help="One line and exit 0/1/2/3 (OK/WARNING/CRITICAL/UNKNOWN) with performance"
+              " data, as monitoring plugins do (Nagios, Icinga, Zabbix).")
 @command()
-def status(ctx: Context, as_json: bool) -> None:
-    """Show the continuity state, primary health, journal and outage."""
-    store = ctx.store()
+def status(ctx: Context, check: bool, as_json: bool) -> None:
+    """Show whether the site is protected, the state, primary health, journal and outage."""
     try:
-        emit(collect_status(ctx.config, store), as_json, render_status)
+        report = _status_report(ctx)
+    except Exception as exc:
+        if not check:
+            raise
+        # A plugin that cannot tell says UNKNOWN, never OK (nor a traceback).
+        reason = str(exc) if isinstance(exc, OPERATOR_ERRORS) else f"{type(exc).__name__}: {exc}"
+        click.echo(f"MAILCONTINUITY UNKNOWN - {' '.join(reason.split())}")
+        raise SystemExit(EXIT_CODES["UNKNOWN"]) from None
+    if check:
+        line, code = check_result(report)
+        click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else line)
+        raise SystemExit(code)
+    emit(report, as_json, render_status)
+
+
+def _status_report(ctx: Context) -> dict[str, Any]:
+    config = ctx.config
+    try:
+        store = ctx.store()
+    except StateStoreError as exc:
+        return unavailable_status(config, str(exc))
+    try:
+        return collect_status(config, store)
     finally:
         store.close()
 
@@ -55,6 +87,21 @@ def drill(ctx: Context, as_json: bool) -> None:
     failed = [step.name for step in report.steps if not step.passed and not step.skipped]
     emit(report.as_dict(), as_json, lambda _: render_report(report),
          failure=f"drill failed at: {', '.join(failed)}" if failed else None)
+
+
+@click.option("--outage", "outage_id", type=click.IntRange(min=1),
+              help="The outage's number (default: the last one).")
+@command("report")
+def report_command(ctx: Context, outage_id: int | None, as_json: bool) -> None:
+    """The incident report of an outage: timeline, RTO and RPO achieved, what went wrong."""
+    store = ctx.store()
+    try:
+        incident = incident_report(ctx.config, store, outage_id)
+    except IncidentError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    emit(incident.as_dict(), as_json, render_incident)
 
 
 SINCE_FORMS = "an ISO 8601 date or time (2026-05-01, 2026-05-01T08:30, 2026-05-01T08:30Z) or a" \

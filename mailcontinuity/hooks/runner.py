@@ -5,6 +5,11 @@ its environment (OLD_STATE, NEW_STATE, CAUSE, ACTOR, TIME). Hooks run after rout
 switched and each is bounded by a timeout (its whole process group is killed when it expires),
 so a failing or hanging hook can delay only other hooks, never mail. Their output is logged.
 
+The daemons hand transitions to a ``HookQueue``: one thread of its own runs their hooks in
+order, so that a slow hook never stalls the health monitor's probes, its heartbeat or its next
+decision (nor the sync agent's). An operator's command runs them itself and waits, to show what
+they did.
+
 The hooks' own settings (webhook URL, administrators' addresses...) go in ``hooks_dir/environment``
 as ``KEY=VALUE`` lines, so that a hook sees the same settings whether the health monitor (a
 systemd unit) or an operator's ``mailcontinuity failover`` caused the transition.
@@ -16,11 +21,13 @@ import calendar
 import contextlib
 import logging
 import os
+import queue
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +75,8 @@ class HookResult:
     exit_code: int | None
     """None when the hook did not finish within the timeout (or could not be started)."""
     output: str
+    seconds: float = 0.0
+    timed_out: bool = False
 
 
 def hooks_for(hooks_dir: Path, state: str) -> list[Path]:
@@ -87,12 +96,18 @@ def hooks_for(hooks_dir: Path, state: str) -> list[Path]:
     return hooks
 
 
+Started = Callable[[subprocess.Popen[bytes] | None], None]
+
+
 def run_hooks(hooks_dir: Path, transition: Transition, timeout: float,
-              extra_env: dict[str, str] | None = None) -> list[HookResult]:
-    """Run every hook for ``transition.new_state``; never raises for a hook's failure."""
+              extra_env: dict[str, str] | None = None,
+              started: Started | None = None) -> list[HookResult]:
+    """Run every hook for ``transition.new_state``; never raises for a hook's failure.
+    ``started`` hears of each hook's process as it starts (and None when it is over)."""
     env = {**os.environ, **hooks_environment(hooks_dir), **(extra_env or {}),
            **transition.environment()}
-    return [run_hook(hook, env, timeout) for hook in hooks_for(hooks_dir, transition.new_state)]
+    return [run_hook(hook, env, timeout, started)
+            for hook in hooks_for(hooks_dir, transition.new_state)]
 
 
 def hooks_environment(hooks_dir: Path) -> dict[str, str]:
@@ -123,8 +138,10 @@ def hooks_environment(hooks_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_hook(hook: Path, env: dict[str, str], timeout: float) -> HookResult:
-    started = time.monotonic()
+def run_hook(hook: Path, env: dict[str, str], timeout: float,
+             started: Started | None = None) -> HookResult:
+    began = time.monotonic()
+    timed_out = False
     with tempfile.TemporaryFile() as output:
         try:
             process = subprocess.Popen([str(hook)], stdin=subprocess.DEVNULL, stdout=output,
@@ -132,14 +149,19 @@ def run_hook(hook: Path, env: dict[str, str], timeout: float) -> HookResult:
         except OSError as exc:
             log.error("event=hook_failed hook=%s error=%r", hook, str(exc))
             return HookResult(hook, None, str(exc))
+        if started is not None:
+            started(process)
         try:
             exit_code: int | None = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(process)
-            exit_code = None
+            exit_code, timed_out = None, True
+        finally:
+            if started is not None:
+                started(None)
         output.seek(0)
         text = output.read().decode("utf-8", errors="replace")
-    seconds = time.monotonic() - started
+    seconds = time.monotonic() - began
     for line in text.splitlines()[:MAX_LOGGED_LINES]:
         log.info("event=hook_output hook=%s line=%r", hook.name, line)
     if exit_code is None:
@@ -148,7 +170,7 @@ def run_hook(hook: Path, env: dict[str, str], timeout: float) -> HookResult:
         log.error("event=hook_failed hook=%s exit=%d seconds=%.2f", hook, exit_code, seconds)
     else:
         log.info("event=hook_done hook=%s seconds=%.2f", hook, seconds)
-    return HookResult(hook, exit_code, text)
+    return HookResult(hook, exit_code, text, round(seconds, 3), timed_out)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -156,3 +178,78 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+Done = Callable[[Transition, list[HookResult]], None]
+# Transitions whose hooks wait to run: a flapping primary cannot pile up hooks without bound.
+MAX_PENDING = 16
+
+
+class HookQueue:
+    """Runs the hooks of each transition handed to it, in order, in a thread of its own, and
+    tells ``done`` what they did (the transitions module audits it)."""
+
+    def __init__(self, hooks_dir: Path, timeout: float, extra_env: dict[str, str],
+                 done: Done, max_pending: int = MAX_PENDING) -> None:
+        self.hooks_dir = hooks_dir
+        self.timeout = timeout
+        self.extra_env = extra_env
+        self.done = done
+        self._pending: queue.Queue[Transition | None] = queue.Queue(max_pending)
+        self._running: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="hooks", daemon=True)
+        self._thread.start()
+
+    def submit(self, transition: Transition) -> bool:
+        """Queue the transition's hooks; False (logged) when too many are waiting already."""
+        try:
+            self._pending.put_nowait(transition)
+        except queue.Full:
+            log.error("event=hooks_skipped transition=%s->%s reason=queue_full pending=%d",
+                      transition.old_state, transition.new_state, self._pending.qsize())
+            return False
+        return True
+
+    def close(self, wait: float) -> None:
+        """Let queued hooks finish for up to ``wait`` seconds, then kill the one still running
+        (its process group) and give up on the rest, logged."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._pending.put(None, timeout=max(0.01, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            with self._lock:
+                running = self._running
+            if running is not None:
+                log.error("event=hook_killed reason=shutdown pid=%d", running.pid)
+                _kill_group(running)
+            self._thread.join(5)
+        skipped = 0
+        while True:
+            try:
+                if self._pending.get_nowait() is not None:
+                    skipped += 1
+            except queue.Empty:
+                break
+        if skipped:
+            log.error("event=hooks_skipped reason=shutdown transitions=%d", skipped)
+
+    def _track(self, process: subprocess.Popen[bytes] | None) -> None:
+        with self._lock:
+            self._running = process
+
+    def _work(self) -> None:
+        while (transition := self._pending.get()) is not None:
+            try:
+                results = run_hooks(self.hooks_dir, transition, self.timeout, self.extra_env,
+                                    self._track)
+                self.done(transition, results)
+            except Exception:  # the queue must outlive one bad transition
+                log.exception("event=hooks_failed transition=%s->%s", transition.old_state,
+                              transition.new_state)

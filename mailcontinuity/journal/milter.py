@@ -159,9 +159,7 @@ class JournalMilter(Milter.Base):
     def eoh(self) -> int:
         writer = self._journal_writer()
         if writer is not None:
-            stamp = (f"{self.runtime.policy.id_header}: {self.message_id}\r\n"
-                     f"{JOURNAL_HEADER}: yes\r\n\r\n").encode("ascii")
-            self._write(writer, stamp)
+            self._write(writer, b"\r\n")
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -176,7 +174,9 @@ class JournalMilter(Milter.Base):
         for name, count in self.foreign_headers.items():
             for index in range(count, 0, -1):  # last first: earlier indexes stay valid
                 self.chgheader(name, index, "")
-        self.addheader(self.runtime.policy.id_header, f" {self.message_id}")
+        # At the top (index 0), not after a header block that may run to megabytes: whoever
+        # reads the primary's copy finds the id in its first lines.
+        self.addheader(self.runtime.policy.id_header, f" {self.message_id}", 0)
         if self.writer is not None:
             writer, self.writer = self.writer, None
             envelope = Envelope(self.message_id, time.time(), self.sender,
@@ -205,12 +205,17 @@ class JournalMilter(Milter.Base):
         return Milter.CONTINUE
 
     def _journal_writer(self) -> SpoolWriter | None:
-        """The spool file of this message, opened at its first header; None when not journaled."""
+        """The spool file of this message, opened at its first header with the stamp (id and
+        journal headers) written first, so that a reader finds them whatever the size of the
+        header block that follows; None when not journaled."""
         if self.writer is None and self.targets and self.spool_failure is None:
             try:
                 self.writer = self.runtime.spool.open_message(self.message_id)
             except OSError as exc:
                 self.abandon_journal(exc)
+                return None
+            self._write(self.writer, (f"{self.runtime.policy.id_header}: {self.message_id}\r\n"
+                                      f"{JOURNAL_HEADER}: yes\r\n").encode("ascii"))
         return self.writer
 
     def _write(self, writer: SpoolWriter, data: bytes) -> None:

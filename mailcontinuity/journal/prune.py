@@ -19,7 +19,7 @@ from mailcontinuity.config import Config
 from mailcontinuity.journal.sinks import LMTP_LOCATION_PREFIX
 from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
 from mailcontinuity.mail.headers import JOURNAL_HEADER
-from mailcontinuity.mail.maildir import find_delivered, read_header_block
+from mailcontinuity.mail.maildir import find_delivered, read_header_fields
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.journal import CopyRecord, mark_pruned, prunable
 from mailcontinuity.store.retention import DAY_SECONDS
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def is_journal_copy(path: Path) -> bool:
-    """True when the stored message carries the journal header (checked before deleting)."""
-    marker = b"\n" + JOURNAL_HEADER.lower().encode() + b":"
-    return marker in b"\n" + read_header_block(path).lower()
+    """True when the stored message carries the journal header (checked before deleting),
+    wherever it is in the header section."""
+    return read_header_fields(path, (JOURNAL_HEADER,)).strip() != b""
 
 
 def _current_path(record: CopyRecord) -> Path | None:

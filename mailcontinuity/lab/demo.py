@@ -18,6 +18,7 @@ from pathlib import Path
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.scenario import OutageScenario
+from mailcontinuity.outage.incident import render_incident
 from mailcontinuity.reports.drill import Drill, archive, render_report
 from mailcontinuity.store.db import open_store
 
@@ -31,8 +32,9 @@ def run_demo(directory: Path) -> int:
               f" {', '.join(name for name, up in lab.running().items() if up)}", flush=True)
         print("== outage scenario: mail before, primary killed, mail and user activity during,"
               " primary back, automatic failback", flush=True)
+        scenario = OutageScenario(lab)
         try:
-            report = OutageScenario(lab).run()
+            report = scenario.run()
         except LabError as exc:
             print(f"   FAILED: {exc}")
             return 1
@@ -41,6 +43,8 @@ def run_demo(directory: Path) -> int:
             print(f"   {name:<{width}}  {value}")
         for problem in report.lost + report.duplicated + report.misplaced:
             print(f"   problem: {problem}")
+        print("== incident report (mailcontinuity report), archived at failback", flush=True)
+        print("\n".join(f"   {line}" for line in render_incident(scenario.incident()).splitlines()))
         print("== continuity drill (mailcontinuity drill)", flush=True)
         store = open_store(lab.config)
         try:

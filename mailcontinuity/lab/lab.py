@@ -149,9 +149,15 @@ class Lab:
         log.info("event=lab_down dir=%s", directory)
 
     def _add_webmail(self) -> Lab:
-        """Give the lab a webmail port and configuration; ``lab.json`` gets its URL."""
+        """Give the lab a webmail port and configuration; ``lab.json`` gets its URL, and the
+        configuration's ``standby.webmail`` too, so that the monitor watches it (policyd is
+        restarted by ``up`` to read it)."""
         description = json.loads((self.dir / "lab.json").read_text())
         description["webmail"] = f"http://127.0.0.1:{free_ports(1)[0]}/"
+        self.part("policyd").stop()
+        text = self.config_file.read_text()
+        self.config_file.write_text(text.replace(
+            "\n[standby]\n", f"\n[standby]\nwebmail = {json.dumps(description['webmail'])}\n", 1))
         lab = Lab.load(self.dir, description)
         assert lab.webmail is not None
         lab.webmail.write_config()
@@ -377,6 +383,10 @@ socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
 {LAB_HEALTH_SECTION}imap_login = "{description["users"][0]["login"]}*{ADMIN_LOGIN}"
 imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+
+[watch]
+# Short, so that a test that leaves the milter out on purpose flags the lab only briefly.
+journal_pace_seconds = 30
 
 [failback]
 mode = "auto"

@@ -14,6 +14,7 @@ mailbox, in its folder, with its flags; ``check_primary`` says where it does not
 
 from __future__ import annotations
 
+import json
 import smtplib
 import time
 from collections.abc import Iterator
@@ -246,6 +247,24 @@ class OutageScenario:
             self.report.merged = appended_since(store, self.started)
         finally:
             store.close()
+
+    def incident(self, timeout: float = 120.0) -> dict[str, Any]:
+        """The incident report failback archived for this outage (the sync agent verifies the
+        primary first), as ``mailcontinuity report --json`` prints it."""
+        store = open_store(self.lab.config)
+        try:
+            changelog = ChangeLog(store)
+            eventually(lambda: (last := changelog.last_outage()) is not None
+                       and last.started_at >= self.started, timeout, "the outage's record")
+            outage = changelog.last_outage()
+            assert outage is not None
+        finally:
+            store.close()
+        pattern = f"incident-{outage.id}-*.json"
+        directory = self.lab.config.drill.report_dir
+        eventually(lambda: any(directory.glob(pattern)), timeout,
+                   "the archived incident report", interval=0.5)
+        return dict(json.loads(sorted(directory.glob(pattern))[-1].read_text()))
 
     def check_primary(self) -> OutageReport:
         """Every delivery exactly once in each recipient's primary mailbox, each message the

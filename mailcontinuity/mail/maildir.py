@@ -23,20 +23,18 @@ import os
 import pwd
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from imapclient import imap_utf7
 
-from mailcontinuity.mail.headers import message_key, parse_headers
+from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
 
 INBOX = "INBOX"
 # The separator IMAP clients see (the namespace's ``separator = /``); on disk it is ".".
 IMAP_SEPARATOR = "/"
 COPY_CHUNK = 1 << 20
-# Headers are read up to here; a message whose header block is longer is identified by what fits.
-MAX_HEADER_BYTES = 256 * 1024
 # Maildir letters for the IMAP system flags (P, "passed", is the conventional $Forwarded).
 FLAG_LETTERS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen",
                 "T": "\\Deleted", "P": "$Forwarded"}
@@ -218,18 +216,29 @@ def rfc822_size(path: Path, filename: str) -> int:
 
 
 # --- reading messages ------------------------------------------------------------------------
-def read_header_block(path: Path, limit: int = MAX_HEADER_BYTES) -> bytes:
-    """The header section of a stored message, up to and including the empty line that ends
-    it (or the first ``limit`` bytes, when it is longer)."""
+def read_header_fields(path: Path, names: Iterable[str]) -> bytes:
+    """The fields ``names`` (any case) of a stored message's header section, with their folded
+    lines, as a header block ``parse_headers`` reads.
+
+    However large the header section (Postfix takes header blocks of many megabytes: thousands
+    of fields under ``header_size_limit`` each), it is read to its end, line by line, and only
+    these fields are kept: a key header after a huge block is still found, and memory holds
+    only what is kept."""
+    wanted = {name.lower().encode() for name in names}
+    kept: list[bytes] = []
+    keeping = False
     with open(path, "rb") as handle:
-        data = handle.read(65536)
-        while b"\n\n" not in data and b"\r\n\r\n" not in data and len(data) < limit:
-            more = handle.read(65536)
-            if not more:
+        for line in handle:
+            if line in (b"\n", b"\r\n"):
                 break
-            data += more
-    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := data.find(sep)) != -1]
-    return data[: min(ends)] if ends else data[:limit]
+            if line[:1] in (b" ", b"\t"):
+                if keeping:
+                    kept.append(line)
+                continue
+            keeping = line.split(b":", 1)[0].strip().lower() in wanted
+            if keeping:
+                kept.append(line)
+    return b"".join(kept) + b"\n"
 
 
 @dataclass(frozen=True)
@@ -248,11 +257,13 @@ class MessageFile:
     message_id: str
 
 
-def read_message(folder: str, path: Path, keywords: dict[str, str]) -> MessageFile | None:
-    """Describe one message file; None if it vanished meanwhile (expunged, renamed)."""
+def read_message(folder: str, path: Path, keywords: dict[str, str],
+                 id_header: str) -> MessageFile | None:
+    """Describe one message file, keyed by the configured ``id_header``; None if it vanished
+    meanwhile (expunged, renamed)."""
     try:
         stat = path.stat()
-        headers = parse_headers(read_header_block(path))
+        headers = parse_headers(read_header_fields(path, key_headers(id_header)), id_header)
         size = rfc822_size(path, path.name)
     except FileNotFoundError:
         return None

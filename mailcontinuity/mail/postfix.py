@@ -93,6 +93,41 @@ def postfix_milter_name(listen: Endpoint | UnixSocket) -> str:
     return f"inet:{listen}"
 
 
+def postfix_access_problem(path: Path, postfix_user: str = "postfix") -> str | None:
+    """Why Postfix's daemons (running as ``postfix_user``) could not connect to the unix socket
+    ``path``, or None if they can: connecting needs write permission on the socket and search
+    permission on every directory above it. Root passes every such check, so a probe that
+    connects as root proves nothing about Postfix; this looks at the modes instead."""
+    try:
+        user = pwd.getpwnam(postfix_user)
+    except KeyError:
+        return f"user {postfix_user!r} does not exist on this host"
+    groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if postfix_user in g.gr_mem)}
+
+    def allowed(info: os.stat_result, bits: tuple[int, int, int]) -> bool:
+        if info.st_uid == user.pw_uid:
+            return bool(info.st_mode & bits[0])
+        if info.st_gid in groups:
+            return bool(info.st_mode & bits[1])
+        return bool(info.st_mode & bits[2])
+
+    for directory in reversed(path.parents):
+        try:
+            info = directory.stat()
+        except OSError as exc:
+            return f"{directory}: {exc.strerror}"
+        if not allowed(info, (0o100, 0o010, 0o001)):
+            return f"{directory} is not searchable by user {postfix_user}"
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not allowed(info, (0o200, 0o020, 0o002)):
+        return (f"{path} (mode {info.st_mode & 0o777:04o}) is not writable by user"
+                f" {postfix_user} or its groups")
+    return None
+
+
 def grant_postfix_access(path: Path, group: str | None, mode: int, key: str) -> None:
     """Let Postfix's group (smtpd, cleanup) and no other user talk to a socket we listen on.
 

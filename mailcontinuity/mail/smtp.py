@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import smtplib
 import socket
+import ssl
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,24 +72,37 @@ class SmtpSession:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.extensions: list[str] = []
+        """The words of the last LHLO/EHLO reply (``STARTTLS``, ``AUTH``, ``PLAIN``...)."""
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, protocol: str, tls: TLSPolicy) -> SmtpSession:
+    async def open(cls, endpoint: Endpoint, protocol: str, tls: TLSPolicy,
+                   implicit: bool = False) -> SmtpSession:
         """Connect, check the 220 greeting and say LHLO (LMTP) or EHLO (SMTP); with TLS on,
-        STARTTLS (required: never on in plaintext) and the hello again, as RFC 3207 says."""
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        STARTTLS (required: never on in plaintext) and the hello again, as RFC 3207 says.
+        ``implicit``: the port speaks TLS from the start (submissions, 465), when TLS is on."""
+        implicit = implicit and tls.context is not None
+        try:
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls.context if implicit else None,
+                server_hostname=endpoint.host if implicit else None)
+        except ssl.SSLError as exc:
+            raise tls.explain(protocol.upper(), endpoint, exc) from None
         session = cls(reader, writer)
         what = protocol.upper()
         try:
             session.expect(await session.read_reply(), "greeting")
             hello = "LHLO" if protocol == "lmtp" else "EHLO"
             extensions = session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
-            if tls.context is not None:
+            session.extensions = extensions.text.upper().split()
+            if tls.context is not None and not implicit:
                 if "STARTTLS" not in extensions.text.upper().split():
                     raise tls.no_starttls(what, endpoint)
                 session.expect(await session.command("STARTTLS"), "STARTTLS")
                 await tls.upgrade(writer, what, endpoint)
-                session.expect(await session.command(f"{hello} {CLIENT_NAME}"), hello)
+                extensions = session.expect(await session.command(f"{hello} {CLIENT_NAME}"),
+                                            hello)
+                session.extensions = extensions.text.upper().split()
         except BaseException:
             session.close()
             raise

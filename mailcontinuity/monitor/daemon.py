@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from mailcontinuity.config import Config
 from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.loop import HealthMonitor
 from mailcontinuity.monitor.policy import CachedState, RecipientPolicy
 from mailcontinuity.monitor.recipients import StandbyRecipients
@@ -49,14 +50,15 @@ def run_policyd(config: Config, metrics: MetricsFactory | None = None) -> None:
 async def _main(config: Config, make_metrics: MetricsFactory | None) -> None:
     store = open_store(config)
     reader = open_store(config)
-    monitor = HealthMonitor(config, store)
+    accepted = AcceptedMessages()
+    monitor = HealthMonitor(config, store, accepted)
     settings = config.policyd
     standby = StandbyRecipients(config.standby.lmtp, TLSPolicy.of(config, "standby"),
                                 settings.recipient_check_timeout_seconds,
                                 settings.recipient_cache_seconds)
     registry = CollectorRegistry()
-    server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby).decide,
-                          registry)
+    server = PolicyServer(settings, RecipientPolicy(config, CachedState(reader), standby,
+                                                    accepted).decide, registry)
     metrics = make_metrics(registry) if make_metrics is not None else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,6 +76,7 @@ async def _main(config: Config, make_metrics: MetricsFactory | None) -> None:
         if metrics is not None:
             metrics.close()
         await standby.close()
+        await asyncio.to_thread(monitor.close)
         policyd_stopped(store, time.time())
         store.close()
         reader.close()

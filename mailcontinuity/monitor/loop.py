@@ -2,7 +2,10 @@
 
 ``HealthMonitor`` runs the probes, writes them and its heartbeat to the state store, and calls
 ``change_state`` (the one path that moves state, routing and audit together) when the Detector
-(``monitor.detector``) says the state should change.
+(``monitor.detector``) says the state should change. The same round checks the other watched
+parts (``monitor.watch``: the standby, the milter, the webmail) and adds the messages policyd saw
+accepted for protected domains (``monitor.accepted``), for ``status`` to compare with the
+journal.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ from mailcontinuity.config import Config
 from mailcontinuity.deploy.routing import switch_route
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.mail.tools import CommandError
+from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.detector import MONITOR_ACTOR, Decision, Detector
+from mailcontinuity.monitor.guard import FailoverGuard
 from mailcontinuity.monitor.probes import probe_primary
+from mailcontinuity.monitor.watch import check_watched_parts
+from mailcontinuity.store.accepted import add_accepted, prune_accepted
+from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.heartbeats import policyd_beat
 from mailcontinuity.store.probes import ProbeResult, prune_probes, record_probes
 from mailcontinuity.store.state import State, current_state
-from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
+from mailcontinuity.transitions import ROUTE_IN_STATE, change_state, hook_queue
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +39,17 @@ PRUNE_EVERY_ROUNDS = 500
 class HealthMonitor:
     """Probes every ``interval_seconds`` and changes the state when the Detector says so."""
 
-    def __init__(self, config: Config, store: StateStore) -> None:
+    def __init__(self, config: Config, store: StateStore,
+                 accepted: AcceptedMessages | None = None) -> None:
         self.config = config
         self.store = store
         self.primary_tls = TLSPolicy.of(config, "primary")
+        self.standby_tls = TLSPolicy.of(config, "standby")
+        self.accepted = accepted
         self.detector = Detector(config.health, config.failback)
+        self.guard = FailoverGuard(store)
+        # Hooks run in a thread of their own: a slow one never stalls probes or heartbeats.
+        self.hooks = hook_queue(config)
         self.state: State = current_state(store)
         self.started_at = time.time()
         self.rounds = 0
@@ -51,9 +65,11 @@ class HealthMonitor:
         interval = self.config.health.interval_seconds
         while not stopping.is_set():
             started = time.monotonic()
-            results = await probe_primary(self.config, self.primary_tls)
+            results, watched = await asyncio.gather(
+                probe_primary(self.config, self.primary_tls),
+                check_watched_parts(self.config, self.standby_tls))
             try:
-                await asyncio.to_thread(self.after_round, results)
+                await asyncio.to_thread(self.after_round, results, watched)
             except Exception:
                 log.exception("event=monitor_round_failed")
             try:
@@ -62,10 +78,13 @@ class HealthMonitor:
             except TimeoutError:
                 pass
 
-    def after_round(self, results: list[ProbeResult]) -> None:
+    def after_round(self, results: list[ProbeResult], watched: list[Check] | None = None) -> None:
         """Record a round and act on it; runs in a worker thread, the store's only user."""
         now = time.time()
         record_probes(self.store, results)
+        record_checks(self.store, watched or [])
+        if self.accepted is not None:
+            add_accepted(self.store, now, self.accepted.take())
         policyd_beat(self.store, self.started_at, now, self.stale_after)
         failures = [f"{r.probe} {r.target}: {r.error}" for r in results if not r.ok]
         if failures:  # the first failure of a run is news; the rest are only repetitions
@@ -74,7 +93,8 @@ class HealthMonitor:
         elif self.detector.failed:
             log.warning("event=primary_answering after_failed_rounds=%d", self.detector.failed)
         state = current_state(self.store)
-        decision = self.detector.observe(now, not failures, state, "; ".join(failures))
+        decision = self.guard.review(
+            self.detector.observe(now, not failures, state, "; ".join(failures)), watched, now)
         if decision is not None:
             self._apply(decision)
             state = current_state(self.store)
@@ -84,15 +104,27 @@ class HealthMonitor:
         self.rounds += 1
         if self.rounds % PRUNE_EVERY_ROUNDS == 0:
             prune_probes(self.store, now - self.config.health.probe_retention_hours * 3600)
+            prune_accepted(self.store, now - max(
+                self.config.health.probe_retention_hours * 3600,
+                2 * self.config.watch.journal_pace_seconds))
 
     def _apply(self, decision: Decision) -> None:
+        # What the monitor knew, audited with the transition (the incident report's timeline).
+        detector = self.detector
+        detail = ({"first_failed_probe": detector.failing_since, "failed_rounds": detector.failed}
+                  if decision.to_state == "failover" else
+                  {"healthy_since": detector.healthy_since, "healthy_rounds": detector.succeeded})
         try:
             change_state(self.config, self.store, decision.to_state, decision.cause,
-                         MONITOR_ACTOR, expect=decision.expect)
+                         MONITOR_ACTOR, expect=decision.expect, hooks=self.hooks, detail=detail)
         except (CommandError, StateStoreError) as exc:
             self._route_pending = True
             log.error("event=route_switch_failed to=%s error=%r action=retry_next_round",
                       decision.to_state, str(exc))
+
+    def close(self) -> None:
+        """Give hooks still queued or running up to their timeout, then stop them."""
+        self.hooks.close(self.config.hooks_timeout_seconds + 5)
 
     def _retry_route(self, state: State) -> None:
         try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from mailcontinuity.config import Config
+from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.protocol import DUNNO, POLICY_REQUEST
 from mailcontinuity.monitor.recipients import StandbyRecipients
 from mailcontinuity.store.db import StateStore
@@ -30,20 +31,25 @@ class RecipientPolicy:
     """``decide(request)`` for the policy server; ``state`` says the current continuity state."""
 
     def __init__(self, config: Config, state: Callable[[], StateName],
-                 standby: StandbyRecipients) -> None:
+                 standby: StandbyRecipients, accepted: AcceptedMessages | None = None) -> None:
         self.protected = frozenset(config.domains.protected)
         self.state = state
         self.standby = standby
+        self.accepted = accepted
 
     async def decide(self, request: dict[str, str]) -> str:
         if request.get("request") != POLICY_REQUEST:
             log.warning("event=request_unexpected request=%r action=DUNNO",
                         request.get("request", "")[:60])
             return DUNNO
-        if request.get("protocol_state") != "RCPT" or self.state() != "failover":
+        if request.get("protocol_state") != "RCPT":
             return DUNNO
         recipient = request.get("recipient", "")
         if recipient.rpartition("@")[2].lower() not in self.protected:
+            return DUNNO
+        if self.state() != "failover":
+            if self.accepted is not None:  # the milter journals this one (status checks it)
+                self.accepted.seen(request.get("instance", ""))
             return DUNNO
         if await self.standby.knows(recipient) is False:
             log.info("event=recipient_rejected recipient=%s queue_id=%s client=%s", recipient,

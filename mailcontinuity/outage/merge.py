@@ -16,17 +16,19 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config
+from mailcontinuity.hooks.runner import HookQueue
 from mailcontinuity.mail.imap import Append
-from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
+from mailcontinuity.outage.plan import Action, plan_user
 from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.outage.scan import rescan
+from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
@@ -102,14 +104,8 @@ class Merger:
 
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
              record: UserRecord) -> list[Action]:
-        # Read only what can matter: messages saved since the outage began (a day's margin
-        # for the server's time zone) and the folders of history the user changed; the whole
-        # primary only if some key that may have an older copy is not found that way.
-        since = date.fromtimestamp(self.outage.started_at) - timedelta(days=1)
-        keys, folders = older_copies_needed(record.messages)
-        index = mailbox.index(since, folders)
-        if not keys <= index.keys():
-            index = mailbox.index()
+        # Read only what can matter (verify reads the same way).
+        index = outage_index(mailbox, record.messages, self.outage.started_at)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
         done = changelog.done_actions(self.outage.id, self.user)
@@ -312,11 +308,13 @@ def plan_failback(config: Config) -> FailbackReport:
 
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
                  progress: Progress = lambda _: None,
-                 on_plan: Callable[[int], None] | None = None) -> FailbackReport:
+                 on_plan: Callable[[int], None] | None = None,
+                 hooks: HookQueue | None = None) -> FailbackReport:
     """Merge the open outage into the primary and return to ``normal`` (resumable).
 
     ``on_plan``, when given, hears how many actions the first pass will take before it starts
-    (for a progress bar; it costs one more look at every mailbox).
+    (for a progress bar; it costs one more look at every mailbox). ``hooks``: the daemon's
+    queue for the transitions' hooks (see ``change_state``).
     """
     store = open_store(config)
     changelog = ChangeLog(store)
@@ -330,7 +328,8 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         state = current_state(store).name
         if state == "failover":
             # Routing first: new mail goes to the primary before the merge starts.
-            change_state(config, store, "failback", cause, actor, expect=("failover",))
+            change_state(config, store, "failback", cause, actor, expect=("failover",),
+                         hooks=hooks)
         # Read after the transition: the recorder opens no record once the state has left
         # failover, so none can appear after this.
         outage = changelog.open_outage()
@@ -362,7 +361,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
                                  summary=report.as_dict())
         change_state(config, store, "normal", "failback complete", actor,
-                     expect=("failback", "failover"))
+                     expect=("failback", "failover"), hooks=hooks)
         record_command(store, "failback", actor, {"outage": report.outage,
                                          "counts": dict(report.counts),
                                          "refused": len(report.refused)}, event="merge")

@@ -1,7 +1,8 @@
 """The primary as failback and verify see it: each user's mailbox and an index of its messages.
 
 Both look at the primary the same way: every message by the key ``mail.headers.message_key``
-computes for standby files too (id header, else Message-ID with size), so a copy that is already
+computes for standby files too (the configured id header, else Message-ID with size), so a copy
+that is already
 there (delivered from Postfix's queue, appended by an interrupted run, or renumbered by a
 UIDVALIDITY change) is recognised without trusting any UID kept from before.
 """
@@ -13,16 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
-from mailcontinuity.mail.headers import KEY_HEADERS, message_key, parse_headers
+from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
 from mailcontinuity.mail.imap import Mailbox, open_imap, str_flags
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
-
-_HEADER_FIELDS = " ".join(KEY_HEADERS).upper()
-_HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({_HEADER_FIELDS})]"
-_HEADER_KEY = f"BODY[HEADER.FIELDS ({_HEADER_FIELDS})]".encode()
 
 
 class PrimaryError(Exception):
@@ -49,7 +47,12 @@ def read_admin_password(config: Config) -> str:
 
 
 class PrimaryMailbox(Mailbox):
-    """One user's mailbox on the primary, and the index of its messages failback plans with."""
+    """One user's mailbox on the primary, and the index of its messages failback plans with;
+    ``id_header`` is the configured ``milter.id_header``."""
+
+    def __init__(self, client: IMAPClient, id_header: str) -> None:
+        super().__init__(client)
+        self.id_header = id_header
 
     def index(self, saved_since: date | None = None,
               whole: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
@@ -69,10 +72,13 @@ class PrimaryMailbox(Mailbox):
         return index
 
     def scan_folder(self, folder: str, saved_since: date | None = None) -> list[PrimaryCopy]:
-        fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE", _HEADER_ITEM], saved_since)
+        fields = " ".join(key_headers(self.id_header)).upper()
+        reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
+        fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE",
+                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], saved_since)
         copies = []
         for uid, data in fetched.items():
-            headers = parse_headers(data.get(_HEADER_KEY) or b"")
+            headers = parse_headers(data.get(reply_key) or b"", self.id_header)
             copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
                                       message_key(headers, int(data[b"RFC822.SIZE"]))))
         return copies
@@ -97,4 +103,4 @@ def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
         raise PrimaryError(f"primary IMAP {endpoint}: login as {user} via {sync.admin_login}"
                            f" failed ({exc}); check sync.admin_login and sync.password_file"
                            ) from None
-    return PrimaryMailbox(client)
+    return PrimaryMailbox(client, config.milter.id_header)

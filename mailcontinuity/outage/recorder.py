@@ -11,7 +11,10 @@ monitor saw the primary recover) the agent runs the merge itself, unless an oper
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -19,14 +22,17 @@ from types import FrameType
 import pyinotify
 
 from mailcontinuity.config import Config
+from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
 from mailcontinuity.outage.scan import protected_maildirs, record_file, rescan, rescan_user
+from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.heartbeats import sync_agent_beat
 from mailcontinuity.store.leases import LeaseHeld
 from mailcontinuity.store.outages import ChangeLog, Outage
 from mailcontinuity.store.state import current_state
+from mailcontinuity.transitions import hook_queue
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.stopping = False
         self.started_at = time.time()
         self.next_merge = 0.0
+        # The transitions' hooks in a thread of their own: the heartbeat never waits for them.
+        self.hooks = hook_queue(config)
 
     # --- watching ----------------------------------------------------------------------
     def discover_users(self) -> None:
@@ -88,7 +96,8 @@ class SyncAgent(pyinotify.ProcessEvent):
             # A folder appeared, moved or went: its contents may predate the watch.
             self.rescan_users.add(user)
         elif path.parent.name in MESSAGE_DIRS:
-            record_file(self.changelog, self.outage.id, user, maildir, path)
+            record_file(self.changelog, self.outage.id, user, maildir, path,
+                        self.config.milter.id_header)
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -96,6 +105,7 @@ class SyncAgent(pyinotify.ProcessEvent):
         signal.signal(signal.SIGINT, self._stop)
         last_beat = last_discovery = 0.0
         log.info("event=sync_agent_start pid_state=%s", current_state(self.store).name)
+        self._report_process(True, f"runs (pid {os.getpid()})")
         while not self.stopping:
             now = time.time()
             if now - last_discovery >= USER_DISCOVERY_SECONDS:
@@ -109,8 +119,16 @@ class SyncAgent(pyinotify.ProcessEvent):
                 self.notifier.read_events()
                 self.notifier.process_events()
         self.notifier.stop()
+        self.hooks.close(self.config.hooks_timeout_seconds + 5)
+        self._report_process(False, f"was stopped (pid {os.getpid()})")
         self.store.close()
         log.info("event=sync_agent_stop")
+
+    def _report_process(self, running: bool, detail: str) -> None:
+        """Say at once that the agent runs or has stopped (``status`` need not wait for its
+        heartbeat to go stale)."""
+        record_checks(self.store, [Check("sync-agent", "process", socket.gethostname(), running,
+                                         time.time(), detail)])
 
     def follow_state(self) -> None:
         state = current_state(self.store).name
@@ -129,7 +147,8 @@ class SyncAgent(pyinotify.ProcessEvent):
                 self.rescan_users.clear()
             for user in sorted(self.rescan_users):
                 if user in self.maildirs:
-                    rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False)
+                    rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False,
+                                self.config.milter.id_header)
         self.rescan_users.clear()
         if state == "failback" and time.time() >= self.next_merge:
             self.merge()
@@ -138,7 +157,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         """The primary is back: merge, then ``normal`` (run_failback does both)."""
         try:
             report = run_failback(self.config, actor="sync-agent",
-                                  cause="primary recovered: automatic failback")
+                                  cause="primary recovered: automatic failback",
+                                  hooks=self.hooks)
         except LeaseHeld as exc:
             log.info("event=merge_deferred reason=%r", str(exc))
         except (PrimaryError, OSError) as exc:
@@ -147,7 +167,21 @@ class SyncAgent(pyinotify.ProcessEvent):
         else:
             log.info("event=merge_done outage=%s counts=%s refused=%d", report.outage,
                      dict(report.counts), len(report.refused))
+            if report.state == "normal" and report.outage is not None:
+                self._report_incident(report.outage)
         self.next_merge = time.time() + MERGE_RETRY_SECONDS
+
+    def _report_incident(self, outage_id: int) -> None:
+        """Verify and archive the incident report in a thread of its own: verify reads every
+        user's primary mailbox, and the heartbeat must not wait for it."""
+
+        def work() -> None:
+            try:
+                finish_outage(self.config, outage_id)
+            except Exception:  # a report that fails must not take the agent down
+                log.exception("event=incident_report_failed outage=%d", outage_id)
+
+        threading.Thread(target=work, name=f"incident-{outage_id}", daemon=True).start()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -37,7 +37,7 @@ def rescan(config: Config, changelog: ChangeLog, outage: Outage) -> Outage:
     baseline = outage.baseline_at is None
     started = time.monotonic()
     for user, maildir in protected_maildirs(config).items():
-        rescan_user(changelog, outage.id, user, maildir, baseline)
+        rescan_user(changelog, outage.id, user, maildir, baseline, config.milter.id_header)
     if baseline:
         changelog.set_outage(outage.id, baseline_at=time.time())
     log.info("event=rescan outage=%d baseline=%s seconds=%.2f", outage.id, baseline,
@@ -48,8 +48,9 @@ def rescan(config: Config, changelog: ChangeLog, outage: Outage) -> Outage:
 
 
 def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
-                baseline: bool) -> None:
-    """Record every file of ``user`` as it is now; files no longer there are marked gone."""
+                baseline: bool, id_header: str) -> None:
+    """Record every file of ``user`` as it is now; files no longer there are marked gone.
+    Files are keyed by ``id_header`` (``milter.id_header``)."""
     known = changelog.known_files(outage_id, user)
     seen: set[tuple[str, str]] = set()
     with changelog.store.transaction():
@@ -62,7 +63,7 @@ def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
                 recorded = known.get((folder, basename))
                 if recorded == (path.name, True):
                     continue
-                found = read_message(folder, path, keywords)
+                found = read_message(folder, path, keywords, id_header)
                 if found is not None:
                     changelog.upsert_file(outage_id, user, found, baseline)
         for (folder, basename), (_, present) in known.items():
@@ -74,14 +75,14 @@ def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
 
 
 def record_file(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
-                path: Path) -> None:
+                path: Path, id_header: str) -> None:
     """Update the record for one message path an event named (created, renamed or removed)."""
     folder_dir = path.parent.parent
     folder = INBOX if folder_dir == maildir else folder_name(folder_dir.name)
     basename, _ = split_filename(path.name)
     with changelog.store.transaction():
         if path.exists():
-            found = read_message(folder, path, read_keywords(folder_dir))
+            found = read_message(folder, path, read_keywords(folder_dir), id_header)
             if found is not None:
                 changelog.upsert_file(outage_id, user, found, baseline=False)
                 return

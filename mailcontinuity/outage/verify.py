@@ -1,16 +1,28 @@
 """``mailcontinuity verify``: audit the primary against the record of the last outage.
 
 Independent of failback's checkpoints on purpose: it looks at the primary as it is, so it also
-catches what a checkpoint cannot (a copy delivered twice, a flag a later session lost).
+catches what a checkpoint cannot (a copy delivered twice, a flag a later session lost). Each
+problem names the message as an operator finds it: the standby file, the gateway's id, the
+Message-ID and the subject. Before a message is called missing, the folder is searched by its
+Message-ID as well: a copy the key does not match (stamped under another id header, say) is
+reported as such, never as absent.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
+from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
+from imapclient.exceptions import IMAPClientError
+
 from mailcontinuity.config import Config
-from mailcontinuity.outage.primary import PrimaryCopy, connect, read_admin_password
+from mailcontinuity.mail.headers import parse_headers
+from mailcontinuity.mail.maildir import read_header_fields
+from mailcontinuity.outage.plan import older_copies_needed
+from mailcontinuity.outage.primary import PrimaryCopy, PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
 
@@ -20,7 +32,8 @@ class VerifyError(Exception):
 
 
 def verify(config: Config) -> dict[str, Any]:
-    """Per user: outage mail missing from the primary, duplicated on it, flags that differ."""
+    """Per user: outage mail missing from the primary, duplicated on it, flags that differ.
+    The outcome is kept with the outage (its summary), for the incident report."""
     store = open_store(config)
     try:
         changelog = ChangeLog(store)
@@ -32,14 +45,30 @@ def verify(config: Config) -> dict[str, Any]:
         for user in changelog.users(outage.id):
             mailbox = connect(config, user, password)
             try:
-                users[user] = verify_user(changelog.messages(outage.id, user), mailbox.index())
+                rows = changelog.messages(outage.id, user)
+                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at))
+                found["missing"], found["not_matched"] = look_again(mailbox, found["missing"])
+                users[user] = found
             finally:
                 mailbox.close()
+        problems = sum(len(found) for report in users.values() for found in report.values())
+        changelog.add_to_summary(outage.id, verify={"at": time.time(), "ok": problems == 0,
+                                                    "problems": problems})
     finally:
         store.close()
-    problems = sum(len(found) for report in users.values() for found in report.values())
     return {"outage": outage.id, "outage_status": outage.status, "ok": problems == 0,
             "problems": problems, "users": users}
+
+
+def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
+                 started_at: float) -> dict[str, list[PrimaryCopy]]:
+    """The primary's copies that can matter, for failback's plan and verify alike: what was
+    saved since the outage began (a day's margin for the server's time zone) and the folders of
+    history users changed; the whole mailbox only when some key that may have older copies is
+    not found that way."""
+    keys, folders = older_copies_needed(rows)
+    index = mailbox.index(date.fromtimestamp(started_at) - timedelta(days=1), folders)
+    return index if keys <= index.keys() else mailbox.index()
 
 
 def verify_user(rows: list[RecordedMessage],
@@ -64,15 +93,15 @@ def verify_user(rows: list[RecordedMessage],
         # and only if the primary had it at all (else failback reported it).
         expected = [row for row in current if outage_mail or (
             row.folder not in baseline and copies)]
-        message_id = group[0].message_id
+        first = current[0]
         wanted = Counter(row.folder for row in expected)
         have = Counter(copy.folder for copy in copies)
         for folder, count in wanted.items():
             if have[folder] < count:
-                missing.append({"folder": folder, "message_id": message_id,
+                missing.append({"folder": folder, **name_of(first),
                                 "missing": count - have[folder]})
         if (outage_mail or wanted) and len(copies) > len(current):
-            duplicated.append({"message_id": message_id, "on_primary": len(copies),
+            duplicated.append({**name_of(first), "on_primary": len(copies),
                                "on_standby": len(current),
                                "folders": sorted(copy.folder for copy in copies)})
         for row in current:
@@ -86,6 +115,45 @@ def verify_user(rows: list[RecordedMessage],
                 lacking = (set(row.flags) - before) - set(copy.flags)
                 extra = (before - set(row.flags)) & set(copy.flags)
             if lacking or extra:
-                flag_mismatches.append({"folder": row.folder, "message_id": message_id,
+                flag_mismatches.append({"folder": row.folder, **name_of(row),
                                         "lacking": sorted(lacking), "extra": sorted(extra)})
     return {"missing": missing, "duplicated": duplicated, "flag_mismatches": flag_mismatches}
+
+
+def name_of(row: RecordedMessage) -> dict[str, Any]:
+    """How an operator finds the message: its file on the standby, the gateway's id (when it
+    has one), its Message-ID and subject (read from the file; empty when it is gone)."""
+    return {"message_id": row.message_id, "file": row.path,
+            "id": row.key.removeprefix("id:") if row.key.startswith("id:") else "",
+            "subject": _subject(Path(row.path))}
+
+
+def _subject(path: Path) -> str:
+    try:
+        return parse_headers(read_header_fields(path, ("Subject",)), "")["subject"]
+    except OSError:
+        return ""
+
+
+Found = list[dict[str, Any]]
+
+
+def look_again(mailbox: PrimaryMailbox, missing: Found) -> tuple[Found, Found]:
+    """(missing, not matched): each folder a message seems missing from is searched by its
+    Message-ID; copies found that way are there, but under a key the standby's record does not
+    have (failback would not recognise them either): reported as such, not as missing."""
+    still_missing: Found = []
+    not_matched: Found = []
+    for item in missing:
+        found = 0
+        if item["message_id"]:
+            try:
+                mailbox.select(item["folder"])
+                found = len(mailbox.client.search(["HEADER", "Message-ID", item["message_id"]]))
+            except IMAPClientError:
+                found = 0  # the folder is not there: missing indeed
+        if found:
+            not_matched.append({**item, "found_by_message_id": found})
+        else:
+            still_missing.append(item)
+    return still_missing, not_matched

@@ -26,9 +26,16 @@ from prometheus_client.registry import Collector
 
 from mailcontinuity.config import Config
 from mailcontinuity.journal.spool import spool_usage
+from mailcontinuity.reports.problems import (
+    EMPTY_SPOOL,
+    journal_pace,
+    readable_spool,
+    watch,
+    watched_disks,
+)
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.heartbeats import sync_agent_heartbeat
-from mailcontinuity.store.journal import journal_summary
+from mailcontinuity.store.journal import alarm_summary, journal_summary
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.probes import latest_probes
 from mailcontinuity.store.state import STATES, current_state
@@ -132,6 +139,47 @@ def outage_metrics(store: StateStore) -> Iterator[Metric]:
                     {status: float(progress.get(status, 0)) for status in FAILBACK_STATUSES})
 
 
+def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
+    """The verdict ``status`` opens with, per part, and the checks behind it (the monitor's
+    latest, not run again at scrape time), the disks and the journal's pace."""
+    now = time.time()
+    usage = readable_spool(config, now)
+    # Of the journal, the verdict needs only the spool errors (the journal section has the rest).
+    watched = watch(config, store, current_state(store), alarm_summary(store, "spool_error"),
+                    usage, now, live=False)
+    yield _gauge("protected", "1 if every watched part answers (status: PROTECTED), 0 if"
+                 " status lists a problem.", float(watched.protected))
+    since = {problem.part: problem.since for problem in watched.problems}
+    yield _labelled("part_ok", "1 if the part has no problem in status, 0 if it has.", "part",
+                    {part: float(ok) for part, ok in watched.part_ok().items()})
+    yield _labelled("part_problem_since_timestamp_seconds", "Since when the part has had its"
+                    " problem (0: none).", "part",
+                    {part: since.get(part, 0.0) for part in watched.parts})
+    labels = ["part", "check", "target"]
+    up = GaugeMetricFamily(PREFIX + "check_up", "1 if the monitor's last check of the part"
+                           " succeeded (standby lmtp/imap/submission, milter socket, webmail"
+                           " http).", labels=labels)
+    latency = GaugeMetricFamily(PREFIX + "check_latency_seconds", "How long that check took"
+                                " (to its timeout when the part never answered).", labels=labels)
+    for record in watched.checks:
+        key = [record.check.part, record.check.name, record.check.target]
+        up.add_metric(key, float(record.check.ok))
+        if record.check.latency_ms is not None:
+            latency.add_metric(key, record.check.latency_ms / 1000)
+    yield from (up, latency)
+    free = GaugeMetricFamily(PREFIX + "disk_free_ratio", "Free share (0 to 1) of the file system"
+                             " holding the standby's mail, the milter's spool or the state"
+                             " store (the lesser of space and inodes).", labels=["part", "path"])
+    for disk in watched_disks(config):
+        free.add_metric([disk.part, str(disk.path)], min(disk.free_ratio, disk.free_inodes_ratio))
+    yield free
+    pace = journal_pace(config, store, usage or EMPTY_SPOOL, now)
+    yield _gauge("pace_accepted_messages", "Messages the gateway accepted for protected domains"
+                 " in the last [watch] journal_pace_seconds (policyd's count).", pace.accepted)
+    yield _gauge("pace_journaled_messages", "Of the same window, messages with a journal copy"
+                 " (shipped or in the spool).", pace.journaled)
+
+
 class StoreCollector(Collector):
     """Reads every section at scrape time; one section's failure does not hide the others."""
 
@@ -141,6 +189,7 @@ class StoreCollector(Collector):
             "journal": lambda: journal_metrics(config, store),
             "probes": lambda: probe_metrics(store),
             "outage": lambda: outage_metrics(store),
+            "watch": lambda: watch_metrics(config, store),
         }
         self.failing: set[str] = set()
         # Prometheus may scrape concurrently; one SQLite connection serves one query at a time.

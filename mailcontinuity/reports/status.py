@@ -1,10 +1,13 @@
 """What ``mailcontinuity status`` reports, gathered from the state store and the spool.
 
-The shape is a contract (shared/design.md): ``state``, ``primary``, ``journal``, ``outage``.
-A part that has not reported yet is shown as unknown (null), never as a guess; health is only as
-good as its freshness: if policyd has not probed within its own stale limit (it is stopped,
-killed or hung) the primary's health is unknown, and the report says why. The journal's backlog
-is read from the spool on disk, so it is right even when the milter is down.
+The shape is a contract (shared/design.md): ``state``, ``protected``, ``problems``, ``primary``,
+``journal``, ``outage``. It opens with the verdict (``reports.problems``): protected, or not and
+why, since when, and what to do next; ``status --check`` says the same in one line for a
+monitoring system. A part that has not reported yet is shown as unknown (null), never as a
+guess; health is only as good as its freshness: if policyd has not probed within its own stale
+limit (it is stopped, killed or hung) the primary's health is unknown, and the report says why.
+The journal's backlog is read from the spool on disk, so it is right even when the milter is
+down.
 """
 
 from __future__ import annotations
@@ -14,49 +17,71 @@ from dataclasses import asdict
 from typing import Any
 
 from mailcontinuity.config import Config
-from mailcontinuity.journal.spool import spool_usage
+from mailcontinuity.journal.spool import SpoolUsage, spool_usage
+from mailcontinuity.reports.problems import (
+    EMPTY_SPOOL,
+    EXIT_CODES,
+    Verdict,
+    Watch,
+    check_as_dict,
+    policyd_status,
+    readable_spool,
+    store_unavailable,
+    watch,
+)
 from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.heartbeats import pid_alive, policyd_heartbeat, sync_agent_heartbeat
+from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 from mailcontinuity.store.journal import journal_summary
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.probes import latest_probes
 from mailcontinuity.store.state import current_state, outage_start
 
 
-def collect_status(config: Config, store: StateStore) -> dict[str, Any]:
+def collect_status(config: Config, store: StateStore, live: bool = True) -> dict[str, Any]:
+    """The whole status; with ``live``, watched parts the monitor has not checked recently
+    (policyd down) are checked here."""
+    now = time.time()
     state = current_state(store)
+    usage = readable_spool(config, now)
+    journal = journal_status(config, store, usage or EMPTY_SPOOL)
+    watched = watch(config, store, state, journal, usage, now, live)
     return {
         "state": state.name,
         "since": state.since,
         "cause": state.cause,
         "actor": state.actor,
+        **verdict_fields(watched),
         "protected_domains": list(config.domains.protected),
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
-        "primary": primary_status(store),
-        "journal": journal_status(config, store),
+        "primary": primary_status(store, now),
+        "journal": journal,
         "outage": combined_outage(store),
-        "generated_at": time.time(),
+        "generated_at": now,
     }
 
 
+def verdict_fields(watched: Watch) -> dict[str, Any]:
+    return {
+        "protected": watched.protected,
+        "problems": [problem.as_dict() for problem in watched.problems],
+        "verdict": watched.verdict,
+        "parts": watched.part_ok(),
+        "checks": [check_as_dict(record) for record in watched.checks],
+        "checked_by": "status" if watched.checked_live else "policyd",
+    }
+
+
+def unavailable_status(config: Config, error: str) -> dict[str, Any]:
+    """What ``status`` can say when the state store cannot be opened: that, and nothing it
+    would have to read from the store."""
+    watched = store_unavailable(config, error)
+    return {"state": None, "since": None, "cause": None, "actor": None,
+            **verdict_fields(watched), "protected_domains": list(config.domains.protected),
+            "primary": {"healthy": None, "last_probes": [], "policyd": None},
+            "journal": None, "outage": None, "generated_at": time.time()}
+
+
 # --- primary and policyd ---------------------------------------------------------------------
-def policyd_status(store: StateStore, now: float) -> dict[str, Any]:
-    """Whether policyd runs: its heartbeat is fresh and its process is alive."""
-    beat = policyd_heartbeat(store)
-    if beat is None:
-        return {"running": False, "detail": "never started on this host"}
-    report = {"pid": beat["pid"], "last_heartbeat": beat["beat_at"]}
-    if beat["stopped_at"] is not None:
-        detail = "stopped"
-    elif not pid_alive(beat["pid"]):
-        detail = f"process {beat['pid']} is gone (killed or crashed)"
-    elif now - beat["beat_at"] > beat["stale_after"]:
-        detail = f"no heartbeat for {now - beat['beat_at']:.0f}s (hung?)"
-    else:
-        return {"running": True, **report, "detail": "running"}
-    return {"running": False, **report, "detail": detail}
-
-
 def primary_status(store: StateStore, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     daemon = policyd_status(store, now)
@@ -84,11 +109,13 @@ def render_primary(primary: dict[str, Any]) -> list[str]:
 
 
 # --- journal ---------------------------------------------------------------------------------
-def journal_status(config: Config, store: StateStore) -> dict[str, Any]:
-    usage = spool_usage(config.milter.spool_dir)
+def journal_status(config: Config, store: StateStore,
+                   usage: SpoolUsage | None = None) -> dict[str, Any]:
+    usage = spool_usage(config.milter.spool_dir) if usage is None else usage
     return {
         "sink": config.milter.sink,
         "spooled": usage.entries,
+        "spool_bytes": usage.bytes,
         "lag_seconds": round(usage.lag_seconds, 3),
         **journal_summary(store),
         "on_spool_error": config.milter.on_spool_error,
@@ -150,10 +177,35 @@ def render_outage(outage: dict[str, Any] | None) -> str:
     return line
 
 
+def _when(at: float, now: float) -> str:
+    ago = max(0.0, now - at)
+    span = (f"{ago:.0f}s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200
+            else f"{ago / 3600:.1f} h" if ago < 172800 else f"{ago / 86400:.1f} days")
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}, {span} ago"
+
+
+def render_verdict(report: dict[str, Any]) -> list[str]:
+    """The first lines: protected, or NOT PROTECTED with each problem, since when, what next."""
+    now = report["generated_at"]
+    if report["protected"]:
+        parts = ", ".join(report["parts"])
+        return [f"PROTECTED: every watched part answers ({parts})"]
+    count = len(report["problems"])
+    lines = [f"NOT PROTECTED ({report['verdict']}): {count} problem{'s' * (count != 1)}"]
+    for problem in report["problems"]:
+        lines.append(f"  {problem['part']:<10} since {_when(problem['since'], now)}:"
+                     f" {problem['detail']}")
+        lines.append(f"  {'':<10} next: {problem['action']}")
+    return lines
+
+
 def render_status(report: dict[str, Any]) -> str:
-    """The human-readable form, one fact per line."""
+    """The human-readable form: the verdict, then one fact per line."""
+    lines = render_verdict(report)
+    if report["state"] is None:
+        return "\n".join(lines)
     since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report["since"]))
-    lines = [
+    lines += [
         f"state:    {report['state']} since {since} ({report['cause']}, by {report['actor']})",
         f"domains:  {', '.join(report['protected_domains'])}",
         *render_primary(report["primary"]),
@@ -161,3 +213,35 @@ def render_status(report: dict[str, Any]) -> str:
         render_outage(report["outage"]),
     ]
     return "\n".join(lines)
+
+
+def check_result(report: dict[str, Any]) -> tuple[str, int]:
+    """``status --check``: one line and the exit status, as monitoring plugins give them
+    (``SERVICE STATUS - text | perfdata``)."""
+    verdict: Verdict = report["verdict"]
+    if report["protected"]:
+        text = f"protected, state {report['state']}, {len(report['parts'])} parts answer"
+    else:
+        text = "NOT PROTECTED: " + "; ".join(
+            f"{p['part']}: {_shorten(p['detail'])}" for p in report["problems"])
+    return f"MAILCONTINUITY {verdict} - {text} | {perfdata(report)}", EXIT_CODES[verdict]
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def perfdata(report: dict[str, Any]) -> str:
+    """Performance data: journal lag and spool, the probes' latencies, the problem count."""
+    values = [f"problems={len(report['problems'])};;1;0"]
+    journal = report["journal"]
+    if journal is not None:
+        values += [f"journal_lag={journal['lag_seconds']:.3f}s;;;0",
+                   f"spooled={journal['spooled']};;;0",
+                   f"spool_size={journal['spool_bytes']}B;;;0"]
+    for probe in report["primary"]["last_probes"]:
+        values.append(f"primary_{probe['probe']}={probe['latency_ms'] / 1000:.3f}s;;;0")
+    for check in report["checks"]:
+        if check["latency_ms"] is not None:
+            values.append(f"{check['part']}_{check['check']}={check['latency_ms'] / 1000:.3f}s;;;0")
+    return " ".join(values)

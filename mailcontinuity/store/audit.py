@@ -46,12 +46,34 @@ def forget_before(store: StateStore, before: float) -> int:
         return store.execute("DELETE FROM audit WHERE at < ?", [before])
 
 
-def audit_log(store: StateStore, since: float = 0.0) -> list[AuditEntry]:
+def audit_between(store: StateStore, since: float, until: float) -> list[AuditEntry]:
+    """The records from ``since`` to ``until``, oldest first (the incident report's window)."""
+    return _entries(store, "WHERE at >= ? AND at <= ?", [since, until])
+
+
+def last_transition(store: StateStore, to_state: str, before: float) -> AuditEntry | None:
+    """The latest transition into ``to_state`` at or before ``before``."""
+    found = _entries(store, "WHERE event = 'transition' AND to_state = ? AND at <= ?"
+                     " ORDER BY id DESC LIMIT 1", [to_state, before], order=False)
+    return found[0] if found else None
+
+
+def first_transition(store: StateStore, to_state: str, after: float) -> AuditEntry | None:
+    """The earliest transition into ``to_state`` at or after ``after``."""
+    found = _entries(store, "WHERE event = 'transition' AND to_state = ? AND at >= ?"
+                     " ORDER BY id LIMIT 1", [to_state, after], order=False)
+    return found[0] if found else None
+
+
+def _entries(store: StateStore, where: str, params: list[Any],
+             order: bool = True) -> list[AuditEntry]:
     rows = store.query(
-        "SELECT id, at, event, from_state, to_state, cause, actor, detail, origin FROM audit"
-        " WHERE at >= ? ORDER BY id",
-        [since],
-    )
+        "SELECT id, at, event, from_state, to_state, cause, actor, detail, origin FROM audit "
+        + where + (" ORDER BY id" if order else ""), params)
     return [AuditEntry(id=row[0], at=row[1], event=row[2], from_state=row[3], to_state=row[4],
                        cause=row[5], actor=row[6], detail=json.loads(row[7]), origin=row[8])
             for row in rows]
+
+
+def audit_log(store: StateStore, since: float = 0.0) -> list[AuditEntry]:
+    return _entries(store, "WHERE at >= ?", [since])

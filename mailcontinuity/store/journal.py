@@ -121,13 +121,55 @@ def journal_summary(store: StateStore) -> dict[str, Any]:
         "unknown_recipients": unknown,
     }
     for kind in ("spool_error", "ship_error"):
-        total, last_at = store.one(
-            "SELECT count(*), max(at) FROM journal_alarm WHERE kind = ?", [kind]) or (0, None)
-        last = None
-        if total:
-            newest = store.one(
-                "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
-            last = {"at": last_at, "detail": newest[0] if newest else ""}
-        summary[f"{kind}s"] = total + counts.get(f"alarm:{kind}", 0)
-        summary[f"last_{kind}"] = last
+        summary |= alarm_summary(store, kind, counts.get(f"alarm:{kind}", 0))
     return summary
+
+
+def alarm_summary(store: StateStore, kind: AlarmKind, retired: int | None = None
+                  ) -> dict[str, Any]:
+    """``{kind}s`` (how many, those ``prune`` forgot included) and ``last_{kind}`` (when and
+    what, or None): one kind of the milter's alarms, read without the rest of the journal."""
+    if retired is None:
+        row = store.one("SELECT count FROM retired_count WHERE name = ?", [f"alarm:{kind}"])
+        retired = int(row[0]) if row else 0
+    total, last_at = store.one(
+        "SELECT count(*), max(at) FROM journal_alarm WHERE kind = ?", [kind]) or (0, None)
+    last = None
+    if total:
+        newest = store.one(
+            "SELECT detail FROM journal_alarm WHERE kind = ? ORDER BY id DESC LIMIT 1", [kind])
+        last = {"at": last_at, "detail": newest[0] if newest else ""}
+    return {f"{kind}s": total + retired, f"last_{kind}": last}
+
+
+def backlog_at(store: StateStore, at: float) -> tuple[int, float | None]:
+    """(copies, the oldest one's acceptance time) of mail accepted before ``at`` whose journal
+    copy reached the standby only after it: what the standby lacked at that moment (the
+    recovery point of an outage that began then)."""
+    row = store.one("SELECT COUNT(*), MIN(received) FROM journal WHERE status IN"
+                    " ('shipped', 'unknown', 'failed') AND received < ? AND recorded > ?",
+                    [at, at])
+    return (0, None) if row is None else (int(row[0]), row[1])
+
+
+def history_from(store: StateStore, at: float) -> float | None:
+    """The oldest journal copy the standby held at ``at`` (pruned since, or still there)."""
+    row = store.one("SELECT MIN(received) FROM journal WHERE status IN ('shipped', 'pruned')"
+                    " AND received < ? AND ((status = 'shipped' AND recorded <= ?)"
+                    " OR (status = 'pruned' AND recorded > ?))", [at, at, at])
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def journaled_since(store: StateStore, since: float) -> tuple[int, float | None]:
+    """(messages with a journal copy accepted since ``since``, when the newest copy was
+    accepted), for the check that the journal keeps pace with the gateway. Both read the
+    (status, received) index, one status at a time, so the journal's size does not matter."""
+    statuses = ("shipped", "unknown", "failed", "pruned")
+    placeholders = ", ".join("?" for _ in statuses)
+    row = store.one(f"SELECT COUNT(DISTINCT message_id) FROM journal WHERE status IN"
+                    f" ({placeholders}) AND received >= ?", [*statuses, since])
+    newest = store.one("SELECT MAX(newest) FROM (" + " UNION ALL ".join(
+        "SELECT MAX(received) AS newest FROM journal WHERE status = ?" for _ in statuses)
+        + ")", list(statuses))
+    return (int(row[0]) if row else 0,
+            None if newest is None or newest[0] is None else float(newest[0]))

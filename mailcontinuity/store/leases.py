@@ -45,3 +45,10 @@ def acquire_lease(store: StateStore, name: str, holder: str) -> None:
 def release_lease(store: StateStore, name: str, holder: str) -> None:
     with store.transaction():
         store.execute("DELETE FROM sync_lease WHERE name = ? AND holder = ?", [name, holder])
+
+
+def lease_holder(store: StateStore, name: str, now: float) -> str | None:
+    """Who holds the lease ``name`` now (its holder name), or None if it is free or expired."""
+    row = store.one("SELECT holder FROM sync_lease WHERE name = ? AND expires_at > ?",
+                    [name, now])
+    return None if row is None else str(row[0])

@@ -113,6 +113,23 @@ def _migration_retired_counts(store: StateStore) -> None:
     store.execute("CREATE TABLE retired_count (name TEXT PRIMARY KEY, count INTEGER NOT NULL)")
 
 
+def _migration_watch(store: StateStore) -> None:
+    """Every watched part's latest check (the standby's listeners, the milter's socket, the
+    webmail, the sync agent's process), with since when it has been in its present condition;
+    how many messages for protected domains the gateway accepted, by minute, which the journal
+    copies must keep pace with; an index for each probe's latest result."""
+    store.execute(
+        "CREATE TABLE part_check (part TEXT NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL,"
+        " ok INTEGER NOT NULL, since REAL NOT NULL, at REAL NOT NULL, latency_ms REAL,"
+        " detail TEXT NOT NULL, action TEXT NOT NULL, PRIMARY KEY (part, name))"
+    )
+    store.execute(
+        "CREATE TABLE gateway_accepted (minute INTEGER PRIMARY KEY, messages INTEGER NOT NULL)"
+    )
+    # status and every scrape read each probe's latest result (a day of rounds is 86,400 rows).
+    store.execute("CREATE INDEX health_probes_probe ON health_probes (probe, id)")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -121,4 +138,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_policyd_health,
     _migration_audit_origin,
     _migration_retired_counts,
+    _migration_watch,
 ]

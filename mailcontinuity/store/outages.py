@@ -74,6 +74,20 @@ class ChangeLog:
         row = self.store.one("SELECT * FROM sync_outage ORDER BY id DESC LIMIT 1")
         return self._outage(row)
 
+    def outage(self, outage_id: int) -> Outage | None:
+        return self._outage(self.store.one("SELECT * FROM sync_outage WHERE id = ?",
+                                           [outage_id]))
+
+    def add_to_summary(self, outage_id: int, **fields: Any) -> None:
+        """Add facts to the outage's summary (the verify result...), keeping the rest."""
+        with self.store.transaction():
+            row = self.store.one("SELECT summary FROM sync_outage WHERE id = ?", [outage_id])
+            if row is None:
+                return
+            summary = {**json.loads(row[0]), **fields}
+            self.store.execute("UPDATE sync_outage SET summary = ? WHERE id = ?",
+                               [json.dumps(summary, sort_keys=True), outage_id])
+
     def start_outage(self, while_in: tuple[StateName, ...] | None = None) -> Outage | None:
         """The open outage, created now if there is none (idempotent, race-free); with
         ``while_in``, only while the continuity state is one of those, checked in the same
@@ -223,6 +237,32 @@ class ChangeLog:
         names = ("new_messages", "flag_changes", "moved_or_copied", "removed_from_folder",
                  "outage_messages_deleted", "new_folders")
         return {name: int(value or 0) for name, value in zip(names, one, strict=True)}
+
+    def routed_mail(self, outage_id: int) -> tuple[float | None, int, int]:
+        """(when the first arrived, messages, deliveries) of the mail the gateway routed to
+        the standby during the outage: outage mail with the gateway's id (a user's draft or
+        saved copy has none)."""
+        row = self.store.one(
+            "SELECT MIN(mtime), COUNT(DISTINCT key), COUNT(DISTINCT user || ' ' || key)"
+            " FROM sync_message WHERE outage_id = ? AND kind = 'outage' AND key LIKE 'id:%'",
+            [outage_id])
+        assert row is not None, "an aggregate query returns one row"
+        return (None if row[0] is None else float(row[0])), int(row[1]), int(row[2])
+
+    def activity_span(self, outage_id: int) -> tuple[float | None, float | None]:
+        """When users first and last changed something on the standby, as the record saw it:
+        flags and removals of what was there, messages moved or copied, mail they wrote."""
+        row = self.store.one(
+            "SELECT MIN(m.updated_at), MAX(m.updated_at) FROM sync_message m"
+            " WHERE m.outage_id = ? AND ("
+            "(m.in_baseline = 1 AND (m.present = 0 OR m.flags != m.base_flags))"
+            " OR (m.kind = 'existing' AND m.in_baseline = 0 AND EXISTS (SELECT 1 FROM"
+            " sync_message b WHERE b.outage_id = m.outage_id AND b.user = m.user"
+            " AND b.key = m.key AND b.in_baseline = 1))"
+            " OR (m.kind = 'outage' AND (m.key NOT LIKE 'id:%' OR m.folder != 'INBOX')))",
+            [outage_id])
+        assert row is not None, "an aggregate query returns one row"
+        return row[0], row[1]
 
     # --- checkpoints ---------------------------------------------------------------------
     def done_actions(self, outage_id: int, user: str) -> dict[str, str]:

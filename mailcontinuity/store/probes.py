@@ -43,3 +43,11 @@ def latest_probes(store: StateStore) -> list[ProbeResult]:
     )
     return [ProbeResult(probe, target, bool(ok), latency, error, at)
             for probe, target, ok, latency, error, at in rows]
+
+
+def failing_since(store: StateStore) -> float | None:
+    """When the primary's current run of failed probes began (None: its last probes passed)."""
+    row = store.one(
+        "SELECT MIN(at) FROM health_probes WHERE ok = 0 AND at > COALESCE("
+        "(SELECT MAX(at) FROM health_probes WHERE ok = 1), 0)")
+    return None if row is None or row[0] is None else float(row[0])

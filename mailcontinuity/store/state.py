@@ -38,12 +38,14 @@ def current_state(store: StateStore) -> State:
 
 def transition(store: StateStore, to_state: StateName, cause: str, actor: str,
                expect: tuple[StateName, ...] | None = None,
-               origin: str | None = None) -> State | None:
+               origin: str | None = None,
+               detail: dict[str, Any] | None = None) -> State | None:
     """Move to ``to_state`` and audit it; returns the old state, or None if not applied.
 
     ``expect`` guards against a race between two deciders (the health monitor and an
     operator): the transition happens only if the current state is one of these.
-    ``origin`` defaults to this process's (``audit.origin``).
+    ``origin`` defaults to this process's (``audit.origin``); ``detail`` goes into the audit
+    record (what the decider knew: the first failed probe, the journal's backlog...).
     """
     if to_state not in STATES:
         raise ValueError(f"unknown state {to_state!r}")
@@ -54,8 +56,8 @@ def transition(store: StateStore, to_state: StateName, cause: str, actor: str,
         now = time.time()
         store.execute("UPDATE state SET name = ?, since = ?, cause = ?, actor = ? WHERE id = 1",
                       [to_state, now, cause, actor])
-        entry = insert_audit(store, now, "transition", old.name, to_state, cause, actor, {},
-                             origin)
+        entry = insert_audit(store, now, "transition", old.name, to_state, cause, actor,
+                             detail or {}, origin)
     announce(entry)
     return old
 

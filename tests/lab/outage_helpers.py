@@ -3,13 +3,16 @@ outage. The scripted outage itself is the lab's (``mailcontinuity.lab.scenario``
 
 from __future__ import annotations
 
+import json
 import smtplib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 
+from click.testing import CliRunner
 from imapclient import IMAPClient
 
+from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
 from mailcontinuity.lab.mailbox import locate, wait_for_message
@@ -74,3 +77,12 @@ def on_primary_once(lab: Lab, user: LabUser, message_id: str) -> list[str]:
     """The folders ``message_id`` is in on ``user``'s primary mailbox, one entry per copy."""
     with imap_login(lab.endpoint("primary", "imap"), user.login, user.password) as client:
         return [folder for folder, uids in locate(client, message_id).items() for _ in uids]
+
+
+def run_cli(lab: Lab, *args: str) -> tuple[int, dict]:
+    """Run a ``mailcontinuity`` command on the lab's config: its exit status and its JSON
+    output ({} when it printed none); a bug's exception is raised, not hidden in the result."""
+    result = CliRunner().invoke(main, ["--config", str(lab.config_file), *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}

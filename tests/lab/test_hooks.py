@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from mailcontinuity.audit import AuditEntry
 from mailcontinuity.cli.main import main
 from mailcontinuity.hooks.runner import run_hooks
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.mail.imap import imap_login
+from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.db import open_store
 from tests.lab.policyd_helpers import back_to_normal
 from tests.unit.test_hook_runner import TRANSITION, install
 
@@ -63,3 +67,52 @@ def test_example_hook_mails_the_administrators(lab: Lab, tmp_path: Path) -> None
             return bool(client.search(["SUBJECT", "normal -> failover"]))
 
     eventually(delivered, 30, "administrator's notification in the INBOX")
+
+
+def test_a_hook_past_its_timeout_stalls_no_probe_nor_heartbeat(lab: Lab, lab_hooks: Path) -> None:
+    """The monitor fails over; its on-failover hook sleeps far past hooks_timeout_seconds. The
+    hook runs in its own thread: probe rounds and policyd's heartbeat go on meanwhile, the hook
+    is killed at its timeout, and its run is audited."""
+    began, finished = lab.dir / "hook-began", lab.dir / "hook-finished"
+    for marker in (began, finished):
+        marker.unlink(missing_ok=True)
+    install(lab_hooks, "failover", "10-sleeps", f"#!/bin/sh\ndate +%s.%N > {began}\n"
+            f"sleep 60\ntouch {finished}\n")
+    timeout = lab.config.hooks_timeout_seconds
+    lab.part("primary").stop()
+    try:
+        eventually(lambda: began.exists() and began.read_text().strip(), 30, "the hook began")
+        start = float(began.read_text())
+        time.sleep(timeout * 2 / 3)
+        report = json.loads(CliRunner().invoke(main, ["--config", str(lab.config_file),
+                                                       "status", "--json"]).stdout)
+        assert report["primary"]["policyd"]["running"] is True  # its heartbeat is fresh
+        assert report["primary"]["policyd"]["last_heartbeat"] > start
+        audited = eventually(lambda: hook_audits(lab, start), timeout + 10, "the hook audited")
+        assert audited[0].detail["outcome"] == "timed out (killed)"
+        assert audited[0].detail["transition"] == "normal -> failover"
+        assert timeout <= audited[0].detail["seconds"] < timeout + 5
+        rounds = probe_rounds(lab, start, start + timeout)
+        interval = lab.config.health.interval_seconds
+        assert len(rounds) >= timeout / interval / 2, rounds  # probes went on meanwhile
+        assert not finished.exists()
+    finally:
+        lab.part("primary").start()
+
+
+def hook_audits(lab: Lab, since: float) -> list[AuditEntry]:
+    store = open_store(lab.config)
+    try:
+        return [entry for entry in audit_log(store, since=since) if entry.event == "hook"]
+    finally:
+        store.close()
+
+
+def probe_rounds(lab: Lab, since: float, until: float) -> list[float]:
+    store = open_store(lab.config)
+    try:
+        return [row[0] for row in store.query(
+            "SELECT DISTINCT at FROM health_probes WHERE probe = 'delivery' AND at BETWEEN ? AND ?",
+            [since, until])]
+    finally:
+        store.close()

@@ -165,7 +165,8 @@ def test_outage_failover_policy_requests_and_failback_are_served(normal_lab: Lab
         recording = eventually(lambda: (m := scrape(listen)).value(
             "mailcontinuity_outage_activity", kind="new_messages") >= 1 and m, 15,
             "the message to bob recorded as outage activity")
-        assert recording.value("mailcontinuity_outage_status", status="recording") == 1
+        assert recording.value("mailcontinuity_outage_status", status="recording") == 1, {
+            key: value for key, value in recording.samples.items() if "outage" in key[0]}
         assert recording.value("mailcontinuity_outage_id") > before.value(
             "mailcontinuity_outage_id")
     finally:

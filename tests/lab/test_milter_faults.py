@@ -20,12 +20,15 @@ from Milter.testctx import TestCtx as MilterContext
 from mailcontinuity.cli.main import main
 from mailcontinuity.journal.daemon import journal_policy
 from mailcontinuity.journal.milter import JournalMilter, JournalRuntime, SpoolErrorCounter
-from mailcontinuity.journal.spool import Spool, SpoolWriter, spool_usage
+from mailcontinuity.journal.sinks import make_sink
+from mailcontinuity.journal.spool import Spool, SpoolWriter, Target, spool_usage
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.heartbeats import pid_alive
 from tests.lab.journal_helpers import fetch_by_header, wait_for_empty_spool
+from tests.lab.test_milter_lmtp import ship_through_shipper, spool_message
 
 SENDER = "sender@remote.test"
 
@@ -99,27 +102,25 @@ def test_milter_killed_between_accept_and_ship_ships_once_after_restart(lab: Lab
     assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID", message_id)) == 1
 
 
-def test_a_spool_on_its_own_file_system_still_ships_every_copy(lab: Lab) -> None:
-    """A spool on its own tmpfs while the standby's Maildirs stay on /tmp's disk: the
-    in-kernel copy crosses file systems (it used to fail with EXDEV and the spool grew)."""
-    spool_dir = lab.config.milter.spool_dir
-    wait_for_empty_spool(spool_dir)
-    milter = lab.part("milter")
-    milter.stop()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
-                    str(spool_dir)], check=True)
+def test_a_spool_on_its_own_file_system_still_ships_every_copy(lab: Lab, tmp_path: Path) -> None:
+    """A spool on its own tmpfs while the standby's Maildirs stay on /tmp's disk: the maildir
+    sink's in-kernel copy crosses file systems (it used to fail with EXDEV and the spool grew)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mount)],
+                   check=True)
     try:
-        assert os.stat(spool_dir).st_dev != os.stat(lab.dir / "standby").st_dev
-        milter.start()
-        ids = send_batch(lab, 3, f"spool on tmpfs {uuid.uuid4().hex[:8]}")
-        wait_for_empty_spool(spool_dir, timeout=30)
-        for message_id in ids:
-            assert len(fetch_by_header(lab, "standby", lab.users[1], "Message-ID",
-                                       message_id)) == 1
+        spool = Spool(mount / "spool")
+        assert os.stat(spool.directory).st_dev != os.stat(lab.dir / "standby").st_dev
+        bob = lab.users[1]
+        sent = [spool_message(spool, make_message(SENDER, [bob.address], f"tmpfs {n}"),
+                              [Target(bob.address, "INBOX")]) for n in range(3)]
+        ship_through_shipper(lab, spool, [entry for entry, _ in sent], make_sink(lab.config))
+        for _, envelope in sent:
+            [copy] = fetch_by_header(lab, "standby", bob, DEFAULT_ID_HEADER, envelope.id)
+            assert b"tmpfs" in copy
     finally:
-        milter.stop()
-        subprocess.run(["umount", str(spool_dir)], check=True)
-        milter.start()
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def feed(runtime: JournalRuntime, raw: bytes, recipient: str, auth: str = "") -> MilterContext:

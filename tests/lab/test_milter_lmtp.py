@@ -18,7 +18,7 @@ from sievelib.managesieve import Client as SieveClient
 from mailcontinuity.cli.main import main
 from mailcontinuity.config import ConfigError, Endpoint, MilterSection
 from mailcontinuity.journal.shipper import Shipper
-from mailcontinuity.journal.sinks import LmtpSink, TemporaryFailure, make_sink
+from mailcontinuity.journal.sinks import LmtpSink, Sink, TemporaryFailure, make_sink
 from mailcontinuity.journal.spool import Envelope, Spool, Target, new_message_id
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
@@ -59,7 +59,7 @@ def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Path, Envelop
     return entry, envelope, target
 
 
-def ship_through_shipper(lab: Lab, spool: Spool, entries: list[Path], sink: LmtpSink) -> None:
+def ship_through_shipper(lab: Lab, spool: Spool, entries: list[Path], sink: Sink) -> None:
     shipper = Shipper(spool, sink, lambda: open_store(lab.config), 0.2, 1.0)
     shipper.start()
     try:

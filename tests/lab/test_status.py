@@ -19,11 +19,15 @@ def test_status_json_reports_normal_on_a_fresh_store(lab: Lab) -> None:
     assert report["primary"]["healthy"] in (True, None)  # None until policyd's first probe
     assert report["outage"] is None
     assert report["protected_domains"] == ["example.test"]
+    assert isinstance(report["protected"], bool) and isinstance(report["problems"], list)
+    assert report["protected"] == (report["problems"] == [])
 
 
 def test_status_text_is_readable(lab: Lab) -> None:
     result = CliRunner().invoke(main, ["--config", str(lab.config_file), "status"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("state:    normal since ")
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(("PROTECTED: ", "NOT PROTECTED ("))  # the verdict comes first
+    assert "\nstate:    normal since " in result.stdout
     assert "\nprimary:  " in result.stdout
     assert "\npolicyd:  running (pid " in result.stdout

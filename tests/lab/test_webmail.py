@@ -7,6 +7,7 @@ lab's Roundcube started as ``lab up --webmail`` starts it.
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,17 @@ def portal(lab: Lab) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def browser() -> Iterator[Browser]:
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Chromium with a home of its own: it writes its crash-report settings and dconf cache
+    under $HOME even with a temporary profile, and the suite touches nothing outside its
+    temporary directories."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                              env=env)
         try:
             yield launched
         finally:

@@ -76,6 +76,15 @@ def test_lmtp_delivery_uses_postfix_inet_syntax(tmp_path: Path) -> None:
         (("[standby]", "[standby]\n[standby.extra]"), "unknown key 'standby.extra'"),
         (("lmtp = \"127.0.0.1:24\"", ""), "missing key 'standby.lmtp'"),
         (("[primary]", "[primary"), "not valid TOML"),
+        # Strict types: a quoted number or a boolean for a number is a mistake, not a value.
+        (("retention_days = 45", "retention_days = \"30\""),
+         "key 'standby.retention_days': Input should be a valid integer (got '30')"),
+        (("retention_days = 45", "retention_days = 45\n[sync]\nconcurrency = true"),
+         "key 'sync.concurrency': Input should be a valid integer (got True)"),
+        (("retention_days = 45", "retention_days = 45\n[metrics]\nenabled = \"yes\""),
+         "key 'metrics.enabled': Input should be a valid boolean (got 'yes')"),
+        (("[state]", "[state]\nretention_days = 9.5"), "key 'state.retention_days'"),
+        (("[state]", "hooks_dir = 5\n[state]"), "key 'hooks_dir'"),
     ],
 )
 def test_each_mistake_is_one_line_naming_file_and_key(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mailcontinuity.hooks.runner import Transition, run_hooks
+from mailcontinuity.hooks.runner import HookQueue, HookResult, Transition, run_hooks
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.store.heartbeats import pid_alive
 
@@ -51,3 +51,47 @@ def test_a_hanging_hook_is_killed_with_its_children_at_the_timeout(tmp_path: Pat
 
 def test_no_hooks_directory_means_no_hooks(tmp_path: Path) -> None:
     assert run_hooks(tmp_path / "absent", TRANSITION, timeout=1) == []
+
+
+def test_the_queue_runs_hooks_in_order_without_making_the_caller_wait(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    install(tmp_path, "failover", "slow", f"#!/bin/sh\nsleep 1\necho \"$NEW_STATE\" >> {log}\n")
+    install(tmp_path, "failback", "quick", f"#!/bin/sh\necho \"$NEW_STATE\" >> {log}\n")
+    finished: list[tuple[str, list[int | None]]] = []
+    hooks = HookQueue(tmp_path, 10, {}, lambda t, results: finished.append(
+        (t.new_state, [r.exit_code for r in results])))
+    started = time.monotonic()
+    assert hooks.submit(TRANSITION)
+    assert hooks.submit(Transition("failover", "failback", "healthy", "health-monitor", 0.0))
+    assert time.monotonic() - started < 0.5  # the caller goes on at once
+    eventually(lambda: len(finished) == 2, 10, "both transitions' hooks done")
+    assert finished == [("failover", [0]), ("failback", [0])]
+    assert log.read_text() == "failover\nfailback\n"
+    hooks.close(5)
+
+
+def test_a_hook_past_its_timeout_is_reported_and_a_full_queue_refuses(tmp_path: Path) -> None:
+    install(tmp_path, "failover", "hangs", "#!/bin/sh\nsleep 60\n")
+    finished: list[list[HookResult]] = []
+    hooks = HookQueue(tmp_path, 0.5, {}, lambda _, results: finished.append(results),
+                      max_pending=1)
+    assert hooks.submit(TRANSITION)
+    eventually(lambda: hooks._running is not None, 5, "the hook running")
+    assert hooks.submit(TRANSITION)  # waits behind the running one
+    assert not hooks.submit(TRANSITION)  # one waiting is all this queue takes
+    eventually(lambda: len(finished) == 2, 10, "both runs finished")
+    assert all(r.timed_out and r.exit_code is None and r.seconds >= 0.5
+               for results in finished for r in results)
+    hooks.close(5)
+
+
+def test_closing_kills_a_hook_still_running_after_the_wait(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    install(tmp_path, "failover", "hangs", f"#!/bin/sh\necho $$ > {pid_file}\nsleep 60\n")
+    hooks = HookQueue(tmp_path, 60, {}, lambda _, __: None)
+    hooks.submit(TRANSITION)
+    eventually(lambda: pid_file.exists() and pid_file.read_text().strip(), 5, "the hook started")
+    started = time.monotonic()
+    hooks.close(0.5)
+    assert time.monotonic() - started < 5
+    eventually(lambda: not pid_alive(int(pid_file.read_text())), 5, "the hook killed")

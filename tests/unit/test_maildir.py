@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pytest_mock import MockerFixture
 
+from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
 from mailcontinuity.mail.maildir import (
     FLAG_LETTERS,
     INBOX,
@@ -24,7 +25,7 @@ from mailcontinuity.mail.maildir import (
     folder_name,
     folder_path,
     message_name,
-    read_header_block,
+    read_header_fields,
     rfc822_size,
     split_filename,
     user_maildirs,
@@ -114,15 +115,38 @@ header_lines = st.lists(
     min_size=1, max_size=40)
 
 
-@given(header_lines, st.sampled_from([b"\n", b"\r\n"]), st.binary(max_size=2000))
-def test_the_header_block_ends_at_the_first_empty_line(lines: list[tuple[str, str]],
-                                                        eol: bytes, body: bytes) -> None:
-    headers = b"".join(f"{name}: {value}".encode() + eol for name, value in lines)
+@given(header_lines, st.sampled_from([b"\n", b"\r\n"]), st.binary(max_size=2000),
+       st.sets(st.integers(0, 39)))
+def test_the_wanted_fields_are_read_up_to_the_first_empty_line(
+        lines: list[tuple[str, str]], eol: bytes, body: bytes, picks: set[int]) -> None:
+    """Exactly the lines of the wanted fields (folded lines too), in order; nothing of the
+    body, whatever it holds."""
+    wanted = {lines[n][0].lower() for n in picks if n < len(lines)}
+    fields = [f"{name}: {value}".encode() + eol + (b"\tfolded" + eol if n % 2 else b"")
+              for n, (name, value) in enumerate(lines)]
+    headers = b"".join(fields)
     assume(eol + eol not in headers)
     with tempfile.NamedTemporaryFile() as stored:
         stored.write(headers + eol + body)
         stored.flush()
-        assert read_header_block(Path(stored.name)) == headers + eol
+        found = read_header_fields(Path(stored.name), wanted)
+    expected = b"".join(field for field, (name, _) in zip(fields, lines, strict=True)
+                        if name.lower() in wanted)
+    assert found == expected + b"\n"
+
+
+def test_the_id_is_found_after_a_header_block_of_megabytes(tmp_path: Path) -> None:
+    """The key of a message whose header section is far larger than any fixed read: the id
+    header after 3 MB of other fields (as the milter's id once ended up), and before them."""
+    bulk = b"".join(b"X-Filler-%05d: " % n + b"x" * 990 + b"\n" for n in range(3000))
+    for name, text in (("after", bulk + b"X-Corp-Id: gw-123\n"),
+                       ("before", b"X-Corp-Id: gw-123\n" + bulk)):
+        path = tmp_path / name
+        path.write_bytes(b"Message-ID: <m@x>\nSubject: big\n" + text + b"\nbody\n")
+        headers = parse_headers(read_header_fields(path, key_headers("X-Corp-Id")), "X-Corp-Id")
+        assert headers["id"] == "gw-123" and headers["subject"] == "big"
+        assert message_key(headers, 1) == "id:gw-123"
+
 
 
 @pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EOPNOTSUPP])

@@ -1,0 +1,437 @@
+"""Is the site protected? Every watched part, and what is wrong with each, since when, and what
+to do next: the verdict ``status`` opens with, ``status --check`` exits with, and the metrics
+(``mailcontinuity_protected``, ``mailcontinuity_part_ok``) serve.
+
+Continuity is used a few days a year; its worst failure is the quiet one (the journal stopped
+weeks ago, the standby's disk is full) found only when the primary dies. So every part the
+design relies on is watched, and anything short of "all answer" is a problem:
+
+- **primary**: its probes (policyd's monitor); while it fails the site runs on the standby, or
+  worse, waits in Postfix's queue;
+- **standby**: LMTP, IMAP and submission answer (the monitor's checks), the disk of its mail
+  store has room;
+- **milter**: Postfix can reach it and it negotiates, its journal copies keep pace with the mail
+  the gateway accepts, the copies reach the standby in time, its spool's disk has room;
+- **policyd**: its heartbeat (a stopped, killed or hung policyd detects no outage);
+- **sync-agent**: its heartbeat (nothing records the outage without it);
+- **store**: the state store can be read and written, its disk has room;
+- **webmail** (``standby.webmail``): it answers.
+
+The monitor records its checks in the store; when policyd is not there to run them, ``status``
+runs them itself (``live``), so that it never reports a part as fine on stale evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from mailcontinuity.config import Config
+from mailcontinuity.journal.spool import SpoolUsage, spool_usage
+from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.monitor.watch import check_watched_parts, standby_ready
+from mailcontinuity.outage.merge import LEASE as MERGE_LEASE
+from mailcontinuity.store.accepted import accepted_since
+from mailcontinuity.store.checks import Check, CheckRecord, latest_checks
+from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.heartbeats import pid_alive, policyd_heartbeat, sync_agent_heartbeat
+from mailcontinuity.store.journal import journaled_since
+from mailcontinuity.store.leases import lease_holder
+from mailcontinuity.store.probes import ProbeResult, failing_since, latest_probes
+from mailcontinuity.store.state import State
+
+Severity = Literal["critical", "warning"]
+Verdict = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+# The monitoring-plugin convention (Nagios, Icinga, Zabbix agents).
+EXIT_CODES: dict[Verdict, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+PARTS = ("primary", "standby", "milter", "policyd", "sync-agent", "store", "webmail")
+# Without a policyd heartbeat to say how fresh a check must be.
+DEFAULT_STALE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with one part (contract: ``part``, ``since``, ``detail``, ``action`` in
+    ``status --json``); ``severity`` decides ``status --check``'s exit status."""
+
+    part: str
+    since: float
+    detail: str
+    action: str
+    severity: Severity = "critical"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"part": self.part, "since": self.since, "detail": self.detail,
+                "action": self.action}
+
+
+@dataclass
+class Watch:
+    """The verdict and the evidence for it."""
+
+    parts: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    checks: list[CheckRecord] = field(default_factory=list)
+    checked_live: bool = False
+    """Whether ``checks`` were run by this process (policyd was not there to run them)."""
+
+    @property
+    def protected(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> Verdict:
+        if any(problem.severity == "critical" for problem in self.problems):
+            return "CRITICAL"
+        return "WARNING" if self.problems else "OK"
+
+    def part_ok(self) -> dict[str, bool]:
+        failing = {problem.part for problem in self.problems}
+        return {part: part not in failing for part in self.parts}
+
+
+def watched_parts(config: Config) -> list[str]:
+    return [part for part in PARTS if part != "webmail" or config.standby.webmail is not None]
+
+
+def expected_checks(config: Config) -> set[tuple[str, str]]:
+    """The checks the monitor runs each round for this configuration."""
+    expected = {("standby", "lmtp"), ("standby", "imap"), ("milter", "socket")}
+    if config.standby.submission is not None:
+        expected.add(("standby", "submission"))
+    if config.standby.webmail is not None:
+        expected.add(("webmail", "http"))
+    return expected
+
+
+# --- policyd and the primary ---------------------------------------------------------------
+def policyd_status(store: StateStore, now: float) -> dict[str, Any]:
+    """Whether policyd runs: its heartbeat is fresh and its process is alive."""
+    beat = policyd_heartbeat(store)
+    if beat is None:
+        return {"running": False, "detail": "never started on this host", "since": None}
+    report = {"pid": beat["pid"], "last_heartbeat": beat["beat_at"],
+              "stale_after": beat["stale_after"]}
+    if beat["stopped_at"] is not None:
+        detail, since = "stopped", beat["stopped_at"]
+    elif not pid_alive(beat["pid"]):
+        detail, since = f"process {beat['pid']} is gone (killed or crashed)", beat["beat_at"]
+    elif now - beat["beat_at"] > beat["stale_after"]:
+        detail, since = (f"no heartbeat for {now - beat['beat_at']:.0f}s (hung?)",
+                         beat["beat_at"])
+    else:
+        return {"running": True, **report, "detail": "running", "since": beat["started_at"]}
+    return {"running": False, **report, "detail": detail, "since": since}
+
+
+def policyd_problem(daemon: dict[str, Any], now: float) -> Problem | None:
+    if daemon["running"]:
+        return None
+    return Problem("policyd", daemon["since"] or now, f"policyd {daemon['detail']}: nothing"
+                   " probes the primary, so an outage would not be detected (mail still flows"
+                   " with the last routing)", "start it: 'systemctl restart"
+                   " mailcontinuity-policyd' (or 'mailcontinuity policyd'), then read"
+                   " 'journalctl -u mailcontinuity-policyd'")
+
+
+def primary_problem(state: State, probes: list[ProbeResult], first_failure: float | None,
+                    failover_held: str, now: float) -> Problem | None:
+    failing = [f"{p.probe} {p.target}: {p.error}" for p in probes if not p.ok]
+    if not failing:
+        return None
+    detail = "primary fails its probes: " + "; ".join(failing)
+    if state.name == "failover":
+        return Problem("primary", first_failure or now, detail + "; mail goes to the standby",
+                       "users work on the standby; failback follows when the primary answers"
+                       " again ([failback] mode), or run 'mailcontinuity failback'", "warning")
+    if failover_held:
+        return Problem("primary", first_failure or now, detail + "; the standby is down too,"
+                       f" so there is no failover ({failover_held}): mail waits in Postfix's"
+                       " queue", "bring back the standby (failover then proceeds) or the"
+                       " primary (mail in the queue is delivered to it)")
+    return Problem("primary", first_failure or now, detail, "the monitor fails over after"
+                   " [health] failures rounds over failure_window_seconds; to do it now:"
+                   " 'mailcontinuity failover --reason ...'")
+
+
+# --- the monitor's checks ------------------------------------------------------------------
+def current_checks(config: Config, store: StateStore, now: float, stale_after: float,
+                   live: bool) -> tuple[list[CheckRecord], bool]:
+    """The watched parts' checks: as the monitor recorded them when fresh, else (when ``live``)
+    run here and now. Returns the checks and whether they were run here."""
+    recorded = {(r.check.part, r.check.name): r for r in latest_checks(store)}
+    wanted = expected_checks(config)
+    fresh = [recorded[key] for key in sorted(wanted)
+             if key in recorded and now - recorded[key].check.at <= stale_after]
+    if len(fresh) == len(wanted) or not live:
+        return fresh, False
+    ran = asyncio.run(check_watched_parts(config, TLSPolicy.of(config, "standby")))
+    records = []
+    for check in ran:
+        before = recorded.get((check.part, check.name))
+        since = before.since if before is not None and before.check.ok == check.ok else now
+        records.append(CheckRecord(check, since))
+    return records, True
+
+
+def check_problems(checks: Iterable[CheckRecord]) -> list[Problem]:
+    """One problem per part whose checks fail, since the earliest failure."""
+    by_part: dict[str, list[CheckRecord]] = {}
+    for record in checks:
+        if not record.check.ok:
+            by_part.setdefault(record.check.part, []).append(record)
+    problems = []
+    for part, failing in by_part.items():
+        detail = "; ".join(f"{r.check.name} {r.check.target}: {r.check.detail}" for r in failing)
+        problems.append(Problem(part, min(r.since for r in failing), detail,
+                                failing[0].check.action))
+    return problems
+
+
+# --- the sync agent ------------------------------------------------------------------------
+def sync_agent_problem(config: Config, store: StateStore, checks: list[CheckRecord],
+                       now: float) -> Problem | None:
+    action = ("start it: 'systemctl restart mailcontinuity-sync-agent' (or 'mailcontinuity"
+              " sync-agent'); during an outage nothing records what users do on the standby,"
+              " and failback does not start by itself")
+    beat = sync_agent_heartbeat(store)
+    if beat is None:
+        return Problem("sync-agent", now, "the sync agent has never run with this state store",
+                       action)
+    process = next((r for r in checks if (r.check.part, r.check.name)
+                    == ("sync-agent", "process")), None)
+    if process is not None and not process.check.ok and process.check.at >= beat[1]:
+        return Problem("sync-agent", process.since, f"the sync agent {process.check.detail}",
+                       action)
+    silent = now - beat[2]
+    holder = lease_holder(store, MERGE_LEASE, now) or ""
+    if silent > config.watch.sync_agent_stale_seconds and not holder.startswith("sync-agent"):
+        return Problem("sync-agent", beat[2], f"no heartbeat from the sync agent (pid {beat[0]})"
+                       f" for {silent:.0f}s: stopped, killed or hung", action)
+    return None
+
+
+# --- the store and the disks ---------------------------------------------------------------
+def store_problem(config: Config, now: float) -> Problem | None:
+    """Whether the state store can be read and written at its configured path. A read-only
+    connection is opened for the check: it takes no write lock and creates nothing."""
+    path = config.state.path
+    action = (f"check {path} and its directory (state.path): a regular file, writable by the"
+              " daemons' group, on a file system with room; the daemons cannot record the"
+              " state, the journal or an outage without it")
+    if not path.is_file():
+        return Problem("store", now, f"state store {path} is missing or not a regular file",
+                       action)
+    if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+        return Problem("store", now, f"state store {path} or its directory is not writable"
+                       " (permissions, a read-only file system)", action)
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            connection.execute("SELECT name FROM state WHERE id = 1").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        return Problem("store", now, f"state store {path} cannot be read: {exc}", action)
+    return None
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Free space of the file system holding one watched path."""
+
+    part: str
+    path: Path
+    key: str
+    free_ratio: float
+    free_bytes: int
+    free_inodes_ratio: float
+
+
+def disk_of(part: str, path: Path, key: str) -> Disk | None:
+    """The file system holding ``path``; None when ``path`` is not on this host (a standby on
+    another machine: its disk is watched there)."""
+    if not path.exists():
+        return None
+    stats = os.statvfs(path)
+    if not stats.f_blocks:
+        return None
+    inodes = stats.f_favail / stats.f_files if stats.f_files else 1.0
+    return Disk(part, path, key, stats.f_bavail / stats.f_blocks,
+                stats.f_bavail * stats.f_frsize, inodes)
+
+
+def maildir_root(template: str) -> Path:
+    """The fixed part of a ``standby.maildir`` template: ``/var/vmail/%d/%n`` -> ``/var/vmail``."""
+    return Path(template.split("%", 1)[0] or "/")
+
+
+def watched_disks(config: Config) -> list[Disk]:
+    disks = [disk_of("standby", maildir_root(config.standby.maildir), "standby.maildir"),
+             disk_of("milter", config.milter.spool_dir, "milter.spool_dir"),
+             disk_of("store", config.state.path.parent, "state.path")]
+    return [disk for disk in disks if disk is not None]
+
+
+def disk_problems(config: Config, disks: list[Disk], now: float) -> list[Problem]:
+    watch = config.watch
+    problems = []
+    for disk in disks:
+        free = min(disk.free_ratio, disk.free_inodes_ratio) * 100
+        if free >= watch.disk_warning_percent:
+            continue
+        what = "space" if disk.free_ratio <= disk.free_inodes_ratio else "inodes"
+        problems.append(Problem(
+            disk.part, now, f"only {free:.1f}% free {what} ({disk.free_bytes / 2**30:.1f} GiB)"
+            f" on the file system of {disk.path} ({disk.key})",
+            f"free space there or grow the file system; below"
+            f" {watch.disk_critical_percent:g}% mail stops being stored",
+            "critical" if free < watch.disk_critical_percent else "warning"))
+    return problems
+
+
+# --- the journal ---------------------------------------------------------------------------
+class Pace(NamedTuple):
+    """Messages the gateway accepted for protected domains in the pace window, those of them
+    with a journal copy (indexed or still in the spool), and when the newest copy came."""
+
+    accepted: int
+    journaled: int
+    newest: float | None
+
+
+def journal_pace(config: Config, store: StateStore, usage: SpoolUsage, now: float) -> Pace:
+    since = now - config.watch.journal_pace_seconds
+    journaled, newest = journaled_since(store, since)
+    return Pace(accepted_since(store, since, now), journaled + usage.entries, newest)
+
+
+def journal_problems(config: Config, store: StateStore, journal: dict[str, Any],
+                     usage: SpoolUsage, state: State, now: float) -> list[Problem]:
+    """Copies late to the standby, copies the milter could not write, and copies missing for
+    mail the gateway accepted (Postfix does not reach the milter)."""
+    problems = []
+    limit = config.drill.max_journal_lag_seconds
+    if usage.lag_seconds > limit:
+        problems.append(Problem(
+            "milter", now - usage.lag_seconds, f"{usage.entries} journal copies wait to reach"
+            f" the standby, the oldest for {usage.lag_seconds:.0f}s (over the"
+            f" {limit:g}s of drill.max_journal_lag_seconds)", "check the standby (its LMTP or"
+            " mail store) and the milter's log (event=ship_error); nothing is lost, the spool"
+            " keeps them", "warning"))
+    window = config.watch.journal_pace_seconds
+    last_error = journal.get("last_spool_error")
+    if last_error and now - last_error["at"] < window:
+        problems.append(Problem(
+            "milter", last_error["at"], f"the milter could not write journal copies"
+            f" ({journal['spool_errors']} so far), last: {last_error['detail']}",
+            f"check the file system of {config.milter.spool_dir} (milter.spool_dir): mail"
+            " was accepted without its copy in the standby", "warning"))
+    since = now - window
+    pace = journal_pace(config, store, usage, now)
+    if (state.name != "failover" and pace.accepted >= config.watch.journal_pace_min_messages
+            and pace.journaled * 2 < pace.accepted):
+        accepted, journaled, newest = pace
+        problems.append(Problem(
+            "milter", newest if newest is not None and newest > since else since,
+            f"the gateway accepted {accepted} messages for protected domains in the last"
+            f" {window:g}s and the journal has {journaled} of them: Postfix does not reach"
+            " the milter (mail flows unjournaled: milter_default_action = accept)",
+            "check Postfix's smtpd_milters and non_smtpd_milters against 'mailcontinuity"
+            " check-config', a chrooted smtpd (the socket must be under /var/spool/postfix)"
+            " and the gateway's mail log (\"connect to Milter service\")"))
+    return problems
+
+
+EMPTY_SPOOL = SpoolUsage(0, 0, 0.0)
+
+
+def readable_spool(config: Config, now: float) -> SpoolUsage | None:
+    """The spool's backlog, or None when it cannot be read (``watch`` says so)."""
+    try:
+        return spool_usage(config.milter.spool_dir, now)
+    except OSError:
+        return None
+
+
+def spool_problem(config: Config, now: float) -> Problem:
+    directory = config.milter.spool_dir
+    try:
+        spool_usage(directory, now)
+        reason = "it vanished while being read"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    return Problem("milter", now, f"the journal spool {directory} cannot be read: {reason}",
+                   f"check {directory} (milter.spool_dir): its owner, mode and file system")
+
+
+def merge_by_part(problems: list[Problem]) -> list[Problem]:
+    """One problem per part (its details joined, the earliest since, the gravest severity),
+    in the order of ``PARTS``."""
+    merged: dict[str, Problem] = {}
+    for problem in problems:
+        have = merged.get(problem.part)
+        if have is None:
+            merged[problem.part] = problem
+            continue
+        merged[problem.part] = replace(
+            have, since=min(have.since, problem.since), detail=f"{have.detail}; {problem.detail}",
+            action=have.action if have.severity == "critical" or problem.severity == "warning"
+            else problem.action,
+            severity="critical" if "critical" in (have.severity, problem.severity)
+            else "warning")
+    order = {part: n for n, part in enumerate(PARTS)}
+    return sorted(merged.values(), key=lambda p: order.get(p.part, len(PARTS)))
+
+
+def watch(config: Config, store: StateStore, state: State, journal: dict[str, Any],
+          usage: SpoolUsage | None, now: float | None = None, live: bool = True) -> Watch:
+    """Every watched part's problems; with ``live``, checks the monitor has not run recently
+    are run here (``status``); without, they are left out (the metrics, inside policyd).
+    ``usage`` None: the spool could not be read (``readable_spool``)."""
+    now = time.time() if now is None else now
+    found: list[Problem] = []
+    if usage is None:
+        found.append(spool_problem(config, now))
+        usage = EMPTY_SPOOL
+    daemon = policyd_status(store, now)
+    stale_after = daemon.get("stale_after") or DEFAULT_STALE_SECONDS
+    checks, checked_live = current_checks(config, store, now, stale_after, live)
+    process = [r for r in latest_checks(store) if r.check.part == "sync-agent"]
+    found += check_problems(checks)
+    ready, held = standby_ready([record.check for record in checks])
+    if daemon["running"]:
+        probes = latest_probes(store)
+        fresh = [p for p in probes if now - p.at <= stale_after]
+        found += filter(None, [primary_problem(state, fresh, failing_since(store),
+                                               "" if ready else held, now)])
+    found += filter(None, [
+        policyd_problem(daemon, now),
+        sync_agent_problem(config, store, process, now),
+        store_problem(config, now),
+    ])
+    found += disk_problems(config, watched_disks(config), now)
+    found += journal_problems(config, store, journal, usage, state, now)
+    return Watch(watched_parts(config), merge_by_part(found), checks, checked_live)
+
+
+def store_unavailable(config: Config, error: str, now: float | None = None) -> Watch:
+    """The verdict when the state store cannot even be opened."""
+    now = time.time() if now is None else now
+    problem = store_problem(config, now) or Problem(
+        "store", now, error, "check state.path and its directory: the daemons cannot record"
+        " the state, the journal or an outage without the store")
+    return Watch(watched_parts(config), [problem])
+
+
+def check_as_dict(record: CheckRecord) -> dict[str, Any]:
+    check: Check = record.check
+    return {"part": check.part, "check": check.name, "target": check.target, "ok": check.ok,
+            "since": record.since, "at": check.at, "latency_ms": check.latency_ms,
+            "detail": check.detail}
