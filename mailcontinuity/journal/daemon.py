@@ -65,8 +65,7 @@ def run_milter(config: Config) -> None:
         with alarm_lock:
             record_alarm(alarm_store, "spool_error", detail)
 
-    runtime = JournalRuntime(journal_policy(config), spool, shipper.notify,
-                             SpoolErrorCounter(report_spool_error))
+    runtime = JournalRuntime(journal_policy(config), spool, SpoolErrorCounter(report_spool_error))
     Milter.factory = lambda: JournalMilter(runtime)
     milter.set_exception_policy(milter.CONTINUE)
     milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
@@ -84,6 +83,7 @@ def run_milter(config: Config) -> None:
             " (or a predecessor still exiting) holds milter.listen"
         ) from None
     finally:
+        spool.log.close()
         shipper.stop()
         shipper.join(timeout=10)
         alarm_store.close()

@@ -7,7 +7,8 @@ the mail, so every callback is wrapped (``guarded``) and production mail keeps f
 
 The hot path is kept short on purpose: headers, body chunks and end-of-header are negotiated as
 no-reply (Postfix does not wait for them), connect/helo are not called at all, nothing is logged
-per chunk, and only end-of-message waits, for the fsync that makes the copy durable.
+per chunk, and only end-of-message waits, for the group commit that makes the copy durable
+(journal/spool.py: messages finishing together share one fdatasync).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import Milter
@@ -68,7 +68,6 @@ class JournalRuntime:
 
     policy: JournalPolicy
     spool: Spool
-    shipped_later: Callable[[Path], None]
     spool_error: Callable[[BaseException], None]
 
 
@@ -182,12 +181,10 @@ class JournalMilter(Milter.Base):
             envelope = Envelope(self.message_id, time.time(), self.sender,
                                 self.getsymval("i") or "", self.targets)
             try:
-                entry = writer.commit(envelope)
+                writer.commit(envelope)  # returns once durable; the spool tells the shipper
             except OSError as exc:
                 writer.discard()
                 self.abandon_journal(exc)
-            else:
-                self.runtime.shipped_later(entry)
         if self.spool_failure is not None and self.runtime.policy.tempfail_on_spool_error:
             self.setreply("451", "4.3.0", "Journal spool unavailable, try again later")
             return Milter.TEMPFAIL
