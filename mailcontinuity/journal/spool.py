@@ -323,6 +323,7 @@ class SegmentLog:
                 self._synced.wait()
             if self._current is not None:
                 self._rotate()
+            self._notify([])  # the shipper may delete it once shipped
             if self._dir_fd is not None:
                 os.close(self._dir_fd)
                 self._dir_fd = None
