@@ -21,24 +21,20 @@ Usage: .venv/bin/python bench/failback_bench.py [--messages 10000] [--users 20]
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 import random
 import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.dovecot import MAIL_USER
-from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
+from mailcontinuity.lab.dovecot import DovecotInstance
+from mailcontinuity.lab.outagemail import Tally, write_outage_mail
 from mailcontinuity.mail.imap import imap_login
-from mailcontinuity.mail.maildir import folder_dirname
 from mailcontinuity.mail.tools import run_command
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.scan import rescan
@@ -47,60 +43,6 @@ from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.transitions import change_state
 
 ADMIN = "mcadmin"
-# (weight, low, high) in bytes: mostly small text mail, some attachments, a few big ones.
-SIZE_MIX = [(70, 2_000, 20_000), (25, 20_000, 200_000), (5, 200_000, 2_000_000)]
-# (weight, folder, Maildir info flags): where outage mail ends up and how it is marked.
-FOLDER_MIX = [(55, "INBOX", "S"), (10, "INBOX", ""), (4, "INBOX", "FS"), (3, "INBOX", "RS"),
-              (12, "Sent", "S"), (2, "Drafts", "DS"), (4, "Junk", ""), (2, "Trash", "S"),
-              (5, "Archive/2026", "S"), (3, "Projekte/Übersicht", "S")]
-
-Tally = Counter[tuple[str, str]]
-
-
-def message_size(rng: random.Random) -> int:
-    _, low, high = rng.choices(SIZE_MIX, [w for w, _, _ in SIZE_MIX])[0]
-    return rng.randint(low, high)
-
-
-def folder_dir(lab: Lab, address: str, folder: str) -> Path:
-    """The standby directory of ``folder``, created as Dovecot would (owned by the mail user)."""
-    mail = pwd.getpwnam(MAIL_USER)
-    maildir = lab.standby.maildir(address)
-    directory = maildir / folder_dirname(folder) if folder != "INBOX" else maildir
-    for path in (maildir.parent.parent, maildir.parent, maildir, directory,
-                 *(directory / sub for sub in ("tmp", "new", "cur"))):
-        path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, mail.pw_uid, mail.pw_gid)
-    if folder != "INBOX":
-        (directory / "maildirfolder").touch()
-    return directory
-
-
-def write_outage_mail(lab: Lab, count: int, rng: random.Random) -> tuple[Tally, Tally]:
-    """Drop ``count`` messages into the users' standby folders; (messages, bytes) per folder."""
-    mail = pwd.getpwnam(MAIL_USER)
-    messages: Tally = Counter()
-    sizes: Tally = Counter()
-    line = "bench payload " * 5 + "\n"
-    for n in range(count):
-        user = lab.users[n % len(lab.users)]
-        _, folder, info = rng.choices(FOLDER_MIX, [w for w, _, _ in FOLDER_MIX])[0]
-        directory = folder_dir(lab, user.address, folder)
-        body_size = message_size(rng)
-        body = (line * (body_size // len(line) + 1))[:body_size]
-        data = (f"From: sender{n}@remote.test\nTo: {user.address}\nSubject: bench {n}\n"
-                f"Message-ID: <{uuid.uuid4().hex}@bench.test>\n{DEFAULT_ID_HEADER}: "
-                f"{uuid.uuid4().hex}\nDate: Mon, 02 Nov 2026 10:00:00 +0000\n\n{body}").encode()
-        name = f"{int(time.time())}.M{n}P{os.getpid()}.bench,S={len(data)}"
-        tmp = directory / "tmp" / name
-        tmp.write_bytes(data)
-        os.chown(tmp, mail.pw_uid, mail.pw_gid)
-        received = time.time() - rng.randint(0, 86400)
-        os.utime(tmp, (received, received))
-        tmp.rename(directory / "cur" / f"{name}:2,{info}")
-        messages[user.address, folder] += 1
-        sizes[user.address, folder] += len(data) + data.count(b"\n")  # RFC822.SIZE: CRLF
-    return messages, sizes
 
 
 def count_primary(lab: Lab, password: str) -> tuple[Tally, Tally]:
@@ -163,6 +105,7 @@ def index_standby(lab: Lab) -> None:
 
 
 def wipe_primary(lab: Lab) -> None:
+    assert isinstance(lab.primary, DovecotInstance), "the benchmark's primary is Dovecot"
     lab.primary.stop()
     for child in lab.primary.mail_root.iterdir():
         shutil.rmtree(child)

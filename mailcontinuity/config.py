@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -192,6 +193,10 @@ class PrimarySection(PeerSection):
     delivery: DeliveryField
     imap: EndpointField
     managesieve: EndpointField | None = None
+    smtputf8: bool = False
+    """Whether ``delivery`` offers SMTPUTF8 (Exchange and Gmail do; Dovecot 2.3 LMTP does not):
+    without it the milter refuses internationalised mail at SMTP time rather than let Postfix
+    accept it and bounce it (docs/international.md)."""
 
 
 class StandbySection(PeerSection):
@@ -201,6 +206,10 @@ class StandbySection(PeerSection):
     lmtp: EndpointField
     submission: EndpointField | None = None
     managesieve: EndpointField | None = None
+    smtputf8: bool = False
+    """Whether the standby's ``lmtp`` offers SMTPUTF8 (Dovecot 2.3 does not, whatever its
+    settings): without it, internationalised mail is refused with 451 4.6.7 during an outage,
+    never accepted and bounced. The drill checks the answer against the standby's LHLO."""
     maildir: str = "/var/vmail/%d/%n/Maildir"
     """Each user's Maildir on the standby (``%d``, ``%n``, ``%u``, ``%%``), as in its Dovecot
     ``mail_location``: where the journal's maildir sink writes and the sync agent watches."""
@@ -208,6 +217,25 @@ class StandbySection(PeerSection):
     webmail: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     """The emergency portal's URL on the standby, when there is one: the monitor checks that
     it answers, as it checks the standby's IMAP, LMTP and submission."""
+    webmail_address: str | None = None
+    """The address the portal (Roundcube) connects to the standby's IMAP from: the only client
+    Dovecot trusts to report users' own addresses (``login_trusted_networks``)."""
+    journal_clients: list[str] = []
+    """The gateways' addresses as the standby sees them: the only hosts the firewall rules
+    (``check-config --json``, the role) let reach the journal LMTP listener (``milter.lmtp``)."""
+
+    @field_validator("journal_clients", "webmail_address")
+    @classmethod
+    def _addresses(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for address in [value] if isinstance(value, str) else value or []:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return value
+    journal_mark_filter: Path = Path("/etc/dovecot/sieve/mailcontinuity-strip-journal-mark.sieve")
+    """The Sieve script (``sieve_before``) that deletes a journal mark arriving on the normal
+    LMTP listener: only the journal listener may deliver journal copies."""
 
 
 class GatewaySection(PeerSection):
@@ -219,6 +247,14 @@ class GatewaySection(PeerSection):
     postfix_config_dir: Path = Path("/etc/postfix")
     transport_map: Path = Path("/etc/postfix/mailcontinuity_transport")
     tls_policy_map: Path = Path("/etc/postfix/mailcontinuity_tls_policy")
+    sender_login_map: Path = Path("/etc/postfix/mailcontinuity_sender_login")
+    """The regexp table mailcontinuity writes: each address is owned by the login of that name."""
+    sender_aliases: Path | None = None
+    """The administrator's table of aliases and their owners (``texthash`` lines
+    ``alias@domain owner-login, owner-login``), for both submissions."""
+    standby_relay: EndpointField | None = None
+    """A listener where the standby's submission relays users' mail with XCLIENT (their login),
+    so that the gateway refuses senders they do not own; only the standby may use XCLIENT."""
 
 
 class DrillSection(Section):
@@ -253,6 +289,12 @@ class SyncSection(Section):
     """The sync agent and the failback merge: how to log into the primary as each user (a
     Dovecot master user or admin), and how hard to push it."""
 
+    login_method: Literal["master_user", "sasl_plain"] = "master_user"
+    """How failback, verify and the preflight log in to the primary as each user:
+    ``master_user`` sends ``LOGIN user<separator>admin`` (Dovecot master users);
+    ``sasl_plain`` sends ``AUTHENTICATE PLAIN`` with the admin as authentication identity and
+    the user as authorization identity (Cyrus admins, Dovecot master users, most servers with
+    proxy authentication)."""
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
     master_user_separator: str = Field(default="*", min_length=1)
@@ -317,12 +359,25 @@ class HealthSection(Section):
     hold_down_seconds: float = Field(default=60.0, ge=0)
     imap_login: str | None = None
     imap_password_file: Path | None = None
+    probe_source_address: str | None = None
+    """The local address the IMAP probes connect from. Dovecot slows logins per client address
+    after failed ones (up to 15 s); an address of the monitor's own keeps a guesser elsewhere on
+    the host from slowing the probe's LOGIN."""
+    login_penalty_seconds: float = Field(default=20.0, ge=0, le=600)
+    """How much longer than ``timeout_seconds`` the probe's LOGIN may take and still count as
+    "slow to log in" rather than down: a login penalty delays, it never refuses."""
     probe_retention_hours: float = Field(default=24.0, gt=0)
 
     @model_validator(mode="after")
     def _login_needs_password(self) -> HealthSection:
         if (self.imap_login is None) != (self.imap_password_file is None):
             raise ValueError("set both 'imap_login' and 'imap_password_file', or neither")
+        if self.probe_source_address is not None:
+            try:
+                ipaddress.ip_address(self.probe_source_address)
+            except ValueError:
+                raise ValueError("probe_source_address must be an IP address of this host,"
+                                 f" not {self.probe_source_address!r}") from None
         return self
 
 

@@ -17,6 +17,9 @@ packages=(
     # minimal Debian 12, a container, has no procps).
     procps
     knot
+    # nft: tests/lab/test_firewall.py loads the rules check-config gives the role into a network
+    # namespace of its own (never the host's ruleset); iproute2 brings up its loopback.
+    nftables iproute2
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
     chromium
 )

@@ -6,10 +6,20 @@ values to its own instances, so what we document is what the tests exercise.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.firewall import nft_ruleset
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
+from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
+from mailcontinuity.deploy.webmail import (
+    PLUGIN_NAME,
+    ROUNDCUBE_PLUGIN,
+    dovecot_webmail_trust,
+    roundcube_security_php,
+)
+from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.postfix import postfix_milter_name, postfix_socket_name
 
 
@@ -20,6 +30,9 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     ``milter_default_action = accept`` lets mail flow unjournaled (fail-open: production mail
     before history; ``status`` shows the gap) instead of Postfix's default ``tempfail``.
 
+    ``mynetworks`` is the standby's address only: the gateway relays to the protected domains
+    for anyone, elsewhere only for the standby and for logged-in users.
+
     policyd is consulted after ``reject_unauth_destination`` (it never says OK, but if it ever
     did, that must not open a relay) and fails open: if it is down, hung or slow, Postfix takes
     ``default_action=DUNNO`` after one try and the timeout, so mail keeps flowing and only the
@@ -29,15 +42,30 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     milter = postfix_milter_name(config.milter.listen)
     return {
         "relay_domains": ", ".join(config.domains.protected),
+        "mynetworks": _host_network(config.standby.lmtp.host),
         "transport_maps": f"hash:{config.gateway.transport_map}",
         "smtpd_milters": milter,
         "non_smtpd_milters": milter,
         "milter_default_action": "accept",
+        # Postfix's default plus what the journal copy's Received field is rebuilt from
+        # (journal/trace.py): the milter is not called at CONNECT, so these come with MAIL.
+        "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr}"
+        " {mail_host} {mail_mailer} j _ {client_addr} {client_name} {tls_version}",
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
         **postfix_tls_settings(),
         **postfix_delivery_tls_settings(config),
     }
+
+
+def _host_network(host: str) -> str:
+    """``mynetworks``: the standby alone (its Sieve vacation and redirects relay through the
+    gateway); every other client relays only to the protected domains, or logs in."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{address}]/128" if address.version == 6 else f"{address}/32"
 
 
 def postfix_delivery_tls_settings(config: Config) -> dict[str, str]:
@@ -63,18 +91,20 @@ def postfix_tls_settings() -> dict[str, str]:
     return {"smtpd_tls_security_level": "may", "smtpd_tls_auth_only": "yes"}
 
 
-def postfix_submission_options() -> dict[str, str]:
+def postfix_submission_options(config: Config) -> dict[str, str]:
     """``-o`` options of the gateway's submission service in master.cf.
 
     Users authenticate there with their mailbox credentials (Dovecot SASL), so the listener
     insists on TLS before anything else and relays for authenticated users only; unauthenticated
-    clients get no RCPT at all, not even for local domains, as on any submission port.
+    clients get no RCPT at all, not even for local domains, as on any submission port. A user
+    sends only as an address they own (``deploy.senders``).
     """
     return {
         "smtpd_tls_security_level": "encrypt",
         "smtpd_tls_auth_only": "yes",
         "smtpd_sasl_auth_enable": "yes",
         "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        **sender_restriction_options(config),
     }
 
 
@@ -86,8 +116,44 @@ def postfix_submission_service(config: Config, sasl_path: str = "private/auth") 
     endpoint = config.gateway.submission
     if endpoint is None:
         return None
-    options = {**postfix_submission_options(), "smtpd_sasl_type": "dovecot",
+    options = {**postfix_submission_options(config), "smtpd_sasl_type": "dovecot",
                "smtpd_sasl_path": sasl_path}
+    return _master_line(str(endpoint), options)
+
+
+def postfix_standby_relay_options(config: Config) -> dict[str, str]:
+    """``-o`` options of the listener the standby's submission relays through.
+
+    Dovecot's submission (2.3) cannot refuse a sender the user does not own, so it hands the
+    user's login to the gateway with XCLIENT (``submission_relay_trusted = yes``), and this
+    listener applies the same sender rule as the gateway's submission. XCLIENT is allowed from
+    the standby's address only (``standby.lmtp``'s host); SASL must be enabled for an XCLIENT
+    LOGIN to count as one. Nothing is relayed for a client that is not logged in.
+    """
+    options = {
+        "syslog_name": "postfix/standby-relay",
+        "smtpd_authorized_xclient_hosts": config.standby.lmtp.host,
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_recipient_restrictions": "permit_sasl_authenticated,reject",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        **sender_restriction_options(config),
+    }
+    if config.gateway.tls != "none":
+        options["smtpd_tls_security_level"] = "encrypt"
+    return options
+
+
+def postfix_standby_relay_service(config: Config, sasl_path: str = "private/auth") -> str | None:
+    """The master.cf line of ``gateway.standby_relay``, or None when it is unset."""
+    endpoint = config.gateway.standby_relay
+    if endpoint is None:
+        return None
+    options = {**postfix_standby_relay_options(config), "smtpd_sasl_type": "dovecot",
+               "smtpd_sasl_path": sasl_path}
+    return _master_line(str(endpoint), options)
+
+
+def _master_line(endpoint: str, options: dict[str, str]) -> str:
     return f"{endpoint} inet n - n - - smtpd" + "".join(
         f" -o {key}={value}" for key, value in options.items())
 
@@ -122,6 +188,7 @@ def dovecot_lmtp_settings(config: Config) -> str:
         f"local {config.standby.lmtp.host} {{\n  protocol lmtp {{\n"
         "    mail_plugins = $mail_plugins sieve\n  }\n}"
     ]
+    blocks.append(dovecot_journal_mark_filter_settings(config))
     journal = config.milter.lmtp
     if journal is not None:
         blocks.append(
@@ -130,6 +197,22 @@ def dovecot_lmtp_settings(config: Config) -> str:
         )
         blocks.append("service lmtp {\n  service_count = 1\n}")
     return "\n".join(blocks)
+
+
+def journal_mark_filter_script() -> str:
+    """Sieve that deletes the journal mark (``standby.journal_mark_filter``).
+
+    The sync agent tells journal copies from mail delivered during an outage by that mark; a
+    copy of it arriving on the normal LMTP listener (a forged one: anyone who can reach that
+    listener, a local user included, can deliver) must not count."""
+    return f'require ["editheader"];\ndeleteheader "{JOURNAL_HEADER}";\n'
+
+
+def dovecot_journal_mark_filter_settings(config: Config) -> str:
+    """Run the filter before every user's Sieve script; only the normal LMTP listener loads
+    Sieve, so journal copies keep their mark. The script must be compiled (``sievec``)."""
+    return (f"plugin {{\n  sieve_before = {config.standby.journal_mark_filter}\n"
+            "  sieve_global_extensions = +editheader\n}")
 
 
 # Dovecot's own default, written out so that an administrator sees it and can tune it.
@@ -143,25 +226,28 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
       submission, where AUTH is not even offered before STARTTLS); plaintext mechanisms are
       refused too (``disable_plaintext_auth``). Dovecot counts a connection whose local and
       remote addresses are equal (a webmail on the same host) as secured, and so are clients in
-      ``login_trusted_networks``, which is therefore left empty.
+      ``login_trusted_networks``, which is therefore the portal's address alone
+      (``standby.webmail_address``, see ``deploy.webmail``) or empty.
     - A failed login is answered after ``auth_failure_delay``; on top of that Dovecot's anvil
       process adds a penalty per client IP that doubles with every further failure up to 15 s
-      (skipped for ``login_trusted_networks``, another reason to leave it empty).
-    - Submission relays what authenticated users send through the gateway (``gateway.smtp``),
-      which lets the standby relay because its address is in ``mynetworks``: a trust by address
-      that needs no extra secret on the standby. ``submission_relay_trusted = no`` because the
-      gateway does not authorise XCLIENT: if it did, it would treat the relayed mail as SMTP
-      AUTH from the user and the milter would journal a second Sent copy beside the one the
-      user's client saves on the standby.
+      (for a client in ``login_trusted_networks``, on the address it reports in IMAP ID: each
+      portal user gets their own).
+    - Submission relays what authenticated users send through the gateway. With
+      ``gateway.standby_relay`` (recommended) it goes there with XCLIENT
+      (``submission_relay_trusted = yes``): the gateway learns the user's login and refuses a
+      sender they do not own, which Dovecot's submission cannot do itself; the milter makes no
+      Sent copy of XCLIENT mail (the user's client saves one on the standby). Without it, to
+      ``gateway.smtp``, trusted by address (``mynetworks``), with no sender check.
     - That relay carries the users' outgoing mail, across a WAN when the standby is remote: it
       uses STARTTLS and verifies the gateway's certificate (against ``gateway.tls_ca_file``, else
       the system's CAs) unless ``gateway.tls = "none"``.
     """
     gateway = config.gateway
+    relay_to = gateway.standby_relay or gateway.smtp
     relay = {
-        "submission_relay_host": gateway.smtp.host,
-        "submission_relay_port": str(gateway.smtp.port),
-        "submission_relay_trusted": "no",
+        "submission_relay_host": relay_to.host,
+        "submission_relay_port": str(relay_to.port),
+        "submission_relay_trusted": "yes" if gateway.standby_relay else "no",
     }
     if gateway.tls != "none":
         relay |= {"submission_relay_ssl": "smtps" if gateway.tls == "ssl" else "starttls",
@@ -173,6 +259,7 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
         "disable_plaintext_auth": "yes",
         "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
         **relay,
+        **dovecot_webmail_trust(config.standby.webmail_address),
     }
 
 
@@ -218,6 +305,35 @@ def _service(service: str, listeners: list[tuple[str, str, int]]) -> str:
     return f"service {service} {{\n{inner}}}"
 
 
+def smtputf8_notes(config: Config) -> list[str]:
+    """What happens to internationalised mail (RFC 6531 SMTPUTF8), route by route.
+
+    Postfix (``smtputf8_enable = yes``, its default) accepts such mail whatever the next hop
+    offers and bounces it when the hop lacks SMTPUTF8; the milter refuses it at SMTP time
+    instead, on what ``primary.smtputf8`` and ``standby.smtputf8`` say. Dovecot 2.3's LMTP
+    never offers SMTPUTF8 (no setting enables it), so a standby running it cannot take such
+    mail: check-config says so, the drill asks the listeners themselves.
+    """
+    primary, standby = config.primary.smtputf8, config.standby.smtputf8
+    notes = [
+        "primary.smtputf8 = " + ("true: internationalised mail is delivered to the primary"
+                                 if primary else
+                                 "false: internationalised mail (a UTF-8 address, or UTF-8"
+                                 " headers with SMTPUTF8) is refused with 550 5.6.7 at SMTP"
+                                 " time, never accepted and bounced"),
+        "standby.smtputf8 = " + ("true: the standby takes internationalised mail during an"
+                                 " outage" if standby else
+                                 "false: during an outage internationalised mail is refused"
+                                 " with 451 4.6.7 (senders retry; it arrives after failback)."
+                                 " Dovecot 2.3's LMTP cannot offer SMTPUTF8; a standby whose"
+                                 " LMTP does keeps such mail flowing during an outage"),
+    ]
+    if primary and not standby:
+        notes.append("the primary takes what the standby cannot: that mail waits in senders'"
+                     " queues during an outage (their queue lifetime, often 5 days)")
+    return notes
+
+
 def settings_report(config: Config) -> dict[str, Any]:
     """``check-config --json``: what the Ansible role (and other automation) applies."""
     return {
@@ -225,6 +341,11 @@ def settings_report(config: Config) -> dict[str, Any]:
         "valid": True,
         "postfix_main": postfix_main_settings(config),
         "postfix_submission": postfix_submission_service(config),
+        "postfix_standby_relay": postfix_standby_relay_service(config),
+        "sender_login_map": {
+            "path": str(config.gateway.sender_login_map),
+            "lines": sender_identity_lines(config),
+        },
         "transport_map": {
             "path": str(config.gateway.transport_map),
             "lines": transport_entries(config, "primary"),
@@ -234,6 +355,13 @@ def settings_report(config: Config) -> dict[str, Any]:
             "lines": tls_policy_entries(config),
         },
         "dovecot_standby": dovecot_standby_settings(config) + "\n",
+        "smtputf8": {"primary": config.primary.smtputf8, "standby": config.standby.smtputf8,
+                     "notes": smtputf8_notes(config)},
+        "journal_mark_filter": {"path": str(config.standby.journal_mark_filter),
+                                "script": journal_mark_filter_script()},
+        "roundcube_plugin": {"name": PLUGIN_NAME, "php": ROUNDCUBE_PLUGIN},
+        "roundcube_settings": roundcube_security_php(config.standby.webmail_address),
+        "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
     }
 
 
@@ -256,6 +384,20 @@ def render_check_config(config: Config) -> str:
             "# authenticated users only; smtpd_sasl_path is Dovecot's auth socket for Postfix)",
             submission,
         ]
+    relay = postfix_standby_relay_service(config)
+    if relay is not None:
+        lines += [
+            "",
+            "# Postfix gateway: master.cf, where the standby's submission relays with XCLIENT (the",
+            "# user's login), so that a user sends only as an address they own",
+            relay,
+        ]
+    lines += [
+        "",
+        f"# Postfix gateway: {config.gateway.sender_login_map} (who owns which sender address;"
+        " aliases: gateway.sender_aliases)",
+        *sender_identity_lines(config),
+    ]
     lines += [
         "",
         f"# Postfix gateway: {config.gateway.transport_map} (mailcontinuity rewrites and postmaps"
@@ -274,5 +416,8 @@ def render_check_config(config: Config) -> str:
         "# Standby Dovecot (add to its configuration; keep your existing passdb/userdb so users",
         "# log in with their usual credentials)",
         dovecot_standby_settings(config),
+        "",
+        "# International mail (SMTPUTF8; the drill checks these against the listeners)",
+        *(f"# {note}" for note in smtputf8_notes(config)),
     ]
     return "\n".join(lines) + "\n"

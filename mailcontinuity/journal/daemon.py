@@ -13,6 +13,7 @@ import Milter
 import milter
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.senders import SenderOwners
 from mailcontinuity.journal.listener import libmilter_name, prepare, tuned_listener
 from mailcontinuity.journal.milter import (
     JournalMilter,
@@ -46,6 +47,9 @@ def journal_policy(config: Config) -> JournalPolicy:
         # How Postfix shows the failover route in {rcpt_host} (see routing.nexthop).
         standby_nexthops=frozenset({f"[{lmtp.host}]:{lmtp.port}", f"{lmtp.host}:{lmtp.port}"}),
         tempfail_on_spool_error=config.milter.on_spool_error == "tempfail",
+        primary_smtputf8=config.primary.smtputf8,
+        standby_smtputf8=config.standby.smtputf8,
+        senders=SenderOwners.of(config),
     )
 
 

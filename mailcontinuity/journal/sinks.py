@@ -20,7 +20,8 @@ from typing import Protocol
 
 from mailcontinuity.config import Config, ConfigError, MilterSection
 from mailcontinuity.journal.spool import Envelope, Target, iter_chunks
-from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable
+from mailcontinuity.journal.trace import COPY_FIELDS_AT, delivery_fields
+from mailcontinuity.mail.doveadm import Doveadm, StandbyUnreachable, without_detail
 from mailcontinuity.mail.maildir import (
     INBOX,
     MaildirError,
@@ -39,6 +40,7 @@ from mailcontinuity.store.journal import CopyStatus
 
 LMTP_LOCATION_PREFIX = "lmtp:"
 FOLDER_CACHE_LIMIT = 100_000
+DOVECOT_DELIMITER = "+"  # Dovecot's default recipient_delimiter
 
 
 class TemporaryFailure(Exception):
@@ -73,29 +75,42 @@ class Sink(Protocol):
         ...
 
 
-def maildir_name(envelope: Envelope) -> str:
-    """The same name every time for one message: what makes a second shipping a no-op."""
+def maildir_name(envelope: Envelope, prefix: bytes = b"") -> str:
+    """The same name every time for one message: what makes a second shipping a no-op.
+    ``prefix`` (CRLF lines written before the spooled bytes) counts in both sizes."""
     seconds = int(envelope.received)
     micros = int((envelope.received - seconds) * 1_000_000)
-    return message_name(f"{seconds}.M{micros}Q{envelope.id}", envelope.size,
-                        envelope.virtual_size)
+    return message_name(f"{seconds}.M{micros}Q{envelope.id}", envelope.size + len(prefix),
+                        envelope.virtual_size + len(prefix))
+
+
+def copy_prefix(envelope: Envelope, target: Target) -> bytes:
+    """What Dovecot's LMTP adds when it delivers into an INBOX (the primary's copy has them):
+    ``Return-Path`` always, ``Delivered-To`` only when the transaction had one recipient (it
+    names nobody else's address then; Postfix delivers a message's recipients on one route in
+    one transaction). None on a Sent copy: the primary gets that from the user's client."""
+    if target.folder.upper() != INBOX:
+        return b""
+    inboxes = sum(1 for t in envelope.targets if t.folder.upper() == INBOX)
+    return delivery_fields(envelope.sender, target.address if inboxes == 1 else None)
 
 
 class StandbyUsers:
-    """Whether the standby knows a mailbox, asked of its own userdb, cached for a while."""
+    """Which mailbox the standby delivers an address to (``Alice@``, ``alice+tag@`` and
+    ``alice@`` are one user), asked of its own userdb, cached for a while."""
 
     def __init__(self, doveadm: Doveadm, cache_seconds: float) -> None:
         self._doveadm = doveadm
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[bool, float]] = {}
+        self._cache: dict[str, tuple[str | None, float]] = {}
 
-    def knows(self, address: str) -> bool:
-        known, expires = self._cache.get(address, (False, 0.0))
+    def mailbox_user(self, address: str) -> str | None:
+        user, expires = self._cache.get(address, (None, 0.0))
         if time.monotonic() < expires:
-            return known
-        known = self._doveadm.knows_user(address)
-        self._cache[address] = (known, time.monotonic() + self._cache_seconds)
-        return known
+            return user
+        user = self._doveadm.mailbox_user(address)
+        self._cache[address] = (user, time.monotonic() + self._cache_seconds)
+        return user
 
 
 class MaildirSink:
@@ -137,25 +152,30 @@ class MaildirSink:
     def _ship_one(self, source: int, offset: int, envelope: Envelope, target: Target,
                   recovered: bool) -> Outcome:
         try:
-            known = self._users.knows(target.address)
+            user = self._users.mailbox_user(target.address)
         except StandbyUnreachable as exc:
             raise TemporaryFailure(str(exc)) from None
-        if not known:
+        if user is None:
             return Outcome("unknown", detail="the standby has no such user")
-        folder, device = self._folder(target)
-        name = maildir_name(envelope)
+        # The Maildir Dovecot reads for that user: one per user whatever the address form.
+        folder, device = self._folder(user, target.folder)
+        prefix = copy_prefix(envelope, target)
+        name = maildir_name(envelope, prefix)
         existing = (find_delivered(folder, name) if recovered
                     else _existing(folder / "new" / name))
         if existing is None:
+            insert_at = int(envelope.extra.get(COPY_FIELDS_AT, 0))
             try:
                 try:
-                    existing = deliver(folder, name, source, offset, envelope.size, self._owner,
-                                       envelope.received, durable=False)
+                    existing = deliver(folder, name, source, envelope.size, self._owner,
+                                       envelope.received, prefix, insert_at, start=offset,
+                                       durable=False)
                 except FileNotFoundError:  # the folder went since we created it
-                    self._folders.pop((target.address, target.folder), None)
-                    folder, device = self._folder(target)
-                    existing = deliver(folder, name, source, offset, envelope.size, self._owner,
-                                       envelope.received, durable=False)
+                    self._folders.pop((user, target.folder), None)
+                    folder, device = self._folder(user, target.folder)
+                    existing = deliver(folder, name, source, envelope.size, self._owner,
+                                       envelope.received, prefix, insert_at, start=offset,
+                                       durable=False)
             except OSError as exc:
                 raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
             detail = ""
@@ -164,12 +184,12 @@ class MaildirSink:
         self._unsynced.setdefault(device, folder)
         return Outcome("shipped", str(existing), detail)
 
-    def _folder(self, target: Target) -> tuple[Path, int]:
-        """The target's folder, created if missing, and its file system."""
-        key = (target.address, target.folder)
+    def _folder(self, user: str, folder_name: str) -> tuple[Path, int]:
+        """The user's folder, created if missing, and its file system."""
+        key = (user, folder_name)
         known = self._folders.get(key)
         if known is None:
-            folder = folder_path(expand_template(self._template, target.address), target.folder)
+            folder = folder_path(expand_template(self._template, user), folder_name)
             try:
                 ensure_folder(folder, self._owner)
                 device = folder.stat().st_dev
@@ -210,7 +230,8 @@ class LmtpSink:
         results: dict[Target, Result] = {}
         if recovered and self._doveadm is not None:
             results = self._already_stored(self._doveadm, envelope, targets)
-        pending = {lmtp_recipient(t): t for t in targets if t not in results}
+        pending = {lmtp_recipient(t, self._delimiters()): t for t in targets
+                   if t not in results}
         if not pending:
             return results
         try:
@@ -239,6 +260,16 @@ class LmtpSink:
                 continue  # cannot tell: deliver, a duplicate is better than a gap
         return found
 
+    def _delimiters(self) -> str:
+        """The standby's ``recipient_delimiter`` when doveadm can ask it, else Dovecot's
+        default (``+``, which the journal listener's ``user+Folder`` relies on anyway)."""
+        if self._doveadm is None:
+            return DOVECOT_DELIMITER
+        try:
+            return self._doveadm.recipient_delimiters() or DOVECOT_DELIMITER
+        except StandbyUnreachable:
+            return DOVECOT_DELIMITER
+
     @property
     def location(self) -> str:
         return f"{LMTP_LOCATION_PREFIX}{self._endpoint}"
@@ -253,11 +284,16 @@ class LmtpSink:
         return Outcome("failed", detail=str(reply))
 
 
-def lmtp_recipient(target: Target) -> str:
-    """INBOX is the address itself; another folder is ``local+Folder@domain``."""
+def lmtp_recipient(target: Target, delimiters: str = DOVECOT_DELIMITER) -> str:
+    """INBOX is the address without its detail; another folder is ``local+Folder@domain``.
+
+    The journal listener saves to the detail mailbox, so ``alice+tag@``'s copy would land in a
+    folder ``tag`` (or ``tag+Sent``): the detail the sender wrote is dropped first (the
+    primary's own delivery decides what a detail means; the journal keeps the user's INBOX)."""
+    address = without_detail(target.address, delimiters)[-1]
     if target.folder.upper() == INBOX:
-        return target.address
-    local, at, domain = target.address.rpartition("@")
+        return address
+    local, at, domain = address.rpartition("@")
     return f"{local}+{target.folder}{at}{domain}"
 
 

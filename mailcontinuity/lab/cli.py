@@ -15,7 +15,8 @@ import click
 
 from mailcontinuity.cli.common import operator_errors
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.lab import Lab
+from mailcontinuity.lab.lab import PRIMARY_KINDS, Lab
+from mailcontinuity.lab.profiles import PROFILES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,10 +49,18 @@ lab_dir_option = click.option(
 @lab_dir_option
 @click.option("--webmail", is_flag=True,
               help="Also start Roundcube on the standby (PHP's built-in server).")
+@click.option("--primary", "primary", type=click.Choice(PRIMARY_KINDS), default=None,
+              help="The primary's mail store when the lab is created (default dovecot; cyrus is"
+              " Debian's Cyrus IMAP unpacked into a cache, never installed).")
+@click.option("--primary-profile", "primary_profile", type=click.Choice(PROFILES),
+              default=None, help="The Dovecot primary restricted to a hosted service's IMAP"
+              " capabilities and folder layout (when the lab is created).")
 @lab_errors
-def lab_up(directory: Path, webmail: bool) -> None:
+def lab_up(directory: Path, webmail: bool, primary: str | None,
+           primary_profile: str | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
-    started = Lab.up(directory, webmail=webmail)
+    started = Lab.up(directory, webmail=webmail, primary=primary,
+                     primary_profile=primary_profile)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:

@@ -92,6 +92,16 @@ class DovecotInstance:
                        f"{self.admin.login}:{{PLAIN}}{self.admin.password}\n")
         self.config_file.write_text(self._render(mail.pw_uid))
 
+    def install_global_sieve(self, path: Path, script: str) -> None:
+        """A global script (``sieve_before``), compiled here: Dovecot's mail processes could
+        not write the compiled copy next to it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        try:
+            run_command(["sievec", "-c", str(self.config_file), "-x", "+editheader", str(path)])
+        except CommandError as exc:
+            raise LabError(f"{self.name}: cannot compile {path}: {exc}") from None
+
     def _render(self, mail_uid: int) -> str:
         root = self.root
         protocols = " ".join(self.listeners)

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from mailcontinuity.config import Config, Endpoint
 from mailcontinuity.deploy.routing import write_tls_policy_map, write_transport_map
-from mailcontinuity.deploy.settings import postfix_main_settings, postfix_submission_service
+from mailcontinuity.deploy.senders import write_sender_login_map
+from mailcontinuity.deploy.settings import (
+    postfix_main_settings,
+    postfix_standby_relay_service,
+    postfix_submission_service,
+)
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.process import read_pid, stop_process_tree, wait_for
 from mailcontinuity.lab.tls import LabCertificates
@@ -48,6 +53,10 @@ _MASTER_SERVICES = [
 ]
 
 
+# An alias alice may send as (tests/lab/test_sender_identity.py).
+LAB_SENDER_ALIASES = {"sales@example.test": "alice@example.test"}
+
+
 @dataclass
 class PostfixGateway:
     """The lab's Postfix gateway; ``config`` is the lab's mailcontinuity configuration."""
@@ -77,7 +86,9 @@ class PostfixGateway:
 
     @property
     def listeners(self) -> list[Endpoint]:
-        return [self.smtp] + ([self.submission] if self.submission is not None else [])
+        relay = self.config.gateway.standby_relay
+        return [self.smtp] + [endpoint for endpoint in (self.submission, relay)
+                              if endpoint is not None]
 
     def write_config(self) -> None:
         postfix_user = pwd.getpwnam("postfix")
@@ -125,10 +136,19 @@ class PostfixGateway:
         submission = postfix_submission_service(self.config, str(self.sasl_socket))
         if submission is not None:
             services.append(submission)
+        relay = postfix_standby_relay_service(self.config, str(self.sasl_socket))
+        if relay is not None:
+            services.append(relay)
         services += ["  ".join(service) for service in _MASTER_SERVICES]
         (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
         write_transport_map(self.config, "primary")
         write_tls_policy_map(self.config)
+        write_sender_login_map(self.config)
+        aliases = self.config.gateway.sender_aliases
+        if aliases is not None and not aliases.exists():
+            aliases.write_text("# Lab aliases: address, then the logins that may send as it\n"
+                               + "".join(f"{alias} {owner}\n"
+                                         for alias, owner in LAB_SENDER_ALIASES.items()))
 
     def pid(self) -> int | None:
         return read_pid(self.queue_dir / "pid" / "master.pid")

@@ -21,13 +21,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
-from mailcontinuity.deploy.settings import dovecot_lmtp_settings, dovecot_standby_hardening
+from mailcontinuity.deploy.settings import (
+    dovecot_lmtp_settings,
+    dovecot_standby_hardening,
+    journal_mark_filter_script,
+)
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
+from mailcontinuity.lab.cyrus import CyrusInstance
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
+from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
@@ -45,6 +51,8 @@ REQUIRED_PROGRAMS = {
     "dovecot": "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-managesieved dovecot-sieve"
     " dovecot-submissiond",
 }
+# ``lab up --primary``: which mail store plays the primary (lab.json's ``primary_kind``).
+PRIMARY_KINDS = ("dovecot", "cyrus")
 
 
 # mailcontinuity daemons the lab runs, by CLI command name, each with a builder of its readiness
@@ -56,6 +64,18 @@ LAB_DAEMONS: dict[str, Callable[[Lab], Callable[[], bool]]] = {
 # The standby's journal LMTP listener: same port as its sieve listener, another loopback address,
 # because Dovecot chooses LMTP plugins by local address (see required_settings).
 JOURNAL_LMTP_HOST = "127.0.0.2"
+# The monitor's own source address for its IMAP probes of the primary ([health]
+# probe_source_address): Dovecot's login penalty is per client address, so guessers on
+# 127.0.0.1 do not slow the probe's LOGIN.
+PROBE_SOURCE = "127.0.0.7"
+# The portal's own source address towards the standby's IMAP ([standby] webmail_address).
+WEBMAIL_SOURCE = "127.0.0.9"
+
+
+def _password() -> str:
+    """A random lab password that never starts with "-": swaks, which the tests drive as users'
+    clients, reads such a value as an option even in ``--auth-password=VALUE`` form."""
+    return "p" + secrets.token_urlsafe(12)
 
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
@@ -93,7 +113,7 @@ class Lab:
     dir: Path
     config: Config
     users: list[LabUser]
-    primary: DovecotInstance
+    primary: DovecotInstance | CyrusInstance
     standby: DovecotInstance
     gateway: PostfixGateway
     webmail: Webmail | None = None
@@ -114,17 +134,29 @@ class Lab:
     def config_file(self) -> Path:
         return self.dir / "mailcontinuity.toml"
 
+    @property
+    def primary_kind(self) -> str:
+        return "cyrus" if isinstance(self.primary, CyrusInstance) else "dovecot"
+
     @classmethod
-    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False) -> Lab:
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
+           primary: str | None = None, primary_profile: str | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
-        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs)."""
+        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
+        the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
+        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
-        lab = (cls.load(directory) if (directory / "lab.json").exists()
-               else cls._create(directory, user_count))
+        if (directory / "lab.json").exists():
+            lab = cls.load(directory)
+            if primary is not None and primary != lab.primary_kind:
+                raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
+                               f" {primary}; take it down and use another directory")
+        else:
+            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile)
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
@@ -153,7 +185,7 @@ class Lab:
         configuration's ``standby.webmail`` too, so that the monitor watches it (policyd is
         restarted by ``up`` to read it)."""
         description = json.loads((self.dir / "lab.json").read_text())
-        description["webmail"] = f"http://127.0.0.1:{free_ports(1)[0]}/"
+        description["webmail"] = f"https://127.0.0.1:{free_ports(1)[0]}/"
         self.part("policyd").stop()
         text = self.config_file.read_text()
         self.config_file.write_text(text.replace(
@@ -176,19 +208,27 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path, user_count: int) -> Lab:
+    def _create(cls, directory: Path, user_count: int, primary_kind: str,
+                primary_profile: str | None = None) -> Lab:
+        if primary_kind not in PRIMARY_KINDS:
+            raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
+        if primary_profile is not None and (primary_kind != "dovecot"
+                                            or primary_profile not in PROFILES):
+            raise LabError(f"--primary-profile is one of {', '.join(PROFILES)}, for the"
+                           " Dovecot primary only")
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 2))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
+        standby_relay = next(numbers)  # likewise
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
-             "password": secrets.token_urlsafe(12)}
+             "password": _password()}
             for name in [*LAB_USERS, *(f"user{n:02d}" for n in range(4, user_count + 1)),
                          DRILL_PROBE]
         ]
@@ -200,22 +240,27 @@ class Lab:
             "users": users,
             "domains": [LAB_DOMAIN],
             "config": str(directory / "mailcontinuity.toml"),
+            "primary_kind": primary_kind,
+            **({"primary_profile": primary_profile} if primary_profile else {}),
         }
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "admin-password"
         admin_file.touch(mode=0o600)
-        admin_file.write_text(secrets.token_urlsafe(16) + "\n")
+        admin_file.write_text(_password() + "\n")
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
-            _render_config(directory, description, gateway_submission, metrics_port))
+            _render_config(directory, description, gateway_submission, metrics_port,
+                           standby_relay))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
+        lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
+                                         journal_mark_filter_script())
         lab.gateway.write_config()
         return lab
 
@@ -238,6 +283,18 @@ class Lab:
             return DovecotInstance(role, directory / role, listeners, users, admin, gateway_smtp,
                                    LabCertificates(directory / "tls"))
 
+        primary_listeners = {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}
+        primary: DovecotInstance | CyrusInstance
+        if description.get("primary_kind") == "cyrus":
+            primary = CyrusInstance(
+                "primary", directory / "primary",
+                {protocol: parse_endpoint(description["primary"][key])
+                 for protocol, key in primary_listeners.items()},
+                users, admin, LabCertificates(directory / "tls"))
+        else:
+            primary = dovecot("primary", primary_listeners)
+            if description.get("primary_profile"):
+                primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
@@ -246,15 +303,18 @@ class Lab:
         webmail = None
         if "webmail" in description:
             webmail = Webmail(directory / "webmail",
-                              parse_endpoint(description["webmail"].removeprefix("http://")
+                              parse_endpoint(description["webmail"].split("://", 1)[1]
                                              .rstrip("/")),
-                              standby.listeners["imap"], standby.listeners["submission"])
+                              standby.listeners["imap"], standby.listeners["submission"],
+                              config.standby.webmail_address,
+                              LabCertificates(directory / "tls")
+                              if description["webmail"].startswith("https://") else None)
 
         return cls(
             dir=directory,
             config=config,
             users=users,
-            primary=dovecot("primary", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}),
+            primary=primary,
             standby=standby,
             gateway=PostfixGateway(directory / "gateway", gateway_smtp, config,
                                    config.gateway.submission,
@@ -313,11 +373,24 @@ syslog_socket = false
 
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
-                   metrics_port: int) -> str:
+                   metrics_port: int, standby_relay: int) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
+    if description["primary_kind"] == "cyrus":
+        # No master users: an admin with proxy authentication; the health probe logs in as
+        # the drill's probe user with its own password.
+        sync_login = 'login_method = "sasl_plain"'
+        probe_login, probe_secret = f"{DRILL_PROBE}@{LAB_DOMAIN}", "drill-probe-password"
+        # Cyrus' lmtpd offers no STARTTLS to pre-authorised TCP clients (Postfix delivers
+        # without AUTH), and primary.tls covers delivery and IMAP alike: loopback in clear.
+        primary_tls = "none"
+    else:
+        primary_tls = "starttls"
+        sync_login = 'login_method = "master_user"'
+        probe_login = f"{description['users'][0]['login']}*{ADMIN_LOGIN}"
+        probe_secret = "admin-password"
     return f"""# mailcontinuity configuration for the lab in {directory}
 hooks_dir = {json.dumps(str(directory / "hooks"))}
 hooks_timeout_seconds = 3
@@ -332,7 +405,7 @@ protected = {json.dumps(description["domains"])}
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
-tls = "starttls"
+tls = "{primary_tls}"
 tls_ca_file = {ca_file}
 
 [standby]
@@ -341,6 +414,8 @@ lmtp = "{standby["lmtp"]}"
 submission = "{standby["submission"]}"
 managesieve = "{standby["managesieve"]}"
 maildir = {json.dumps(str(directory / "standby" / "mail" / "%d" / "%n" / "Maildir"))}
+webmail_address = "{WEBMAIL_SOURCE}"
+journal_mark_filter = {json.dumps(str(directory / "standby" / "sieve" / "strip-mark.sieve"))}
 retention_days = 30
 tls = "starttls"
 tls_ca_file = {ca_file}
@@ -348,6 +423,9 @@ tls_ca_file = {ca_file}
 [gateway]
 smtp = "{description["gateway"]["smtp"]}"
 submission = "127.0.0.1:{gateway_submission}"
+standby_relay = "127.0.0.1:{standby_relay}"
+sender_login_map = {json.dumps(str(directory / "gateway" / "etc" / "sender_login"))}
+sender_aliases = {json.dumps(str(directory / "gateway" / "etc" / "sender_aliases"))}
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
@@ -375,14 +453,16 @@ retry_max_seconds = 5
 recipient_cache_seconds = 1
 
 [sync]
+{sync_login}
 admin_login = "{ADMIN_LOGIN}"
 password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
 
 [policyd]
 socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
-{LAB_HEALTH_SECTION}imap_login = "{description["users"][0]["login"]}*{ADMIN_LOGIN}"
-imap_password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+{LAB_HEALTH_SECTION}imap_login = "{probe_login}"
+imap_password_file = {json.dumps(str(directory / "secrets" / probe_secret))}
+probe_source_address = "{PROBE_SOURCE}"
 
 [watch]
 # Short, so that a test that leaves the milter out on purpose flags the lab only briefly.

@@ -10,21 +10,27 @@ SQLite database, logs, temp files); Roundcube's code and defaults come from the 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.deploy.webmail import PLUGIN_NAME, ROUNDCUBE_PLUGIN, roundcube_security_php
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.process import free_ports, read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.tls import LabCertificates
 
 ROUNDCUBE_HOME = Path("/var/lib/roundcube")
 ROUNDCUBE_ETC = Path("/etc/roundcube")
 ROUNDCUBE_SCHEMA = Path("/usr/share/roundcube/SQL/sqlite.initial.sql")
 PACKAGES = "roundcube roundcube-sqlite3 php-cli php-sqlite3"
+WEB_USER = "www-data"
+ROUNDCUBE_PLUGIN_DIRS = (ROUNDCUBE_HOME / "plugins", Path("/usr/share/roundcube/plugins"))
 # Roundcube's page loads make parallel requests; one PHP worker would serialise them.
 PHP_WORKERS = "4"
 
@@ -42,10 +48,14 @@ class Webmail:
     endpoint: Endpoint
     imap: Endpoint
     submission: Endpoint
+    source: str | None = None
+    """The address Roundcube connects to the standby's IMAP from (``standby.webmail_address``)."""
+    certificates: LabCertificates | None = None
+    """With these, the portal is served over HTTPS (``lab.tlsproxy`` in front of ``php -S``)."""
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}/"
+        return f"{'https' if self.certificates else 'http'}://{self.endpoint}/"
 
     @property
     def config_dir(self) -> Path:
@@ -89,8 +99,9 @@ class Webmail:
                  for key, value in settings.items()]
         lines += ["$config['plugins'] = [];", "$config['enable_spellcheck'] = false;"]
         config.write_text("<?php\n// Written by mailcontinuity lab; do not edit.\n$config = [];\n"
-                          + "\n".join(lines) + "\n")
+                          + "\n".join(lines) + "\n" + roundcube_security_php(self.source))
         config.chmod(0o600)
+        self._harden()
 
     @property
     def pid_file(self) -> Path:
@@ -105,20 +116,67 @@ class Webmail:
         _check_installed()
         env = {**os.environ, "ROUNDCUBE_CONFIG_DIR": str(self.config_dir),
                "PHP_CLI_SERVER_WORKERS": PHP_WORKERS}
+        self._harden()
+        php = (Endpoint("127.0.0.1", free_ports(1)[0]) if self.certificates is not None
+               else self.endpoint)
         with open(self.log_file, "ab") as log:
+            # Never as root: PHP runs as the web server's user, which owns only DIR/webmail.
             process = subprocess.Popen(
-                ["php", "-S", str(self.endpoint), "-t", str(ROUNDCUBE_HOME / "public_html")],
+                ["php", "-d", f"auto_prepend_file={self.root / 'prepend.php'}",
+                 "-S", str(php), "-t", str(ROUNDCUBE_HOME / "public_html")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                start_new_session=True)
+                start_new_session=True, user=WEB_USER, group=WEB_USER, extra_groups=[])
         self.pid_file.write_text(f"{process.pid}\n")
         try:
-            wait_for([self.endpoint], up=True, what="webmail (php -S)")
+            wait_for([php], up=True, what="webmail (php -S)")
+            if self.certificates is not None:
+                self._start_tls_proxy(php, self.certificates)
         except LabError:
             self.stop()
             raise LabError(f"webmail did not start; see {self.log_file}") from None
 
     def stop(self) -> None:
+        stop_pid_file(self.tls_pid_file)
         stop_pid_file(self.pid_file)
+
+    @property
+    def tls_pid_file(self) -> Path:
+        return self.root / "tls-proxy.pid"
+
+    def _start_tls_proxy(self, php: Endpoint, certificates: LabCertificates) -> None:
+        """HTTPS on ``endpoint`` with the lab's certificate, piped to ``php``."""
+        with open(self.root / "logs" / "tls-proxy.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailcontinuity.lab.tlsproxy", str(self.endpoint),
+                 str(php), str(certificates.cert_file), str(certificates.key_file), WEB_USER],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.tls_pid_file.write_text(f"{process.pid}\n")
+        wait_for([self.endpoint], up=True, what="webmail (HTTPS)")
+
+    def _harden(self) -> None:
+        """The portal's own plugin directory (Roundcube's plugins plus ours, deploy.webmail),
+        and everything under DIR/webmail owned by the web server's user; the database and the
+        configuration (session ids, the des_key) mode 0600."""
+        plugins = self.root / "plugins"
+        plugins.mkdir(exist_ok=True)
+        for shipped in ROUNDCUBE_PLUGIN_DIRS:
+            for plugin in sorted(shipped.glob("*")) if shipped.is_dir() else []:
+                link = plugins / plugin.name
+                if not link.is_symlink() and not link.exists():
+                    link.symlink_to(plugin)
+        ours = plugins / PLUGIN_NAME
+        ours.mkdir(exist_ok=True)
+        (ours / f"{PLUGIN_NAME}.php").write_text(ROUNDCUBE_PLUGIN)
+        (self.root / "prepend.php").write_text(
+            "<?php\n// Written by mailcontinuity lab: Roundcube's plugins from DIR/webmail.\n"
+            f"define('RCUBE_PLUGINS_DIR', {_php_string(str(plugins) + '/')});\n")
+        web = pwd.getpwnam(WEB_USER)
+        self.root.chmod(0o700)
+        for path in [self.root, *self.root.rglob("*")]:
+            os.chown(path, web.pw_uid, web.pw_gid, follow_symlinks=False)
+        for private in (self.root / "roundcube.sqlite", self.config_dir / "config.inc.php"):
+            if private.exists():
+                private.chmod(0o600)
 
 
 def _check_installed() -> None:

@@ -26,6 +26,7 @@ class Doveadm:
 
     def __init__(self, config: Path | None) -> None:
         self._config = ["-c", str(config)] if config else []
+        self._delimiters: str | None = None
 
     def run(self, *args: str) -> str:
         return run_command(["doveadm", *self._config, *args], timeout=DOVEADM_TIMEOUT_SECONDS,
@@ -60,10 +61,40 @@ class Doveadm:
 
     def knows_user(self, address: str) -> bool:
         """Whether the standby's userdb has ``address`` (``doveadm user``)."""
-        try:
-            self.run("user", "-f", "uid", address)
-        except CommandError as exc:
-            if exc.returncode != DOVEADM_NO_SUCH_USER:
-                raise StandbyUnreachable(f"standby userdb lookup failed: {exc}") from None
-            return False
-        return True
+        return self.mailbox_user(address) is not None
+
+    def mailbox_user(self, address: str) -> str | None:
+        """The user the standby's Dovecot delivers mail for ``address`` to, None when it has
+        none: asked of its own userdb, so case (``auth_username_format``, ``%Lu`` by default)
+        and the canonical name the lookup returns are Dovecot's; an address with a
+        ``recipient_delimiter`` detail (``alice+tag@``) that is not a user itself is the user
+        before the detail, as Dovecot's LMTP resolves it."""
+        for candidate in without_detail(address, self.recipient_delimiters()):
+            try:
+                canonical = self.run("user", "-f", "user", candidate).strip()
+            except CommandError as exc:
+                if exc.returncode != DOVEADM_NO_SUCH_USER:
+                    raise StandbyUnreachable(f"standby userdb lookup failed: {exc}") from None
+                continue
+            # The lookup prints the user field only when the userdb changed it.
+            return canonical or candidate
+        return None
+
+    def recipient_delimiters(self) -> str:
+        """The standby Dovecot's ``recipient_delimiter`` (each character is one), read once."""
+        if self._delimiters is None:
+            try:
+                self._delimiters = run_command(
+                    ["doveconf", *self._config, "-h", "recipient_delimiter"],
+                    timeout=DOVEADM_TIMEOUT_SECONDS).strip()
+            except CommandError as exc:
+                raise StandbyUnreachable(f"doveconf recipient_delimiter: {exc}") from None
+        return self._delimiters
+
+
+def without_detail(address: str, delimiters: str) -> list[str]:
+    """``address``, then (when its local part has a delimiter) the address before the detail:
+    what Dovecot tries for ``user+detail@domain``."""
+    local, at, domain = address.rpartition("@")
+    cut = min((local.find(d) for d in delimiters if d and local.find(d) > 0), default=-1)
+    return [address] if cut < 0 else [address, f"{local[:cut]}{at}{domain}"]

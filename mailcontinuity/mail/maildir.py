@@ -358,8 +358,9 @@ def _make_owned(directory: Path, owner: MailOwner) -> None:
 _NO_RANGE_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
-def _copy_in_kernel(source: int, offset: int, target: int, length: int) -> int:
-    """Copy ``length`` bytes of ``source`` from ``offset`` to the start of ``target`` without
+def _copy_in_kernel(source: int, target: int, length: int, start: int = 0,
+                    offset: int = 0) -> int:
+    """Copy ``length`` bytes of ``source`` from ``start`` into ``target`` at ``offset``, without
     passing them through Python; returns how many were copied (fewer only if ``source`` is
     shorter)."""
     copied = 0
@@ -368,25 +369,29 @@ def _copy_in_kernel(source: int, offset: int, target: int, length: int) -> int:
         chunk = min(COPY_CHUNK, length - copied)
         if ranged:
             try:
-                done = os.copy_file_range(source, target, chunk, offset + copied, copied)
+                done = os.copy_file_range(source, target, chunk, start + copied,
+                                          offset + copied)
             except OSError as exc:
                 if exc.errno not in _NO_RANGE_COPY:
                     raise
                 ranged = False
-                os.lseek(target, copied, os.SEEK_SET)
+                os.lseek(target, offset + copied, os.SEEK_SET)
                 continue
         else:
-            done = os.sendfile(target, source, offset + copied, chunk)
+            done = os.sendfile(target, source, start + copied, chunk)
         if done == 0:
             break
         copied += done
     return copied
 
 
-def deliver(path: Path, name: str, source: int, offset: int, length: int, owner: MailOwner,
-            received: float, durable: bool = True) -> Path:
-    """Copy ``length`` bytes from ``offset`` in file descriptor ``source`` into
-    ``path/new/name``; the folder must exist (``ensure_folder``).
+def deliver(path: Path, name: str, source: int, length: int, owner: MailOwner,
+            received: float, insert: bytes = b"", insert_at: int = 0, *, start: int = 0,
+            durable: bool = True) -> Path:
+    """Copy ``length`` bytes from offset ``start`` of file descriptor ``source`` into
+    ``path/new/name``, with ``insert`` (the few header fields that differ per copy, e.g.
+    ``Delivered-To``) written in after the first ``insert_at`` bytes; the folder must exist
+    (``ensure_folder``).
 
     The copy stays in the kernel (``os.copy_file_range``, or ``os.sendfile`` between file
     systems), so a 50 MB message never passes through Python. mtime is set to ``received``:
@@ -398,7 +403,13 @@ def deliver(path: Path, name: str, source: int, offset: int, length: int, owner:
     final = path / "new" / name
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        copied = _copy_in_kernel(source, offset, fd, length)
+        head = min(insert_at, length)
+        copied = _copy_in_kernel(source, fd, head, start)
+        if copied == head:
+            os.lseek(fd, head, os.SEEK_SET)
+            os.write(fd, insert)
+            copied += _copy_in_kernel(source, fd, length - head, start + head,
+                                      head + len(insert))
         if copied < length:
             raise MaildirError(f"{temporary}: source ended after {copied} of {length} bytes")
         os.fchown(fd, owner.uid, owner.gid)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from mailcontinuity.config import Endpoint
+from mailcontinuity.config import DeliveryEndpoint, Endpoint
 from mailcontinuity.mail.tls import TLSError, TLSPolicy, require_starttls
 
 MAX_REPLY_LINES = 100
@@ -246,6 +246,29 @@ class LmtpClient:
         for recipient in accepted:
             replies[recipient] = _reply(*connection.getreply())
         return replies
+
+
+def offered_extensions(delivery: DeliveryEndpoint, tls: TLSPolicy,
+                       timeout: float = LMTP_TIMEOUT_SECONDS) -> frozenset[str]:
+    """The extensions (lower case) a mail store's LMTP or SMTP listener offers, after STARTTLS
+    when ``tls`` asks for it: what the gateway's own deliveries there are offered (SMTPUTF8...).
+
+    Raises OSError, smtplib.SMTPException or TLSError when the listener cannot be asked."""
+    host, port = delivery.endpoint
+    connection: smtplib.SMTP
+    if delivery.protocol == "lmtp":
+        connection = smtplib.LMTP(host, port, timeout=timeout)
+    elif tls.implicit:
+        connection = smtplib.SMTP_SSL(host, port, timeout=timeout, context=tls.context)
+    else:
+        connection = smtplib.SMTP(host, port, timeout=timeout)
+    with connection:
+        code, text = connection.ehlo()  # LHLO on LMTP
+        if code != 250:
+            raise smtplib.SMTPHeloError(code, text)
+        if not (delivery.protocol == "smtp" and tls.implicit):
+            require_starttls(connection, tls, f"{delivery.protocol} listener", delivery.endpoint)
+        return frozenset(connection.esmtp_features)
 
 
 def make_message(sender: str, recipients: Sequence[str], subject: str,

@@ -21,7 +21,7 @@ from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.detector import MONITOR_ACTOR, Decision, Detector
 from mailcontinuity.monitor.guard import FailoverGuard
-from mailcontinuity.monitor.probes import probe_primary
+from mailcontinuity.monitor.probes import LoginProbe, probe_primary
 from mailcontinuity.monitor.watch import check_watched_parts
 from mailcontinuity.store.accepted import add_accepted, prune_accepted
 from mailcontinuity.store.checks import Check, record_checks
@@ -45,6 +45,8 @@ class HealthMonitor:
         self.store = store
         self.primary_tls = TLSPolicy.of(config, "primary")
         self.standby_tls = TLSPolicy.of(config, "standby")
+        # The probe account's LOGIN, waited for across rounds: slow to log in is not down.
+        self.login_probe = LoginProbe(config, self.primary_tls)
         self.accepted = accepted
         self.detector = Detector(config.health, config.failback)
         self.guard = FailoverGuard(store)
@@ -66,7 +68,7 @@ class HealthMonitor:
         while not stopping.is_set():
             started = time.monotonic()
             results, watched = await asyncio.gather(
-                probe_primary(self.config, self.primary_tls),
+                probe_primary(self.config, self.primary_tls, self.login_probe),
                 check_watched_parts(self.config, self.standby_tls))
             try:
                 await asyncio.to_thread(self.after_round, results, watched)
@@ -77,6 +79,7 @@ class HealthMonitor:
                     await stopping.wait()
             except TimeoutError:
                 pass
+        self.login_probe.close()
 
     def after_round(self, results: list[ProbeResult], watched: list[Check] | None = None) -> None:
         """Record a round and act on it; runs in a worker thread, the store's only user."""

@@ -32,15 +32,16 @@ async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy) -> None:
 
 
 async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
-                     password: str | None) -> None:
+                     password: str | None, source: str | None = None) -> None:
     """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there.
     The TLS handshake is part of the probe: a primary with an expired certificate is one the
-    failback cannot reach either."""
+    failback cannot reach either. ``source``: the local address to connect from."""
     implicit = tls.context if tls.implicit else None
     try:
         reader, writer = await asyncio.open_connection(
             endpoint.host, endpoint.port, ssl=implicit,
-            server_hostname=endpoint.host if implicit else None)
+            server_hostname=endpoint.host if implicit else None,
+            local_addr=(source, 0) if source else None)
     except ssl.SSLError as exc:
         raise tls.explain("IMAP", endpoint, exc) from None
     try:
@@ -65,29 +66,113 @@ async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
         writer.close()
 
 
-async def probe_primary(config: Config, tls: TLSPolicy) -> list[ProbeResult]:
-    """Both probes of the primary at once, each bounded by the health timeout. The probe
-    password is re-read each round, so a rotated secret needs no restart."""
+async def probe_primary(config: Config, tls: TLSPolicy,
+                        login: LoginProbe | None = None) -> list[ProbeResult]:
+    """The primary's probes at once, each bounded by the health timeout: delivery, IMAP
+    without a login (the greeting and TLS, which no login penalty delays), and, with a probe
+    account, the LOGIN (``LoginProbe``: slow is not down). The monitor keeps one ``login``
+    across rounds; without one, a LOGIN is tried for this call only."""
     health = config.health
     timeout = health.timeout_seconds
-    return list(await asyncio.gather(
-        _timed("delivery", str(config.primary.delivery),
-               probe_delivery(config.primary.delivery, tls), timeout),
-        _timed("imap", str(config.primary.imap), _probe_imap_as_configured(config, tls), timeout),
-    ))
+    one_shot = login is None
+    login = LoginProbe(config, tls) if login is None else login
+    try:
+        results = await asyncio.gather(
+            _timed("delivery", str(config.primary.delivery),
+                   probe_delivery(config.primary.delivery, tls), timeout),
+            _timed("imap", str(config.primary.imap),
+                   probe_imap(config.primary.imap, tls, None, None, health.probe_source_address),
+                   timeout),
+            login.round())
+    finally:
+        if one_shot:
+            login.close()
+    return [result for result in results if result is not None]
 
 
-async def _probe_imap_as_configured(config: Config, tls: TLSPolicy) -> None:
-    login, password = config.health.imap_login, None
-    if login is not None:
+class LoginProbe:
+    """The probe account's IMAP LOGIN on the primary, told apart from the primary being down.
+
+    A server that slows logins after failed ones (Dovecot's per-address penalty: 2 s, then up
+    to 15 s more, for correct passwords too) would otherwise let anyone who guesses passwords
+    from the probe's address fail the site over. So a LOGIN that has not answered within the
+    health timeout is "slow to log in" (a warning: the result is ok, with the reason) and is
+    waited for across rounds; it counts as down only when it fails, or when it has not answered
+    within ``timeout_seconds + login_penalty_seconds``, longer than any penalty. The greeting
+    and TLS are probed without a login every round (``probe_primary``), so a primary that is
+    really gone is still noticed within the timeout. The probe password is re-read for each
+    LOGIN, so a rotated secret needs no restart.
+    """
+
+    def __init__(self, config: Config, tls: TLSPolicy) -> None:
+        self.config = config
+        self.tls = tls
+        self._task: asyncio.Task[None] | None = None
+        self._started = 0.0
+        self._noted = False
+
+    def _start(self) -> bool:
+        config = self.config
+        login = config.health.imap_login
+        if login is None:
+            return False
         try:
             password = read_secret(config, "health.imap_password_file")
         except ConfigError as exc:
             # A mistake on this host (the file's mode, a missing file) says nothing about the
             # primary: probe without LOGIN rather than fail the primary over.
             _warn_once(str(exc))
-            login = None
-    await probe_imap(config.primary.imap, tls, login, password)
+            return False
+        self._task = asyncio.create_task(probe_imap(
+            config.primary.imap, self.tls, login, password, config.health.probe_source_address))
+        self._started = time.perf_counter()
+        self._noted = False
+        return True
+
+    async def round(self) -> ProbeResult | None:
+        """This round's verdict on the LOGIN (None: no probe account, or its secret is
+        unusable); waits at most the health timeout."""
+        health = self.config.health
+        if self._task is None and not self._start():
+            return None
+        task = self._task
+        assert task is not None
+        await asyncio.wait({task}, timeout=health.timeout_seconds)
+        waited = time.perf_counter() - self._started
+        limit = health.timeout_seconds + health.login_penalty_seconds
+        target = str(self.config.primary.imap)
+        source = health.probe_source_address or "this host's address"
+
+        def result(ok: bool, error: str) -> ProbeResult:
+            return ProbeResult("imap_login", target, ok, round(waited * 1000, 3), error,
+                               time.time())
+
+        if not task.done():
+            if waited < limit:
+                if not self._noted:
+                    self._noted = True
+                    log.warning("event=primary_slow_login waited_s=%.1f source=%s"
+                                " action=check_the_primarys_log_for_failed_logins_from_source",
+                                waited, source)
+                return result(True, f"slow to log in: no answer to LOGIN for {waited:.1f}s"
+                              f" (down only after {limit:g}s): a login penalty for failed"
+                              f" logins from {source}?")
+            self.close()
+            return result(False, f"no answer to LOGIN within {limit:g}s, longer than any"
+                          " login penalty")
+        self._task = None
+        error = task.exception()
+        if error is not None:
+            return result(False, f"{type(error).__name__}: {error}")
+        if waited > health.timeout_seconds:
+            return result(True, f"slow to log in: LOGIN answered after {waited:.1f}s")
+        return result(True, "")
+
+    def close(self) -> None:
+        """Stop a LOGIN still waiting (the monitor stops, or a one-shot probe is done)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,13 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
-from mailcontinuity.mail.imap import Append
+from mailcontinuity.mail.imap import CONNECTION_LOST, Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
-from mailcontinuity.outage.primary import PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.outage.preflight import preflight
+from mailcontinuity.outage.primary import (
+    PrimaryCopy,
+    PrimaryError,
+    PrimaryMailbox,
+    connect,
+    read_admin_password,
+)
 from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
@@ -45,6 +52,12 @@ MAX_PASSES = 3
 APPEND_BATCH_MESSAGES = 50
 APPEND_BATCH_BYTES = 16 * 1024 * 1024
 FINISHED = ("done", "reported")
+# A throttled command is tried again this many times (waiting as the server suggests) before
+# this run gives up; the next run resumes from the checkpoints.
+THROTTLE_RETRIES = 5
+# Marked on what was merged as read: the primary's clients must not ask for a read receipt
+# the user already sent (or declined) on the standby (RFC 3503).
+MDN_SENT = "$MDNSent"
 
 Progress = Callable[[int], None]
 
@@ -80,36 +93,65 @@ def _summary(action: Action) -> dict[str, Any]:
             **({"reason": action.reason} if action.reason else {})}
 
 
+def read_receipt_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` plus $MDNSent when they make a message read."""
+    if "\\Seen" in flags and MDN_SENT not in flags:
+        return (*flags, MDN_SENT)
+    return flags
+
+
 def _append_item(source: Any) -> Append:
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.replace(b"\n", b"\r\n")
-    return Append(data, source.flags, datetime.fromtimestamp(source.mtime, UTC))
+    return Append(data, read_receipt_flags(tuple(source.flags)),
+                  datetime.fromtimestamp(source.mtime, UTC))
 
 
 class Merger:
     """One merge pass for one user, over its own IMAP session and state-store connection."""
 
     def __init__(self, config: Config, outage: Outage, user: str, password: str,
-                 progress: Progress, lease_holder: str | None) -> None:
+                 progress: Progress, lease_holder: str | None,
+                 only: set[str] | None = None) -> None:
         self.config = config
         self.outage = outage
         self.user = user
         self.password = password
         self.progress = progress
         self.lease_holder = lease_holder
+        self.only = only
+        """When set, only actions on these messages (keys) run: retrying refused messages
+        after the merge (their APPEND, or the flags a copy appended by hand lacks)."""
         self.result = UserMerge(user)
 
-    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox,
-             record: UserRecord) -> list[Action]:
+    def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox, record: UserRecord,
+             dry_run: bool) -> list[Action]:
         # Read only what can matter (verify reads the same way).
         index = outage_index(mailbox, record.messages, self.outage.started_at)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions)
+        if not dry_run:
+            self._clear_stale_refusals(changelog, actions, index)
         done = changelog.done_actions(self.outage.id, self.user)
-        return [action for action in actions if done.get(action.id) not in FINISHED]
+        return [action for action in actions if done.get(action.id) not in FINISHED
+                and (self.only is None or action.key in self.only
+                     or action.kind == "create_folder")]
+
+    def _clear_stale_refusals(self, changelog: ChangeLog, actions: list[Action],
+                              index: dict[str, list[PrimaryCopy]]) -> None:
+        """A refused APPEND the plan no longer needs, because the primary holds the message
+        (the answer to an APPEND was lost, or the operator appended it), is merged: its row
+        must not keep saying "refused" (nor keep the alert on it firing)."""
+        planned = {action.id for action in actions}
+        stale = {action: "found on the primary by a later pass"
+                 for (_, action), detail in changelog.refused(self.outage.id, self.user).items()
+                 if action not in planned and refused_key(action, detail) in index}
+        if stale:
+            log.info("event=refusals_cleared user=%s count=%d", self.user, len(stale))
+            changelog.clear_refused(self.outage.id, self.user, stale)
 
     def run(self, dry_run: bool, settled: UserRecord | None = None) -> UserMerge:
         """Plan and (unless ``dry_run``) execute; nothing at all when the record still equals
@@ -125,12 +167,25 @@ class Merger:
                 return self.result
             mailbox = connect(self.config, self.user, self.password)
             try:
-                actions = self.plan(changelog, mailbox, record)
+                actions = self.plan(changelog, mailbox, record, dry_run)
                 if dry_run:
                     self.result.plan = [_summary(action) for action in actions]
                     self.result.counts.update(action.kind for action in actions)
                     return self.result
                 self._execute(changelog, mailbox, actions)
+            except CONNECTION_LOST as exc:
+                # Whatever was in flight may or may not be on the primary: the next run plans
+                # from what the primary holds, so it is retried, or found there, never doubled.
+                raise PrimaryError(
+                    f"primary IMAP {self.config.primary.imap}: the connection was lost while"
+                    f" merging {self.user} ({exc}); nothing was refused: run failback again when"
+                    " the primary answers (finished steps are kept)") from None
+            except IMAPClientError as exc:
+                # A refusal outside any one action (SELECT, FETCH of the index): this user's
+                # merge fails with the server's words; the other users go on.
+                log.error("event=merge_user_failed user=%s reason=%r", self.user, str(exc))
+                self.result.refused.append({"action": "merge", "server_said": str(exc),
+                                            "kept_on_standby": "every outage message"})
             finally:
                 mailbox.close()
             if not self.result.refused:
@@ -146,14 +201,26 @@ class Merger:
             if action.kind == "append":
                 appends.setdefault(action.folder, []).append(action)
         for action in (a for a in actions if a.kind == "create_folder"):
-            mailbox.ensure_folder(action.folder)
+            try:
+                self._patiently(mailbox.ensure_folder, action.folder)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                self._refuse(changelog, action, str(exc))
+                continue
             self._finish(changelog, [(action, "done", {})])
         for folder, batch in appends.items():
             for chunk in _batches(batch):
                 self._append(changelog, mailbox, folder, chunk)
         for action in actions:
             if action.kind in ("flags", "move", "copy", "delete"):
-                self._change(mailbox, action)
+                try:
+                    self._patiently(self._change, mailbox, action)
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as exc:
+                    self._refuse(changelog, action, str(exc))
+                    continue
                 self._finish(changelog, [(action, "done", {})])
             elif action.kind == "report":
                 log.warning("event=failback_report user=%s reason=%s folder=%r message_id=%s",
@@ -165,9 +232,11 @@ class Merger:
                 chunk: list[Action]) -> None:
         items = [_append_item(action.source) for action in chunk]
         try:
-            mailbox.append(folder, items)
+            self._patiently(mailbox.append, folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])
             return
+        except IMAPClientAbortError:
+            raise  # the session is gone (see CONNECTION_LOST): not the server's refusal
         except IMAPClientError as exc:
             if len(chunk) == 1:
                 self._refuse(changelog, chunk[0], str(exc))
@@ -176,31 +245,58 @@ class Merger:
         for action, item in zip(chunk, items, strict=False):
             try:
                 mailbox.append(folder, [item])
+            except IMAPClientAbortError:
+                raise
             except IMAPClientError as exc:
                 self._refuse(changelog, action, str(exc))
             else:
                 self._finish(changelog, [(action, "done", {})])
 
+    def _patiently(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one IMAP step; when the primary throttles, wait as it suggests and try again,
+        up to THROTTLE_RETRIES times, then give this run up (PrimaryError: the sync agent
+        tries again later, resuming from the checkpoints; status shows why)."""
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                return step(*args)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                wait = backoff_hint(str(exc), attempt)
+                if wait is None:
+                    raise
+                if attempt == THROTTLE_RETRIES:
+                    raise PrimaryError(
+                        f"primary IMAP {self.config.primary.imap} throttles {self.user}'s"
+                        f" merge ({exc}) after {THROTTLE_RETRIES} waits; failback resumes"
+                        " where it stopped when it is run again") from None
+                log.warning("event=primary_throttled user=%s attempt=%d wait_seconds=%.1f"
+                            " said=%r", self.user, attempt + 1, wait, str(exc))
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
     def _refuse(self, changelog: ChangeLog, action: Action, reason: str) -> None:
-        detail = {**_summary(action), "server_said": reason, "kept_on_standby": action.source.path
-                  if action.source else ""}
-        log.error("event=append_refused user=%s folder=%r message_id=%s reason=%r",
-                  self.user, action.folder, action.message_id, reason)
+        detail = {**_summary(action), "key": action.key, "server_said": reason,
+                  "kept_on_standby": action.source.path if action.source else ""}
+        log.error("event=primary_refused user=%s action=%s folder=%r message_id=%s reason=%r",
+                  self.user, action.kind, action.folder, action.message_id, reason)
         self.result.refused.append(detail)
         self._finish(changelog, [(action, "refused", detail)])
 
     def _change(self, mailbox: PrimaryMailbox, action: Action) -> None:
         if action.kind == "flags":
-            mailbox.set_flags(action.folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
         elif action.kind == "move":
-            mailbox.set_flags(action.from_folder, action.uid, action.add, action.remove)
+            mailbox.set_flags(action.from_folder, action.uid, read_receipt_flags(action.add),
+                              action.remove)
             mailbox.ensure_folder(action.folder)
             mailbox.move(action.from_folder, action.uid, action.folder)
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
             copied = mailbox.copy(action.from_folder, action.uid, action.folder)
             if action.add:
-                mailbox.set_flags(action.folder, copied, action.add, ())
+                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add), ())
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 
@@ -231,9 +327,11 @@ def _batches(actions: list[Action]) -> list[list[Action]]:
 
 def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
                progress: Progress, lease_holder: str | None,
-               settled: dict[str, UserRecord] | None = None) -> list[UserMerge]:
+               settled: dict[str, UserRecord] | None = None,
+               only: dict[str, set[str]] | None = None) -> list[UserMerge]:
     """One pass over every user, ``sync.concurrency`` users at a time; users whose record
-    is still one in ``settled`` are skipped (see ``Merger.run``)."""
+    is still one in ``settled`` are skipped (see ``Merger.run``); with ``only``, each user's
+    pass acts only on those messages (keys)."""
     settled = settled or {}
     password = read_admin_password(config)
     lock = threading.Lock()
@@ -243,8 +341,9 @@ def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
             progress(count)
 
     def one(user: str) -> UserMerge:
-        return Merger(config, outage, user, password, locked_progress,
-                      lease_holder).run(dry_run, settled.get(user))
+        return Merger(config, outage, user, password, locked_progress, lease_holder,
+                      None if only is None else only.get(user, set())).run(
+                          dry_run, settled.get(user))
 
     with ThreadPoolExecutor(max_workers=config.sync.concurrency) as pool:
         return list(pool.map(one, users))
@@ -285,6 +384,46 @@ def _add(report: FailbackReport, results: list[UserMerge]) -> int:
     return changed
 
 
+def refused_key(action: str, detail: dict[str, Any]) -> str:
+    """The message key of a refused APPEND (older rows lack it in their detail: the action id
+    ``append|folder|key|`` ends with it)."""
+    return str(detail.get("key") or action.rsplit("|", 2)[-2])
+
+
+def still_refused(changelog: ChangeLog, outage_id: int,
+                  this_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the primary refused and no later pass merged (a message retried and stored, or
+    found on the primary, is no longer listed), and the users whose whole merge it refused in
+    this run (a SELECT or FETCH refused: no action's row records that, ``this_run`` does)."""
+    return [{"user": user, **detail}
+            for (user, _), detail in changelog.refused(outage_id).items()] + [
+        item for item in this_run if item["action"] == "merge"]
+
+
+def _retry_refused(config: Config, changelog: ChangeLog, outage: Outage, actor: str,
+                   progress: Progress, holder: str) -> FailbackReport:
+    """After the merge: APPEND again only what the primary refused (the operator fixed the
+    cause), planned from the primary's contents like every pass, so a message that is there
+    by now (appended by hand, say) is cleared rather than appended twice, and only gets the
+    flags it lacks."""
+    refused = changelog.refused(outage.id)
+    only: dict[str, set[str]] = {}
+    for (user, action), detail in refused.items():
+        only.setdefault(user, set()).add(refused_key(action, detail))
+    results = merge_pass(config, outage, sorted(only), False, progress, holder, only=only)
+    report = FailbackReport(outage.id, "normal", passes=1,
+                            note=f"retried {len(refused)} message(s) the primary had refused")
+    _add(report, results)
+    report.refused = still_refused(changelog, outage.id, report.refused)
+    changelog.add_to_summary(outage.id, refused=report.refused)
+    record_command(changelog.store, "failback", actor,
+                   {"outage": outage.id, "retried": len(refused),
+                    "refused": len(report.refused)}, event="merge")
+    log.info("event=refused_retried outage=%d retried=%d still_refused=%d", outage.id,
+             len(refused), len(report.refused))
+    return report
+
+
 def plan_failback(config: Config) -> FailbackReport:
     """``--dry-run``: what failback would do now, changing nothing on the primary."""
     store = open_store(config)
@@ -304,6 +443,21 @@ def plan_failback(config: Config) -> FailbackReport:
         return report
     finally:
         store.close()
+
+
+def _preflight_or_refuse(config: Config, changelog: ChangeLog) -> None:
+    """Before the state switches: log in as one user (the drill's probe user, else one with
+    outage mail) the way the merge will; a PrimaryError saying why when that fails."""
+    outage = changelog.open_outage()
+    users = changelog.users(outage.id) if outage is not None else []
+    user = config.drill.probe_address or (users[0] if users else None)
+    if user is None:
+        return
+    checked = preflight(config, user)
+    if not checked.ok:
+        raise PrimaryError(f"failback not started, the state stays failover (mail keeps going"
+                           f" to the standby): preflight as {user} failed: {checked.failed}")
+    log.info("event=failback_preflight user=%s result=%r", user, checked.summary())
 
 
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
@@ -327,6 +481,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     try:
         state = current_state(store).name
         if state == "failover":
+            _preflight_or_refuse(config, changelog)
             # Routing first: new mail goes to the primary before the merge starts.
             change_state(config, store, "failback", cause, actor, expect=("failover",),
                          hooks=hooks)
@@ -334,6 +489,9 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         # failover, so none can appear after this.
         outage = changelog.open_outage()
         if state == "normal" and outage is None:
+            last = changelog.last_outage()
+            if last is not None and changelog.refused(last.id):
+                return _retry_refused(config, changelog, last, actor, progress, holder)
             return FailbackReport(None, state, note="no outage to merge")
         if outage is None and changelog.last_outage() is None:
             log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"
@@ -358,6 +516,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                          " users_unchanged=%d", outage.id, number, changed, len(users), unchanged)
                 if number > 1 and changed == 0:
                     break
+            report.refused = still_refused(changelog, outage.id, report.refused)
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
                                  summary=report.as_dict())
         change_state(config, store, "normal", "failback complete", actor,

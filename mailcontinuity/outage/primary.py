@@ -9,6 +9,7 @@ UIDVALIDITY change) is recognised without trusting any UID kept from before.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
-from mailcontinuity.mail.imap import Mailbox, open_imap, str_flags
+from mailcontinuity.mail.imap import Mailbox, login_as, open_imap, str_flags
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 
 
@@ -85,8 +86,8 @@ class PrimaryMailbox(Mailbox):
 
 
 def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
-    """``user``'s mailbox on the primary, logged in as ``user*admin`` (Dovecot master user),
-    over TLS as ``primary.tls`` says: the master password opens every mailbox."""
+    """``user``'s mailbox on the primary, logged in with the admin's credentials as
+    ``sync.login_method`` says, over TLS as ``primary.tls`` says."""
     endpoint = config.primary.imap
     sync = config.sync
     try:
@@ -97,10 +98,12 @@ def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
         raise PrimaryError(f"primary IMAP {endpoint}: {exc}; is the primary up"
                            " (mailcontinuity status) and primary.imap right?") from None
     try:
-        client.login(f"{user}{sync.master_user_separator}{sync.admin_login}", password)
-    except IMAPClientError as exc:
-        client.shutdown()
+        login_as(client, user, sync.login_method, sync.admin_login, password,
+                 sync.master_user_separator)
+    except (IMAPClientError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            client.shutdown()
         raise PrimaryError(f"primary IMAP {endpoint}: login as {user} via {sync.admin_login}"
-                           f" failed ({exc}); check sync.admin_login and sync.password_file"
-                           ) from None
+                           f" ({sync.login_method}) failed ({exc}); check sync.login_method,"
+                           " sync.admin_login and sync.password_file") from None
     return PrimaryMailbox(client, config.milter.id_header)

@@ -164,12 +164,24 @@ class SyncAgent(pyinotify.ProcessEvent):
         except (PrimaryError, OSError) as exc:
             log.error("event=merge_failed reason=%r retry_in=%.0fs", str(exc),
                       MERGE_RETRY_SECONDS)
+            self._merge_check(False, str(exc))
         else:
             log.info("event=merge_done outage=%s counts=%s refused=%d", report.outage,
                      dict(report.counts), len(report.refused))
+            self._merge_check(True, f"merged, {len(report.refused)} refused by the primary")
             if report.state == "normal" and report.outage is not None:
                 self._report_incident(report.outage)
         self.next_merge = time.time() + MERGE_RETRY_SECONDS
+
+    def _merge_check(self, ok: bool, detail: str) -> None:
+        """The last automatic failback attempt, for ``status``: a merge that keeps failing
+        is a problem with the server's words and what to do."""
+        record_checks(self.store, [Check(
+            "sync-agent", "failback", str(self.config.primary.imap), ok, time.time(),
+            detail if ok else f"failback keeps failing, retried every"
+            f" {MERGE_RETRY_SECONDS:.0f}s: {detail}",
+            "fix what the message names on the primary or in [sync]; 'mailcontinuity"
+            " failback --dry-run' shows what is left; the merge resumes where it stopped")])
 
     def _report_incident(self, outage_id: int) -> None:
         """Verify and archive the incident report in a thread of its own: verify reads every

@@ -21,11 +21,12 @@ from typing import Any
 from imapclient import IMAPClient
 
 from mailcontinuity.config import Config, ConfigError, read_secret
-from mailcontinuity.deploy.routing import switch_route
+from mailcontinuity.deploy.routing import nexthop, switch_route
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import imap_login
-from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.mail.smtp import make_message, offered_extensions, send_message
 from mailcontinuity.mail.tls import Side, TLSError, TLSPolicy, require_starttls
+from mailcontinuity.outage.preflight import preflight
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.sieve.replicate import sieve_sync
 from mailcontinuity.store.db import StateStore
@@ -102,6 +103,12 @@ class Drill:
                   " accepting journal copies")
         self.step("routing switch for the probe address", self.routing_switch,
                   "check the gateway's transport table and the standby's LMTP listener")
+        self.step("failback credentials on the primary", self.failback_preflight,
+                  "check [sync] (login_method, admin_login, password_file) against the"
+                  " primary's admin or master user setup: docs/primaries.md")
+        self.step("international mail (SMTPUTF8)", self.smtputf8_routes,
+                  "set primary.smtputf8 / standby.smtputf8 to what each store's listener"
+                  " offers (docs/international.md), then restart the milter")
         self.step("sieve scripts in sync", self.sieve_scripts_in_sync,
                   "run mailcontinuity sieve-sync and fix what it names (a script on the"
                   " primary, or the admin login on either ManageSieve server)")
@@ -156,6 +163,8 @@ class Drill:
         if submission is None:
             raise _Skip("standby.submission is not configured")
         message = self._message("sent from the standby")
+        # As itself: the gateway refuses a sender the login does not own (deploy.senders).
+        message.replace_header("From", self.probe)
         tls = self.tls["standby"]
         connect = (partial(smtplib.SMTP_SSL, context=tls.context) if tls.implicit
                    else smtplib.SMTP)
@@ -203,6 +212,52 @@ class Drill:
         finally:
             switch_route(self.config, ROUTE_IN_STATE[current_state(self.store).name])
         return f"probe mail routed to the standby's LMTP after {seconds:.1f}s; others unchanged"
+
+    def smtputf8_routes(self) -> str:
+        """What each store's listener offers against what the milter is told it offers.
+
+        Told "yes" where the listener says no, the gateway would accept internationalised mail
+        and bounce it: a failure. Told "no" (the safe default) it refuses such mail at SMTP
+        time; the detail says so, since that is mail a site does not get during an outage."""
+        notes = []
+        for side in ("primary", "standby"):
+            configured = self.config.primary.smtputf8 if side == "primary" \
+                else self.config.standby.smtputf8
+            delivery = nexthop(self.config, side)
+            try:
+                offered = "smtputf8" in offered_extensions(delivery, self.tls[side],
+                                                           self.settings.step_timeout)
+            except (OSError, smtplib.SMTPException, TLSError) as exc:
+                notes.append(f"{side} {delivery}: not asked ({exc})")
+                continue
+            if configured and not offered:
+                raise StepFailed(
+                    f"{side}.smtputf8 = true but {delivery} does not offer SMTPUTF8: the gateway"
+                    " accepts internationalised mail and then bounces it",
+                    f"set {side}.smtputf8 = false in {self.config.source} and restart the milter")
+            if offered and not configured:
+                notes.append(f"{side} {delivery} offers SMTPUTF8 but {side}.smtputf8 = false:"
+                             " internationalised mail is refused needlessly")
+            elif not offered:
+                when = "during an outage (451 4.6.7, retried after failback)" \
+                    if side == "standby" else "(550 5.6.7, at SMTP time)"
+                notes.append(f"{side} {delivery} does not offer SMTPUTF8: internationalised"
+                             f" mail is refused {when}")
+            else:
+                notes.append(f"{side} {delivery} offers SMTPUTF8: internationalised mail"
+                             " is delivered")
+        return "; ".join(notes)
+
+    def failback_preflight(self) -> str:
+        """Failback's login and what it will need (CREATE, the folder mapping), checked now
+        rather than at the end of an outage."""
+        state = current_state(self.store).name
+        if state != "normal":
+            raise _Skip(f"state is {state}: failback runs its own preflight before it starts")
+        checked = preflight(self.config, self.probe)
+        if not checked.ok:
+            raise StepFailed(checked.failed, "")
+        return checked.summary()
 
     def sieve_scripts_in_sync(self) -> str:
         """Users' filters and out-of-office replies must be on the standby before it is needed."""

@@ -143,6 +143,12 @@ def policyd_problem(daemon: dict[str, Any], now: float) -> Problem | None:
 def primary_problem(state: State, probes: list[ProbeResult], first_failure: float | None,
                     failover_held: str, now: float) -> Problem | None:
     failing = [f"{p.probe} {p.target}: {p.error}" for p in probes if not p.ok]
+    slow = [f"{p.probe} {p.target}: {p.error}" for p in probes if p.ok and p.error]
+    if not failing and slow:
+        return Problem("primary", now, "primary answers, but slowly: " + "; ".join(slow),
+                       "not down, so no failover; if the primary's log shows failed logins"
+                       " from the probe's address ([health] probe_source_address), block"
+                       " the guesser", "warning")
     if not failing:
         return None
     detail = "primary fails its probes: " + "; ".join(failing)
@@ -215,6 +221,15 @@ def sync_agent_problem(config: Config, store: StateStore, checks: list[CheckReco
         return Problem("sync-agent", beat[2], f"no heartbeat from the sync agent (pid {beat[0]})"
                        f" for {silent:.0f}s: stopped, killed or hung", action)
     return None
+
+
+def failback_problem(state: State, checks: list[CheckRecord]) -> Problem | None:
+    """The sync agent's last automatic failback failed (the primary refused the login, went
+    away, throttles): while the state is still failback, that is a problem with its words."""
+    record = next((r for r in checks if r.check.name == "failback"), None)
+    if state.name != "failback" or record is None or record.check.ok:
+        return None
+    return Problem("sync-agent", record.since, record.check.detail, record.check.action)
 
 
 # --- the store and the disks ---------------------------------------------------------------
@@ -414,6 +429,7 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     found += filter(None, [
         policyd_problem(daemon, now),
         sync_agent_problem(config, store, process, now),
+        failback_problem(state, process),
         store_problem(config, now),
     ])
     found += disk_problems(config, watched_disks(config), now)

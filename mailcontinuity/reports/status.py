@@ -95,8 +95,8 @@ def render_primary(primary: dict[str, Any]) -> list[str]:
     """Lines for the human-readable status."""
     healthy = primary["healthy"]
     probes = ", ".join(
-        f"{p['probe']} {p['latency_ms']:.1f} ms" if p["ok"] else f"{p['probe']}: {p['error']}"
-        for p in primary["last_probes"]
+        f"{p['probe']} {p['latency_ms']:.1f} ms" if p["ok"] and not p["error"]
+        else f"{p['probe']}: {p['error']}" for p in primary["last_probes"]
     )
     health = "unknown (no fresh probe)" if healthy is None else "healthy" if healthy else "FAILING"
     daemon = primary["policyd"]

@@ -130,6 +130,12 @@ def _migration_watch(store: StateStore) -> None:
     store.execute("CREATE INDEX health_probes_probe ON health_probes (probe, id)")
 
 
+def _migration_first_flags(store: StateStore) -> None:
+    """The flags a message file had when the outage record first saw it: what a flag change on
+    mail that came during the outage is measured against (baseline files have base_flags)."""
+    store.execute("ALTER TABLE sync_message ADD COLUMN first_flags TEXT")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -139,4 +145,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_audit_origin,
     _migration_retired_counts,
     _migration_watch,
+    _migration_first_flags,
 ]

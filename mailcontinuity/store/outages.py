@@ -21,6 +21,31 @@ from mailcontinuity.store.state import StateName, current_state
 
 OutageStatus = Literal["recording", "merging", "merged"]
 
+ACTIVITY_FIELDS: dict[str, str] = {
+    "new_messages": "outage mail: messages new on the standby (received plus written)",
+    "outage_received": "outage mail the gateway routed to the standby (one per recipient)",
+    "outage_written": "outage mail users wrote there: drafts, copies of what they sent",
+    "outage_moved": "outage mail moved (or copied) to another folder, and still there",
+    "outage_deleted": "outage mail deleted on the standby (in no folder any more)",
+    "outage_flagged": "outage mail still there whose flags users changed (read, flagged,"
+                      " keywords)",
+    "history_moved": "history (what the standby held when the outage began) moved or copied",
+    "history_deleted": "history deleted on the standby (in no folder any more)",
+    "history_flagged": "history still there whose flags users changed",
+    "new_folders": "folders that appeared on the standby: created by users, or used for the"
+                   " first time (Dovecot creates an auto-created folder such as Drafts on"
+                   " disk only then)",
+}
+"""The activity counts (contract: these names in ``status --json``, the metric's ``kind``
+label and the incident report), in the order they are reported."""
+
+_IS_OUTAGE = "CASE WHEN kind = 'outage' THEN 1 ELSE 0 END"
+# A file's flags now against what they were first: the baseline's for history, else when the
+# record first saw the file (NULL for files recorded before migration 8: not counted).
+_FLAGS_FIRST = "CASE WHEN in_baseline = 1 THEN base_flags ELSE first_flags END"
+# Only files still there: Dovecot sets \Deleted on a file just before it expunges it.
+_FLAGS_CHANGED = f"CASE WHEN present = 1 AND flags != {_FLAGS_FIRST} THEN 1 ELSE 0 END"
+
 
 @dataclass(frozen=True)
 class Outage:
@@ -182,11 +207,11 @@ class ChangeLog:
             return
         self.store.execute(
             "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
-            " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at,"
+            " first_flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
             [outage_id, user, found.folder, found.basename, found.filename, str(found.path),
              found.key, self.kind_of(outage_id, user, found), flags, found.size, found.mtime,
-             found.message_id, int(baseline), flags if baseline else None, time.time()],
+             found.message_id, int(baseline), flags if baseline else None, time.time(), flags],
         )
 
     def mark_gone(self, outage_id: int, user: str, folder: str,
@@ -219,24 +244,39 @@ class ChangeLog:
         return {row[0]: (bool(row[1]), bool(row[2])) for row in rows}
 
     def activity(self, outage_id: int) -> dict[str, int]:
-        """Counts of what users did on the standby during the outage, for ``status``."""
+        """What users did on the standby during the outage, counted in messages (one per user
+        and message, however many files it took), for ``status``, the metrics and ``report``.
+
+        Outage mail (what exists because of the outage) and history (what the standby held
+        when it began) apart, since failback treats them apart: ``ACTIVITY_FIELDS`` says what
+        each count means. A message moved and flagged counts in both; a message moved twice
+        once; a deleted one is not also "flagged". Flag changes are measured against the flags
+        a file had when first recorded (the baseline's for history), so mail that arrived
+        flagged (a Sent copy) is not "flagged".
+        """
         one = self.store.one(
-            "SELECT"
-            " SUM(CASE WHEN kind = 'outage' AND present = 1 THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN kind = 'existing' AND in_baseline = 1 AND present = 1"
-            " AND flags != base_flags THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN kind = 'existing' AND in_baseline = 0 AND present = 1"
-            " THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN in_baseline = 1 AND present = 0 THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN kind = 'outage' AND present = 0 THEN 1 ELSE 0 END),"
+            "SELECT SUM(is_outage), SUM(is_outage * is_received),"
+            " SUM(is_outage * (1 - is_received)),"
+            " SUM(CASE WHEN is_outage = 1 AND any_present = 1 AND folders > 1 THEN 1 ELSE 0 END),"
+            " SUM(is_outage * (1 - any_present)), SUM(is_outage * any_present * is_flagged),"
+            " SUM(is_history * any_present * is_moved), SUM(is_history * (1 - any_present)),"
+            " SUM(is_history * any_present * is_flagged),"
             " (SELECT COUNT(*) FROM sync_folder WHERE outage_id = ? AND in_baseline = 0"
             " AND present = 1)"
-            " FROM sync_message WHERE outage_id = ?", [outage_id, outage_id],
+            " FROM (SELECT"
+            f" MAX({_IS_OUTAGE}) AS is_outage,"
+            f" MAX(in_baseline) * (1 - MAX({_IS_OUTAGE})) AS is_history,"
+            " MAX(CASE WHEN key LIKE 'id:%' THEN 1 ELSE 0 END) AS is_received,"
+            " MAX(present) AS any_present,"
+            " COUNT(DISTINCT folder) AS folders,"
+            " MAX(CASE WHEN present = 1 AND in_baseline = 0 THEN 1 ELSE 0 END) AS is_moved,"
+            f" CASE WHEN MAX({_FLAGS_CHANGED}) = 1 OR COUNT(DISTINCT {_FLAGS_FIRST}) > 1"
+            " THEN 1 ELSE 0 END AS is_flagged"
+            " FROM sync_message WHERE outage_id = ? GROUP BY user, key) AS per_message",
+            [outage_id, outage_id],
         )
         assert one is not None, "an aggregate query returns one row"
-        names = ("new_messages", "flag_changes", "moved_or_copied", "removed_from_folder",
-                 "outage_messages_deleted", "new_folders")
-        return {name: int(value or 0) for name, value in zip(names, one, strict=True)}
+        return {name: int(value or 0) for name, value in zip(ACTIVITY_FIELDS, one, strict=True)}
 
     def routed_mail(self, outage_id: int) -> tuple[float | None, int, int]:
         """(when the first arrived, messages, deliveries) of the mail the gateway routed to
@@ -285,6 +325,32 @@ class ChangeLog:
                     " at = excluded.at",
                     [outage_id, user, action, status, json.dumps(detail, sort_keys=True), now],
                 )
+
+    def refused(self, outage_id: int, user: str | None = None) -> dict[tuple[str, str],
+                                                                        dict[str, Any]]:
+        """The actions the primary refused and no later pass merged: (user, action) -> detail."""
+        rows = self.store.query(
+            "SELECT user, action, detail FROM sync_progress WHERE outage_id = ?"
+            " AND status = 'refused'" + (" AND user = ?" if user is not None else "")
+            + " ORDER BY user, action", [outage_id] + ([user] if user is not None else []))
+        return {(row[0], row[1]): json.loads(row[2] or "{}") for row in rows}
+
+    def clear_refused(self, outage_id: int, user: str, actions: dict[str, str]) -> None:
+        """A later pass found refused messages on the primary (an APPEND whose answer was lost,
+        or one the operator made): they are merged, no longer refused. ``actions``: action id
+        -> why it is cleared (kept in the row's detail)."""
+        with self.store.transaction():
+            for action, why in actions.items():
+                row = self.store.one("SELECT detail FROM sync_progress WHERE outage_id = ?"
+                                     " AND user = ? AND action = ? AND status = 'refused'",
+                                     [outage_id, user, action])
+                if row is None:
+                    continue
+                detail = {**json.loads(row[0] or "{}"), "cleared": why}
+                self.store.execute(
+                    "UPDATE sync_progress SET status = 'done', detail = ?, at = ?"
+                    " WHERE outage_id = ? AND user = ? AND action = ?",
+                    [json.dumps(detail, sort_keys=True), time.time(), outage_id, user, action])
 
     def forget_merged_before(self, before: float) -> int:
         """Delete the per-message detail of outages merged before ``before``: the mirror of

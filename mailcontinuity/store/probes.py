@@ -9,7 +9,8 @@ from mailcontinuity.store.db import StateStore
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe's outcome; ``error`` is empty when it succeeded."""
+    """One probe's outcome; ``error`` is empty when it succeeded. ``ok`` with an ``error`` is a
+    warning, not a failure: the primary answered, slowly (``imap_login``: slow to log in)."""
 
     probe: str
     target: str

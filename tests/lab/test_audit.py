@@ -96,7 +96,8 @@ def test_failover_and_failback_are_audited_with_actor_and_origin(lab: Lab) -> No
     text = cli(lab.config_file, "audit", "--since", "10m").stdout
     assert text.splitlines()[0].split() == ["time", "kind", "what", "actor", "origin",
                                             "outcome/cause"]
-    forced = next(line for line in text.splitlines() if "normal -> failover" in line)
+    forced = next(line for line in text.splitlines()
+                  if "normal -> failover" in line and "audit test" in line)
     assert OPERATOR in forced and ORIGIN in forced and forced.endswith("operator: audit test")
     failover_line = next(line for line in text.splitlines() if "failover --reason" in line)
     assert OPERATOR in failover_line and ORIGIN in failover_line

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
+from mailcontinuity.reports.drill import Drill, StepFailed
+from mailcontinuity.store.db import open_store
 
 
 def run_drill(lab: Lab) -> tuple[int, dict]:
@@ -41,7 +43,12 @@ def test_drill_passes_on_a_healthy_lab_and_archives_its_report(lab: Lab) -> None
     assert [step["name"] for step in report["steps"]] == [
         "standby reachable", "login with production credentials", "send from the standby",
         "receive through the gateway into the standby", "journal lag",
-        "routing switch for the probe address", "sieve scripts in sync"]
+        "routing switch for the probe address", "failback credentials on the primary",
+        "international mail (SMTPUTF8)", "sieve scripts in sync"]
+    utf8 = next(s for s in report["steps"] if s["name"] == "international mail (SMTPUTF8)")
+    # The lab's stores are Dovecot 2.3: neither LMTP offers SMTPUTF8, and the drill says so.
+    assert "standby lmtp:" in utf8["detail"] and "does not offer SMTPUTF8" in utf8["detail"]
+    assert "refused during an outage (451 4.6.7" in utf8["detail"]
     archived = json.loads(Path(report["archived_to"]).read_text())
     assert archived["passed"] is True
     # The probe's override is gone: the protected domain alone routes to the primary again.
@@ -67,3 +74,17 @@ def test_drill_names_the_failing_step(lab: Lab, part: str, first_failure: str) -
     assert failed["advice"], "a failed step must tell the operator what to check next"
     # Whatever failed, the probe's routing override does not outlive the drill.
     assert "probe@" not in lab.config.gateway.transport_map.read_text()
+
+
+def test_drill_fails_a_standby_said_to_take_smtputf8_that_does_not(lab: Lab) -> None:
+    """Told "yes" wrongly, the gateway would accept and bounce: the drill must catch it."""
+    config = lab.config.model_copy(
+        update={"standby": lab.config.standby.model_copy(update={"smtputf8": True})})
+    store = open_store(config)
+    try:
+        with pytest.raises(StepFailed) as failed:
+            Drill(config, store).smtputf8_routes()
+    finally:
+        store.close()
+    assert "standby.smtputf8 = true but" in str(failed.value)
+    assert "standby.smtputf8 = false" in failed.value.advice

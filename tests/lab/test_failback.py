@@ -61,7 +61,7 @@ def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) 
                             "the agent's record of the outage activity")
         activity = status["outage"]["activity"]
         assert activity["new_folders"] >= 1, activity
-        assert activity["flag_changes"] >= 1 and status["outage"]["status"] == "recording"
+        assert activity["history_flagged"] >= 1 and status["outage"]["status"] == "recording"
         code, plan = invoke(lab, "failback", "--dry-run", "--json")
         assert code == 0
         assert plan["counts"]["append"] >= 7 and plan["state"] == "failover"

@@ -161,7 +161,8 @@ def test_outage_fails_over_without_bounces_and_fails_back_after_hold_down(
     assert report["state"] == "normal"
     assert report["outage"] is None
     assert report["primary"]["healthy"] is True
-    assert {probe["probe"] for probe in report["primary"]["last_probes"]} == {"delivery", "imap"}
+    assert {probe["probe"] for probe in report["primary"]["last_probes"]} == {
+        "delivery", "imap", "imap_login"}
     assert all(probe["latency_ms"] > 0 for probe in report["primary"]["last_probes"])
 
 

@@ -163,8 +163,9 @@ def test_outage_failover_policy_requests_and_failback_are_served(normal_lab: Lab
         assert after.value("mailcontinuity_policy_requests_total", action="REJECT") >= 1
         # The sync agent opens the outage record on its next look at the state.
         recording = eventually(lambda: (m := scrape(listen)).value(
+            "mailcontinuity_outage_status", status="recording") == 1 and m.value(
             "mailcontinuity_outage_activity", kind="new_messages") >= 1 and m, 15,
-            "the message to bob recorded as outage activity")
+            "the message to bob recorded as outage activity of a new outage")
         assert recording.value("mailcontinuity_outage_status", status="recording") == 1, {
             key: value for key, value in recording.samples.items() if "outage" in key[0]}
         assert recording.value("mailcontinuity_outage_id") > before.value(

@@ -240,7 +240,9 @@ def test_disk_full_at_commit_loses_no_accepted_mail_silently(
 
 
 def test_authenticated_sender_gets_a_sent_copy(runtime: JournalRuntime) -> None:
-    ctx = feed(runtime, RAW, "someone@remote.test", auth="alice@example.test")
+    # Her own From: (a logged-in user may send only as her own addresses, issue 20).
+    own = RAW.replace(b"From: a@remote.test", b"From: Alice <alice@example.test>")
+    ctx = feed(runtime, own, "someone@remote.test", auth="alice@example.test")
     assert ctx.rc == Milter.CONTINUE
     [record] = runtime.spool.records()
     envelope = record.envelope

@@ -61,8 +61,10 @@ def test_failback_with_a_wrong_ca_refuses_and_says_why(lab: Lab,
         code, stderr = run_cli(distrusting_config, "failback", "--yes")
         assert code == 1
         reason = stderr.strip().splitlines()[-1]
-        assert reason.startswith("Error: primary IMAP"), stderr
-        assert "certificate not accepted" in reason and "primary.tls_ca_file" in reason
+        # Refused by the preflight, before the state switches.
+        assert reason.startswith("Error: failback not started, the state stays failover"), stderr
+        assert "primary IMAP" in reason and "certificate not accepted" in reason
+        assert "primary.tls_ca_file" in reason
         # The lab's own configuration trusts the lab's CA: the same failback goes through,
         # run here or by the lab's sync agent, which resumes a failback it finds in progress.
         code, stderr = run_cli(lab.config_file, "failback", "--yes")
@@ -118,7 +120,7 @@ def test_health_probes_with_a_wrong_ca_fail_with_the_reason(lab: Lab,
                                                            distrusting_config: Path) -> None:
     wrong = load_config(distrusting_config)
     results = asyncio.run(probe_primary(wrong, TLSPolicy.of(wrong, "primary")))
-    assert {result.probe for result in results} == {"delivery", "imap"}
+    assert {result.probe for result in results} == {"delivery", "imap", "imap_login"}
     for result in results:
         assert not result.ok
         assert "certificate not accepted" in result.error, result.error

@@ -6,14 +6,19 @@ lab's Roundcube started as ``lab up --webmail`` starts it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import ssl
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from mailcontinuity.cli.main import main
@@ -21,6 +26,7 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.process import accepts_connections
+from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
@@ -45,18 +51,29 @@ def portal(lab: Lab) -> Iterator[Lab]:
         back_to_normal(lab)
 
 
+def lab_certificate_pin(lab: Lab) -> str:
+    """Chromium's pin of the lab's server key (base64 SHA-256 of its SubjectPublicKeyInfo):
+    the portal's HTTPS is accepted for exactly that key, nothing else is let through."""
+    certificate = x509.load_pem_x509_certificate(
+        LabCertificates(lab.dir / "tls").cert_file.read_bytes())
+    spki = certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
+def browser(tmp_path: Path, lab: Lab) -> Iterator[Browser]:
     """Chromium with a home of its own: it writes its crash-report settings and dconf cache
     under $HOME even with a temporary profile, and the suite touches nothing outside its
-    temporary directories."""
+    temporary directories. The portal is HTTPS with the lab's certificate, pinned."""
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
            "XDG_CACHE_HOME": str(home / ".cache")}
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                              env=env)
+        pin = f"--ignore-certificate-errors-spki-list={lab_certificate_pin(lab)}"
+        launched = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=[*CHROMIUM_ARGS, pin], env=env)
         try:
             yield launched
         finally:
@@ -77,7 +94,7 @@ def test_a_user_reads_and_sends_mail_in_the_portal_during_an_outage(
     alice, bob = lab.users[:2]
     assert lab.webmail is not None
     url = json.loads((lab.dir / "lab.json").read_text())["webmail"]
-    assert url == lab.webmail.url and url.startswith("http://127.0.0.1:")
+    assert url == lab.webmail.url and url.startswith("https://127.0.0.1:")
 
     history = make_message("partner@remote.test", [alice.address], "Quarterly figures (before)")
     send_message(lab.gateway.smtp, history, "partner@remote.test", [alice.address])
@@ -125,7 +142,9 @@ def test_lab_up_webmail_writes_its_url_and_lab_down_stops_it(fresh_lab_dir: Path
     description = json.loads((fresh_lab_dir / "lab.json").read_text())
     lab = Lab.load(fresh_lab_dir)
     assert lab.webmail is not None and description["webmail"] == lab.webmail.url
-    assert urllib.request.urlopen(lab.webmail.url, timeout=10).status == 200
+    verified = ssl.create_default_context(cafile=str(LabCertificates(fresh_lab_dir / "tls")
+                                                     .ca_file))
+    assert urllib.request.urlopen(lab.webmail.url, timeout=10, context=verified).status == 200
     result = runner.invoke(main, ["lab", "down", "--dir", str(fresh_lab_dir)])
     assert result.exit_code == 0, result.output
     assert lab.part("webmail").pid() is None

@@ -244,6 +244,15 @@ def test_portal_and_hooks_are_installed(applied: list[str]) -> None:
     assert "$config['imap_host'] = ['127.0.0.1:10143'];" in roundcube
     assert "$config['smtp_host'] = '127.0.0.1:10587';" in roundcube
     assert re.search(r"\$config\['des_key'\] = '[^']{24}';", roundcube)
+    # Issue 20: HTTPS only, the users' own addresses to Dovecot, a private database.
+    assert "$config['force_https'] = true;" in roundcube
+    assert "$config['plugins'][] = 'mailcontinuity_client_ip';" in roundcube
+    assert Path("/var/lib/roundcube/plugins/mailcontinuity_client_ip/"
+                "mailcontinuity_client_ip.php").is_file()
+    database = Path("/var/lib/dbconfig-common/sqlite3/roundcube/roundcube").stat()
+    assert database.st_mode & 0o777 == 0o600
+    # The Apache HTTPS site is not checked here: tests/localhost.yml installs no web server
+    # (mailcontinuity_webmail_apache: false); the lab serves the portal over HTTPS instead.
     hook = Path("/etc/mailcontinuity/hooks/on-failover.d/50-webhook")
     assert os.readlink(hook) == "/opt/mailcontinuity/bin/mailcontinuity-hook-webhook"
     environment = Path("/etc/mailcontinuity/hooks/environment")

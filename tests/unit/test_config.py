@@ -236,3 +236,11 @@ def test_check_config_holds_the_gateways_deliveries_to_tls(tmp_path: Path) -> No
     report = json.loads(result.stdout)
     assert report["tls_policy_map"]["lines"] == []
     assert "smtp_tls_policy_maps" not in report["postfix_main"]
+
+
+def test_the_probe_source_address_must_be_an_address() -> None:
+    """[health] probe_source_address is bound by the probes: a host name is refused up front."""
+    from mailcontinuity.config import HealthSection
+    assert HealthSection(probe_source_address="127.0.0.7").probe_source_address == "127.0.0.7"
+    with pytest.raises(ValueError, match="probe_source_address must be an IP address"):
+        HealthSection(probe_source_address="gateway.example")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailcontinuity.mail.imap import SPECIAL_FOLDERS, FolderNames
 from mailcontinuity.outage.merge import APPEND_BATCH_BYTES, APPEND_BATCH_MESSAGES, _batches
 from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.outage.primary import PrimaryCopy
@@ -198,3 +199,158 @@ def test_a_deletion_on_the_standby_is_reported_unless_propagation_is_asked() -> 
     assert (kept.kind, kept.reason) == ("report", "deleted_on_standby_kept_on_primary")
     [deleted] = plan(rows, folders, primary, propagate=True)
     assert (deleted.kind, deleted.folder) == ("delete", "Archive")
+
+
+# -- the same merge against real servers' layouts and capabilities ------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """How a kind of server names and lists folders: personal prefix, separator, the folders
+    every mailbox has with their LIST attributes, and whether it offers MOVE and UIDPLUS."""
+
+    name: str
+    prefix: str
+    separator: str
+    fixed: dict[str, tuple[str, ...]]
+    all_mail: str | None = None
+
+
+LAYOUTS = [
+    Layout("dovecot", "", "/", {"INBOX": (), "Sent": ("\\Sent",), "Parent": ("\\Noselect",),
+                                "Parent/Child": ()}),
+    Layout("cyrus", "INBOX.", ".", {"INBOX": (), "INBOX.Sent": ("\\sent",),
+                                    "INBOX.Drafts": ("\\drafts",), "INBOX.Trash": ("\\trash",)}),
+    Layout("exchange", "", "/", {"INBOX": (), "Sent Items": (), "Deleted Items": (),
+                                 "Junk Email": (), "Drafts": ()}),
+    Layout("gmail", "", "/", {"INBOX": (), "[Gmail]": ("\\Noselect",),
+                              "[Gmail]/Sent Mail": ("\\Sent",), "[Gmail]/Drafts": ("\\Drafts",),
+                              "[Gmail]/Spam": ("\\Junk",), "[Gmail]/Trash": ("\\Trash",),
+                              "[Gmail]/All Mail": ("\\All",)}, all_mail="[Gmail]/All Mail"),
+]
+
+
+@dataclass
+class ServerPrimary:
+    """A primary holding messages under its own folder names; failback's steps reach it through
+    FolderNames (as mail.imap.Mailbox does), and without MOVE as COPY, \\Deleted, EXPUNGE."""
+
+    layout: Layout
+    has_move: bool
+    uidplus: bool
+    folders: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    messages: dict[tuple[str, int], tuple[str, frozenset[str], bool]] = field(default_factory=dict)
+    uids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.folders = dict(self.layout.fixed)
+
+    @property
+    def names(self) -> FolderNames:
+        return FolderNames([(attrs, self.layout.separator, name)
+                            for name, attrs in self.folders.items()], self.layout.prefix)
+
+    def add(self, native: str, key: str, flags: frozenset[str], recent: bool) -> None:
+        assert native in self.folders and "\\Noselect" not in self.folders[native]
+        self.messages[(native, next(self.uids))] = (key, flags, recent)
+        if self.layout.all_mail and native != self.layout.all_mail:
+            self.messages[(self.layout.all_mail, next(self.uids))] = (key, flags, recent)
+
+    def index(self) -> dict[str, list[PrimaryCopy]]:
+        names = self.names
+        index: dict[str, list[PrimaryCopy]] = {}
+        for (native, uid), (key, flags, _) in sorted(self.messages.items()):
+            if names.ours(native) in names.folders and native not in names.hidden:
+                index.setdefault(key, []).append(
+                    PrimaryCopy(names.ours(native), uid, tuple(sorted(flags)), key))
+        return index
+
+    def apply(self, action: Action) -> None:
+        names = self.names
+        native = names.theirs(action.folder)
+        if action.kind == "create_folder":
+            self.folders.setdefault(native, ())
+        elif action.kind == "append":
+            assert action.source is not None
+            self.add(native, action.key, frozenset(action.source.flags), True)
+        elif action.kind == "flags":
+            key, flags, recent = self.messages[(native, action.uid)]
+            self.messages[(native, action.uid)] = (
+                key, (flags | set(action.add)) - set(action.remove), recent)
+        elif action.kind in ("move", "copy"):
+            source = names.theirs(action.from_folder)
+            key, flags, _ = self.messages[(source, action.uid)]
+            self.add(native, key, (flags | set(action.add)) - set(action.remove), True)
+            if action.kind == "move" and self.has_move:
+                del self.messages[(source, action.uid)]
+            elif action.kind == "move":  # COPY done; then \Deleted and an expunge
+                self._expunge(source, action.uid)
+        elif action.kind == "delete":
+            self._expunge(native, action.uid)
+
+    def _expunge(self, native: str, uid: int) -> None:
+        """\\Deleted then UID EXPUNGE, or EXPUNGE of every \\Deleted message there."""
+        key, flags, recent = self.messages[(native, uid)]
+        self.messages[(native, uid)] = (key, flags | {"\\Deleted"}, recent)
+        for place in [place for place, (_, got, _) in self.messages.items()
+                      if place[0] == native and "\\Deleted" in got
+                      and (place[1] == uid or not self.uidplus)]:
+            del self.messages[place]
+
+
+@settings(max_examples=300, deadline=None)
+@given(outages(), st.booleans(), st.sampled_from(LAYOUTS), st.booleans(), st.booleans())
+def test_a_plan_applied_to_any_server_layout_leaves_nothing_to_do(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool, layout: Layout, has_move: bool, uidplus: bool) -> None:
+    """The same outage against Cyrus' INBOX. namespace, Exchange's names, Gmail's [Gmail]
+    folders and All Mail, a Dovecot primary with a \\Noselect parent; with and without MOVE and
+    UIDPLUS: applied once, nothing is left to do, verify agrees, All Mail never duplicates."""
+    rows, folders, model = outage
+    server = ServerPrimary(layout, has_move, uidplus)
+    names = server.names
+    for folder in model.folders:
+        server.folders.setdefault(names.theirs(folder), ())
+    for (folder, _), (key, flags, recent) in sorted(model.messages.items()):
+        server.add(names.theirs(folder), key, flags, recent)
+    present = server.names.folders
+    folders = {folder: (folder in present, used) for folder, (_, used) in folders.items()}
+    for action in plan_user(rows, folders, server.index(), set(present), propagate):
+        server.apply(action)
+    again = plan_user(rows, folders, server.index(), set(server.names.folders), propagate)
+    assert [a for a in again if a.kind != "report"] == []
+    assert verify_user(rows, server.index()) == {"missing": [], "duplicated": [],
+                                                 "flag_mismatches": []}
+    if layout.name in ("exchange", "gmail"):  # no Sent beside the service's own
+        assert "Sent" not in server.folders
+
+
+def test_folder_names_follow_each_servers_layout() -> None:
+    cyrus = FolderNames([((b"\\HasChildren",), b".", "INBOX"),
+                         ((b"\\HasNoChildren", b"\\sent"), b".", "INBOX.Sent"),
+                         ((), b".", "INBOX.Parent.Child")], "INBOX.")
+    assert cyrus.folders == {"INBOX", "Sent", "Parent/Child"}
+    assert (cyrus.theirs("Projekte/Übersicht"), cyrus.theirs("INBOX")) == (
+        "INBOX.Projekte.Übersicht", "INBOX")
+    exchange = FolderNames([((), "/", "INBOX"), ((), "/", "Sent Items"),
+                            ((), "/", "Deleted Items"), ((), "/", "Junk Email")])
+    assert exchange.folders == {"INBOX", "Sent", "Trash", "Junk"}
+    assert (exchange.theirs("Sent"), exchange.theirs("Archive")) == ("Sent Items", "Archive")
+    gmail = FolderNames([((), "/", "INBOX"), (("\\Noselect",), "/", "[Gmail]"),
+                         (("\\Sent",), "/", "[Gmail]/Sent Mail"),
+                         (("\\All",), "/", "[Gmail]/All Mail"),
+                         ((), "/", "Sent")])
+    assert gmail.folders == {"INBOX", "Sent"} and gmail.theirs("Sent") == "[Gmail]/Sent Mail"
+    assert gmail.unselectable == {"[Gmail]"}
+    assert gmail.hidden == {"[Gmail]/All Mail", "Sent"}  # the plain Sent is shadowed
+    dovecot = FolderNames([((), "/", "INBOX"), (("\\Noselect",), "/", "Parent"),
+                           ((), "/", "Parent/Child")])
+    assert (dovecot.folders, dovecot.unselectable) == ({"INBOX", "Parent/Child"}, {"Parent"})
+
+
+@given(st.lists(st.text(st.characters(categories=["L", "N"], include_characters=" -_"),
+                        min_size=1, max_size=8), min_size=1, max_size=3),
+       st.sampled_from(LAYOUTS))
+def test_our_folder_names_survive_the_round_trip(parts: list[str], layout: Layout) -> None:
+    folder = "/".join(parts)
+    names = ServerPrimary(layout, True, True).names
+    if folder.upper() != "INBOX" and folder not in SPECIAL_FOLDERS:
+        assert names.ours(names.theirs(folder)) == folder

@@ -155,6 +155,20 @@ def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: Stat
     assert silent["part"] == "sync-agent" and "no heartbeat" in silent["detail"]
 
 
+def test_a_failing_automatic_failback_is_a_problem_while_the_state_is_failback(
+        config: Config, store: StateStore) -> None:
+    said = "failback keeps failing, retried every 15s: login as a@example.org failed (NO Invalid)"
+    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", False, time.time(),
+                                said, "fix what the message names")])
+    assert report(config, store)["protected"] is True  # not while the state is normal
+    transition(store, "failover", "test", "test")
+    transition(store, "failback", "test", "test")
+    [problem] = [p for p in report(config, store)["problems"] if p["part"] == "sync-agent"]
+    assert problem["detail"] == said and problem["action"] == "fix what the message names"
+    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
+    assert "sync-agent" not in {p["part"] for p in report(config, store)["problems"]}
+
+
 def test_gateway_mail_without_journal_copies_is_a_milter_problem(config: Config,
                                                                  store: StateStore) -> None:
     now = time.time()
@@ -244,3 +258,19 @@ def test_status_check_is_unknown_when_it_cannot_tell(tmp_path: Path) -> None:
                                        "--check"])
     assert result.exit_code == 3
     assert result.stdout.startswith("MAILCONTINUITY UNKNOWN - ") and "not found" in result.stdout
+
+
+def test_a_slow_login_is_a_warning_not_a_failing_primary() -> None:
+    """Issue 20: "slow to log in" (ok with a reason) is told apart from down."""
+    from mailcontinuity.reports.problems import primary_problem
+    from mailcontinuity.store.probes import ProbeResult
+    from mailcontinuity.store.state import State
+    state = State("normal", 0.0, "", "")
+    slow = ProbeResult("imap_login", "p:143", True, 4000.0, "slow to log in: ...", 10.0)
+    fine = ProbeResult("imap", "p:143", True, 3.0, "", 10.0)
+    problem = primary_problem(state, [fine, slow], None, "", 10.0)
+    assert problem is not None and problem.severity == "warning"
+    assert "slowly" in problem.detail and "no failover" in problem.action
+    assert primary_problem(state, [fine], None, "", 10.0) is None
+    down = ProbeResult("imap", "p:143", False, 3.0, "refused", 10.0)
+    assert primary_problem(state, [down, slow], None, "", 10.0).severity == "critical"  # type: ignore[union-attr]

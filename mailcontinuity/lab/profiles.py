@@ -1,0 +1,55 @@
+"""``lab up --primary-profile exchange|gmail``: the lab's Dovecot primary dressed as a hosted
+service, so that failback meets that service's IMAP as it is published.
+
+What a profile changes: the capabilities the primary announces (``imap_capability``: no
+MULTIAPPEND, SAVEDATE, CONDSTORE/QRESYNC; Exchange without SPECIAL-USE, Gmail with LITERAL- and
+APPENDLIMIT) and the folder layout (Exchange's ``Sent Items``, ``Deleted Items``, ``Junk Email``
+without special-use attributes; Gmail's ``[Gmail]/...`` folders under a ``\\Noselect``
+``[Gmail]``). Clients that honour capabilities (ours does) do not use what is not announced.
+
+Not (yet) in a profile: XOAUTH2 logins against a local token service, and Gmail's All Mail
+(a virtual folder holding every message); mailcontinuity logs in to a profiled primary as to
+the plain Dovecot one (master user).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailcontinuity.lab.dovecot import DovecotInstance
+
+# Announced after login (Dovecot announces the pre-login set itself, with STARTTLS and AUTH=).
+CAPABILITIES = {
+    "exchange": "IMAP4 IMAP4rev1 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE"
+                " LITERAL+",
+    "gmail": "IMAP4rev1 UNSELECT IDLE NAMESPACE QUOTA ID XLIST CHILDREN X-GM-EXT-1 UIDPLUS"
+             " COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED"
+             " LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584",
+}
+# (folder, special use or "") every mailbox gets, as the service names them.
+FOLDERS = {
+    "exchange": [("Drafts", ""), ("Sent Items", ""), ("Deleted Items", ""),
+                 ("Junk Email", ""), ("Archive", "")],
+    "gmail": [("[Gmail]/Drafts", "\\Drafts"), ("[Gmail]/Sent Mail", "\\Sent"),
+              ("[Gmail]/Spam", "\\Junk"), ("[Gmail]/Trash", "\\Trash"),
+              ("[Gmail]/Starred", "\\Flagged")],
+}
+PROFILES = tuple(CAPABILITIES)
+
+
+@dataclass
+class ProfiledDovecot(DovecotInstance):
+    """The lab's primary Dovecot with a hosted service's capabilities and folders."""
+
+    profile: str = "exchange"
+
+    def _render(self, mail_uid: int) -> str:
+        text = super()._render(mail_uid)
+        start, end = text.index("namespace inbox {"), text.index("passdb {")
+        mailboxes = "".join(
+            f'  mailbox "{name}" {{\n{f"    special_use = {use}{chr(10)}" if use else ""}'
+            f"    auto = subscribe\n  }}\n"
+            for name, use in FOLDERS[self.profile])
+        namespace = f"namespace inbox {{\n  inbox = yes\n  separator = /\n{mailboxes}}}\n"
+        capability = f"imap_capability = {CAPABILITIES[self.profile]}\n"
+        return text[:start] + capability + namespace + text[end:]
