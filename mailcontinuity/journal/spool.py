@@ -67,6 +67,10 @@ SEGMENT_SECONDS = 60.0
 SPILL_BYTES = 256 << 10
 WRITE_BUFFER = 256 << 10
 READ_CHUNK = 1 << 20
+# The format before segments (journal/legacy_spool.py imports it at start): spool_usage counts
+# what waits there, so status never shows an unimported backlog as an empty spool.
+LEGACY_DIR = "new"
+LEGACY_SUFFIX = ".msg"
 
 
 class SpoolError(Exception):
@@ -135,7 +139,8 @@ def segment_name(now: float) -> str:
     return f"{int(now * 1_000_000):016x}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
 
 
-def _checksum(message_crc: int, encoded: bytes, received: float, message_length: int) -> int:
+def checksum(message_crc: int, encoded: bytes, received: float, message_length: int) -> int:
+    """A record's CRC-32: the message's (``message_crc``), then the envelope and the lengths."""
     crc = zlib.crc32(encoded, message_crc)
     return zlib.crc32(_LENGTHS.pack(received, len(encoded), message_length), crc)
 
@@ -189,11 +194,11 @@ class SpoolWriter:
         if self._file is None:
             message = b"".join(self._parts)
             self._parts = []
-            header = HEADER.pack(MAGIC, _checksum(zlib.crc32(message), encoded,
+            header = HEADER.pack(MAGIC, checksum(zlib.crc32(message), encoded,
                                                   envelope.received, len(message)),
                                  envelope.received, len(encoded), len(message))
             return self._spool.log.append([header, message, encoded], envelope)
-        header = HEADER.pack(MAGIC, _checksum(self._crc, encoded, envelope.received, self.size),
+        header = HEADER.pack(MAGIC, checksum(self._crc, encoded, envelope.received, self.size),
                              envelope.received, len(encoded), self.size)
         assert self.temporary is not None
         self._file.write(encoded)
@@ -569,7 +574,7 @@ def _read_record(handle: BinaryIO, segment: Path, offset: int,
         message_crc = zlib.crc32(chunk, message_crc)
         remaining -= len(chunk)
     encoded = handle.read(envelope_length)
-    if crc != _checksum(message_crc, encoded, received, message_length):
+    if crc != checksum(message_crc, encoded, received, message_length):
         return None, offset, "checksum mismatch"
     try:
         envelope = Envelope.decode(encoded)
@@ -642,14 +647,11 @@ class SpoolUsage:
 
 
 def spool_usage(directory: Path, now: float | None = None) -> SpoolUsage:
-    """The spool's backlog, read from disk (record headers and the shipper's done marks);
-    readable by any process."""
+    """The spool's backlog, read from disk (record headers and the shipper's done marks, and
+    old-format entries not imported yet); readable by any process."""
     oldest: float | None = None
     count = size = 0
-    try:
-        segments = sorted((directory / "log").glob(f"*{SEGMENT_SUFFIX}"))
-    except FileNotFoundError:
-        return SpoolUsage(0, 0, 0.0)
+    segments = sorted((directory / "log").glob(f"*{SEGMENT_SUFFIX}"))
     for segment in segments:
         done = read_done(segment)
         try:
@@ -663,6 +665,17 @@ def spool_usage(directory: Path, now: float | None = None) -> SpoolUsage:
                     oldest = received if oldest is None else min(oldest, received)
         except FileNotFoundError:  # shipped and removed while we looked
             continue
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory / LEGACY_DIR) as scan:
+        for entry in scan:
+            if not entry.name.endswith(LEGACY_SUFFIX):
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:  # imported while we looked
+                continue
+            count += 1
+            size += info.st_size
+            oldest = info.st_mtime if oldest is None else min(oldest, info.st_mtime)
     lag = 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
     return SpoolUsage(count, size, lag)
 

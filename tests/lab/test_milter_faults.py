@@ -23,6 +23,7 @@ from mailcontinuity.journal.daemon import journal_policy
 from mailcontinuity.journal.milter import JournalMilter, JournalRuntime, SpoolErrorCounter
 from mailcontinuity.journal.sinks import make_sink
 from mailcontinuity.journal.spool import HEADER, Spool, SpoolWriter, Target, spool_usage
+from mailcontinuity.journal.trace import COPY_FIELDS_AT
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.mail.headers import DEFAULT_ID_HEADER, JOURNAL_HEADER
@@ -30,6 +31,7 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.heartbeats import pid_alive
 from tests.lab.journal_helpers import fetch_by_header, wait_for_empty_spool
 from tests.lab.test_milter_lmtp import ship_through_shipper, spool_message
+from tests.unit.test_spool import legacy_envelope, write_legacy_entry
 
 SENDER = "sender@remote.test"
 
@@ -151,6 +153,44 @@ def test_milter_killed_between_a_groups_write_and_its_fsync_loses_nothing(
     for message in messages:
         copies = fetch_by_header(lab, "standby", lab.users[1], "Message-ID", message["Message-ID"])
         assert len(copies) == 1 and JOURNAL_HEADER.encode() in copies[0]
+
+
+def test_an_old_format_spool_found_at_start_is_shipped(lab: Lab) -> None:
+    """An upgrade finds entries the previous version left in new/ (one file per message, already
+    acknowledged to Postfix): the milter imports them at start and ships each copy once, with
+    its trace fields; a torn one is set aside in bad/."""
+    spool_dir = lab.config.milter.spool_dir
+    milter = lab.part("milter")
+    wait_for_empty_spool(spool_dir)
+    bob = lab.users[1]
+    subject = f"old format {uuid.uuid4().hex[:6]}"
+    envelopes = []
+    milter.stop()
+    try:
+        for number in range(3):
+            envelope = legacy_envelope(bob.address)
+            stamp = f"{DEFAULT_ID_HEADER}: {envelope.id}\r\n{JOURNAL_HEADER}: yes\r\n".encode()
+            envelope.extra = {COPY_FIELDS_AT: str(len(stamp))}
+            message = stamp + (f"From: {SENDER}\r\nSubject: {subject} {number}\r\n"
+                               f"Message-ID: <{envelope.id}@remote.test>\r\n\r\nbody\r\n"
+                               ).encode()
+            write_legacy_entry(spool_dir, message, envelope)
+            envelopes.append(envelope)
+        torn = spool_dir / "new" / f"{envelopes[0].id}-torn.msg"
+        torn.write_bytes(b"Subject: torn\r\n\r\nhalf")
+        assert spool_usage(spool_dir).entries == 4  # status shows the backlog meanwhile
+    finally:
+        milter.start()
+    try:
+        wait_for_empty_spool(spool_dir, timeout=30)
+        for envelope in envelopes:
+            [copy] = fetch_by_header(lab, "standby", bob, DEFAULT_ID_HEADER, envelope.id)
+            assert subject.encode() in copy
+            assert f"Delivered-To: {bob.address}".encode() in copy
+        assert not (spool_dir / "new").exists()
+        assert (spool_dir / "bad" / torn.name).exists()
+    finally:
+        (spool_dir / "bad" / torn.name).unlink(missing_ok=True)
 
 
 def test_a_spool_on_its_own_file_system_still_ships_every_copy(lab: Lab, tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_mock import MockerFixture
 
+from mailcontinuity.journal.legacy_spool import LEGACY_TRAILER, LegacyImport, import_legacy
 from mailcontinuity.journal.spool import (
     HEADER,
     SPILL_BYTES,
     Envelope,
     Record,
     Spool,
+    SpoolError,
     Target,
     new_message_id,
     scan_segment,
@@ -173,3 +175,81 @@ def test_virtual_size_counts_every_lf_without_its_cr(tmp_path_factory: pytest.Te
     assert record.envelope.size == len(body)
     assert record.envelope.virtual_size == len(body) + bare
     spool.log.close()
+
+
+def write_legacy_entry(spool_dir: Path, message: bytes, envelope: Envelope) -> Path:
+    """An entry as versions before the segment log wrote it: ``new/<id>.msg`` holding the
+    message, the envelope's JSON and a footer (magic, the JSON's length in ten digits)."""
+    envelope.size = len(message)
+    envelope.virtual_size = len(message) + message.count(b"\n") - message.count(b"\r\n")
+    trailer = envelope.encode()
+    entry = spool_dir / "new" / f"{envelope.id}.msg"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_bytes(message + trailer + LEGACY_TRAILER + b"%010d\n" % len(trailer))
+    return entry
+
+
+def legacy_envelope(address: str = "alice@example.test") -> Envelope:
+    now = time.time()
+    return Envelope(new_message_id(now), now, "s@remote.test", "QID", [Target(address, "INBOX")],
+                    extra={"copy_fields_at": "7"})
+
+
+def test_an_old_format_spool_is_imported_whole_and_counted_before(tmp_path: Path) -> None:
+    """Entries an older version left in new/ were acknowledged to Postfix: status counts them
+    before the import, and the import turns each into a record, byte for byte, before the
+    old file goes."""
+    messages = [b"Subject: old one\r\n\r\nbody\r\n", b"Subject: old two\n\n" + b"z" * 300_000]
+    envelopes = [legacy_envelope() for _ in messages]
+    for message, envelope in zip(messages, envelopes, strict=True):
+        write_legacy_entry(tmp_path, message, envelope)
+    before = spool_usage(tmp_path)
+    assert before.entries == 2 and before.bytes > sum(map(len, messages))
+    spool = Spool(tmp_path)
+    assert import_legacy(spool).imported == 2
+    records = spool.records()
+    assert [r.envelope for r in records] == envelopes
+    assert [message_bytes(r) for r in records] == messages
+    assert not (tmp_path / "new").exists() and spool_usage(tmp_path).entries == 2
+    assert import_legacy(spool).imported == 0
+
+
+def test_an_import_cut_short_after_the_rename_holds_each_message_once(tmp_path: Path) -> None:
+    """A crash after the segment is in log/ but before the old file went: the next start finds
+    the message already imported and only removes the old file."""
+    envelope = legacy_envelope()
+    entry = write_legacy_entry(tmp_path, b"Subject: once\r\n\r\nx\r\n", envelope)
+    kept = entry.read_bytes()
+    spool = Spool(tmp_path)
+    import_legacy(spool)
+    entry.parent.mkdir()
+    entry.write_bytes(kept)  # as if the unlink never reached the disk
+    assert import_legacy(spool).imported == 1
+    assert [r.envelope.id for r in spool.records()] == [envelope.id]
+    assert not entry.exists()
+
+
+def test_an_old_entry_without_its_envelope_goes_to_bad(tmp_path: Path) -> None:
+    """The old version's crash between rename and fsync left a torn entry (never acknowledged):
+    set aside for an operator, never deleted, never blocking the rest."""
+    good = legacy_envelope()
+    write_legacy_entry(tmp_path, b"Subject: fine\r\n\r\nx\r\n", good)
+    torn = tmp_path / "new" / "0-torn.msg"
+    torn.write_bytes(b"Subject: torn\r\n\r\nhalf a mess")
+    spool = Spool(tmp_path)
+    assert import_legacy(spool) == LegacyImport(imported=1, set_aside=1)
+    assert (tmp_path / "bad" / "0-torn.msg").read_bytes().startswith(b"Subject: torn")
+    assert [r.envelope.id for r in spool.records()] == [good.id]
+
+
+def test_an_import_that_cannot_write_stops_the_start_and_keeps_the_entries(
+        tmp_path: Path, mocker: MockerFixture) -> None:
+    """Disk full while importing: a clear error naming the directory and the way out; the old
+    entries stay and nothing half-written is left in tmp/ or log/."""
+    entry = write_legacy_entry(tmp_path, b"Subject: kept\r\n\r\nx\r\n", legacy_envelope())
+    spool = Spool(tmp_path)
+    mocker.patch("mailcontinuity.journal.legacy_spool.sync_file_system",
+                 side_effect=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(SpoolError, match=r"No space left.*drain .*new with the previous"):
+        import_legacy(spool)
+    assert entry.exists() and spool.segments() == [] and list(spool.tmp_dir.iterdir()) == []
