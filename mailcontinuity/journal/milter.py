@@ -13,6 +13,7 @@ per chunk, and only end-of-message waits, for the group commit that makes the co
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -55,6 +56,16 @@ class JournalPolicy:
     """Whether each route offers SMTPUTF8 (``primary.smtputf8``, ``standby.smtputf8``)."""
     senders: SenderOwners | None = None
     """Who owns which address: a logged-in user's From: must be theirs (None: not checked)."""
+
+    @property
+    def stamp_fields(self) -> frozenset[str]:
+        """The stamp's field names, lower case: never trusted from the sender."""
+        return _stamp_fields(self.id_header)
+
+
+@functools.cache
+def _stamp_fields(id_header: str) -> frozenset[str]:
+    return frozenset({id_header.lower(), JOURNAL_HEADER.lower()})
 
 
 class SpoolErrorCounter:
@@ -202,15 +213,16 @@ class JournalMilter(Milter.Base):
         lowered = name.lower()
         if lowered == "from" and self.login:
             self.from_values.append(value.decode("utf-8", "replace"))
-        if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
+        if lowered in self.runtime.policy.stamp_fields:
             # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
             self.foreign_headers[lowered] = self.foreign_headers.get(lowered, 0) + 1
             return Milter.CONTINUE
         writer = self._journal_writer()
         if writer is not None:
             # With P_HDR_LEADSPC the value keeps its exact leading space and folding.
-            folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            self._write(writer, name.encode("utf-8", "surrogateescape") + b":" + folded + b"\r\n")
+            if b"\n" in value:
+                value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            self._write(writer, b"%s:%s\r\n" % (name.encode("utf-8", "surrogateescape"), value))
         return Milter.CONTINUE
 
     @Milter.noreply
