@@ -7,7 +7,9 @@ One run, three set-ups side by side (issue 3):
 Prints messages/s at acceptance (smtp-source's wall time) and until everything is delivered
 (queue empty, and for (b) the journal spool shipped), then (b)/(a) and (b)/(c). With
 ``--modes none,empty,milter,bcc`` it also measures the floor: an empty pymilter
-(bench/empty_milter.py) on a unix socket.
+(bench/empty_milter.py) on a unix socket; ``steps`` adds an empty pymilter negotiating the
+journal milter's own protocol steps (HELO, DATA, an answered RCPT), to tell what those steps
+cost from what our work costs.
 
 CPU per message, broken down by part (bench/cpu_accounting.py, control groups): the milter
 process, the Postfix gateway, policyd, the standby Dovecot, the load generator (smtp-source,
@@ -31,6 +33,7 @@ from mailcontinuity.config import Endpoint
 from mailcontinuity.deploy.settings import postfix_main_settings
 from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.lab import JOURNAL_LMTP_HOST
 from mailcontinuity.lab.process import descendants, free_ports, wait_for
 from mailcontinuity.mail.postfix import run_postfix, write_indexed_map
@@ -43,11 +46,12 @@ BCC = "alice+journal@example.test"
 def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     """Point the gateway at smtp-sink and switch journaling: none, empty, milter or always_bcc."""
     milters = postfix_main_settings(lab.config)
-    milters["empty"] = f"unix:{empty_socket(lab)}"
+    for empty in EMPTY_MILTERS:
+        milters[empty] = f"unix:{empty_socket(lab, empty)}"
     journal_lmtp = f"lmtp:inet:[{JOURNAL_LMTP_HOST}]:{lab.config.standby.lmtp.port}"
     settings = {
         "smtpd_milters": {"milter": milters["smtpd_milters"],
-                          "empty": milters["empty"]}.get(mode, ""),
+                          **{empty: milters[empty] for empty in EMPTY_MILTERS}}.get(mode, ""),
         "non_smtpd_milters": milters["non_smtpd_milters"] if mode == "milter" else "",
         "always_bcc": BCC if mode == "bcc" else "",
     }
@@ -61,8 +65,8 @@ def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     time.sleep(2)  # let the reload settle before measuring
 
 
-def empty_socket(lab: Lab) -> Path:
-    return lab.dir / "bench" / "empty.sock"
+def empty_socket(lab: Lab, mode: str) -> Path:
+    return lab.dir / "bench" / f"{mode}.sock"
 
 
 def queue_empty(lab: Lab) -> bool:
@@ -101,7 +105,7 @@ def main() -> None:
     sink = Endpoint("127.0.0.1", sink_port)
     results: dict[str, tuple[float, float]] = {}
     cpu: dict[str, dict[str, CpuTime]] = {}
-    empty: subprocess.Popen[bytes] | None = None
+    empties: list[subprocess.Popen[bytes]] = []
     with CpuGroups(GROUPS) as groups:
         groups.add("load", [os.getpid()])  # smtp-source, smtp-sink and postqueue follow
         sink_process = subprocess.Popen(
@@ -119,13 +123,15 @@ def main() -> None:
                 assert gateway is not None, "the lab gateway is not running"
                 groups.add("postfix", [gateway, *descendants(gateway)])
                 modes = args.modes.split(",")
-                if "empty" in modes:
-                    empty_socket(lab).parent.mkdir()
-                    empty = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
-                        "empty_milter.py")), f"unix:{empty_socket(lab)}"])
-                    groups.add("milter", [empty.pid])
-                    while not empty_socket(lab).exists():
-                        time.sleep(0.1)
+                for mode, options in EMPTY_MILTERS.items():
+                    if mode not in modes:
+                        continue
+                    empty_socket(lab, mode).parent.mkdir(exist_ok=True)
+                    empties.append(subprocess.Popen([sys.executable, str(Path(
+                        __file__).with_name("empty_milter.py")), f"unix:{empty_socket(lab, mode)}",
+                        *options]))
+                    groups.add("milter", [empties[-1].pid])
+                    wait_for_socket(empty_socket(lab, mode))
                 for mode in modes:
                     configure(lab, mode, sink)
                     before = groups.read()
@@ -137,7 +143,7 @@ def main() -> None:
                           f"  delivered+journaled {args.messages / delivered:8.1f} msg/s",
                           flush=True)
         finally:
-            if empty is not None:
+            for empty in empties:
                 empty.terminate()
                 empty.wait(timeout=15)
             sink_process.terminate()
@@ -157,6 +163,10 @@ def report(args: argparse.Namespace, results: dict[str, tuple[float, float]],
         for column, name in ((0, "accepted"), (1, "delivered+journaled")):
             print(f"{name:<20} (b)/floor = "
                   f"{results['empty'][column] / results['milter'][column]:.2f}")
+    if {"milter", "steps"} <= results.keys():
+        for column, name in ((0, "accepted"), (1, "delivered+journaled")):
+            print(f"{name:<20} (b)/(empty, journal steps) = "
+                  f"{results['steps'][column] / results['milter'][column]:.2f}")
     if {"none", "milter", "bcc"} <= results.keys():
         for column, name in ((0, "accepted"), (1, "delivered+journaled")):
             a, b, c = (n / results[m][column] for m in ("none", "milter", "bcc"))
@@ -176,7 +186,13 @@ def report(args: argparse.Namespace, results: dict[str, tuple[float, float]],
 
 
 LABELS = {"none": "(a) no journaling", "milter": "(b) journal milter",
-          "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter"}
+          "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter",
+          "steps": "empty pymilter, journal's steps"}
+EMPTY_MILTERS = {"empty": [], "steps": ["--journal-steps"]}
+
+
+def wait_for_socket(path: Path, timeout: float = 30.0) -> None:
+    eventually(path.exists, timeout, f"the empty milter's socket {path}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ committed record to the shipper, so nothing accepted is lost across a crash, res
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -79,6 +80,10 @@ def run_milter(config: Config) -> None:
     Milter.factory = lambda: JournalMilter(runtime)
     milter.set_exception_policy(milter.CONTINUE)
     milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    # What start-up built (config, modules, the policy) lives as long as the process: frozen,
+    # the collector stops walking it on every full collection (~3% of the milter's CPU, perf).
+    gc.collect()
+    gc.freeze()
     shipper.start()
     log.info("event=milter_start listen=%s sink=%s spool=%s", settings.listen, settings.sink,
              settings.spool_dir)

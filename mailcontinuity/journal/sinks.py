@@ -161,8 +161,8 @@ class MaildirSink:
         folder, device = self._folder(user, target.folder)
         prefix = copy_prefix(envelope, target)
         name = maildir_name(envelope, prefix)
-        existing = (find_delivered(folder, name) if recovered
-                    else _existing(folder / "new" / name))
+        # A record never tried before has no copy yet: its name is new (the id is unique).
+        existing = find_delivered(folder, name) if recovered else None
         if existing is None:
             insert_at = int(envelope.extra.get(COPY_FIELDS_AT, 0))
             try:
@@ -199,10 +199,6 @@ class MaildirSink:
                 self._folders.clear()
             known = self._folders[key] = (folder, device)
         return known
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.exists() else None
 
 
 class LmtpSink:
