@@ -7,7 +7,13 @@ One run, three set-ups side by side (issue 3):
 Prints messages/s at acceptance (smtp-source's wall time) and until everything is delivered
 (queue empty, and for (b) the journal spool shipped), then (b)/(a) and (b)/(c). With
 ``--modes none,empty,milter,bcc`` it also measures the floor: an empty pymilter
-(bench/empty_milter.py) on a unix socket.
+(bench/empty_milter.py) on a unix socket; ``steps`` adds an empty pymilter negotiating the
+journal milter's own protocol steps (HELO, DATA, an answered RCPT), to tell what those steps
+cost from what our work costs.
+
+CPU per message, broken down by part (bench/cpu_accounting.py, control groups): the milter
+process, the Postfix gateway, policyd, the standby Dovecot, the load generator (smtp-source,
+smtp-sink, this script), kernel threads, and the whole machine; user and kernel time apart.
 
     .venv/bin/python bench/milter_throughput.py --messages 5000 --sessions 20 --size 10240
 """
@@ -15,31 +21,37 @@ Prints messages/s at acceptance (smtp-source's wall time) and until everything i
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cpu_accounting import CpuGroups, CpuTime
+
 from mailcontinuity.config import Endpoint
 from mailcontinuity.deploy.settings import postfix_main_settings
 from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.lab import JOURNAL_LMTP_HOST
-from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.lab.process import descendants, free_ports, wait_for
 from mailcontinuity.mail.postfix import run_postfix, write_indexed_map
 
 RECIPIENT = "alice@example.test"
+GROUPS = ("milter", "postfix", "policyd", "sync-agent", "standby", "load")
 BCC = "alice+journal@example.test"
 
 
 def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     """Point the gateway at smtp-sink and switch journaling: none, empty, milter or always_bcc."""
     milters = postfix_main_settings(lab.config)
-    milters["empty"] = f"unix:{empty_socket(lab)}"
+    for empty in EMPTY_MILTERS:
+        milters[empty] = f"unix:{empty_socket(lab, empty)}"
     journal_lmtp = f"lmtp:inet:[{JOURNAL_LMTP_HOST}]:{lab.config.standby.lmtp.port}"
     settings = {
         "smtpd_milters": {"milter": milters["smtpd_milters"],
-                          "empty": milters["empty"]}.get(mode, ""),
+                          **{empty: milters[empty] for empty in EMPTY_MILTERS}}.get(mode, ""),
         "non_smtpd_milters": milters["non_smtpd_milters"] if mode == "milter" else "",
         "always_bcc": BCC if mode == "bcc" else "",
     }
@@ -53,8 +65,8 @@ def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     time.sleep(2)  # let the reload settle before measuring
 
 
-def empty_socket(lab: Lab) -> Path:
-    return lab.dir / "bench" / "empty.sock"
+def empty_socket(lab: Lab, mode: str) -> Path:
+    return lab.dir / "bench" / f"{mode}.sock"
 
 
 def queue_empty(lab: Lab) -> bool:
@@ -91,45 +103,107 @@ def main() -> None:
     args = parser.parse_args()
     [sink_port] = free_ports(1)
     sink = Endpoint("127.0.0.1", sink_port)
-    sink_process = subprocess.Popen(
-        ["smtp-sink", "-u", "nobody", f"{sink.host}:{sink.port}", "256"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
     results: dict[str, tuple[float, float]] = {}
-    empty: subprocess.Popen[bytes] | None = None
-    try:
-        wait_for([sink], up=True, what="smtp-sink")
-        with Lab.temporary(prefix="mcbench-") as lab:
-            labels = {"none": "(a) no journaling", "milter": "(b) journal milter",
-                      "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter"}
-            modes = args.modes.split(",")
-            if "empty" in modes:
-                empty_socket(lab).parent.mkdir()
-                empty = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
-                    "empty_milter.py")), f"unix:{empty_socket(lab)}"])
-                while not empty_socket(lab).exists():
-                    time.sleep(0.1)
-            for mode in modes:
-                configure(lab, mode, sink)
-                results[mode] = measure(lab, args)
-                accepted, delivered = results[mode]
-                print(f"{labels[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
-                      f"  delivered+journaled {args.messages / delivered:8.1f} msg/s",
-                      flush=True)
-    finally:
-        if empty is not None:
-            empty.terminate()
-            empty.wait(timeout=15)
-        sink_process.terminate()
-        sink_process.wait(timeout=10)
+    cpu: dict[str, dict[str, CpuTime]] = {}
+    empties: list[subprocess.Popen[bytes]] = []
+    with CpuGroups(GROUPS) as groups:
+        groups.add("load", [os.getpid()])  # smtp-source, smtp-sink and postqueue follow
+        sink_process = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", f"{sink.host}:{sink.port}", "256"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for([sink], up=True, what="smtp-sink")
+            with Lab.temporary(prefix="mcbench-") as lab:
+                for part in ("milter", "policyd", "sync-agent", "standby"):
+                    pid = lab.part(part).pid()
+                    if pid is not None:
+                        groups.add(part, [pid, *descendants(pid)])
+                gateway = lab.gateway.pid()
+                assert gateway is not None, "the lab gateway is not running"
+                groups.add("postfix", [gateway, *descendants(gateway)])
+                modes = args.modes.split(",")
+                for mode, options in EMPTY_MILTERS.items():
+                    if mode not in modes:
+                        continue
+                    empty_socket(lab, mode).parent.mkdir(exist_ok=True)
+                    empties.append(subprocess.Popen([sys.executable, str(Path(
+                        __file__).with_name("empty_milter.py")), f"unix:{empty_socket(lab, mode)}",
+                        *options]))
+                    groups.add("milter", [empties[-1].pid])
+                    wait_for_socket(empty_socket(lab, mode))
+                for mode in modes:
+                    configure(lab, mode, sink)
+                    before = groups.read()
+                    results[mode] = measure(lab, args)
+                    after = groups.read()
+                    cpu[mode] = {name: after[name] - before[name] for name in after}
+                    accepted, delivered = results[mode]
+                    print(f"{LABELS[mode]:<34} accepted {args.messages / accepted:8.1f} msg/s"
+                          f"  delivered+journaled {args.messages / delivered:8.1f} msg/s",
+                          flush=True)
+        finally:
+            for empty in empties:
+                empty.terminate()
+                empty.wait(timeout=15)
+            sink_process.terminate()
+            sink_process.wait(timeout=10)
+    report(args, results, cpu)
+
+
+def report(args: argparse.Namespace, results: dict[str, tuple[float, float]],
+           cpu: dict[str, dict[str, CpuTime]]) -> None:
+    """The ratios the issue names, then CPU milliseconds per message by part."""
+    n = args.messages
     if {"none", "empty"} <= results.keys():
-        floor = results["none"][0] / results["empty"][0]
-        print(f"{'accepted':<20} floor/(a) = {floor:.2f}")
+        for column, name in ((0, "accepted"), (1, "delivered+journaled")):
+            floor = results["none"][column] / results["empty"][column]
+            print(f"{name:<20} floor/(a) = {floor:.2f}")
+    if {"milter", "empty"} <= results.keys():
+        for column, name in ((0, "accepted"), (1, "delivered+journaled")):
+            print(f"{name:<20} (b)/floor = "
+                  f"{results['empty'][column] / results['milter'][column]:.2f}")
+    if {"milter", "steps"} <= results.keys():
+        for column, name in ((0, "accepted"), (1, "delivered+journaled")):
+            print(f"{name:<20} (b)/(empty, journal steps) = "
+                  f"{results['steps'][column] / results['milter'][column]:.2f}")
     if {"none", "milter", "bcc"} <= results.keys():
         for column, name in ((0, "accepted"), (1, "delivered+journaled")):
-            a, b, c = (args.messages / results[m][column] for m in ("none", "milter", "bcc"))
+            a, b, c = (n / results[m][column] for m in ("none", "milter", "bcc"))
             print(f"{name:<20} (b)/(a) = {b / a:.2f}   (b)/(c) = {b / c:.2f}")
-    print(f"messages {args.messages}, sessions {args.sessions}, payload {args.size} bytes")
+    print(f"messages {n}, sessions {args.sessions}, payload {args.size} bytes")
+    print("\nCPU ms per message (user+kernel), from accepting the first message until delivered"
+          " and journaled:")
+    parts = [*GROUPS, "kernel threads", "machine"]
+    print(f"{'part':<16}" + "".join(f"{m:>22}" for m in cpu))
+    for part in parts:
+        cells = []
+        for mode in cpu:
+            used = cpu[mode][part]
+            cells.append(f"{used.user * 1000 / n:6.3f}+{used.system * 1000 / n:6.3f}"
+                         f"={used.total * 1000 / n:6.3f}")
+        print(f"{part:<16}" + "".join(f"{cell:>22}" for cell in cells))
+    # On a shared machine the rates move with other people's load; the CPU our own parts
+    # spend per message moves much less. On a machine of our own, CPU-bound, the rate would be
+    # about 1 / that CPU: the same ratios, estimated from it.
+    own = {mode: sum(cpu[mode][part].total for part in GROUPS) * 1000 / n for mode in cpu}
+    print(f"{'own parts':<16}" + "".join(f"{own[mode]:22.3f}" for mode in cpu))
+    estimates = [(label, own[low] / own[high]) for label, high, low in (
+        ("(b)/floor", "milter", "empty"), ("(b)/(empty, journal steps)", "milter", "steps"),
+        ("(b)/(a)", "milter", "none"), ("(b)/(c)", "milter", "bcc")) if {high, low} <= own.keys()]
+    if estimates:
+        print("estimated from own CPU: " + "   ".join(f"{label} = {value:.2f}"
+                                                      for label, value in estimates))
+
+
+LABELS = {"none": "(a) no journaling", "milter": "(b) journal milter",
+          "bcc": "(c) always_bcc to standby LMTP", "empty": "floor: empty pymilter",
+          "steps": "empty pymilter, journal's steps"}
+EMPTY_MILTERS = {"empty": [], "steps": ["--journal-steps"]}
+
+
+def wait_for_socket(path: Path, timeout: float = 30.0) -> None:
+    eventually(path.exists, timeout, f"the empty milter's socket {path}")
 
 
 if __name__ == "__main__":

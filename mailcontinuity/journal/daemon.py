@@ -1,11 +1,13 @@
 """``mailcontinuity milter``: the journal milter process (libmilter threads plus the shipper).
 
-Start-up clears half-written spool files a killed predecessor left and hands every committed
-entry to the shipper, so nothing accepted is lost across a crash or restart.
+Start-up clears half-written spool files a killed predecessor left, imports entries an older
+version left in its one-file-per-message format (journal/legacy_spool.py), and hands every
+committed record to the shipper, so nothing accepted is lost across a crash, restart or upgrade.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -14,6 +16,7 @@ import milter
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.senders import SenderOwners
+from mailcontinuity.journal.legacy_spool import import_legacy
 from mailcontinuity.journal.listener import libmilter_name, prepare, tuned_listener
 from mailcontinuity.journal.milter import (
     JournalMilter,
@@ -23,7 +26,7 @@ from mailcontinuity.journal.milter import (
 )
 from mailcontinuity.journal.shipper import Shipper
 from mailcontinuity.journal.sinks import make_sink
-from mailcontinuity.journal.spool import Spool
+from mailcontinuity.journal.spool import Spool, SpoolError
 from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.journal import record_alarm
@@ -60,6 +63,10 @@ def run_milter(config: Config) -> None:
     leftovers = spool.clear_in_flight()
     if leftovers:
         log.info("event=spool_in_flight_cleared files=%d", leftovers)
+    try:
+        import_legacy(spool)  # before the shipper lists the segments
+    except SpoolError as exc:
+        raise MilterStartError(str(exc)) from None
     shipper = Shipper(spool, make_sink(config), lambda: open_store(config),
                       settings.retry_initial_seconds, settings.retry_max_seconds)
     alarm_store = open_store(config)
@@ -69,11 +76,14 @@ def run_milter(config: Config) -> None:
         with alarm_lock:
             record_alarm(alarm_store, "spool_error", detail)
 
-    runtime = JournalRuntime(journal_policy(config), spool, shipper.notify,
-                             SpoolErrorCounter(report_spool_error))
+    runtime = JournalRuntime(journal_policy(config), spool, SpoolErrorCounter(report_spool_error))
     Milter.factory = lambda: JournalMilter(runtime)
     milter.set_exception_policy(milter.CONTINUE)
     milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+    # What start-up built (config, modules, the policy) lives as long as the process: frozen,
+    # the collector stops walking it on every full collection (~3% of the milter's CPU, perf).
+    gc.collect()
+    gc.freeze()
     shipper.start()
     log.info("event=milter_start listen=%s sink=%s spool=%s", settings.listen, settings.sink,
              settings.spool_dir)
@@ -88,6 +98,7 @@ def run_milter(config: Config) -> None:
             " (or a predecessor still exiting) holds milter.listen"
         ) from None
     finally:
+        spool.log.close()
         shipper.stop()
         shipper.join(timeout=10)
         alarm_store.close()

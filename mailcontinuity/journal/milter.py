@@ -7,18 +7,19 @@ the mail, so every callback is wrapped (``guarded``) and production mail keeps f
 
 The hot path is kept short on purpose: headers, body chunks and end-of-header are negotiated as
 no-reply (Postfix does not wait for them), connect/helo are not called at all, nothing is logged
-per chunk, and only end-of-message waits, for the fsync that makes the copy durable.
+per chunk, and only end-of-message waits, for the group commit that makes the copy durable
+(journal/spool.py: messages finishing together share one fdatasync).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import Milter
@@ -56,6 +57,16 @@ class JournalPolicy:
     senders: SenderOwners | None = None
     """Who owns which address: a logged-in user's From: must be theirs (None: not checked)."""
 
+    @property
+    def stamp_fields(self) -> frozenset[str]:
+        """The stamp's field names, lower case: never trusted from the sender."""
+        return _stamp_fields(self.id_header)
+
+
+@functools.cache
+def _stamp_fields(id_header: str) -> frozenset[str]:
+    return frozenset({id_header.lower(), JOURNAL_HEADER.lower()})
+
 
 class SpoolErrorCounter:
     """Counts spool failures and reports them to the state store (status shows the alarm)."""
@@ -81,7 +92,6 @@ class JournalRuntime:
 
     policy: JournalPolicy
     spool: Spool
-    shipped_later: Callable[[Path], None]
     spool_error: Callable[[BaseException], None]
 
 
@@ -203,15 +213,16 @@ class JournalMilter(Milter.Base):
         lowered = name.lower()
         if lowered == "from" and self.login:
             self.from_values.append(value.decode("utf-8", "replace"))
-        if lowered in (self.runtime.policy.id_header.lower(), JOURNAL_HEADER.lower()):
+        if lowered in self.runtime.policy.stamp_fields:
             # Remembered so that eom() deletes each occurrence: a forged id is never trusted.
             self.foreign_headers[lowered] = self.foreign_headers.get(lowered, 0) + 1
             return Milter.CONTINUE
         writer = self._journal_writer()
         if writer is not None:
             # With P_HDR_LEADSPC the value keeps its exact leading space and folding.
-            folded = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            self._write(writer, name.encode("utf-8", "surrogateescape") + b":" + folded + b"\r\n")
+            if b"\n" in value:
+                value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            self._write(writer, b"%s:%s\r\n" % (name.encode("utf-8", "surrogateescape"), value))
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -257,12 +268,10 @@ class JournalMilter(Milter.Base):
                                 self.getsymval("i") or "", self.targets,
                                 extra={COPY_FIELDS_AT: str(self.stamp_length)})
             try:
-                entry = writer.commit(envelope)
+                writer.commit(envelope)  # returns once durable; the spool tells the shipper
             except OSError as exc:
                 writer.discard()
                 self.abandon_journal(exc)
-            else:
-                self.runtime.shipped_later(entry)
         if self.spool_failure is not None and self.runtime.policy.tempfail_on_spool_error:
             self.setreply("451", "4.3.0", "Journal spool unavailable, try again later")
             return Milter.TEMPFAIL

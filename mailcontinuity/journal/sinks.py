@@ -27,16 +27,19 @@ from mailcontinuity.mail.maildir import (
     MaildirError,
     MailOwner,
     deliver,
+    ensure_folder,
     expand_template,
     find_delivered,
     folder_path,
     message_name,
+    sync_file_system,
 )
 from mailcontinuity.mail.smtp import LmtpClient, Reply
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 from mailcontinuity.store.journal import CopyStatus
 
 LMTP_LOCATION_PREFIX = "lmtp:"
+FOLDER_CACHE_LIMIT = 100_000
 DOVECOT_DELIMITER = "+"  # Dovecot's default recipient_delimiter
 
 
@@ -57,13 +60,18 @@ Result = Outcome | TemporaryFailure
 
 
 class Sink(Protocol):
-    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+    def ship(self, source: int, offset: int, envelope: Envelope, targets: list[Target],
              recovered: bool) -> dict[Target, Result]:
-        """Store copies; ``source`` holds the message in its first ``envelope.size`` bytes.
+        """Store copies; ``source`` holds the message in ``envelope.size`` bytes from ``offset``.
 
         ``recovered``: the entry was seen before (restart, retry), so a copy may already be
         stored. Raises TemporaryFailure when no copy could be tried at all.
         """
+        ...
+
+    def flush(self) -> None:
+        """Make every copy stored since the last flush durable; the shipper calls it once per
+        batch, before it records the copies. Raises TemporaryFailure if it cannot."""
         ...
 
 
@@ -106,25 +114,43 @@ class StandbyUsers:
 
 
 class MaildirSink:
-    """Writes journal copies as files into the standby's Maildir++ folders."""
+    """Writes journal copies as files into the standby's Maildir++ folders.
+
+    Copies are written without an fsync each; ``flush`` makes a whole batch durable with one
+    ``syncfs`` per file system written to (2% of the milter's CPU under perf, against 15% for
+    creating the copies' files, docs/benchmarks.md). Folders known to exist are remembered, so
+    a copy costs no directory checks; a folder removed meanwhile is created again on the first
+    failure.
+    """
 
     def __init__(self, template: str, settings: MilterSection) -> None:
         self._template = template
         self._owner = MailOwner.parse(settings.mail_owner)
         self._users = StandbyUsers(Doveadm(settings.doveadm_config),
                                    settings.recipient_cache_seconds)
+        self._folders: dict[tuple[str, str], tuple[Path, int]] = {}
+        self._unsynced: dict[int, Path] = {}  # file system (st_dev) -> a folder written there
 
-    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+    def ship(self, source: int, offset: int, envelope: Envelope, targets: list[Target],
              recovered: bool) -> dict[Target, Result]:
         results: dict[Target, Result] = {}
         for target in targets:
             try:
-                results[target] = self._ship_one(source, envelope, target, recovered)
+                results[target] = self._ship_one(source, offset, envelope, target, recovered)
             except TemporaryFailure as exc:
                 results[target] = exc
         return results
 
-    def _ship_one(self, source: int, envelope: Envelope, target: Target,
+    def flush(self) -> None:
+        while self._unsynced:
+            device, folder = self._unsynced.popitem()
+            try:
+                sync_file_system(folder)
+            except OSError as exc:
+                self._unsynced[device] = folder
+                raise TemporaryFailure(f"cannot sync {folder}: {exc}") from None
+
+    def _ship_one(self, source: int, offset: int, envelope: Envelope, target: Target,
                   recovered: bool) -> Outcome:
         try:
             user = self._users.mailbox_user(target.address)
@@ -133,23 +159,47 @@ class MaildirSink:
         if user is None:
             return Outcome("unknown", detail="the standby has no such user")
         # The Maildir Dovecot reads for that user: one per user whatever the address form.
-        folder = folder_path(expand_template(self._template, user), target.folder)
+        folder, device = self._folder(user, target.folder)
         prefix = copy_prefix(envelope, target)
         name = maildir_name(envelope, prefix)
-        existing = (find_delivered(folder, name) if recovered
-                    else _existing(folder / "new" / name))
-        if existing is not None:
-            return Outcome("shipped", str(existing), "already stored")
-        try:
-            path = deliver(folder, name, source, envelope.size, self._owner, envelope.received,
-                           prefix, int(envelope.extra.get(COPY_FIELDS_AT, 0)))
-        except OSError as exc:
-            raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
-        return Outcome("shipped", str(path))
+        # A record never tried before has no copy yet: its name is new (the id is unique).
+        existing = find_delivered(folder, name) if recovered else None
+        if existing is None:
+            insert_at = int(envelope.extra.get(COPY_FIELDS_AT, 0))
+            try:
+                try:
+                    existing = deliver(folder, name, source, envelope.size, self._owner,
+                                       envelope.received, prefix, insert_at, start=offset,
+                                       durable=False)
+                except FileNotFoundError:  # the folder went since we created it
+                    self._folders.pop((user, target.folder), None)
+                    folder, device = self._folder(user, target.folder)
+                    existing = deliver(folder, name, source, envelope.size, self._owner,
+                                       envelope.received, prefix, insert_at, start=offset,
+                                       durable=False)
+            except OSError as exc:
+                raise TemporaryFailure(f"cannot write {folder}: {exc}") from None
+            detail = ""
+        else:
+            detail = "already stored"  # perhaps not durable yet: the next flush covers it
+        self._unsynced.setdefault(device, folder)
+        return Outcome("shipped", str(existing), detail)
 
-
-def _existing(path: Path) -> Path | None:
-    return path if path.exists() else None
+    def _folder(self, user: str, folder_name: str) -> tuple[Path, int]:
+        """The user's folder, created if missing, and its file system."""
+        key = (user, folder_name)
+        known = self._folders.get(key)
+        if known is None:
+            folder = folder_path(expand_template(self._template, user), folder_name)
+            try:
+                ensure_folder(folder, self._owner)
+                device = folder.stat().st_dev
+            except OSError as exc:
+                raise TemporaryFailure(f"cannot create {folder}: {exc}") from None
+            if len(self._folders) >= FOLDER_CACHE_LIMIT:
+                self._folders.clear()
+            known = self._folders[key] = (folder, device)
+        return known
 
 
 class LmtpSink:
@@ -172,7 +222,7 @@ class LmtpSink:
         self._id_header = settings.id_header
         self._doveadm = Doveadm(settings.doveadm_config) if settings.doveadm_config else None
 
-    def ship(self, source: int, envelope: Envelope, targets: list[Target],
+    def ship(self, source: int, offset: int, envelope: Envelope, targets: list[Target],
              recovered: bool) -> dict[Target, Result]:
         results: dict[Target, Result] = {}
         if recovered and self._doveadm is not None:
@@ -183,7 +233,7 @@ class LmtpSink:
             return results
         try:
             replies = self._client.deliver(envelope.sender, list(pending),
-                                           iter_chunks(source, envelope.size))
+                                           iter_chunks(source, offset, envelope.size))
         except (smtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"standby LMTP {self._endpoint}: {exc}") from None
         except TLSError as exc:  # kept in the spool until the certificate or CA is fixed
@@ -191,6 +241,9 @@ class LmtpSink:
         for recipient, reply in replies.items():
             results[pending[recipient]] = self._outcome(reply)
         return results
+
+    def flush(self) -> None:
+        """Nothing to do: the standby answered 250 only once it had stored the copy."""
 
     def _already_stored(self, doveadm: Doveadm, envelope: Envelope,
                         targets: list[Target]) -> dict[Target, Result]:

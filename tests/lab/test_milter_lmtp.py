@@ -19,7 +19,7 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.config import ConfigError, Endpoint, MilterSection
 from mailcontinuity.journal.shipper import Shipper
 from mailcontinuity.journal.sinks import LmtpSink, Sink, TemporaryFailure, make_sink
-from mailcontinuity.journal.spool import Envelope, Spool, Target, new_message_id
+from mailcontinuity.journal.spool import Envelope, Record, Spool, Target, new_message_id
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.process import free_ports, wait_for
@@ -41,8 +41,8 @@ def lmtp_settings(lab: Lab, **changes: object) -> MilterSection:
 
 
 def spool_message(spool: Spool, message: EmailMessage, targets: list[Target],
-                  sender: str = SENDER, message_id: str = "") -> tuple[Path, Envelope]:
-    """A spool entry as the milter commits it: the message plus id and journal headers."""
+                  sender: str = SENDER, message_id: str = "") -> tuple[Record, Envelope]:
+    """A spool record as the milter commits it: the message plus id and journal headers."""
     message_id = message_id or new_message_id(time.time())
     stamp = f"{DEFAULT_ID_HEADER}: {message_id}\r\n{JOURNAL_HEADER}: yes\r\n".encode()
     writer = spool.open_message(message_id)
@@ -51,7 +51,7 @@ def spool_message(spool: Spool, message: EmailMessage, targets: list[Target],
     return writer.commit(envelope), envelope
 
 
-def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Path, Envelope, Target]:
+def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Record, Envelope, Target]:
     """A spooled message with one copy: the first lab user's INBOX."""
     target = Target(lab.users[0].address, "INBOX")
     entry, envelope = spool_message(spool, make_message(SENDER, [target.address], subject),
@@ -59,12 +59,12 @@ def spool_for_alice(lab: Lab, spool: Spool, subject: str) -> tuple[Path, Envelop
     return entry, envelope, target
 
 
-def ship_through_shipper(lab: Lab, spool: Spool, entries: list[Path], sink: Sink) -> None:
+def ship_through_shipper(lab: Lab, spool: Spool, sink: Sink) -> None:
+    """Ship everything in the spool as a restarted milter's shipper does (it recovers every
+    segment on disk)."""
     shipper = Shipper(spool, sink, lambda: open_store(lab.config), 0.2, 1.0)
     shipper.start()
     try:
-        for entry in entries:
-            shipper.notify(entry)
         wait_for_empty_spool(spool.directory)
     finally:
         shipper.stop()
@@ -96,7 +96,7 @@ def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool
                Target("nobody@example.test", "INBOX")]
     entry, envelope = spool_message(spool, message, targets)
     sink = LmtpSink(lmtp_settings(lab), lab.tls("standby"))
-    ship_through_shipper(lab, spool, [entry], sink)
+    ship_through_shipper(lab, spool, sink)
     store = open_store(lab.config)
     try:
         statuses = dict(((a, f), s) for a, f, s in store.query(
@@ -112,8 +112,9 @@ def test_lmtp_sink_stores_once_per_recipient_and_records_unknown(lab: Lab, spool
     # Shipped again, as after a crash between the LMTP reply and the index write: the sink asks
     # the standby's doveadm first, and the copy is stored once.
     again, envelope_again = spool_message(spool, message, targets[:1], message_id=envelope.id)
-    with again.open("rb") as handle:
-        result = sink.ship(handle.fileno(), envelope_again, targets[:1], recovered=True)
+    with again.segment.open("rb") as handle:
+        result = sink.ship(handle.fileno(), again.message_offset, envelope_again, targets[:1],
+                           recovered=True)
     assert result[targets[0]].detail == "already stored"
     assert len(fetch_by_header(lab, "standby", alice, DEFAULT_ID_HEADER, envelope.id)) == 1
 
@@ -137,16 +138,16 @@ def soft_rejecting_lmtp() -> Iterator[Endpoint]:
 def test_lmtp_4xx_and_a_dead_listener_are_temporary(lab: Lab, spool: Spool,
                                                     soft_rejecting_lmtp: Endpoint) -> None:
     entry, envelope, target = spool_for_alice(lab, spool, "4xx")
-    with entry.open("rb") as handle:
+    with entry.segment.open("rb") as handle:
         # smtp-sink has no TLS: this sink may speak plaintext, as tls = "none" allows.
         plaintext = TLSPolicy("standby", "none", None, lab.config.source)
         result = LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp), plaintext).ship(
-            handle.fileno(), envelope, [target], recovered=False)
+            handle.fileno(), entry.message_offset, envelope, [target], recovered=False)
     assert isinstance(result[target], TemporaryFailure) and " 4" in str(result[target])
     [closed] = free_ports(1)
-    with entry.open("rb") as handle, pytest.raises(TemporaryFailure, match="standby LMTP"):
+    with entry.segment.open("rb") as handle, pytest.raises(TemporaryFailure, match="standby LMTP"):
         LmtpSink(lmtp_settings(lab, lmtp=Endpoint("127.0.0.1", closed)), lab.tls("standby")).ship(
-            handle.fileno(), envelope, [target], recovered=False)
+            handle.fileno(), entry.message_offset, envelope, [target], recovered=False)
 
 
 def activate_vacation(lab: Lab, address: str, password: str) -> None:
@@ -178,7 +179,7 @@ def test_journal_copies_over_lmtp_never_trigger_vacation(lab: Lab, spool: Spool)
     journaled = make_message(bob.address, [carol.address], "journal copy, no vacation")
     entry, envelope = spool_message(spool, journaled, [Target(carol.address, "INBOX")],
                                     sender=bob.address)
-    ship_through_shipper(lab, spool, [entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
+    ship_through_shipper(lab, spool, LmtpSink(lmtp_settings(lab), lab.tls("standby")))
     assert fetch_by_header(lab, "standby", carol, DEFAULT_ID_HEADER, envelope.id)
     # The same user over the standby's normal (sieve) LMTP listener: vacation answers.
     direct = make_message(bob.address, [carol.address], "direct delivery, vacation")
@@ -197,8 +198,7 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     target = [Target(bob.address, "INBOX")]
     (old_entry, old_env), (fresh_entry, fresh_env) = (spool_message(spool, m, target)
                                                       for m in (old, fresh))
-    ship_through_shipper(lab, spool, [old_entry, fresh_entry],
-                         LmtpSink(lmtp_settings(lab), lab.tls("standby")))
+    ship_through_shipper(lab, spool, LmtpSink(lmtp_settings(lab), lab.tls("standby")))
     store = open_store(lab.config)
     outage = make_message(SENDER, [bob.address], "received during outage, same id header")
     outage[DEFAULT_ID_HEADER] = old_env.id  # the primary's id travels on real mail too
@@ -240,7 +240,6 @@ def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
     started = time.time()
     shipper.start()
     try:
-        shipper.notify(entry)
         alarm = eventually(lambda: latest_ship_error(lab, since=started), 20,
                            "the shipper's alarm")
     finally:
@@ -248,9 +247,10 @@ def test_journal_lmtp_with_a_wrong_ca_keeps_the_copy_and_says_why(
         shipper.join(timeout=10)
     assert "certificate not accepted" in alarm and str(other_ca.ca_file) in alarm
     assert "standby.tls_ca_file" in alarm
-    assert entry.exists(), "a copy the standby could not take must stay in the spool"
+    assert [(r.segment, r.offset) for r in spool.records()] == [(entry.segment, entry.offset)], (
+        "a copy the standby could not take must stay in the spool")
     # With the CA that signed the standby's certificate the same entry is shipped.
-    ship_through_shipper(lab, spool, [entry], LmtpSink(lmtp_settings(lab), lab.tls("standby")))
+    ship_through_shipper(lab, spool, LmtpSink(lmtp_settings(lab), lab.tls("standby")))
     [copy] = fetch_by_header(lab, "standby", alice, DEFAULT_ID_HEADER, envelope.id)
     assert b"wrong CA" in copy
 
@@ -259,10 +259,10 @@ def test_journal_lmtp_never_falls_back_to_plaintext(lab: Lab, spool: Spool,
                                                     soft_rejecting_lmtp: Endpoint) -> None:
     """smtp-sink offers no STARTTLS: with TLS configured nothing is sent, not even MAIL FROM."""
     entry, envelope, target = spool_for_alice(lab, spool, "no tls")
-    with entry.open("rb") as handle, pytest.raises(TemporaryFailure,
+    with entry.segment.open("rb") as handle, pytest.raises(TemporaryFailure,
                                                    match='does not offer STARTTLS.*tls = "none"'):
         LmtpSink(lmtp_settings(lab, lmtp=soft_rejecting_lmtp), lab.tls("standby")).ship(
-            handle.fileno(), envelope, [target], recovered=False)
+            handle.fileno(), entry.message_offset, envelope, [target], recovered=False)
 
 
 def latest_ship_error(lab: Lab, since: float) -> str | None:

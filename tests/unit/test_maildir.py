@@ -19,6 +19,7 @@ from mailcontinuity.mail.maildir import (
     MaildirError,
     MailOwner,
     deliver,
+    ensure_folder,
     expand_template,
     flags_of,
     folder_dirname,
@@ -156,7 +157,7 @@ def test_delivery_copies_between_file_systems(tmp_path: Path, mocker: MockerFixt
     goes on with sendfile from where it stopped, byte for byte."""
     data = bytes(range(256)) * 9000  # over two COPY_CHUNKs
     source = tmp_path / "spool-entry"
-    source.write_bytes(data + b"TRAILER")
+    source.write_bytes(b"HEAD" + data + b"TRAILER")  # a record in a segment: data at offset 4
     real = os.copy_file_range
     calls = []
 
@@ -170,7 +171,9 @@ def test_delivery_copies_between_file_systems(tmp_path: Path, mocker: MockerFixt
     owner = MailOwner(os.getuid(), os.getgid())
     fd = os.open(source, os.O_RDONLY)
     try:
-        stored = deliver(tmp_path / "Maildir", "1.M1P1.host,S=1,W=1", fd, len(data), owner, 1e9)
+        ensure_folder(tmp_path / "Maildir", owner)
+        stored = deliver(tmp_path / "Maildir", "1.M1P1.host,S=1,W=1", fd, len(data), owner,
+                         1e9, start=4)
     finally:
         os.close(fd)
     assert stored.read_bytes() == data and stored.stat().st_mtime == 1e9
@@ -183,7 +186,9 @@ def test_a_short_source_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
     fd = os.open(source, os.O_RDONLY)
     try:
         with pytest.raises(MaildirError, match="source ended after 5 of 10 bytes"):
-            deliver(tmp_path / "Maildir", "x", fd, 10, MailOwner(os.getuid(), os.getgid()), 0.0)
+            owner = MailOwner(os.getuid(), os.getgid())
+            ensure_folder(tmp_path / "Maildir", owner)
+            deliver(tmp_path / "Maildir", "x", fd, 10, owner, 0.0)
     finally:
         os.close(fd)
     assert list((tmp_path / "Maildir" / "tmp").iterdir()) == []
@@ -197,14 +202,16 @@ def test_delivery_writes_a_copys_own_fields_in_after_the_stamp(
     bytes (the stamp), by copy_file_range or, between file systems, by sendfile."""
     data = bytes(range(256)) * 9000
     source = tmp_path / "spool-entry"
-    source.write_bytes(data + b"TRAILER")
+    source.write_bytes(b"HEAD." + data + b"TRAILER")  # at an offset, as in a segment
     if not in_kernel:
         mocker.patch("os.copy_file_range", side_effect=OSError(errno.EXDEV, "cross-device"))
     prefix = b"Return-Path: <s@r.test>\r\nDelivered-To: a@x.test\r\n"
+    owner = MailOwner(os.getuid(), os.getgid())
+    ensure_folder(tmp_path / "Maildir", owner)
     fd = os.open(source, os.O_RDONLY)
     try:
-        stored = deliver(tmp_path / "Maildir", "1.M1P1.host", fd, len(data),
-                         MailOwner(os.getuid(), os.getgid()), 1e9, prefix, 70000)
+        stored = deliver(tmp_path / "Maildir", "1.M1P1.host", fd, len(data), owner, 1e9, prefix,
+                         70000, start=5)
     finally:
         os.close(fd)
     assert stored.read_bytes() == data[:70000] + prefix + data[70000:]
