@@ -295,8 +295,9 @@ class Merger:
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
             copied = mailbox.copy(action.from_folder, action.uid, action.folder)
-            if action.add:
-                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add), ())
+            if action.add or action.remove:
+                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add),
+                                  action.remove)
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 
