@@ -100,7 +100,7 @@ def _verify_item(item: dict[str, Any]) -> str:
     named = (f"{item.get('subject') or '(no subject)'!r} {item.get('message_id') or ''}"
              f" id {item.get('id') or '-'} (standby file {item.get('file') or '-'})")
     rest = {key: value for key, value in item.items()
-            if key not in ("subject", "message_id", "id", "file")}
+            if key not in ("subject", "message_id", "id", "file", "key")}
     return f"{named} {' '.join(f'{key}={value}' for key, value in rest.items())}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,8 +51,14 @@ class Action:
 
 def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]],
               index: dict[str, list[PrimaryCopy]], primary_folders: set[str],
-              propagate_deletions: bool) -> list[Action]:
-    """Every action for one user, folders first, so appends and moves find their target."""
+              propagate_deletions: bool, repair: AbstractSet[str] = frozenset()) -> list[Action]:
+    """Every action for one user, folders first, so appends and moves find their target.
+
+    ``repair``: keys ``verify`` found duplicated on the primary; their copies that stand for
+    none of the standby's (``HistoryMatch.spare``, outage mail beyond its standby copies) are
+    deleted. Only on the operator's ``failback`` after verify: the same message (same id)
+    stays in each folder the standby has it in, so nothing but the extra placement is lost.
+    """
     actions = [Action("create_folder", folder) for folder, (in_baseline, present)
                in sorted(folders.items())
                if present and not in_baseline and folder not in primary_folders]
@@ -61,9 +68,10 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
     for key, group in groups.items():
         copies = list(index.get(key, ()))
         if any(row.kind == "outage" for row in group):
-            actions += _outage_message(key, group, copies)
+            actions += _outage_message(key, group, copies, key in repair)
         elif any(row.in_baseline for row in group):
-            actions += _existing_message(key, group, copies, propagate_deletions)
+            actions += _existing_message(key, group, copies, propagate_deletions,
+                                         key in repair)
     needed = {a.folder for a in actions if a.kind in ("append", "move", "copy")}
     created = {a.folder for a in actions if a.kind == "create_folder"}
     missing = sorted(needed - primary_folders - created)
@@ -100,8 +108,8 @@ def _gained(now: Iterable[str], before: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(now) - set(before)))
 
 
-def _outage_message(key: str, group: list[RecordedMessage],
-                    copies: list[PrimaryCopy]) -> list[Action]:
+def _outage_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],
+                    repair: bool = False) -> list[Action]:
     """Mail that reached the standby during the outage: on the primary once per standby copy.
 
     Only delivered copies count: a message accepted just before the failover has a journal
@@ -138,6 +146,9 @@ def _outage_message(key: str, group: list[RecordedMessage],
                                   add=_gained(row.flags, elsewhere.flags)))
         else:
             actions.append(Action("append", row.folder, key, message_id, source=row))
+    if repair:
+        actions += [Action("delete", copy.folder, key, message_id, uid=copy.uid)
+                    for copy in spare]
     return actions
 
 
@@ -166,6 +177,8 @@ class HistoryMatch:
     ambiguous: bool
     """The primary holds more unexplained copies than the standby had: which one a deletion
     meant cannot be known, so none is deleted (reported instead)."""
+    spare: list[PrimaryCopy]
+    """Copies that stand for none of the standby's: beside a move, a duplicate."""
 
 
 def match_history(group: list[RecordedMessage], copies: list[PrimaryCopy]) -> HistoryMatch:
@@ -202,7 +215,7 @@ def match_history(group: list[RecordedMessage], copies: list[PrimaryCopy]) -> Hi
                 placed[target] is not None) for origin, target in moved],
         copies=[(now[target], placed[target]) for target in copied],
         deletes=[(before[f], paired.get(f)) for f in deleted],
-        ambiguous=ambiguous)
+        ambiguous=ambiguous, spare=spare)
 
 
 def merged_flags(base: Iterable[str], now: Iterable[str],
@@ -218,7 +231,7 @@ def merged_flags(base: Iterable[str], now: Iterable[str],
 
 
 def _existing_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],
-                      propagate_deletions: bool) -> list[Action]:
+                      propagate_deletions: bool, repair: bool = False) -> list[Action]:
     """History the primary already has: replay the user's flag changes, moves and deletions
     on the primary's copies wherever they are (``match_history``)."""
     message_id = group[0].message_id
@@ -282,4 +295,7 @@ def _existing_message(key: str, group: list[RecordedMessage], copies: list[Prima
         else:
             actions.append(Action("report", copy.folder, key, message_id,
                                   reason="deleted_on_standby_kept_on_primary"))
+    if repair and (match.moves or match.copies):
+        actions += [Action("delete", copy.folder, key, message_id, uid=copy.uid)
+                    for copy in match.spare]
     return actions

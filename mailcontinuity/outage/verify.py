@@ -55,11 +55,27 @@ def verify(config: Config) -> dict[str, Any]:
                 mailbox.close()
         problems = sum(len(found) for report in users.values() for found in report.values())
         changelog.add_to_summary(outage.id, verify={"at": time.time(), "ok": problems == 0,
-                                                    "problems": problems})
+                                                    "problems": problems},
+                                 to_repair=to_repair(users))
     finally:
         store.close()
     return {"outage": outage.id, "outage_status": outage.status, "ok": problems == 0,
             "problems": problems, "users": users}
+
+
+def to_repair(users: dict[str, dict[str, Found]]) -> dict[str, dict[str, list[str]]]:
+    """What ``failback --yes`` (in ``normal``, after verify) merges again, per user: the keys
+    of every problem failback can act on (``keys``) and those found duplicated
+    (``duplicated``, their extra copies are removed). A copy under another key (not matched)
+    is not failback's to fix: it cannot recognise it either."""
+    repair = {}
+    for user, found in users.items():
+        keys = sorted({item["key"] for name in ("missing", "duplicated", "flag_mismatches")
+                       for item in found.get(name, ())})
+        if keys:
+            repair[user] = {"keys": keys, "duplicated": sorted(
+                {item["key"] for item in found.get("duplicated", ())})}
+    return repair
 
 
 def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
@@ -130,7 +146,7 @@ def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], mis
     for row, _, placed in targets:
         if not placed:
             missing.append({"folder": row.folder, **name_of(row), "missing": 1})
-    if targets and len(copies) > len(current):
+    if targets and match.spare:
         duplicated.append({**name_of(current[0]), "on_primary": len(copies),
                            "on_standby": len(current),
                            "folders": sorted(copy.folder for copy in copies)})
@@ -149,7 +165,7 @@ def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], mis
 def name_of(row: RecordedMessage) -> dict[str, Any]:
     """How an operator finds the message: its file on the standby, the gateway's id (when it
     has one), its Message-ID and subject (read from the file; empty when it is gone)."""
-    return {"message_id": row.message_id, "file": row.path,
+    return {"message_id": row.message_id, "file": row.path, "key": row.key,
             "id": row.key.removeprefix("id:") if row.key.startswith("id:") else "",
             "subject": _subject(Path(row.path))}
 

@@ -19,7 +19,7 @@ from mailcontinuity.mail.imap import SPECIAL_FOLDERS, FolderNames
 from mailcontinuity.outage.merge import APPEND_BATCH_BYTES, APPEND_BATCH_MESSAGES, _batches
 from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.outage.primary import SEARCH_KEYS_MAX, PrimaryCopy, key_searches
-from mailcontinuity.outage.verify import verify_user
+from mailcontinuity.outage.verify import to_repair, verify_user
 from mailcontinuity.store.outages import RecordedMessage
 
 FOLDERS = ("INBOX", "Archive", "Projekte/Übersicht", "Sent")
@@ -230,6 +230,32 @@ def test_history_changes_reach_the_primarys_copy_wherever_it_is_filed(
     expected = {flag for flag in FLAGS
                 if (flag in now if flag in changed else flag in primary_flags)}
     assert set(copies[0].flags) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(outages(), st.booleans(), st.data())
+def test_failback_again_after_verify_mends_what_verify_found(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool, data: st.DataObject) -> None:
+    """Verify's advice works: after a merge, a copy too many (as an older failback made them,
+    copying a moved message), then ``failback`` again on what verify names (its ``to_repair``):
+    verify is clean."""
+    rows, folders, primary = outage
+    for action in plan(rows, folders, primary, propagate):
+        primary.apply(action)
+    index = primary.index()
+    if index:
+        key = data.draw(st.sampled_from(sorted(index)))
+        folder = data.draw(st.sampled_from(sorted(primary.folders)))
+        primary.add(folder, key, frozenset(index[key][0].flags), True)
+    found = verify_user(rows, primary.index())
+    wanted = to_repair({"alice": found}).get("alice", {"keys": [], "duplicated": []})
+    for action in plan_user(rows, folders, primary.index(), set(primary.folders), propagate,
+                            set(wanted["duplicated"])):
+        if action.key in wanted["keys"]:
+            primary.apply(action)
+    assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
+                                                  "flag_mismatches": []}
 
 
 def test_appends_are_batched_by_count_and_size_in_order() -> None:
