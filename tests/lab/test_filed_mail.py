@@ -93,6 +93,18 @@ def test_mail_filed_before_the_outage_gets_the_standbys_flags_and_moves(lab: Lab
         assert list(placed(lab, user, moved)) == [keep]
         code, audit = run_cli(lab, "verify", "--json")
         assert code == 0 and audit["ok"], audit
+        # What an older failback did: the move became a copy. Verify says so, and its advice
+        # (failback again) mends it.
+        with mailbox(lab, "primary", user) as client:
+            client.select_folder(keep)
+            client.copy([uid_of(client, moved)], archive)
+        code, audit = run_cli(lab, "verify", "--json")
+        assert code == 1 and len(audit["users"][user.address]["duplicated"]) == 1, audit
+        code, report = run_cli(lab, "failback", "--yes", "--json")
+        assert code == 0 and report["counts"].get("delete:done") == 1, report
+        assert list(placed(lab, user, moved)) == [keep]
+        code, audit = run_cli(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
     finally:
         drop_folders(lab, user, archive, keep)
 
