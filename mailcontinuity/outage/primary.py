@@ -21,7 +21,7 @@ from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
-from mailcontinuity.mail.imap import Mailbox, login_as, open_imap, str_flags
+from mailcontinuity.mail.imap import FETCH_CHUNK, Mailbox, login_as, open_imap, str_flags
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 
 # Copies of older history are found by SEARCH HEADER while there are at most this many keys
@@ -98,6 +98,25 @@ class PrimaryMailbox(Mailbox):
             copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
                                       message_key(headers, int(data[b"RFC822.SIZE"]))))
         return copies
+
+    def read_uids(self, folder: str, uids: list[int]) -> list[tuple[PrimaryCopy, str]]:
+        """The copies at ``uids`` of the folder selected now (for the follow pass, which
+        EXAMINEs it), with their arrival day (INTERNALDATE), in bounded chunks."""
+        fields = " ".join(key_headers(self.id_header)).upper()
+        reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
+        items = ["FLAGS", "RFC822.SIZE", "INTERNALDATE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"]
+        found = []
+        for start in range(0, len(uids), FETCH_CHUNK):
+            for uid, data in self.client.fetch(uids[start:start + FETCH_CHUNK], items).items():
+                headers = parse_headers(data.get(reply_key) or b"", self.id_header)
+                found.append((PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
+                                          message_key(headers, int(data[b"RFC822.SIZE"]))),
+                              _arrival_day(data.get(b"INTERNALDATE"))))
+        return found
+
+
+def _arrival_day(internaldate: Any) -> str:
+    return internaldate.date().isoformat() if internaldate is not None else ""
 
 
 def key_searches(keys: Iterable[str], id_header: str) -> list[list[Any]] | None:
