@@ -38,6 +38,7 @@ from mailcontinuity.outage.scan import protected_maildirs
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.follow import FolderSeen, save_folders, seen_folders
 from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
+from mailcontinuity.store.state import current_state
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,11 @@ def follow_all(config: Config, users: list[str] | None = None,
         password = read_admin_password(config)
         doveadm = Doveadm(config.milter.doveadm_config)
         for user in users if users is not None else sorted(protected_maildirs(config)):
+            state = current_state(store).name
+            if state != "normal":
+                # The outage record's baseline is the standby as it was: no change under it.
+                results.append(FollowResult(user, error=f"not followed: the state is {state}"))
+                continue
             started = time.monotonic()
             try:
                 result = follow_user(config, store, doveadm, user, password)
