@@ -9,6 +9,8 @@ import uuid
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.outage.follow import follow_all
+from mailcontinuity.store.db import open_store
+from tests.lab.journal_helpers import fetch_by_header, journal_id
 from tests.lab.outage_helpers import run_cli, uid_of
 from tests.lab.test_filed_mail import drop_folders, flag, journaled, mailbox, move
 
@@ -35,6 +37,9 @@ def test_the_standby_shows_filed_and_read_mail_as_the_user_left_it(lab: Lab) -> 
     archive = f"Archive-{tag}"
     try:
         read, filed, deleted, untouched, keyword = journaled(lab, user, 5, f"follow {tag}")
+        ids = {message_id: journal_id(fetch_by_header(lab, "primary", user, "Message-ID",
+                                                      message_id)[0])
+               for message_id in (read, filed, deleted, untouched, keyword)}
         [first] = follow_all(lab.config, [user.address])
         assert first.error == "", first
         # A day of activity on the primary.
@@ -59,5 +64,16 @@ def test_the_standby_shows_filed_and_read_mail_as_the_user_left_it(lab: Lab) -> 
         assert third.folders_unchanged >= 2
         code, _ = run_cli(lab, "follow", "--json")
         assert code == 0
+        # Retention still finds the copy the pass filed in another folder.
+        store = open_store(lab.config)
+        try:
+            with store.transaction() as db:  # as if accepted 31 days ago (retention is 30)
+                db.execute("UPDATE journal SET received = received - 31 * 86400"
+                           " WHERE message_id = ?", [ids[filed]])
+        finally:
+            store.close()
+        code, pruned = run_cli(lab, "prune", "--json")
+        assert code == 0 and pruned["deleted"] >= 1, pruned
+        assert on_standby(lab, user, filed) == {}
     finally:
         drop_folders(lab, user, archive)
