@@ -36,7 +36,7 @@ from mailcontinuity.outage.primary import PrimaryMailbox
 
 BODY = "body line of a benchmark message\r\n" * 20
 REQUESTS = {"count": 0}
-_new_tag = imaplib.IMAP4._new_tag
+_new_tag = getattr(imaplib.IMAP4, "_new_tag")  # noqa: B009 - private, typeshed lacks it
 
 
 def _counting_tag(self: imaplib.IMAP4) -> Any:
@@ -44,7 +44,7 @@ def _counting_tag(self: imaplib.IMAP4) -> Any:
     return _new_tag(self)
 
 
-imaplib.IMAP4._new_tag = _counting_tag  # type: ignore[method-assign]
+setattr(imaplib.IMAP4, "_new_tag", _counting_tag)  # noqa: B010 - as above
 
 
 def message(address: str, number: int, journal: bool, message_id: str) -> bytes:
