@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.maildir import IMAP_SEPARATOR
 from mailcontinuity.mail.tools import CommandError, run_command
 
 DOVEADM_NO_SUCH_USER = 67  # EX_NOUSER; 75 (EX_TEMPFAIL) means auth could not be asked
@@ -41,6 +42,7 @@ class Doveadm:
     def __init__(self, config: Path | None) -> None:
         self._config = ["-c", str(config)] if config else []
         self._delimiters: str | None = None
+        self._separator: str | None = None
 
     def run(self, *args: str) -> str:
         return run_command(["doveadm", *self._config, *args], timeout=DOVEADM_TIMEOUT_SECONDS,
@@ -88,7 +90,7 @@ class Doveadm:
             if len(fields) < 4 or not fields[3].strip():
                 continue  # no id header: not a copy the follow pass can match
             mailbox, uid, flags, value = fields[:4]
-            copies.append(JournalCopy(mailbox, int(uid), tuple(flags.split()),
+            copies.append(JournalCopy(self._ours(mailbox), int(uid), tuple(flags.split()),
                                       f"id:{' '.join(value.split())}"))
         return copies
 
@@ -101,12 +103,13 @@ class Doveadm:
                      destination: str) -> None:
         """Move journal copies to ``destination`` (created, and subscribed, when missing)."""
         try:
-            self.run("mailbox", "create", "-s", "-u", address, destination)
+            self.run("mailbox", "create", "-s", "-u", address, self._theirs(destination))
         except CommandError as exc:
             if "exists" not in str(exc).lower():
                 raise StandbyUnreachable(f"doveadm mailbox create {destination!r} for"
                                          f" {address}: {exc}") from None
-        self._on_journal(address, ["move", "-u", address, destination], folder, uids)
+        self._on_journal(address, ["move", "-u", address, self._theirs(destination)], folder,
+                         uids)
 
     def journal_expunge(self, address: str, folder: str, uids: tuple[int, ...]) -> None:
         self._on_journal(address, ["expunge", "-u", address], folder, uids)
@@ -118,11 +121,33 @@ class Doveadm:
         for start in range(0, len(uids), UID_CHUNK):
             chunk = ",".join(str(uid) for uid in uids[start:start + UID_CHUNK])
             try:
-                self.run(*command, "mailbox", folder, "uid", chunk, "HEADER", JOURNAL_HEADER,
-                         "yes")
+                self.run(*command, "mailbox", self._theirs(folder), "uid", chunk, "HEADER",
+                         JOURNAL_HEADER, "yes")
             except CommandError as exc:
                 raise StandbyUnreachable(f"doveadm {command[0]} for {address} in"
                                          f" {folder!r}: {exc}") from None
+
+    def separator(self) -> str:
+        """The standby's hierarchy separator (``namespace inbox``'s, else Maildir++'s "." or
+        "/" with ``LAYOUT=fs``), read once: folder names here use "/" as IMAP and the primary's
+        index do."""
+        if self._separator is None:
+            try:
+                said = run_command(["doveconf", *self._config, "-h",
+                                    "namespace/inbox/separator"],
+                                   timeout=DOVEADM_TIMEOUT_SECONDS).strip()
+                location = run_command(["doveconf", *self._config, "-h", "mail_location"],
+                                       timeout=DOVEADM_TIMEOUT_SECONDS)
+            except CommandError as exc:
+                raise StandbyUnreachable(f"doveconf namespace separator: {exc}") from None
+            self._separator = said or ("/" if "LAYOUT=fs" in location else ".")
+        return self._separator
+
+    def _ours(self, mailbox: str) -> str:
+        return mailbox.replace(self.separator(), IMAP_SEPARATOR)
+
+    def _theirs(self, folder: str) -> str:
+        return folder.replace(IMAP_SEPARATOR, self.separator())
 
     def knows_user(self, address: str) -> bool:
         """Whether the standby's userdb has ``address`` (``doveadm user``)."""
