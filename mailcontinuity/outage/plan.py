@@ -125,15 +125,17 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
     spare = list(copies)
     unplaced = []
     actions = []
+    base = arrival_flags(group)
     for row in current:
         match = next((copy for copy in spare if copy.folder == row.folder), None)
         if match is None:
             unplaced.append(row)
             continue
         spare.remove(match)
-        if _gained(row.flags, match.flags):
+        add, remove = outage_flags(base, row.flags, match.flags)
+        if add or remove:
             actions.append(Action("flags", row.folder, key, message_id, uid=match.uid,
-                                  add=_gained(row.flags, match.flags)))
+                                  add=add, remove=remove))
     wanted = {row.folder for row in current}
     for row in unplaced:
         # A copy the primary got elsewhere (its queued copy went to INBOX while the user moved
@@ -141,9 +143,9 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
         elsewhere = next((copy for copy in spare if copy.folder not in wanted), None)
         if elsewhere is not None:
             spare.remove(elsewhere)
+            add, remove = outage_flags(base, row.flags, elsewhere.flags)
             actions.append(Action("move", row.folder, key, message_id, uid=elsewhere.uid,
-                                  from_folder=elsewhere.folder,
-                                  add=_gained(row.flags, elsewhere.flags)))
+                                  from_folder=elsewhere.folder, add=add, remove=remove))
         else:
             actions.append(Action("append", row.folder, key, message_id, source=row))
     if repair:
@@ -228,6 +230,29 @@ def merged_flags(base: Iterable[str], now: Iterable[str],
     value still wins, since it is the change the user made last that we know of."""
     base, now, primary = set(base), set(now), set(primary)
     return (tuple(sorted((now - base) - primary)), tuple(sorted((base - now) & primary)))
+
+
+def arrival_flags(group: list[RecordedMessage]) -> tuple[str, ...]:
+    """Outage mail's state at failover, for the three-way merge of its flags with a copy the
+    primary got too (a queued delivery that clients of the primary may have changed): not there
+    at all, so the flags it arrived with on the standby (``first_flags``, migration 8, e.g. a
+    Sieve ``addflag``). A copy the user moved was first seen in its new folder with the flags it
+    had by then, so only flags every row began with count; none when a row predates the
+    column."""
+    firsts = [row.first_flags for row in group if row.kind == "outage"]
+    if not firsts or any(first is None for first in firsts):
+        return ()
+    return tuple(sorted(set.intersection(*(set(first or ()) for first in firsts))))
+
+
+def outage_flags(arrived: Iterable[str], now: Iterable[str],
+                 primary: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(add, remove) on the primary's copy of outage mail: every flag the standby's copy has
+    is added (as if the base were "not there": the record may first have seen the file after
+    the user acted on it, e.g. a failback without the agent's record), the primary's own flags
+    are kept, and a flag it arrived with (``arrival_flags``) that the user cleared on the
+    standby is cleared on the primary too."""
+    return _gained(now, primary), merged_flags(arrived, now, primary)[1]
 
 
 def _existing_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],

@@ -21,7 +21,13 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config
 from mailcontinuity.mail.headers import parse_headers
 from mailcontinuity.mail.maildir import read_header_fields
-from mailcontinuity.outage.plan import match_history, merged_flags, older_copies_needed
+from mailcontinuity.outage.plan import (
+    arrival_flags,
+    match_history,
+    merged_flags,
+    older_copies_needed,
+    outage_flags,
+)
 from mailcontinuity.outage.primary import PrimaryCopy, PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
@@ -124,12 +130,15 @@ def _verify_outage_mail(group: list[RecordedMessage], copies: list[PrimaryCopy],
         duplicated.append({**name_of(current[0]), "on_primary": len(copies),
                            "on_standby": len(current),
                            "folders": sorted(copy.folder for copy in copies)})
+    base = arrival_flags(group)
     for row in current:
         copy = next((c for c in copies if c.folder == row.folder), None)
-        lacking = set(row.flags) - set(copy.flags) if copy is not None else set()
-        if lacking:
+        if copy is None:
+            continue
+        lacking, extra = outage_flags(base, row.flags, copy.flags)
+        if lacking or extra:
             flag_mismatches.append({"folder": row.folder, **name_of(row),
-                                    "lacking": sorted(lacking), "extra": []})
+                                    "lacking": list(lacking), "extra": list(extra)})
 
 
 def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], missing: Found,

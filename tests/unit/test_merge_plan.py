@@ -72,12 +72,14 @@ class ModelPrimary:
 
 
 def row(key: str, folder: str, kind: str, flags: tuple[str, ...], present: bool,
-        in_baseline: bool, base_flags: tuple[str, ...] | None) -> RecordedMessage:
+        in_baseline: bool, base_flags: tuple[str, ...] | None,
+        first_flags: tuple[str, ...] | None = None) -> RecordedMessage:
     return RecordedMessage(user="alice@example.test", folder=folder, basename=f"{key}-{folder}",
                            filename=f"{key}-{folder}:2,", path=f"/standby/{key}", key=key,
                            kind=kind, flags=tuple(sorted(flags)), size=1000, mtime=0.0,
                            message_id=f"<{key}@test>", present=present, in_baseline=in_baseline,
-                           base_flags=None if base_flags is None else tuple(sorted(base_flags)))
+                           base_flags=None if base_flags is None else tuple(sorted(base_flags)),
+                           first_flags=first_flags)
 
 
 # A message's rows in the record, and the copies the primary holds of it: (folder, flags,
@@ -119,10 +121,20 @@ def outage_mail(draw: st.DrawFn, key: str) -> Drawn:
     it (or deleted it); maybe a journal copy beside it (accepted just before the failover,
     delivered from the queue afterwards), maybe a copy the primary got from Postfix's queue."""
     now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
-    rows = [row(key, there, "outage", draw(flag_sets), True, False, None) for there in now]
+    arrived = draw(flag_sets)  # what it arrived with (a Sieve addflag), maybe on both sides
+
+    def first() -> tuple[str, ...] | None:
+        # First seen in its folder with the flags it had by then; None: before migration 8.
+        if draw(st.integers(0, 9)) == 0:
+            return None
+        return tuple(sorted(set(arrived) | set(draw(flag_sets))))
+
+    rows = [row(key, there, "outage", draw(flag_sets), True, False, None, first())
+            for there in now]
     if draw(st.booleans()):
         rows.append(row(key, "INBOX", "existing", (), draw(st.booleans()), True, ()))
-    queued = [("INBOX", (), True)] if now and draw(st.booleans()) else []
+    # The queued copy the primary got, changed there too (split brain).
+    queued = [("INBOX", draw(flag_sets), True)] if now and draw(st.booleans()) else []
     return rows, queued
 
 
@@ -256,6 +268,18 @@ def test_failback_again_after_verify_mends_what_verify_found(
             primary.apply(action)
     assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
                                                   "flag_mismatches": []}
+
+
+def test_outage_mail_on_both_sides_merges_flags_against_what_it_arrived_with() -> None:
+    """A message flagged by Sieve on arrival on both sides during a split brain: read on the
+    primary (a client still reached it), unflagged on the standby: read, not flagged."""
+    rows = [row("id:1", "INBOX", "outage", (), True, False, None, ("\\Flagged",))]
+    primary = ModelPrimary()
+    primary.add("INBOX", "id:1", frozenset({"\\Flagged", "\\Seen"}), True)
+    for action in plan(rows, {"INBOX": (True, True)}, primary, False):
+        primary.apply(action)
+    assert [c.flags for c in primary.index()["id:1"]] == [("\\Seen",)]
+    assert verify_user(rows, primary.index())["flag_mismatches"] == []
 
 
 def test_appends_are_batched_by_count_and_size_in_order() -> None:
