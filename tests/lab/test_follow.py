@@ -11,7 +11,7 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.outage.follow import follow_all
 from mailcontinuity.store.db import open_store
 from tests.lab.journal_helpers import fetch_by_header, journal_id
-from tests.lab.outage_helpers import run_cli, uid_of
+from tests.lab.outage_helpers import forced_outage, run_cli, uid_of
 from tests.lab.test_filed_mail import drop_folders, flag, journaled, mailbox, move
 
 
@@ -75,5 +75,38 @@ def test_the_standby_shows_filed_and_read_mail_as_the_user_left_it(lab: Lab) -> 
         code, pruned = run_cli(lab, "prune", "--json")
         assert code == 0 and pruned["deleted"] >= 1, pruned
         assert on_standby(lab, user, filed) == {}
+    finally:
+        drop_folders(lab, user, archive)
+
+
+def test_an_outage_after_the_follow_pass_shows_history_filed_and_merges_nothing_back(
+        lab: Lab) -> None:
+    """The issue's complaint: in an outage people saw a month of mail unread in INBOX. After
+    the follow pass they find it filed and read as on the primary, and failback has nothing of
+    it to replay (the baseline is the primary's state): no flag, move or copy; verify clean."""
+    user = lab.users[2]
+    tag = uuid.uuid4().hex[:8]
+    archive = f"Archive-{tag}"
+    try:
+        read, filed = journaled(lab, user, 2, f"follow outage {tag}")
+        with mailbox(lab, "primary", user) as client:
+            flag(client, "INBOX", read, "\\Seen")
+            flag(client, "INBOX", filed, "\\Flagged")
+            move(client, [filed], "INBOX", archive)
+        [passed] = follow_all(lab.config, [user.address])
+        assert passed.error == "", passed
+        with forced_outage(lab):
+            assert on_standby(lab, user, read) == {"INBOX": {"\\Seen"}}
+            assert on_standby(lab, user, filed) == {archive: {"\\Flagged"}}
+            code, report = run_cli(lab, "failback", "--yes", "--json")
+            assert code == 0 and report["refused"] == [], report
+            replayed = {name: n for name, n in report["counts"].items()
+                        if name.split(":")[0] in ("flags", "move", "copy", "delete")}
+            assert replayed == {}, report["counts"]
+        with mailbox(lab, "primary", user) as client:
+            client.select_folder(archive, readonly=True)
+            assert len(client.search(["HEADER", "Message-ID", filed])) == 1
+        code, audit = run_cli(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
     finally:
         drop_folders(lab, user, archive)
