@@ -301,6 +301,10 @@ class SyncSection(Section):
     propagate_deletions: bool = False
     concurrency: int = Field(default=4, ge=1, le=64)
     timeout_seconds: float = Field(default=60.0, gt=0)
+    follow_interval_seconds: float = Field(default=300.0, ge=0)
+    """In ``normal``, the sync agent makes the standby's journal copies follow what users do on
+    the primary (folder, flags, deletion) every this many seconds (0: never;
+    ``mailcontinuity follow`` runs a pass on demand)."""
 
 
 class SieveSection(Section):

@@ -17,7 +17,7 @@ from mailcontinuity.cli.common import Context
 from mailcontinuity.cli.credentials import continuity_password_command, credentials_sync_command
 from mailcontinuity.cli.journal import milter_command, prune_command
 from mailcontinuity.cli.monitor import failover, policyd
-from mailcontinuity.cli.outage import failback, sync_agent, verify_command
+from mailcontinuity.cli.outage import failback, follow_command, sync_agent, verify_command
 from mailcontinuity.cli.reports import audit_command, check_config, drill, report_command, status
 from mailcontinuity.cli.sieve import sieve_sync_command
 from mailcontinuity.config import default_config_path
@@ -61,6 +61,7 @@ def main(ctx: click.Context, config_path: Path, log_level: str) -> None:
 
 
 for _command in (milter_command, prune_command, policyd, failover, sync_agent, failback,
-                 verify_command, sieve_sync_command, status, check_config, drill, report_command,
-                 audit_command, credentials_sync_command, continuity_password_command):
+                 verify_command, follow_command, sieve_sync_command, status, check_config, drill,
+                 report_command, audit_command, credentials_sync_command,
+                 continuity_password_command):
     main.add_command(_command)

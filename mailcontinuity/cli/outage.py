@@ -1,4 +1,5 @@
-"""The click commands of the sync part: ``failback``, ``verify`` and ``sync-agent``."""
+"""The click commands of the sync part: ``failback``, ``verify``, ``follow`` and
+``sync-agent``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 
 from mailcontinuity.audit import become_daemon, operator
 from mailcontinuity.cli.common import Context, command, emit, note
+from mailcontinuity.outage.follow import follow_all
 from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import FailbackReport, plan_failback, run_failback
 from mailcontinuity.outage.recorder import SyncAgent
@@ -100,7 +102,7 @@ def _verify_item(item: dict[str, Any]) -> str:
     named = (f"{item.get('subject') or '(no subject)'!r} {item.get('message_id') or ''}"
              f" id {item.get('id') or '-'} (standby file {item.get('file') or '-'})")
     rest = {key: value for key, value in item.items()
-            if key not in ("subject", "message_id", "id", "file")}
+            if key not in ("subject", "message_id", "id", "file", "key")}
     return f"{named} {' '.join(f'{key}={value}' for key, value in rest.items())}"
 
 
@@ -111,6 +113,44 @@ def verify_command(ctx: Context, as_json: bool) -> None:
     emit(report, as_json, render_verify,
          failure=None if report["ok"] else f"{report['problems']} problem(s) on the primary for"
          " the last outage; run 'mailcontinuity failback --yes' again, then verify")
+
+
+@command("follow", audit=True)
+@click.option("--user", "users", multiple=True, metavar="ADDRESS",
+              help="Only this user (repeatable); default: every protected user.")
+def follow_command(ctx: Context, users: tuple[str, ...], as_json: bool) -> None:
+    """Make the standby's journal copies follow the primary now: folder, flags, deletion."""
+    results = follow_all(ctx.config, list(users) or None, actor=operator())
+    report = {"users": {r.user: {"folders_read": r.folders_read,
+                                 "folders_unchanged": r.folders_unchanged,
+                                 "standby_changes": [
+                                     {"kind": c.kind, "folder": c.folder, "messages": len(c.uids),
+                                      **({"to": c.to} if c.to else {}),
+                                      **({"add": list(c.add)} if c.add else {}),
+                                      **({"remove": list(c.remove)} if c.remove else {})}
+                                     for c in r.changes],
+                                 **({"error": r.error} if r.error else {})} for r in results}}
+    failed = [r.user for r in results if r.error]
+    emit(report, as_json, render_follow,
+         failure=f"the follow pass failed for {', '.join(failed)}: see the errors above;"
+         " the next pass tries again" if failed else None)
+
+
+def render_follow(report: dict[str, Any]) -> str:
+    lines = []
+    for user, found in report["users"].items():
+        if "error" in found:
+            lines.append(f"{user}: FAILED {found['error']}")
+            continue
+        changes = found["standby_changes"]
+        lines.append(f"{user}: {found['folders_read']} folder(s) read,"
+                     f" {found['folders_unchanged']} unchanged, {len(changes)} change(s)"
+                     " on the standby")
+        lines += [f"  {c['kind']:<8} {c['folder']!r} {c['messages']} message(s)"
+                  f"{' to ' + repr(c['to']) if 'to' in c else ''}"
+                  f"{' +' + ' '.join(c['add']) if 'add' in c else ''}"
+                  f"{' -' + ' '.join(c['remove']) if 'remove' in c else ''}" for c in changes]
+    return "\n".join(lines) or "no protected users"
 
 
 @command("sync-agent", json_output=False)

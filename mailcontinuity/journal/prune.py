@@ -3,8 +3,9 @@
 Only copies the journal index says the milter shipped are candidates, and each is checked for the
 journal header before it is deleted: mail users received or sent on the standby during an
 outage never carries that header and is never in the index, so it is never touched. A file the
-maildir sink wrote is found by its name; a copy delivered over LMTP by its id header, through
-the standby's ``doveadm`` (so prune of such copies runs where doveadm reaches the standby).
+maildir sink wrote is found by its name where it was written; a copy delivered over LMTP, or one
+the follow pass filed in another folder, by its id header, through the standby's ``doveadm`` (so
+prune of such copies runs where doveadm reaches the standby).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,17 @@ def prune_journal(config: Config, store: StateStore, now: float | None = None) -
             continue
         path = _current_path(record)
         if path is None:
-            gone.append(record)  # expunged by the user already: nothing left to delete
+            # Not where it was written: the follow pass may have filed it as the user did on
+            # the primary (any folder); else the user expunged it, nothing left to delete.
+            try:
+                found = _expunge_lmtp_copy(doveadm, config.milter.id_header,
+                                           replace(record, folder="*"))
+            except StandbyUnreachable as exc:
+                log.warning("event=prune_postponed id=%s address=%s error=%r",
+                            record.message_id, record.address, str(exc))
+                postponed.append(record)
+                continue
+            (deleted if found else gone).append(record)
         elif is_journal_copy(path):
             os.unlink(path)
             deleted.append(record)

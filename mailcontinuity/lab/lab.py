@@ -495,6 +495,9 @@ recipient_cache_seconds = 1
 {sync_login}
 admin_login = "{ADMIN_LOGIN}"
 password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+# The follow pass changes the standby's journal copies under the tests' feet: the lab runs it
+# when a test or `mailcontinuity follow` asks.
+follow_interval_seconds = 0
 
 [policyd]
 socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}

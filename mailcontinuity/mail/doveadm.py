@@ -8,13 +8,28 @@ find them by their id header). ``doveadm`` needs the standby's configuration on 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.mail.headers import JOURNAL_HEADER
+from mailcontinuity.mail.maildir import IMAP_SEPARATOR
 from mailcontinuity.mail.tools import CommandError, run_command
 
 DOVEADM_NO_SUCH_USER = 67  # EX_NOUSER; 75 (EX_TEMPFAIL) means auth could not be asked
 DOVEADM_TIMEOUT_SECONDS = 30
+
+
+UID_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class JournalCopy:
+    """A journal copy on the standby as doveadm lists it."""
+
+    folder: str
+    uid: int
+    flags: tuple[str, ...]
+    key: str
 
 
 class StandbyUnreachable(Exception):
@@ -27,6 +42,7 @@ class Doveadm:
     def __init__(self, config: Path | None) -> None:
         self._config = ["-c", str(config)] if config else []
         self._delimiters: str | None = None
+        self._separator: str | None = None
 
     def run(self, *args: str) -> str:
         return run_command(["doveadm", *self._config, *args], timeout=DOVEADM_TIMEOUT_SECONDS,
@@ -58,6 +74,80 @@ class Doveadm:
         return ["mailbox", folder, "HEADER", id_header, message_id,
                 "HEADER", JOURNAL_HEADER, "yes"]
 
+
+    def journal_index(self, address: str, id_header: str) -> list[JournalCopy]:
+        """Every journal copy of the user: folder (UTF-8), UID, flags and key (one
+        ``doveadm fetch``)."""
+        try:
+            out = self.run("-f", "tab", "fetch", "-u", address,
+                           f"mailbox uid flags hdr.{id_header.lower()}",
+                           "HEADER", JOURNAL_HEADER, "yes")
+        except CommandError as exc:
+            raise StandbyUnreachable(f"doveadm fetch for {address}: {exc}") from None
+        copies = []
+        for line in out.splitlines()[1:]:
+            fields = line.split("\t")
+            if len(fields) < 4 or not fields[3].strip():
+                continue  # no id header: not a copy the follow pass can match
+            mailbox, uid, flags, value = fields[:4]
+            copies.append(JournalCopy(self._ours(mailbox), int(uid), tuple(flags.split()),
+                                      f"id:{' '.join(value.split())}"))
+        return copies
+
+    def journal_flags(self, address: str, folder: str, uids: tuple[int, ...], how: str,
+                      flags: tuple[str, ...]) -> None:
+        """``doveadm flags add|remove`` on journal copies of one folder."""
+        self._on_journal(address, ["flags", how, "-u", address, " ".join(flags)], folder, uids)
+
+    def journal_move(self, address: str, folder: str, uids: tuple[int, ...],
+                     destination: str) -> None:
+        """Move journal copies to ``destination`` (created, and subscribed, when missing)."""
+        try:
+            self.run("mailbox", "create", "-s", "-u", address, self._theirs(destination))
+        except CommandError as exc:
+            if "exists" not in str(exc).lower():
+                raise StandbyUnreachable(f"doveadm mailbox create {destination!r} for"
+                                         f" {address}: {exc}") from None
+        self._on_journal(address, ["move", "-u", address, self._theirs(destination)], folder,
+                         uids)
+
+    def journal_expunge(self, address: str, folder: str, uids: tuple[int, ...]) -> None:
+        self._on_journal(address, ["expunge", "-u", address], folder, uids)
+
+    def _on_journal(self, address: str, command: list[str], folder: str,
+                    uids: tuple[int, ...]) -> None:
+        """``command`` on the journal copies at ``uids`` of ``folder`` (the query demands the
+        journal header: a user's own mail never matches), in chunks of bounded length."""
+        for start in range(0, len(uids), UID_CHUNK):
+            chunk = ",".join(str(uid) for uid in uids[start:start + UID_CHUNK])
+            try:
+                self.run(*command, "mailbox", self._theirs(folder), "uid", chunk, "HEADER",
+                         JOURNAL_HEADER, "yes")
+            except CommandError as exc:
+                raise StandbyUnreachable(f"doveadm {command[0]} for {address} in"
+                                         f" {folder!r}: {exc}") from None
+
+    def separator(self) -> str:
+        """The standby's hierarchy separator (``namespace inbox``'s, else Maildir++'s "." or
+        "/" with ``LAYOUT=fs``), read once: folder names here use "/" as IMAP and the primary's
+        index do."""
+        if self._separator is None:
+            try:
+                said = run_command(["doveconf", *self._config, "-h",
+                                    "namespace/inbox/separator"],
+                                   timeout=DOVEADM_TIMEOUT_SECONDS).strip()
+                location = run_command(["doveconf", *self._config, "-h", "mail_location"],
+                                       timeout=DOVEADM_TIMEOUT_SECONDS)
+            except CommandError as exc:
+                raise StandbyUnreachable(f"doveconf namespace separator: {exc}") from None
+            self._separator = said or ("/" if "LAYOUT=fs" in location else ".")
+        return self._separator
+
+    def _ours(self, mailbox: str) -> str:
+        return mailbox.replace(self.separator(), IMAP_SEPARATOR)
+
+    def _theirs(self, folder: str) -> str:
+        return folder.replace(IMAP_SEPARATOR, self.separator())
 
     def knows_user(self, address: str) -> bool:
         """Whether the standby's userdb has ``address`` (``doveadm user``)."""

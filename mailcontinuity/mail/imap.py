@@ -15,7 +15,7 @@ import contextlib
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -234,12 +234,15 @@ class Mailbox:
         self.selected = folder
         return self.client.select_folder(self.theirs(folder))
 
-    def fetch(self, folder: str, items: list[str],
-              saved_since: date | None = None) -> dict[int, dict[bytes, Any]]:
-        """``items`` of every message in ``folder`` (saved since a day, with SAVEDATE), in
-        bounded chunks."""
+    def fetch(self, folder: str, items: list[str], saved_since: date | None = None,
+              also: Sequence[list[Any]] = ()) -> dict[int, dict[bytes, Any]]:
+        """``items`` of every message in ``folder`` (saved since a day, with SAVEDATE, and
+        those each of the ``also`` SEARCH criteria finds), in bounded chunks."""
         self.select(folder)
-        uids = self.client.search(["SAVEDSINCE", saved_since] if saved_since else ["ALL"])
+        found = set(self.client.search(["SAVEDSINCE", saved_since] if saved_since else ["ALL"]))
+        for criteria in also if saved_since else ():
+            found.update(self.client.search(criteria))
+        uids = sorted(found)
         fetched: dict[int, dict[bytes, Any]] = {}
         for start in range(0, len(uids), FETCH_CHUNK):
             fetched |= self.client.fetch(uids[start:start + FETCH_CHUNK], items)

@@ -115,7 +115,7 @@ class Merger:
 
     def __init__(self, config: Config, outage: Outage, user: str, password: str,
                  progress: Progress, lease_holder: str | None,
-                 only: set[str] | None = None) -> None:
+                 only: set[str] | None = None, repair: set[str] | None = None) -> None:
         self.config = config
         self.outage = outage
         self.user = user
@@ -124,7 +124,10 @@ class Merger:
         self.lease_holder = lease_holder
         self.only = only
         """When set, only actions on these messages (keys) run: retrying refused messages
-        after the merge (their APPEND, or the flags a copy appended by hand lacks)."""
+        after the merge (their APPEND, or the flags a copy appended by hand lacks), or what
+        verify found wrong."""
+        self.repair = repair or set()
+        """Keys verify found duplicated: their extra copies are removed (``plan_user``)."""
         self.result = UserMerge(user)
 
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox, record: UserRecord,
@@ -132,7 +135,7 @@ class Merger:
         # Read only what can matter (verify reads the same way).
         index = outage_index(mailbox, record.messages, self.outage.started_at)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
-                            self.config.sync.propagate_deletions)
+                            self.config.sync.propagate_deletions, self.repair)
         if not dry_run:
             self._clear_stale_refusals(changelog, actions, index)
         done = changelog.done_actions(self.outage.id, self.user)
@@ -295,8 +298,9 @@ class Merger:
         elif action.kind == "copy":
             mailbox.ensure_folder(action.folder)
             copied = mailbox.copy(action.from_folder, action.uid, action.folder)
-            if action.add:
-                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add), ())
+            if action.add or action.remove:
+                mailbox.set_flags(action.folder, copied, read_receipt_flags(action.add),
+                                  action.remove)
         elif action.kind == "delete":
             mailbox.expunge(action.folder, action.uid)
 
@@ -328,10 +332,11 @@ def _batches(actions: list[Action]) -> list[list[Action]]:
 def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
                progress: Progress, lease_holder: str | None,
                settled: dict[str, UserRecord] | None = None,
-               only: dict[str, set[str]] | None = None) -> list[UserMerge]:
+               only: dict[str, set[str]] | None = None,
+               repair: dict[str, set[str]] | None = None) -> list[UserMerge]:
     """One pass over every user, ``sync.concurrency`` users at a time; users whose record
     is still one in ``settled`` are skipped (see ``Merger.run``); with ``only``, each user's
-    pass acts only on those messages (keys)."""
+    pass acts only on those messages (keys); ``repair``: keys whose extra copies go."""
     settled = settled or {}
     password = read_admin_password(config)
     lock = threading.Lock()
@@ -342,8 +347,8 @@ def merge_pass(config: Config, outage: Outage, users: list[str], dry_run: bool,
 
     def one(user: str) -> UserMerge:
         return Merger(config, outage, user, password, locked_progress, lease_holder,
-                      None if only is None else only.get(user, set())).run(
-                          dry_run, settled.get(user))
+                      None if only is None else only.get(user, set()),
+                      (repair or {}).get(user)).run(dry_run, settled.get(user))
 
     with ThreadPoolExecutor(max_workers=config.sync.concurrency) as pool:
         return list(pool.map(one, users))
@@ -400,27 +405,41 @@ def still_refused(changelog: ChangeLog, outage_id: int,
         item for item in this_run if item["action"] == "merge"]
 
 
-def _retry_refused(config: Config, changelog: ChangeLog, outage: Outage, actor: str,
-                   progress: Progress, holder: str) -> FailbackReport:
-    """After the merge: APPEND again only what the primary refused (the operator fixed the
-    cause), planned from the primary's contents like every pass, so a message that is there
-    by now (appended by hand, say) is cleared rather than appended twice, and only gets the
-    flags it lacks."""
+def _merge_again(config: Config, changelog: ChangeLog, outage: Outage, actor: str,
+                 progress: Progress, holder: str) -> FailbackReport:
+    """After the merge: merge again only what the primary refused (the operator fixed the
+    cause) and what the last ``verify`` found wrong (its advice: run failback again), planned
+    from the primary's contents like every pass, from the outage's record as it ended (no
+    rescan). A refused message that is there by now (appended by hand, say) is cleared rather
+    than appended twice and only gets the flags it lacks; a message verify found duplicated
+    loses the copies that stand for none of the standby's."""
     refused = changelog.refused(outage.id)
+    found = outage.summary.get("to_repair") or {}
     only: dict[str, set[str]] = {}
+    repair: dict[str, set[str]] = {}
     for (user, action), detail in refused.items():
         only.setdefault(user, set()).add(refused_key(action, detail))
-    results = merge_pass(config, outage, sorted(only), False, progress, holder, only=only)
-    report = FailbackReport(outage.id, "normal", passes=1,
-                            note=f"retried {len(refused)} message(s) the primary had refused")
+    for user, keys in found.items():
+        only.setdefault(user, set()).update(keys.get("keys", ()))
+        repair[user] = set(keys.get("duplicated", ()))
+    results = merge_pass(config, outage, sorted(only), False, progress, holder, only=only,
+                         repair=repair)
+    notes = []
+    if refused:
+        notes.append(f"retried {len(refused)} message(s) the primary had refused")
+    if found:
+        notes.append(f"merged again {sum(len(k.get('keys', ())) for k in found.values())}"
+                     " message(s) verify found wrong; run mailcontinuity verify")
+    report = FailbackReport(outage.id, "normal", passes=1, note="; ".join(notes))
     _add(report, results)
     report.refused = still_refused(changelog, outage.id, report.refused)
-    changelog.add_to_summary(outage.id, refused=report.refused)
+    # Verify's findings are acted on: the next verify says what (if anything) is left.
+    changelog.add_to_summary(outage.id, refused=report.refused, to_repair={})
     record_command(changelog.store, "failback", actor,
                    {"outage": outage.id, "retried": len(refused),
-                    "refused": len(report.refused)}, event="merge")
-    log.info("event=refused_retried outage=%d retried=%d still_refused=%d", outage.id,
-             len(refused), len(report.refused))
+                    "repaired": sorted(found), "refused": len(report.refused)}, event="merge")
+    log.info("event=merged_again outage=%d retried=%d repaired_users=%d still_refused=%d",
+             outage.id, len(refused), len(found), len(report.refused))
     return report
 
 
@@ -490,8 +509,9 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
         outage = changelog.open_outage()
         if state == "normal" and outage is None:
             last = changelog.last_outage()
-            if last is not None and changelog.refused(last.id):
-                return _retry_refused(config, changelog, last, actor, progress, holder)
+            if last is not None and (changelog.refused(last.id)
+                                     or last.summary.get("to_repair")):
+                return _merge_again(config, changelog, last, actor, progress, holder)
             return FailbackReport(None, state, note="no outage to merge")
         if outage is None and changelog.last_outage() is None:
             log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"

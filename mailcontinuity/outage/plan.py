@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,8 +51,14 @@ class Action:
 
 def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]],
               index: dict[str, list[PrimaryCopy]], primary_folders: set[str],
-              propagate_deletions: bool) -> list[Action]:
-    """Every action for one user, folders first, so appends and moves find their target."""
+              propagate_deletions: bool, repair: AbstractSet[str] = frozenset()) -> list[Action]:
+    """Every action for one user, folders first, so appends and moves find their target.
+
+    ``repair``: keys ``verify`` found duplicated on the primary; their copies that stand for
+    none of the standby's (``HistoryMatch.spare``, outage mail beyond its standby copies) are
+    deleted. Only on the operator's ``failback`` after verify: the same message (same id)
+    stays in each folder the standby has it in, so nothing but the extra placement is lost.
+    """
     actions = [Action("create_folder", folder) for folder, (in_baseline, present)
                in sorted(folders.items())
                if present and not in_baseline and folder not in primary_folders]
@@ -61,9 +68,10 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
     for key, group in groups.items():
         copies = list(index.get(key, ()))
         if any(row.kind == "outage" for row in group):
-            actions += _outage_message(key, group, copies)
+            actions += _outage_message(key, group, copies, key in repair)
         elif any(row.in_baseline for row in group):
-            actions += _existing_message(key, group, copies, propagate_deletions)
+            actions += _existing_message(key, group, copies, propagate_deletions,
+                                         key in repair)
     needed = {a.folder for a in actions if a.kind in ("append", "move", "copy")}
     created = {a.folder for a in actions if a.kind == "create_folder"}
     missing = sorted(needed - primary_folders - created)
@@ -73,10 +81,12 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
 def older_copies_needed(rows: list[RecordedMessage]) -> tuple[set[str], set[str]]:
     """Keys whose copies on the primary may predate the outage, and folders to read in full.
 
-    History the user changed during the outage (flags, moves, copies, deletions) is found in
-    the folders it was and is in; non-journal mail the standby already held when the outage
-    began (a failback without the agent's record) may have been on the primary all along.
-    Every other key can only have copies saved on the primary since the outage began.
+    History the user changed during the outage (flags, moves, copies, deletions) is read in
+    full in the folders it was and is in on the standby, and found by its key in every other
+    folder (the user may have filed it anywhere on the primary before the outage); non-journal
+    mail the standby already held when the outage began (a failback without the agent's
+    record) may have been on the primary all along. Every other key can only have copies saved
+    on the primary since the outage began.
     """
     groups: dict[str, list[RecordedMessage]] = defaultdict(list)
     for row in rows:
@@ -98,8 +108,8 @@ def _gained(now: Iterable[str], before: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(now) - set(before)))
 
 
-def _outage_message(key: str, group: list[RecordedMessage],
-                    copies: list[PrimaryCopy]) -> list[Action]:
+def _outage_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],
+                    repair: bool = False) -> list[Action]:
     """Mail that reached the standby during the outage: on the primary once per standby copy.
 
     Only delivered copies count: a message accepted just before the failover has a journal
@@ -115,15 +125,17 @@ def _outage_message(key: str, group: list[RecordedMessage],
     spare = list(copies)
     unplaced = []
     actions = []
+    base = arrival_flags(group)
     for row in current:
         match = next((copy for copy in spare if copy.folder == row.folder), None)
         if match is None:
             unplaced.append(row)
             continue
         spare.remove(match)
-        if _gained(row.flags, match.flags):
+        add, remove = outage_flags(base, row.flags, match.flags)
+        if add or remove:
             actions.append(Action("flags", row.folder, key, message_id, uid=match.uid,
-                                  add=_gained(row.flags, match.flags)))
+                                  add=add, remove=remove))
     wanted = {row.folder for row in current}
     for row in unplaced:
         # A copy the primary got elsewhere (its queued copy went to INBOX while the user moved
@@ -131,64 +143,184 @@ def _outage_message(key: str, group: list[RecordedMessage],
         elsewhere = next((copy for copy in spare if copy.folder not in wanted), None)
         if elsewhere is not None:
             spare.remove(elsewhere)
+            add, remove = outage_flags(base, row.flags, elsewhere.flags)
             actions.append(Action("move", row.folder, key, message_id, uid=elsewhere.uid,
-                                  from_folder=elsewhere.folder,
-                                  add=_gained(row.flags, elsewhere.flags)))
+                                  from_folder=elsewhere.folder, add=add, remove=remove))
         else:
             actions.append(Action("append", row.folder, key, message_id, source=row))
+    if repair:
+        actions += [Action("delete", copy.folder, key, message_id, uid=copy.uid)
+                    for copy in spare]
     return actions
 
 
-def _existing_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],
-                      propagate_deletions: bool) -> list[Action]:
-    """History the primary already has: replay the user's flag changes, moves and deletions."""
-    message_id = group[0].message_id
+@dataclass
+class HistoryMatch:
+    """How one history message's standby copies correspond to its copies on the primary.
+
+    The primary's copy is found by identity (its key), wherever the user filed it: a journal
+    copy sits in the standby's INBOX while the primary's copy may be in Archive. Each of the
+    standby's changes since the baseline is a transition of one of its copies: a *stay* (same
+    folder, maybe new flags), a *move* (gone from one folder, new in another), a *copy* (new in
+    a folder, nothing gone) or a *deletion* (gone, nothing new). Each transition gets the
+    primary copy it applies to: first a copy already where the standby's copy is now (placed by
+    an earlier pass, or filed there on both sides), then a copy in the standby copy's baseline
+    folder, then one filed elsewhere. Pairing in that order makes the plan a fixed point: an
+    applied move leaves its copy placed, and no other transition's pairing changes.
+    """
+
+    stays: list[tuple[RecordedMessage, RecordedMessage, PrimaryCopy | None]]
+    """(baseline row, current row, primary copy)."""
+    moves: list[tuple[RecordedMessage, RecordedMessage, PrimaryCopy | None, bool]]
+    """(baseline row, current row, primary copy, already placed in the new folder)."""
+    copies: list[tuple[RecordedMessage, PrimaryCopy | None]]
+    """(current row, the primary's copy already in that folder)."""
+    deletes: list[tuple[RecordedMessage, PrimaryCopy | None]]
+    ambiguous: bool
+    """The primary holds more unexplained copies than the standby had: which one a deletion
+    meant cannot be known, so none is deleted (reported instead)."""
+    spare: list[PrimaryCopy]
+    """Copies that stand for none of the standby's: beside a move, a duplicate."""
+
+
+def match_history(group: list[RecordedMessage], copies: list[PrimaryCopy]) -> HistoryMatch:
+    """Pair a history message's standby transitions with its primary copies (see
+    ``HistoryMatch``); pure, shared by the plan and ``verify`` so that both judge alike."""
     before = {row.folder: row for row in group if row.in_baseline}
     now = {row.folder: row for row in group if row.present}
-    on_primary = {copy.folder: copy for copy in copies}
+    stayed = sorted(before.keys() & now.keys())
+    removed = sorted(before.keys() - now.keys())
+    added = sorted(now.keys() - before.keys())
+    moved = list(zip(removed, added, strict=False))
+    copied, deleted = added[len(removed):], removed[len(added):]
+    spare = sorted(copies, key=lambda copy: (copy.folder, copy.uid))
+
+    def take(folder: str | None) -> PrimaryCopy | None:
+        found = next((copy for copy in spare if folder is None or copy.folder == folder), None)
+        if found is not None:
+            spare.remove(found)
+        return found
+
+    placed = {folder: take(folder) for folder in added}
+    paired: dict[str, PrimaryCopy | None] = {folder: take(folder) for folder in stayed}
+    needing = ([folder for folder in stayed if paired[folder] is None]
+               + [origin for origin, target in moved if placed[target] is None] + deleted)
+    ambiguous = len(spare) > len(needing)
+    for folder in needing:
+        paired[folder] = take(folder)
+    for folder in needing:
+        if paired[folder] is None and (folder not in deleted or not ambiguous):
+            paired[folder] = take(None)
+    return HistoryMatch(
+        stays=[(before[f], now[f], paired[f]) for f in stayed],
+        moves=[(before[origin], now[target], placed[target] or paired.get(origin),
+                placed[target] is not None) for origin, target in moved],
+        copies=[(now[target], placed[target]) for target in copied],
+        deletes=[(before[f], paired.get(f)) for f in deleted],
+        ambiguous=ambiguous, spare=spare)
+
+
+def merged_flags(base: Iterable[str], now: Iterable[str],
+                 primary: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(add, remove) on the primary's copy: the three-way merge of flags against the state at
+    failover (``base``, the standby's baseline). A flag the user changed on the standby takes
+    the standby's value; every other flag keeps the primary's, including one changed there
+    during the outage (split brain). Both sides changing the same flag from the same base can
+    only agree; when the base was stale (the primary had the flag already), the standby's
+    value still wins, since it is the change the user made last that we know of."""
+    base, now, primary = set(base), set(now), set(primary)
+    return (tuple(sorted((now - base) - primary)), tuple(sorted((base - now) & primary)))
+
+
+def arrival_flags(group: list[RecordedMessage]) -> tuple[str, ...]:
+    """Outage mail's state at failover, for the three-way merge of its flags with a copy the
+    primary got too (a queued delivery that clients of the primary may have changed): not there
+    at all, so the flags it arrived with on the standby (``first_flags``, migration 8, e.g. a
+    Sieve ``addflag``). A copy the user moved was first seen in its new folder with the flags it
+    had by then, so only flags every row began with count; none when a row predates the
+    column."""
+    firsts = [row.first_flags for row in group if row.kind == "outage"]
+    if not firsts or any(first is None for first in firsts):
+        return ()
+    return tuple(sorted(set.intersection(*(set(first or ()) for first in firsts))))
+
+
+def outage_flags(arrived: Iterable[str], now: Iterable[str],
+                 primary: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(add, remove) on the primary's copy of outage mail: every flag the standby's copy has
+    is added (as if the base were "not there": the record may first have seen the file after
+    the user acted on it, e.g. a failback without the agent's record), the primary's own flags
+    are kept, and a flag it arrived with (``arrival_flags``) that the user cleared on the
+    standby is cleared on the primary too."""
+    return _gained(now, primary), merged_flags(arrived, now, primary)[1]
+
+
+def _existing_message(key: str, group: list[RecordedMessage], copies: list[PrimaryCopy],
+                      propagate_deletions: bool, repair: bool = False) -> list[Action]:
+    """History the primary already has: replay the user's flag changes, moves and deletions
+    on the primary's copies wherever they are (``match_history``)."""
+    message_id = group[0].message_id
+    match = match_history(group, copies)
     actions: list[Action] = []
-    for folder in sorted(before.keys() & now.keys()):
-        base_flags = before[folder].base_flags or ()
-        add = _gained(now[folder].flags, base_flags)
-        remove = _gained(base_flags, now[folder].flags)
-        copy = on_primary.get(folder)
-        if (add or remove) and copy is not None:
-            add, remove = _gained(add, copy.flags), tuple(f for f in remove if f in copy.flags)
+    for base, current, copy in match.stays:
+        if copy is not None:
+            add, remove = merged_flags(base.base_flags or (), current.flags, copy.flags)
             if add or remove:
-                actions.append(Action("flags", folder, key, message_id, uid=copy.uid, add=add,
-                                      remove=remove))
-    removed = [folder for folder in sorted(before.keys() - now.keys()) if folder in on_primary]
+                actions.append(Action("flags", copy.folder, key, message_id, uid=copy.uid,
+                                      add=add, remove=remove))
     moves: list[Action] = []
-    for folder in sorted(now.keys() - before.keys()):
-        row = now[folder]
-        if folder in on_primary:
-            # Placed there already (an earlier pass): only the flags may still be owed.
-            lacking = _gained(row.flags, on_primary[folder].flags)
-            if lacking:
-                actions.append(Action("flags", folder, key, message_id,
-                                      uid=on_primary[folder].uid, add=lacking))
+    any_copy = next(iter(sorted(copies, key=lambda c: (c.folder, c.uid))), None)
+    for base, current, copy, placed in match.moves:
+        if copy is None:
+            if any_copy is None:
+                actions.append(Action("report", current.folder, key, message_id,
+                                      reason="not_on_primary"))
+            else:
+                # Moved on the standby, but its primary copy is taken (every copy the primary
+                # holds stands for another of the standby's): the standby has it here too.
+                # Its flags: the user's changes whatever the source's flags are by then.
+                changed = set(current.flags), set(base.base_flags or ())
+                actions.append(Action("copy", current.folder, key, message_id,
+                                      uid=any_copy.uid, from_folder=any_copy.folder,
+                                      add=tuple(sorted(changed[0] - changed[1])),
+                                      remove=tuple(sorted(changed[1] - changed[0]))))
             continue
-        if removed:
-            origin = removed.pop(0)
-            copy = on_primary[origin]
-            base_flags = before[origin].base_flags or ()
-            moves.append(Action("move", folder, key, message_id, uid=copy.uid,
-                                from_folder=origin, add=_gained(row.flags, base_flags),
-                                remove=tuple(f for f in _gained(base_flags, row.flags)
-                                             if f in copy.flags)))
-        elif copies:
+        add, remove = merged_flags(base.base_flags or (), current.flags, copy.flags)
+        if placed:
+            if add or remove:
+                actions.append(Action("flags", copy.folder, key, message_id, uid=copy.uid,
+                                      add=add, remove=remove))
+        else:
+            # A move from wherever the primary's copy is filed: never a copy beside it.
+            moves.append(Action("move", current.folder, key, message_id, uid=copy.uid,
+                                from_folder=copy.folder, add=add, remove=remove))
+    for current, copy in match.copies:
+        if copy is not None:
+            lacking = _gained(current.flags, copy.flags)
+            if lacking:
+                actions.append(Action("flags", copy.folder, key, message_id, uid=copy.uid,
+                                      add=lacking))
+        elif any_copy is not None:
             # The copy gets the row's flags whatever the source has by then (a flag change
             # planned for the source runs first).
-            actions.append(Action("copy", folder, key, message_id, uid=copies[0].uid,
-                                  from_folder=copies[0].folder, add=row.flags))
+            actions.append(Action("copy", current.folder, key, message_id, uid=any_copy.uid,
+                                  from_folder=any_copy.folder, add=current.flags))
         else:
-            actions.append(Action("report", folder, key, message_id, reason="not_on_primary"))
+            actions.append(Action("report", current.folder, key, message_id,
+                                  reason="not_on_primary"))
     # Copies first: a copy is made from a message that one of the moves may take away.
     actions += moves
-    for folder in removed:
-        if propagate_deletions:
-            actions.append(Action("delete", folder, key, message_id, uid=on_primary[folder].uid))
+    for base, copy in match.deletes:
+        if copy is None:
+            if match.ambiguous:
+                actions.append(Action("report", base.folder, key, message_id,
+                                      reason="deleted_on_standby_several_on_primary"))
+        elif propagate_deletions:
+            actions.append(Action("delete", copy.folder, key, message_id, uid=copy.uid))
         else:
-            actions.append(Action("report", folder, key, message_id,
+            actions.append(Action("report", copy.folder, key, message_id,
                                   reason="deleted_on_standby_kept_on_primary"))
+    if repair and (match.moves or match.copies):
+        actions += [Action("delete", copy.folder, key, message_id, uid=copy.uid)
+                    for copy in match.spare]
     return actions

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
-from mailcontinuity.mail.imap import Mailbox, login_as, open_imap, str_flags
+from mailcontinuity.mail.imap import FETCH_CHUNK, Mailbox, login_as, open_imap, str_flags
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
+
+# Copies of older history are found by SEARCH HEADER while there are at most this many keys
+# (per user and pass), ORed this many to a command; more keys: one FETCH per folder instead.
+SEARCH_KEYS_MAX = 500
+SEARCH_KEYS_PER_COMMAND = 50
 
 
 class PrimaryError(Exception):
@@ -55,34 +61,96 @@ class PrimaryMailbox(Mailbox):
         super().__init__(client)
         self.id_header = id_header
 
-    def index(self, saved_since: date | None = None,
-              whole: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
+    def index(self, saved_since: date | None = None, whole: Iterable[str] = (),
+              keys: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
         """key -> copies in any folder.
 
         With ``saved_since`` (and a server with SAVEDATE, RFC 8514), only messages saved on the
         primary since that day are looked at, except in the ``whole`` folders: every copy of
         outage mail (a queued delivery, an earlier run's APPEND, COPY or MOVE) was saved after
-        the outage began, so a primary holding years of history is not read in full.
+        the outage began, so a primary holding years of history is not read in full. The
+        copies of ``keys`` (history that may be older: the user may have filed it anywhere
+        before the outage) are found in every folder by their id (see ``key_searches``).
         """
         if b"SAVEDATE" not in self.capabilities:
             saved_since = None
+        searches = key_searches(keys, self.id_header) if saved_since else []
         index: dict[str, list[PrimaryCopy]] = defaultdict(list)
         for folder in sorted(self.folders):
-            for copy in self.scan_folder(folder, None if folder in whole else saved_since):
+            if folder in whole or searches is None:
+                copies = self.scan_folder(folder)
+            else:
+                copies = self.scan_folder(folder, saved_since, searches)
+            for copy in copies:
                 index[copy.key].append(copy)
         return index
 
-    def scan_folder(self, folder: str, saved_since: date | None = None) -> list[PrimaryCopy]:
+    def scan_folder(self, folder: str, saved_since: date | None = None,
+                    searches: Sequence[list[Any]] = ()) -> list[PrimaryCopy]:
         fields = " ".join(key_headers(self.id_header)).upper()
         reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
         fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE",
-                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], saved_since)
+                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], saved_since,
+                             searches)
         copies = []
         for uid, data in fetched.items():
             headers = parse_headers(data.get(reply_key) or b"", self.id_header)
             copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
                                       message_key(headers, int(data[b"RFC822.SIZE"]))))
         return copies
+
+    def read_uids(self, folder: str, uids: list[int]) -> list[tuple[PrimaryCopy, str]]:
+        """The copies at ``uids`` of the folder selected now (for the follow pass, which
+        EXAMINEs it), with their arrival day (INTERNALDATE), in bounded chunks."""
+        fields = " ".join(key_headers(self.id_header)).upper()
+        reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
+        items = ["FLAGS", "RFC822.SIZE", "INTERNALDATE", f"BODY.PEEK[HEADER.FIELDS ({fields})]"]
+        found = []
+        for start in range(0, len(uids), FETCH_CHUNK):
+            for uid, data in self.client.fetch(uids[start:start + FETCH_CHUNK], items).items():
+                headers = parse_headers(data.get(reply_key) or b"", self.id_header)
+                found.append((PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
+                                          message_key(headers, int(data[b"RFC822.SIZE"]))),
+                              _arrival_day(data.get(b"INTERNALDATE"))))
+        return found
+
+
+def _arrival_day(internaldate: Any) -> str:
+    return internaldate.date().isoformat() if internaldate is not None else ""
+
+
+def key_searches(keys: Iterable[str], id_header: str) -> list[list[Any]] | None:
+    """IMAP SEARCH criteria that find the messages of ``keys`` in a folder, at most
+    ``SEARCH_KEYS_PER_COMMAND`` ids ORed in one command; None when one folder FETCH of the
+    id headers is the better way (more than ``SEARCH_KEYS_MAX`` keys, or a key no header
+    search can find: a digest of headers).
+
+    Why SEARCH while the keys are few: one command per folder (per 50 ids) and only the hits
+    come back, where a FETCH of the id header returns a line for every message of the folder
+    (a 100,000-message Archive is megabytes per pass). With many keys the ORed searches cost
+    the server as much as that FETCH, which is then bounded the same way: one per folder.
+    A SEARCH HEADER matches substrings; every hit is checked against its key after the FETCH.
+    """
+    criteria: list[tuple[str, str]] = []
+    for key in sorted(set(keys)):
+        kind, _, rest = key.partition(":")
+        if kind == "id":
+            header, value = id_header, rest
+        elif kind == "mid":
+            header, value = "Message-ID", rest.rpartition(":")[0]
+        else:
+            return None
+        if not value or not value.isascii() or not value.isprintable() or '"' in value:
+            return None
+        criteria.append((header, value))
+    if len(criteria) > SEARCH_KEYS_MAX:
+        return None
+    searches = []
+    for start in range(0, len(criteria), SEARCH_KEYS_PER_COMMAND):
+        chunk = criteria[start:start + SEARCH_KEYS_PER_COMMAND]
+        searches.append(["OR"] * (len(chunk) - 1)
+                        + [item for header, value in chunk for item in ("HEADER", header, value)])
+    return searches
 
 
 def connect(config: Config, user: str, password: str) -> PrimaryMailbox:

@@ -1,6 +1,8 @@
 """``mailcontinuity sync-agent``: watch the standby's Maildirs and record outage activity.
 
-Outside an outage it only keeps its watches and its heartbeat. During ``failover`` each inotify
+Outside an outage it keeps its watches and its heartbeat, and every
+``sync.follow_interval_seconds`` makes the standby's journal copies follow what users did on the
+primary (``outage.follow``, in a thread of its own). During ``failover`` each inotify
 event updates the record of that one file; anything that may have cost events (the agent's start,
 an inotify queue overflow, a folder created, renamed or removed) triggers a rescan, because
 events may be missed but the disk cannot lie. When the state becomes ``failback`` (the health
@@ -23,6 +25,7 @@ import pyinotify
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.portal import PortalStatus
+from mailcontinuity.outage.follow import follow_all
 from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
@@ -62,6 +65,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.stopping = False
         self.started_at = time.time()
         self.next_merge = 0.0
+        self.next_follow = time.time() + config.sync.follow_interval_seconds
+        self.following: threading.Thread | None = None
         # The transitions' hooks in a thread of their own: the heartbeat never waits for them.
         self.hooks = hook_queue(config)
         # The portal's banner (portal.status_file): this agent runs on the standby, by the portal.
@@ -157,6 +162,28 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.rescan_users.clear()
         if state == "failback" and time.time() >= self.next_merge:
             self.merge()
+        if state == "normal":
+            self.follow()
+
+    def follow(self) -> None:
+        """A follow pass when one is due and none runs (in its own thread: it reads every
+        user's primary mailbox, and the heartbeat must not wait for it)."""
+        interval = self.config.sync.follow_interval_seconds
+        if not interval or time.time() < self.next_follow or (
+                self.following is not None and self.following.is_alive()):
+            return
+        self.next_follow = time.time() + interval
+
+        def work() -> None:
+            try:
+                follow_all(self.config)
+            except LeaseHeld as exc:
+                log.info("event=follow_deferred reason=%r", str(exc))
+            except Exception:  # a pass that fails must not take the agent down
+                log.exception("event=follow_pass_failed")
+
+        self.following = threading.Thread(target=work, name="follow", daemon=True)
+        self.following.start()
 
     def merge(self) -> None:
         """The primary is back: merge, then ``normal`` (run_failback does both)."""

@@ -21,10 +21,18 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config
 from mailcontinuity.mail.headers import parse_headers
 from mailcontinuity.mail.maildir import read_header_fields
-from mailcontinuity.outage.plan import older_copies_needed
+from mailcontinuity.outage.plan import (
+    arrival_flags,
+    match_history,
+    merged_flags,
+    older_copies_needed,
+    outage_flags,
+)
 from mailcontinuity.outage.primary import PrimaryCopy, PrimaryMailbox, connect, read_admin_password
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
+
+Found = list[dict[str, Any]]
 
 
 class VerifyError(Exception):
@@ -53,22 +61,38 @@ def verify(config: Config) -> dict[str, Any]:
                 mailbox.close()
         problems = sum(len(found) for report in users.values() for found in report.values())
         changelog.add_to_summary(outage.id, verify={"at": time.time(), "ok": problems == 0,
-                                                    "problems": problems})
+                                                    "problems": problems},
+                                 to_repair=to_repair(users))
     finally:
         store.close()
     return {"outage": outage.id, "outage_status": outage.status, "ok": problems == 0,
             "problems": problems, "users": users}
 
 
+def to_repair(users: dict[str, dict[str, Found]]) -> dict[str, dict[str, list[str]]]:
+    """What ``failback --yes`` (in ``normal``, after verify) merges again, per user: the keys
+    of every problem failback can act on (``keys``) and those found duplicated
+    (``duplicated``, their extra copies are removed). A copy under another key (not matched)
+    is not failback's to fix: it cannot recognise it either."""
+    repair = {}
+    for user, found in users.items():
+        keys = sorted({item["key"] for name in ("missing", "duplicated", "flag_mismatches")
+                       for item in found.get(name, ())})
+        if keys:
+            repair[user] = {"keys": keys, "duplicated": sorted(
+                {item["key"] for item in found.get("duplicated", ())})}
+    return repair
+
+
 def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
                  started_at: float) -> dict[str, list[PrimaryCopy]]:
     """The primary's copies that can matter, for failback's plan and verify alike: what was
-    saved since the outage began (a day's margin for the server's time zone) and the folders of
-    history users changed; the whole mailbox only when some key that may have older copies is
-    not found that way."""
+    saved since the outage began (a day's margin for the server's time zone), the folders of
+    history users changed, and the copies of each message that may be older (changed history)
+    wherever the user filed them, found by its id in every other folder (see
+    ``PrimaryMailbox.index``)."""
     keys, folders = older_copies_needed(rows)
-    index = mailbox.index(date.fromtimestamp(started_at) - timedelta(days=1), folders)
-    return index if keys <= index.keys() else mailbox.index()
+    return mailbox.index(date.fromtimestamp(started_at) - timedelta(days=1), folders, keys)
 
 
 def verify_user(rows: list[RecordedMessage],
@@ -80,50 +104,77 @@ def verify_user(rows: list[RecordedMessage],
     for row in rows:
         groups[row.key].append(row)
     for key, group in groups.items():
-        outage_mail = any(row.kind == "outage" for row in group)
-        # Of outage mail only the delivered copies count: a journal copy of the same message
-        # (accepted just before the failover) is not merged, as the plan says.
-        current = [row for row in group
-                   if row.present and (row.kind == "outage" or not outage_mail)]
-        baseline = {row.folder: row for row in group if row.in_baseline}
         copies = index.get(key, [])
-        if not current or not (outage_mail or baseline):
-            continue
-        # Outage mail must be there once per standby copy; history only where it moved to,
-        # and only if the primary had it at all (else failback reported it).
-        expected = [row for row in current if outage_mail or (
-            row.folder not in baseline and copies)]
-        first = current[0]
-        wanted = Counter(row.folder for row in expected)
-        have = Counter(copy.folder for copy in copies)
-        for folder, count in wanted.items():
-            if have[folder] < count:
-                missing.append({"folder": folder, **name_of(first),
-                                "missing": count - have[folder]})
-        if (outage_mail or wanted) and len(copies) > len(current):
-            duplicated.append({**name_of(first), "on_primary": len(copies),
-                               "on_standby": len(current),
-                               "folders": sorted(copy.folder for copy in copies)})
-        for row in current:
-            copy = next((c for c in copies if c.folder == row.folder), None)
-            if copy is None:
-                continue
-            if outage_mail or row.folder not in baseline:
-                lacking, extra = set(row.flags) - set(copy.flags), set()
-            else:
-                before = set(baseline[row.folder].base_flags or ())
-                lacking = (set(row.flags) - before) - set(copy.flags)
-                extra = (before - set(row.flags)) & set(copy.flags)
-            if lacking or extra:
-                flag_mismatches.append({"folder": row.folder, **name_of(row),
-                                        "lacking": sorted(lacking), "extra": sorted(extra)})
+        if any(row.kind == "outage" for row in group):
+            _verify_outage_mail(group, copies, missing, duplicated, flag_mismatches)
+        elif any(row.in_baseline for row in group):
+            _verify_history(group, copies, missing, duplicated, flag_mismatches)
     return {"missing": missing, "duplicated": duplicated, "flag_mismatches": flag_mismatches}
+
+
+def _verify_outage_mail(group: list[RecordedMessage], copies: list[PrimaryCopy], missing: Found,
+                        duplicated: Found, flag_mismatches: Found) -> None:
+    """Outage mail must be on the primary once per standby copy, with the standby's flags.
+    Only the delivered copies count: a journal copy of the same message (accepted just before
+    the failover) is not merged, as the plan says."""
+    current = [row for row in group if row.present and row.kind == "outage"]
+    if not current:
+        return
+    wanted = Counter(row.folder for row in current)
+    have = Counter(copy.folder for copy in copies)
+    for folder, count in wanted.items():
+        if have[folder] < count:
+            missing.append({"folder": folder, **name_of(current[0]),
+                            "missing": count - have[folder]})
+    if len(copies) > len(current):
+        duplicated.append({**name_of(current[0]), "on_primary": len(copies),
+                           "on_standby": len(current),
+                           "folders": sorted(copy.folder for copy in copies)})
+    base = arrival_flags(group)
+    for row in current:
+        copy = next((c for c in copies if c.folder == row.folder), None)
+        if copy is None:
+            continue
+        lacking, extra = outage_flags(base, row.flags, copy.flags)
+        if lacking or extra:
+            flag_mismatches.append({"folder": row.folder, **name_of(row),
+                                    "lacking": list(lacking), "extra": list(extra)})
+
+
+def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], missing: Found,
+                    duplicated: Found, flag_mismatches: Found) -> None:
+    """History: the user's changes on the standby, judged on the primary's copies wherever
+    they are filed, paired the way failback pairs them (``match_history``). Only where the
+    primary had the message at all (else failback reported it)."""
+    if not copies:
+        return
+    match = match_history(group, copies)
+    current = [row for row in group if row.present]
+    targets = [(row, copy, placed) for _, row, copy, placed in match.moves] + [
+        (row, copy, copy is not None) for row, copy in match.copies]
+    for row, _, placed in targets:
+        if not placed:
+            missing.append({"folder": row.folder, **name_of(row), "missing": 1})
+    if targets and match.spare:
+        duplicated.append({**name_of(current[0]), "on_primary": len(copies),
+                           "on_standby": len(current),
+                           "folders": sorted(copy.folder for copy in copies)})
+    judged = [(base.base_flags or (), row, copy) for base, row, copy in match.stays] + [
+        (base.base_flags or (), row, copy) for base, row, copy, placed in match.moves
+        if placed] + [((), row, copy) for row, copy in match.copies]
+    for base, row, maybe in judged:
+        if maybe is None:
+            continue
+        lacking, extra = merged_flags(base, row.flags, maybe.flags)
+        if lacking or extra:
+            flag_mismatches.append({"folder": maybe.folder, **name_of(row),
+                                    "lacking": list(lacking), "extra": list(extra)})
 
 
 def name_of(row: RecordedMessage) -> dict[str, Any]:
     """How an operator finds the message: its file on the standby, the gateway's id (when it
     has one), its Message-ID and subject (read from the file; empty when it is gone)."""
-    return {"message_id": row.message_id, "file": row.path,
+    return {"message_id": row.message_id, "file": row.path, "key": row.key,
             "id": row.key.removeprefix("id:") if row.key.startswith("id:") else "",
             "subject": _subject(Path(row.path))}
 
@@ -134,8 +185,6 @@ def _subject(path: Path) -> str:
     except OSError:
         return ""
 
-
-Found = list[dict[str, Any]]
 
 
 def look_again(mailbox: PrimaryMailbox, missing: Found) -> tuple[Found, Found]:

@@ -136,6 +136,18 @@ def _migration_first_flags(store: StateStore) -> None:
     store.execute("ALTER TABLE sync_message ADD COLUMN first_flags TEXT")
 
 
+def _migration_follow(store: StateStore) -> None:
+    """History as the user left it: per user and primary folder, what the last follow pass saw
+    there (UIDVALIDITY, HIGHESTMODSEQ with CONDSTORE, and each message of the retention window:
+    key -> flags and arrival day), so an unchanged folder is not read again and a message gone
+    from every folder is known to be deleted on the primary."""
+    store.execute(
+        "CREATE TABLE follow_folder (\"user\" TEXT NOT NULL, folder TEXT NOT NULL,"
+        " uidvalidity INTEGER NOT NULL, modseq INTEGER, messages TEXT NOT NULL,"
+        " checked_at REAL NOT NULL, PRIMARY KEY (\"user\", folder))"
+    )
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -146,4 +158,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_retired_counts,
     _migration_watch,
     _migration_first_flags,
+    _migration_follow,  # 10 once merge-multi's 9 (hosts) lands: renumber at merge
 ]

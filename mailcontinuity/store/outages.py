@@ -75,6 +75,9 @@ class RecordedMessage:
     present: bool
     in_baseline: bool
     base_flags: tuple[str, ...] | None
+    first_flags: tuple[str, ...] | None = None
+    """The flags the file had when the record first saw it (None: recorded before
+    migration 8)."""
 
 
 def _flags(text: str | None) -> tuple[str, ...] | None:
@@ -147,7 +150,7 @@ class ChangeLog:
     # --- the mirror ----------------------------------------------------------------------
     def messages(self, outage_id: int, user: str | None = None) -> list[RecordedMessage]:
         sql = ("SELECT user, folder, basename, filename, path, key, kind, flags, size, mtime,"
-               " message_id, present, in_baseline, base_flags FROM sync_message"
+               " message_id, present, in_baseline, base_flags, first_flags FROM sync_message"
                " WHERE outage_id = ?")
         args: list[Any] = [outage_id]
         if user is not None:
@@ -159,7 +162,7 @@ class ChangeLog:
                             path=row[4], key=row[5], kind=row[6], flags=_flags(row[7]) or (),
                             size=row[8], mtime=row[9], message_id=row[10],
                             present=bool(row[11]), in_baseline=bool(row[12]),
-                            base_flags=_flags(row[13]))
+                            base_flags=_flags(row[13]), first_flags=_flags(row[14]))
             for row in rows
         ]
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from mailcontinuity.mail.imap import SPECIAL_FOLDERS, FolderNames
 from mailcontinuity.outage.merge import APPEND_BATCH_BYTES, APPEND_BATCH_MESSAGES, _batches
 from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
-from mailcontinuity.outage.primary import PrimaryCopy
-from mailcontinuity.outage.verify import verify_user
+from mailcontinuity.outage.primary import SEARCH_KEYS_MAX, PrimaryCopy, key_searches
+from mailcontinuity.outage.verify import to_repair, verify_user
 from mailcontinuity.store.outages import RecordedMessage
 
 FOLDERS = ("INBOX", "Archive", "Projekte/Übersicht", "Sent")
@@ -38,11 +38,14 @@ class ModelPrimary:
     def add(self, folder: str, key: str, flags: frozenset[str], recent: bool) -> None:
         self.messages[(folder, next(self.uids))] = (key, flags, recent)
 
-    def index(self, saved_since_outage_only: bool = False,
-              whole: set[str] | None = None) -> dict[str, list[PrimaryCopy]]:
+    def index(self, saved_since_outage_only: bool = False, whole: set[str] | None = None,
+              keys: set[str] | None = None) -> dict[str, list[PrimaryCopy]]:
+        """As ``PrimaryMailbox.index`` reads it: with ``saved_since_outage_only``, what was
+        saved since the outage began, the ``whole`` folders, and ``keys`` in any folder."""
         index: dict[str, list[PrimaryCopy]] = {}
         for (folder, uid), (key, flags, recent) in sorted(self.messages.items()):
-            if saved_since_outage_only and not recent and folder not in (whole or set()):
+            if (saved_since_outage_only and not recent and folder not in (whole or set())
+                    and key not in (keys or set())):
                 continue
             index.setdefault(key, []).append(PrimaryCopy(folder, uid, tuple(sorted(flags)), key))
         return index
@@ -69,30 +72,47 @@ class ModelPrimary:
 
 
 def row(key: str, folder: str, kind: str, flags: tuple[str, ...], present: bool,
-        in_baseline: bool, base_flags: tuple[str, ...] | None) -> RecordedMessage:
+        in_baseline: bool, base_flags: tuple[str, ...] | None,
+        first_flags: tuple[str, ...] | None = None) -> RecordedMessage:
     return RecordedMessage(user="alice@example.test", folder=folder, basename=f"{key}-{folder}",
                            filename=f"{key}-{folder}:2,", path=f"/standby/{key}", key=key,
                            kind=kind, flags=tuple(sorted(flags)), size=1000, mtime=0.0,
                            message_id=f"<{key}@test>", present=present, in_baseline=in_baseline,
-                           base_flags=None if base_flags is None else tuple(sorted(base_flags)))
+                           base_flags=None if base_flags is None else tuple(sorted(base_flags)),
+                           first_flags=first_flags)
 
 
-# A message's rows in the record, and the copies the primary holds of it: (folder, flags).
-Drawn = tuple[list[RecordedMessage], list[tuple[str, tuple[str, ...]]]]
+# A message's rows in the record, and the copies the primary holds of it: (folder, flags,
+# saved since the outage began).
+Drawn = tuple[list[RecordedMessage], list[tuple[str, tuple[str, ...], bool]]]
 flag_sets = st.sets(st.sampled_from(FLAGS)).map(lambda flags: tuple(sorted(flags)))
 
 
 @st.composite
 def history(draw: st.DrawFn, key: str) -> Drawn:
-    """A message the primary had before the outage (in one folder), and what the user did with
-    its standby copy: nothing, flags, a move, a copy, a deletion."""
+    """A message the primary had before the outage, and what the user did with its standby
+    copy: nothing, flags, a move, a copy, a deletion. The primary's copy may be filed elsewhere
+    (a journal copy stays in the standby's INBOX while the user filed the original in Archive)
+    with other flags (the standby's copy is older), and may have changed on the primary during
+    the outage too (split brain: flags, a move, a deletion by a client that still reached it).
+    """
     folder = draw(st.sampled_from(FOLDERS))
     base = draw(flag_sets)
     now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
     rows = [] if folder in now else [row(key, folder, "existing", base, False, True, base)]
     rows += [row(key, there, "existing", draw(flag_sets), True, there == folder,
                  base if there == folder else None) for there in now]
-    return rows, [(folder, base)]
+    return rows, [primary_side(draw, folder, base)] if draw(st.integers(0, 9)) else []
+
+
+def primary_side(draw: st.DrawFn, folder: str,
+                 base: tuple[str, ...]) -> tuple[str, tuple[str, ...], bool]:
+    """(folder, flags, saved since the outage) of the primary's copy of a history message."""
+    filed = draw(st.sampled_from(FOLDERS)) if draw(st.booleans()) else folder
+    flags = draw(flag_sets) if draw(st.booleans()) else base
+    if draw(st.booleans()):  # moved on the primary during the outage: saved anew there
+        return draw(st.sampled_from(FOLDERS)), flags, True
+    return filed, flags, False
 
 
 @st.composite
@@ -101,10 +121,20 @@ def outage_mail(draw: st.DrawFn, key: str) -> Drawn:
     it (or deleted it); maybe a journal copy beside it (accepted just before the failover,
     delivered from the queue afterwards), maybe a copy the primary got from Postfix's queue."""
     now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
-    rows = [row(key, there, "outage", draw(flag_sets), True, False, None) for there in now]
+    arrived = draw(flag_sets)  # what it arrived with (a Sieve addflag), maybe on both sides
+
+    def first() -> tuple[str, ...] | None:
+        # First seen in its folder with the flags it had by then; None: before migration 8.
+        if draw(st.integers(0, 9)) == 0:
+            return None
+        return tuple(sorted(set(arrived) | set(draw(flag_sets))))
+
+    rows = [row(key, there, "outage", draw(flag_sets), True, False, None, first())
+            for there in now]
     if draw(st.booleans()):
         rows.append(row(key, "INBOX", "existing", (), draw(st.booleans()), True, ()))
-    queued = [("INBOX", ())] if now and draw(st.booleans()) else []
+    # The queued copy the primary got, changed there too (split brain).
+    queued = [("INBOX", draw(flag_sets), True)] if now and draw(st.booleans()) else []
     return rows, queued
 
 
@@ -117,10 +147,9 @@ def outages(draw: st.DrawFn) -> tuple[list[RecordedMessage], dict[str, tuple[boo
         key = f"id:{number}"
         made, copies = draw(outage_mail(key) if draw(st.booleans()) else history(key))
         rows += made
-        for folder, flags in copies:
+        for folder, flags, recent in copies:
             primary.folders.add(folder)
-            primary.add(folder, key, frozenset(flags), recent=any(r.kind == "outage"
-                                                                   for r in made))
+            primary.add(folder, key, frozenset(flags), recent)
     used = {r.folder for r in rows if r.present}
     folders = {folder: (folder in primary.folders, folder in used) for folder in FOLDERS}
     return rows, folders, primary
@@ -164,17 +193,93 @@ def test_action_ids_are_stable_across_plans(
 
 @settings(max_examples=200, deadline=None)
 @given(outages())
-def test_reading_only_recent_mail_and_changed_folders_plans_the_same(
+def test_reading_only_recent_mail_changed_folders_and_changed_keys_plans_the_same(
         outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary]) -> None:
-    """Failback reads the primary since the outage began plus the folders of changed history;
-    whenever that finds every key that may be older, the plan is the one the whole primary
-    gives."""
+    """Failback reads the primary since the outage began, the folders of changed history, and
+    the copies of changed history wherever they are filed (found by id): the plan is the one
+    the whole primary gives."""
     rows, folders, primary = outage
     keys, whole = older_copies_needed(rows)
-    partial = primary.index(saved_since_outage_only=True, whole=whole)
-    if keys <= partial.keys():
-        assert (plan_user(rows, folders, partial, set(primary.folders), False)
-                == plan_user(rows, folders, primary.index(), set(primary.folders), False))
+    partial = primary.index(saved_since_outage_only=True, whole=whole, keys=keys)
+    assert (plan_user(rows, folders, partial, set(primary.folders), False)
+            == plan_user(rows, folders, primary.index(), set(primary.folders), False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FOLDERS), flag_sets, st.sampled_from(["stay", "move", "delete"]),
+       st.sampled_from(FOLDERS), flag_sets, st.sampled_from(FOLDERS), flag_sets, st.booleans(),
+       st.booleans())
+def test_history_changes_reach_the_primarys_copy_wherever_it_is_filed(
+        standby_folder: str, base: tuple[str, ...], change: str, target: str,
+        now: tuple[str, ...], filed: str, primary_flags: tuple[str, ...], moved_there: bool,
+        propagate: bool) -> None:
+    """Reconcile by identity, and the split-brain rule (docs/failback.md): the standby's
+    copy was in ``standby_folder`` with ``base`` at failover; the primary's is in ``filed``
+    with ``primary_flags`` (filed there before the outage, or ``moved_there`` during it).
+    A move on the standby moves the primary's copy from wherever it is (never a copy, and the
+    standby's folder wins over a move on the primary); no move keeps the primary's folder; a
+    flag the user changed on the standby takes the standby's value, every other flag keeps the
+    primary's; a deletion deletes it where it is (with ``propagate_deletions``)."""
+    if change == "move" and target == standby_folder:
+        change = "stay"
+    rows = [row("id:1", standby_folder, "existing", base, change == "stay", True, base)]
+    if change == "stay":
+        rows = [row("id:1", standby_folder, "existing", now, True, True, base)]
+    elif change == "move":
+        rows.append(row("id:1", target, "existing", now, True, False, None))
+    primary = ModelPrimary(folders={"INBOX", "Sent", filed})
+    primary.add(filed, "id:1", frozenset(primary_flags), moved_there)
+    folders = {folder: (folder in primary.folders, any(r.present and r.folder == folder
+                                                        for r in rows)) for folder in FOLDERS}
+    for action in plan(rows, folders, primary, propagate):
+        primary.apply(action)
+    copies = primary.index().get("id:1", [])
+    if change == "delete":
+        assert [c.folder for c in copies] == ([] if propagate else [filed])
+        return
+    assert [c.folder for c in copies] == [target if change == "move" else filed]
+    changed = set(base) ^ set(now)
+    expected = {flag for flag in FLAGS
+                if (flag in now if flag in changed else flag in primary_flags)}
+    assert set(copies[0].flags) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(outages(), st.booleans(), st.data())
+def test_failback_again_after_verify_mends_what_verify_found(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool, data: st.DataObject) -> None:
+    """Verify's advice works: after a merge, a copy too many (as an older failback made them,
+    copying a moved message), then ``failback`` again on what verify names (its ``to_repair``):
+    verify is clean."""
+    rows, folders, primary = outage
+    for action in plan(rows, folders, primary, propagate):
+        primary.apply(action)
+    index = primary.index()
+    if index:
+        key = data.draw(st.sampled_from(sorted(index)))
+        folder = data.draw(st.sampled_from(sorted(primary.folders)))
+        primary.add(folder, key, frozenset(index[key][0].flags), True)
+    found = verify_user(rows, primary.index())
+    wanted = to_repair({"alice": found}).get("alice", {"keys": [], "duplicated": []})
+    for action in plan_user(rows, folders, primary.index(), set(primary.folders), propagate,
+                            set(wanted["duplicated"])):
+        if action.key in wanted["keys"]:
+            primary.apply(action)
+    assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
+                                                  "flag_mismatches": []}
+
+
+def test_outage_mail_on_both_sides_merges_flags_against_what_it_arrived_with() -> None:
+    """A message flagged by Sieve on arrival on both sides during a split brain: read on the
+    primary (a client still reached it), unflagged on the standby: read, not flagged."""
+    rows = [row("id:1", "INBOX", "outage", (), True, False, None, ("\\Flagged",))]
+    primary = ModelPrimary()
+    primary.add("INBOX", "id:1", frozenset({"\\Flagged", "\\Seen"}), True)
+    for action in plan(rows, {"INBOX": (True, True)}, primary, False):
+        primary.apply(action)
+    assert [c.flags for c in primary.index()["id:1"]] == [("\\Seen",)]
+    assert verify_user(rows, primary.index())["flag_mismatches"] == []
 
 
 def test_appends_are_batched_by_count_and_size_in_order() -> None:
@@ -354,3 +459,19 @@ def test_our_folder_names_survive_the_round_trip(parts: list[str], layout: Layou
     names = ServerPrimary(layout, True, True).names
     if folder.upper() != "INBOX" and folder not in SPECIAL_FOLDERS:
         assert names.ours(names.theirs(folder)) == folder
+
+
+def test_copies_of_older_history_are_searched_by_id_while_few() -> None:
+    """Few keys: one SEARCH per folder per 50 ids, ORed; a key no header search finds, or too
+    many keys: None (one FETCH of the id headers per folder instead)."""
+    keys = [f"id:{n}" for n in range(60)] + ["mid:<a:b@x>:1234"]
+    searches = key_searches(keys, "X-Mailcontinuity-Id")
+    assert searches is not None and len(searches) == 2
+    first = searches[0]
+    assert first[:49] == ["OR"] * 49 and first[49:52] == ["HEADER", "X-Mailcontinuity-Id", "0"]
+    assert len(first) == 49 + 50 * 3
+    assert searches[1][-3:] == ["HEADER", "Message-ID", "<a:b@x>"]
+    assert key_searches([], "X-Id") == []
+    assert key_searches(["hdr:abc:12"], "X-Id") is None
+    assert key_searches([f"id:{n}" for n in range(SEARCH_KEYS_MAX + 1)], "X-Id") is None
+    assert key_searches(['id:a"b'], "X-Id") is None
