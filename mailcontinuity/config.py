@@ -255,6 +255,24 @@ class GatewaySection(PeerSection):
     standby_relay: EndpointField | None = None
     """A listener where the standby's submission relays users' mail with XCLIENT (their login),
     so that the gateway refuses senders they do not own; only the standby may use XCLIENT."""
+    outage_aliases: Path | None = None
+    """The primary's aliases, as a Postfix ``virtual(5)`` table (``alias@domain target,
+    target``; ``@domain`` catch-alls): the gateway expands them during an outage only, so that
+    mail to an alias reaches its targets' standby mailboxes. In normal times the primary expands
+    its own aliases."""
+    outage_postmaster: str | None = None
+    """The mailbox that ``postmaster@`` and ``abuse@`` of every protected domain reach during an
+    outage (RFC 5321 requires postmaster), unless ``outage_aliases`` names them itself."""
+    outage_alias_map: Path = Path("/etc/postfix/mailcontinuity_outage_aliases")
+    """The table mailcontinuity writes (``virtual_alias_maps``): empty in normal times, the
+    outage aliases during one."""
+
+    @field_validator("outage_postmaster")
+    @classmethod
+    def _mailbox(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^\s@<>,]+@[A-Za-z0-9.-]+", value):
+            raise ValueError(f"{value!r} is not a mailbox address (user@domain)")
+        return value
 
 
 class DrillSection(Section):
