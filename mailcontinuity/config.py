@@ -307,14 +307,38 @@ class SyncSection(Section):
     """The sync agent and the failback merge: how to log into the primary as each user (a
     Dovecot master user or admin), and how hard to push it."""
 
-    login_method: Literal["master_user", "sasl_plain"] = "master_user"
+    login_method: Literal["master_user", "sasl_plain", "xoauth2"] = "master_user"
     """How failback, verify and the preflight log in to the primary as each user:
     ``master_user`` sends ``LOGIN user<separator>admin`` (Dovecot master users);
     ``sasl_plain`` sends ``AUTHENTICATE PLAIN`` with the admin as authentication identity and
     the user as authorization identity (Cyrus admins, Dovecot master users, most servers with
-    proxy authentication)."""
+    proxy authentication); ``xoauth2`` sends ``AUTHENTICATE XOAUTH2`` with the user and an
+    app-only access token from ``oauth2_token_url`` (client-credentials grant: Microsoft 365
+    with ``IMAP.AccessAsApp``); ``password_file`` then holds the client secret."""
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
+    oauth2_token_url: str | None = None
+    """The OAuth2 token endpoint (``xoauth2``): ``https://``, or ``http://`` on loopback only."""
+    oauth2_client_id: str | None = None
+    """The application (client) id registered with the provider (``xoauth2``)."""
+    oauth2_scope: str = "https://outlook.office365.com/.default"
+    """The scope asked for (``xoauth2``); Microsoft 365's IMAP app-only scope by default."""
+
+    @model_validator(mode="after")
+    def _oauth2_complete(self) -> SyncSection:
+        if self.login_method != "xoauth2":
+            return self
+        if not self.oauth2_token_url or not self.oauth2_client_id:
+            raise ValueError('login_method = "xoauth2" needs oauth2_token_url and'
+                             " oauth2_client_id (the app registered with the provider)")
+        scheme, _, rest = self.oauth2_token_url.partition("://")
+        host = rest.split("/", 1)[0].rpartition(":")[0] or rest.split("/", 1)[0]
+        if scheme == "http" and host.strip("[]") in ("127.0.0.1", "::1", "localhost"):
+            return self
+        if scheme != "https":
+            raise ValueError(f"oauth2_token_url {self.oauth2_token_url!r}: use https:// (the"
+                             " client secret crosses it); http:// only on loopback")
+        return self
     master_user_separator: str = Field(default="*", min_length=1)
     propagate_deletions: bool = False
     concurrency: int = Field(default=4, ge=1, le=64)
