@@ -321,8 +321,14 @@ class SyncSection(Section):
     """The OAuth2 token endpoint (``xoauth2``): ``https://``, or ``http://`` on loopback only."""
     oauth2_client_id: str | None = None
     """The application (client) id registered with the provider (``xoauth2``)."""
+    oauth2_grant: Literal["client_credentials", "jwt_bearer"] = "client_credentials"
+    """How tokens are asked for (``xoauth2``): ``client_credentials`` (Microsoft 365 app-only:
+    ``oauth2_client_id`` and its secret in ``password_file``) or ``jwt_bearer`` (a Google
+    service account with domain-wide delegation: ``oauth2_client_id`` is its e-mail address,
+    ``password_file`` its JSON key; a token per user)."""
     oauth2_scope: str = "https://outlook.office365.com/.default"
-    """The scope asked for (``xoauth2``); Microsoft 365's IMAP app-only scope by default."""
+    """The scope asked for (``xoauth2``): Microsoft 365's IMAP app-only scope by default;
+    ``https://mail.google.com/`` for Google."""
 
     @model_validator(mode="after")
     def _oauth2_complete(self) -> SyncSection:

@@ -1,4 +1,4 @@
-"""OAuth2 access tokens for logging in to the primary with XOAUTH2 (Microsoft 365 app-only).
+"""OAuth2 access tokens for logging in to the primary with XOAUTH2 (Microsoft 365, Google).
 
 Microsoft 365 and Google Workspace no longer take passwords over IMAP. Microsoft 365's app-only
 access is the OAuth2 client-credentials grant (RFC 6749 section 4.4) at a standard token
@@ -6,7 +6,9 @@ endpoint (``https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token``, scop
 ``https://outlook.office365.com/.default``, the app granted ``IMAP.AccessAsApp``): one token
 opens every mailbox the app may reach, named by XOAUTH2's ``user=``. We use Authlib's OAuth2
 client (a kept, widely used, provider-neutral library) rather than a vendor SDK: the grant is
-standard, and any other provider with a token endpoint works the same way.
+standard, and any other provider with a token endpoint works the same way. Google Workspace's
+service accounts with domain-wide delegation use the JWT-bearer grant (RFC 7523): a token per
+user, asked with an assertion signed by the account's key; Authlib makes that one too.
 
 A token is cached until shortly before it expires (Microsoft's live about an hour), so a
 failback over thousands of users asks the endpoint once an hour, not once per user. The client
@@ -15,6 +17,7 @@ secret is read from its file at each fetch (a rotated secret counts without a re
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.requests_client import OAuth2Session
+from authlib.integrations.requests_client import AssertionSession, OAuth2Session
+from authlib.oauth2.base import OAuth2Error
+from joserfc.jwk import RSAKey
 from requests import RequestException
 
 log = logging.getLogger(__name__)
@@ -50,50 +55,42 @@ class TokenEndpoint:
     """``requests``' TLS check: True (the CA bundle), or a CA file for a private CA."""
 
 
-class ClientCredentialsTokens:
-    """``token()``: a valid access token from the client-credentials grant, cached until
+class AccessTokens:
+    """``token(user)``: a valid access token for logging in as ``user``, cached until
     ``EXPIRY_MARGIN_SECONDS`` before it expires; one fetch at a time for all threads."""
 
     def __init__(self, endpoint: TokenEndpoint,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self.clock = clock
-        self._token: str | None = None
-        self._renew_at = 0.0
+        self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
         self.fetches = 0
 
-    def token(self) -> str:
+    def token(self, user: str) -> str:
+        slot = self._slot(user)
         with self._lock:
-            if self._token is None or self.clock() >= self._renew_at:
-                self._token, lifetime = self._fetch()
-                self._renew_at = self.clock() + max(lifetime - EXPIRY_MARGIN_SECONDS,
-                                                    lifetime / 2)
-            return self._token
+            cached = self._tokens.get(slot)
+            if cached is not None and self.clock() < cached[1]:
+                return cached[0]
+            access, lifetime = self._checked(self._fetch(user))
+            renew_at = self.clock() + max(lifetime - EXPIRY_MARGIN_SECONDS, lifetime / 2)
+            self._tokens[slot] = (access, renew_at)
+            return access
 
-    def forget(self) -> None:
+    def forget(self, user: str) -> None:
         """Drop the cached token (the server refused it: revoked, or the app's rights changed)."""
         with self._lock:
-            self._token = None
+            self._tokens.pop(self._slot(user), None)
 
-    def _fetch(self) -> tuple[str, float]:
+    def _slot(self, user: str) -> str:
+        return user
+
+    def _fetch(self, user: str) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _checked(self, token: dict[str, object]) -> tuple[str, float]:
         endpoint = self.endpoint
-        session = OAuth2Session(endpoint.client_id, endpoint.secret(), scope=endpoint.scope or None,
-                                token_endpoint_auth_method="client_secret_post")
-        try:
-            token = session.fetch_token(endpoint.url, grant_type="client_credentials",
-                                        timeout=endpoint.timeout, verify=endpoint.verify)
-        except OAuthError as exc:
-            raise TokenError(f"OAuth2 token endpoint {endpoint.url} refused client"
-                             f" {endpoint.client_id!r}: {exc.error}"
-                             f"{': ' + exc.description if exc.description else ''}; check"
-                             " sync.oauth2_client_id, the secret in sync.password_file and the"
-                             " app's permission on the provider") from None
-        except (RequestException, OSError, ValueError) as exc:
-            raise TokenError(f"OAuth2 token endpoint {endpoint.url}: {exc}; check"
-                             " sync.oauth2_token_url and that this host reaches it") from None
-        finally:
-            session.close()
         access = token.get("access_token")
         if not isinstance(access, str) or not access:
             raise TokenError(f"OAuth2 token endpoint {endpoint.url} answered without an"
@@ -105,3 +102,67 @@ class ClientCredentialsTokens:
         log.info("event=oauth2_token_fetched endpoint=%s client=%s lifetime=%s", endpoint.url,
                  endpoint.client_id, seconds)
         return access, seconds
+
+    def _refused(self, exc: OAuthError | OAuth2Error) -> TokenError:
+        endpoint = self.endpoint
+        return TokenError(f"OAuth2 token endpoint {endpoint.url} refused client"
+                          f" {endpoint.client_id!r}: {exc.error}"
+                          f"{': ' + exc.description if exc.description else ''}; check"
+                          " sync.oauth2_client_id, the secret in sync.password_file and the"
+                          " app's permission on the provider")
+
+    def _unreachable(self, exc: Exception) -> TokenError:
+        return TokenError(f"OAuth2 token endpoint {self.endpoint.url}: {exc}; check"
+                          " sync.oauth2_token_url and that this host reaches it")
+
+
+class ClientCredentialsTokens(AccessTokens):
+    """The client-credentials grant (Microsoft 365 app-only): one token for every mailbox."""
+
+    def _slot(self, user: str) -> str:
+        return ""
+
+    def _fetch(self, user: str) -> dict[str, object]:
+        endpoint = self.endpoint
+        session = OAuth2Session(endpoint.client_id, endpoint.secret(), scope=endpoint.scope or None,
+                                token_endpoint_auth_method="client_secret_post")
+        try:
+            return dict(session.fetch_token(endpoint.url, grant_type="client_credentials",
+                                            timeout=endpoint.timeout, verify=endpoint.verify))
+        except OAuthError as exc:
+            raise self._refused(exc) from None
+        except (RequestException, OSError, ValueError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            session.close()
+
+
+class JwtBearerTokens(AccessTokens):
+    """The JWT-bearer grant (RFC 7523) of a service account with domain-wide delegation (Google
+    Workspace): a token per user, asked with an assertion signed by the account's key (the JSON
+    key file Google gives, in ``sync.password_file``) whose subject is the user."""
+
+    def _fetch(self, user: str) -> dict[str, object]:
+        endpoint = self.endpoint
+        private_key = self._private_key()
+        session = AssertionSession(endpoint.url, issuer=endpoint.client_id, subject=user,
+                                   audience=endpoint.url, claims={"scope": endpoint.scope},
+                                   key=private_key, header={"alg": "RS256"},
+                                   default_timeout=endpoint.timeout)
+        session.verify = endpoint.verify
+        try:
+            return dict(session.refresh_token())
+        except (OAuthError, OAuth2Error) as exc:
+            raise self._refused(exc) from None
+        except (RequestException, OSError, ValueError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            session.close()
+
+    def _private_key(self) -> RSAKey:
+        try:
+            return RSAKey.import_key(json.loads(self.endpoint.secret())["private_key"])
+        except (ValueError, KeyError, TypeError):
+            raise TokenError("sync.password_file: not a service account's JSON key (no RSA"
+                             " private_key); put the key file the provider gave there, mode"
+                             " 0600") from None

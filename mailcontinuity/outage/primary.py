@@ -22,7 +22,13 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
 from mailcontinuity.mail.imap import Mailbox, login_as, open_imap, str_flags
-from mailcontinuity.mail.oauth2 import ClientCredentialsTokens, TokenEndpoint, TokenError
+from mailcontinuity.mail.oauth2 import (
+    AccessTokens,
+    ClientCredentialsTokens,
+    JwtBearerTokens,
+    TokenEndpoint,
+    TokenError,
+)
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 
 
@@ -49,21 +55,23 @@ def read_admin_password(config: Config) -> str:
         raise PrimaryError(str(exc)) from None
 
 
-_TOKENS: dict[tuple[str, str, str], ClientCredentialsTokens] = {}
+_TOKENS: dict[tuple[str, str, str, str], AccessTokens] = {}
 _TOKENS_LOCK = threading.Lock()
-_SECRETS: dict[tuple[str, str, str], str] = {}  # the client secret as last read from its file
+_SECRETS: dict[tuple[str, str, str, str], str] = {}  # the client secret as last read from its file
 
 
-def oauth2_tokens(config: Config, secret: str) -> ClientCredentialsTokens:
+def oauth2_tokens(config: Config, secret: str) -> AccessTokens:
     """The process's token cache for ``[sync]``'s OAuth2 client (one token for every user and
     thread, until it nears expiry); ``secret`` is the client secret as last read."""
     sync = config.sync
     assert sync.oauth2_token_url is not None and sync.oauth2_client_id is not None
-    key = (sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope)
+    key = (sync.oauth2_grant, sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope)
+    kind = ClientCredentialsTokens if sync.oauth2_grant == "client_credentials" \
+        else JwtBearerTokens
     with _TOKENS_LOCK:
         tokens = _TOKENS.get(key)
         if tokens is None:
-            tokens = _TOKENS[key] = ClientCredentialsTokens(TokenEndpoint(
+            tokens = _TOKENS[key] = kind(TokenEndpoint(
                 sync.oauth2_token_url, sync.oauth2_client_id, lambda: _SECRETS[key],
                 sync.oauth2_scope, sync.timeout_seconds))
         _SECRETS[key] = secret
@@ -122,7 +130,7 @@ def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
                            " (mailcontinuity status) and primary.imap right?") from None
     tokens = oauth2_tokens(config, password) if sync.login_method == "xoauth2" else None
     try:
-        secret = tokens.token() if tokens is not None else password
+        secret = tokens.token(user) if tokens is not None else password
         login_as(client, user, sync.login_method, sync.admin_login, secret,
                  sync.master_user_separator)
     except TokenError as exc:
@@ -133,7 +141,7 @@ def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
         with contextlib.suppress(OSError):
             client.shutdown()
         if tokens is not None:
-            tokens.forget()  # revoked, or the app's rights changed: the next try asks again
+            tokens.forget(user)  # revoked, or the app's rights changed: the next try asks again
             raise PrimaryError(f"primary IMAP {endpoint}: XOAUTH2 login as {user} with a token"
                                f" for client {sync.oauth2_client_id} failed ({exc}); check the"
                                " app's IMAP permission on the provider (Microsoft 365:"

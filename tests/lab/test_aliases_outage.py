@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import smtplib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
 from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
-from tests.lab.policyd_helpers import back_to_normal, eventually, lab_state
+from tests.lab.policyd_helpers import back_to_normal, eventually, lab_state, refusal
 
 SENDER = "partner@remote.test"
 # An address only the primary has (a shared mailbox): the standby's Dovecot does not know it.
@@ -52,16 +51,6 @@ def cli(lab: Lab, *args: str) -> None:
 
 def gateway_log(lab: Lab, start: int) -> str:
     return lab.gateway.log_file.read_text(errors="replace")[start:]
-
-
-def send(lab: Lab, recipient: str, subject: str) -> tuple[int, bytes] | None:
-    """Send from the internet; the gateway's refusal of ``recipient``, or None if accepted."""
-    message = make_message(SENDER, [recipient], subject)
-    try:
-        send_message(lab.gateway.smtp, message, SENDER, [recipient], source=INTERNET_CLIENT)
-    except smtplib.SMTPRecipientsRefused as refused:
-        return refused.recipients[recipient]
-    return None
 
 
 def routed_to_standby_with_aliases(lab: Lab) -> bool:
@@ -105,7 +94,7 @@ def test_aliases_postmaster_and_unknown_addresses_in_an_outage(outage: Lab) -> N
         abuse = make_message(SENDER, ["Abuse@Example.test"], "to abuse, any case")
         send_message(lab.gateway.smtp, abuse, SENDER, ["Abuse@Example.test"],
                      source=INTERNET_CLIENT)
-        code, text = eventually(lambda: send(lab, PRIMARY_ONLY, "new mail to the shared box"),
+        code, text = eventually(lambda: refusal(lab, PRIMARY_ONLY, "new mail to the shared box"),
                                 5, "the address the standby lacks deferred at RCPT")
         assert 400 <= code < 500 and b"4.2.0" in text, (code, text)
         assert b"standby" not in text.lower()

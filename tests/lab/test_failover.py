@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import smtplib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from tests.lab.policyd_helpers import (
     eventually,
     lab_state,
     rcpt_request,
+    refusal,
     wait_for_state,
 )
 
@@ -66,17 +66,6 @@ def other_domain(lab: Lab) -> Iterator[str]:
         lab.gateway.reload()
         sink.terminate()
         sink.wait(timeout=10)
-
-
-def refusal(lab: Lab, recipient: str) -> tuple[int, bytes] | None:
-    """The gateway's answer to ``recipient`` from the internet if it refuses it, else None
-    (the policy's view of the state is a fraction of a second behind the store)."""
-    message = make_message(SENDER, [recipient], "to an unknown user")
-    try:
-        send_message(lab.gateway.smtp, message, SENDER, [recipient], source=INTERNET_CLIENT)
-    except smtplib.SMTPRecipientsRefused as refused:
-        return refused.recipients[recipient]
-    return None
 
 
 def queue_is_empty(lab: Lab) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailcontinuity.cli.main import main
+from mailcontinuity.config import load_config
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.oauth2 import (
@@ -32,6 +33,7 @@ from mailcontinuity.mail.oauth2 import (
     TokenEndpoint,
     TokenError,
 )
+from mailcontinuity.outage.primary import PrimaryError, connect, read_admin_password
 from tests.lab.policyd_helpers import back_to_normal
 
 SECRET = "lab-client-secret-0123456789"
@@ -41,20 +43,26 @@ SECRET = "lab-client-secret-0123456789"
 class OAuthLab:
     lab: Lab
     service: TokenService
+    url: str
     config_file: Path
     """The lab's configuration with ``[sync] login_method = "xoauth2"``."""
 
 
-def xoauth2_config(lab: Lab, directory: Path, url: str, secret: str) -> Path:
-    secret_file = directory / "oauth2-client-secret"
+def xoauth2_config(lab: Lab, directory: Path, url: str, secret: str,
+                   grant: str = "client_credentials",
+                   client_id: str = LAB_OAUTH2_CLIENT_ID) -> Path:
+    """The lab's configuration with ``[sync] login_method = "xoauth2"``: the client secret, or
+    with ``jwt_bearer`` the service account's JSON key, in a 0600 file."""
+    secret_file = directory / "oauth2-secret"
     secret_file.write_text(secret + "\n")
     secret_file.chmod(0o600)
     text = lab.config_file.read_text()
     text = re.sub(r'(?m)^login_method = .*$\n?', "", text)
+    scope = '\noauth2_scope = "https://mail.google.com/"' if grant == "jwt_bearer" else ""
     text = re.sub(r"(?m)^password_file = (.*admin-password.*)$",
                   f'login_method = "xoauth2"\npassword_file = "{secret_file}"\n'
-                  f'oauth2_token_url = "{url}/token"\n'
-                  f'oauth2_client_id = "{LAB_OAUTH2_CLIENT_ID}"', text)
+                  f'oauth2_grant = "{grant}"\noauth2_token_url = "{url}/token"\n'
+                  f'oauth2_client_id = "{client_id}"{scope}', text)
     path = directory / "mailcontinuity.toml"
     path.write_text(text)
     return path
@@ -76,7 +84,7 @@ def oauth_lab(lab: Lab, tmp_path: Path) -> Iterator[OAuthLab]:
             + passdb + original[userdb_at:])
         reload_primary(lab, xoauth2=True)
         try:
-            yield OAuthLab(lab, service, xoauth2_config(lab, tmp_path, url, SECRET))
+            yield OAuthLab(lab, service, url, xoauth2_config(lab, tmp_path, url, SECRET))
         finally:
             conf.write_text(original)
             reload_primary(lab, xoauth2=False)
@@ -145,8 +153,7 @@ def test_a_wrong_client_secret_is_an_error_naming_the_keys(oauth_lab: OAuthLab,
                                                            tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.mkdir()
-    config = xoauth2_config(oauth_lab.lab, wrong, oauth_lab.config_file.read_text()
-                            .split('oauth2_token_url = "')[1].split("/token")[0], "not-it")
+    config = xoauth2_config(oauth_lab.lab, wrong, oauth_lab.url, "not-it")
     code, out = cli(config, "drill", "--json")
     steps = {step["name"]: step for step in json.loads(out)["steps"]}
     step = steps["failback credentials on the primary"]
@@ -160,17 +167,43 @@ def test_tokens_are_cached_until_near_expiry_and_failures_name_the_keys() -> Non
         tokens = ClientCredentialsTokens(
             TokenEndpoint(f"{url}/token", LAB_OAUTH2_CLIENT_ID, lambda: SECRET, "s", 5),
             clock=lambda: now[0])
-        first = tokens.token()
-        assert tokens.token() == first and service.issued == 1
+        first = tokens.token("alice@example.test")
+        assert tokens.token("alice@example.test") == first and service.issued == 1
         now[0] += 120 - EXPIRY_MARGIN_SECONDS  # renewed a margin before it expires
-        assert tokens.token() != first and service.issued == 2
-        tokens.forget()  # refused by the server: the next login asks again
-        tokens.token()
+        assert tokens.token("alice@example.test") != first and service.issued == 2
+        tokens.forget("alice@example.test")  # refused by the server: the next login asks again
+        tokens.token("alice@example.test")
         assert service.issued == 3
         wrong = ClientCredentialsTokens(
             TokenEndpoint(f"{url}/token", LAB_OAUTH2_CLIENT_ID, lambda: "wrong", "s", 5))
         with pytest.raises(TokenError, match="invalid_client.*sync.oauth2_client_id"):
-            wrong.token()
+            wrong.token("alice@example.test")
     gone = ClientCredentialsTokens(TokenEndpoint(f"{url}/token", "app", lambda: "x", "s", 5))
     with pytest.raises(TokenError, match="sync.oauth2_token_url"):
-        gone.token()
+        gone.token("alice@example.test")
+
+
+def test_a_service_account_gets_a_token_per_user_google_style(oauth_lab: OAuthLab,
+                                                              tmp_path: Path) -> None:
+    lab, service = oauth_lab.lab, oauth_lab.service
+    account = service.service_account
+    assert account is not None
+    config_file = xoauth2_config(lab, tmp_path, oauth_lab.url, account.key_json,
+                                 grant="jwt_bearer", client_id=account.email)
+    config = load_config(config_file)
+    secret = read_admin_password(config)
+    before = service.issued
+    for user in lab.users[:2]:
+        for _ in range(2):  # the second login reuses the user's cached token
+            mailbox = connect(config, user.address, secret)
+            mailbox.close()
+    assert service.issued - before == 2  # one per user (the JWT's subject)
+    log = lab.primary.log_file.read_text(errors="replace")
+    assert f"Login: user=<{lab.users[1].address}>, method=XOAUTH2" in log
+    code, out = cli(config_file, "drill", "--json")
+    steps = {step["name"]: step for step in json.loads(out)["steps"]}
+    assert steps["failback credentials on the primary"]["passed"], steps
+
+    (tmp_path / "oauth2-secret").write_text('{"client_email": "x"}\n')
+    with pytest.raises(PrimaryError, match="sync.password_file: not a service account"):
+        connect(config, "carol@example.test", read_admin_password(config))
