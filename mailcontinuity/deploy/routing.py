@@ -13,7 +13,12 @@ from typing import Literal
 
 from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, PeerSection
 from mailcontinuity.deploy.aliases import write_outage_alias_map
-from mailcontinuity.mail.postfix import reload_postfix, run_postfix, write_indexed_map
+from mailcontinuity.mail.postfix import (
+    PostfixError,
+    reload_postfix,
+    run_postfix,
+    write_indexed_map,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,9 @@ def switch_route(config: Config, route: Route,
     write_transport_map(config, route, overrides)
     try:
         write_outage_alias_map(config, outage=route == "standby")
-    except ConfigError as exc:  # the route matters more; unexpanded aliases are deferred
+    except (ConfigError, PostfixError, OSError) as exc:
+        # The route matters more: an alias Postfix does not expand reaches the standby
+        # unexpanded, which defers it (soft_bounce) until failback.
         log.error("event=outage_aliases_not_written route=%s error=%r", route, str(exc))
     reload_postfix(config.gateway.postfix_config_dir)
     run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
