@@ -255,6 +255,24 @@ class GatewaySection(PeerSection):
     standby_relay: EndpointField | None = None
     """A listener where the standby's submission relays users' mail with XCLIENT (their login),
     so that the gateway refuses senders they do not own; only the standby may use XCLIENT."""
+    outage_aliases: Path | None = None
+    """The primary's aliases, as a Postfix ``virtual(5)`` table (``alias@domain target,
+    target``; ``@domain`` catch-alls): the gateway expands them during an outage only, so that
+    mail to an alias reaches its targets' standby mailboxes. In normal times the primary expands
+    its own aliases."""
+    outage_postmaster: str | None = None
+    """The mailbox that ``postmaster@`` and ``abuse@`` of every protected domain reach during an
+    outage (RFC 5321 requires postmaster), unless ``outage_aliases`` names them itself."""
+    outage_alias_map: Path = Path("/etc/postfix/mailcontinuity_outage_aliases")
+    """The table mailcontinuity writes (``virtual_alias_maps``): empty in normal times, the
+    outage aliases during one."""
+
+    @field_validator("outage_postmaster")
+    @classmethod
+    def _mailbox(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^\s@<>,]+@[A-Za-z0-9.-]+", value):
+            raise ValueError(f"{value!r} is not a mailbox address (user@domain)")
+        return value
 
 
 class DrillSection(Section):
@@ -289,14 +307,44 @@ class SyncSection(Section):
     """The sync agent and the failback merge: how to log into the primary as each user (a
     Dovecot master user or admin), and how hard to push it."""
 
-    login_method: Literal["master_user", "sasl_plain"] = "master_user"
+    login_method: Literal["master_user", "sasl_plain", "xoauth2"] = "master_user"
     """How failback, verify and the preflight log in to the primary as each user:
     ``master_user`` sends ``LOGIN user<separator>admin`` (Dovecot master users);
     ``sasl_plain`` sends ``AUTHENTICATE PLAIN`` with the admin as authentication identity and
     the user as authorization identity (Cyrus admins, Dovecot master users, most servers with
-    proxy authentication)."""
+    proxy authentication); ``xoauth2`` sends ``AUTHENTICATE XOAUTH2`` with the user and an
+    app-only access token from ``oauth2_token_url`` (client-credentials grant: Microsoft 365
+    with ``IMAP.AccessAsApp``); ``password_file`` then holds the client secret."""
     admin_login: str = "mailcontinuity"
     password_file: Path = Path("/etc/mailcontinuity/primary-admin-password")
+    oauth2_token_url: str | None = None
+    """The OAuth2 token endpoint (``xoauth2``): ``https://``, or ``http://`` on loopback only."""
+    oauth2_client_id: str | None = None
+    """The application (client) id registered with the provider (``xoauth2``)."""
+    oauth2_grant: Literal["client_credentials", "jwt_bearer"] = "client_credentials"
+    """How tokens are asked for (``xoauth2``): ``client_credentials`` (Microsoft 365 app-only:
+    ``oauth2_client_id`` and its secret in ``password_file``) or ``jwt_bearer`` (a Google
+    service account with domain-wide delegation: ``oauth2_client_id`` is its e-mail address,
+    ``password_file`` its JSON key; a token per user)."""
+    oauth2_scope: str = "https://outlook.office365.com/.default"
+    """The scope asked for (``xoauth2``): Microsoft 365's IMAP app-only scope by default;
+    ``https://mail.google.com/`` for Google."""
+
+    @model_validator(mode="after")
+    def _oauth2_complete(self) -> SyncSection:
+        if self.login_method != "xoauth2":
+            return self
+        if not self.oauth2_token_url or not self.oauth2_client_id:
+            raise ValueError('login_method = "xoauth2" needs oauth2_token_url and'
+                             " oauth2_client_id (the app registered with the provider)")
+        scheme, _, rest = self.oauth2_token_url.partition("://")
+        host = rest.split("/", 1)[0].rpartition(":")[0] or rest.split("/", 1)[0]
+        if scheme == "http" and host.strip("[]") in ("127.0.0.1", "::1", "localhost"):
+            return self
+        if scheme != "https":
+            raise ValueError(f"oauth2_token_url {self.oauth2_token_url!r}: use https:// (the"
+                             " client secret crosses it); http:// only on loopback")
+        return self
     master_user_separator: str = Field(default="*", min_length=1)
     propagate_deletions: bool = False
     concurrency: int = Field(default=4, ge=1, le=64)

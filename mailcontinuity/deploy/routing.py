@@ -7,13 +7,27 @@ routing fails open (see docs/routing.md for the measured comparison with the alt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Literal
 
-from mailcontinuity.config import Config, DeliveryEndpoint, PeerSection
-from mailcontinuity.mail.postfix import reload_postfix, run_postfix, write_indexed_map
+from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, PeerSection
+from mailcontinuity.deploy.aliases import write_outage_alias_map
+from mailcontinuity.mail.postfix import (
+    PostfixError,
+    reload_postfix,
+    run_postfix,
+    write_indexed_map,
+)
+
+log = logging.getLogger(__name__)
 
 Route = Literal["primary", "standby"]
+
+# The master.cf service that delivers to the standby: Postfix's lmtp client with soft_bounce, so
+# that the standby's refusals (an address only the primary knows, a full standby mailbox) keep
+# mail queued for the primary instead of bouncing it (see standby_delivery_service).
+STANDBY_TRANSPORT = "mailcontinuity-standby"
 
 
 def nexthop(config: Config, route: Route) -> DeliveryEndpoint:
@@ -23,6 +37,27 @@ def nexthop(config: Config, route: Route) -> DeliveryEndpoint:
     return DeliveryEndpoint("lmtp", config.standby.lmtp)
 
 
+def transport_value(config: Config, route: Route) -> str:
+    """The transport(5) value for the route: the primary's as configured, the standby's through
+    ``STANDBY_TRANSPORT``."""
+    if route == "primary":
+        return config.primary.delivery.postfix_nexthop
+    host, port = config.standby.lmtp
+    return f"{STANDBY_TRANSPORT}:inet:[{host}]:{port}"
+
+
+def standby_delivery_service() -> str:
+    """The master.cf line of ``STANDBY_TRANSPORT``.
+
+    ``soft_bounce = yes`` for this transport only: the standby is never the last word on an
+    address. A ``5xx`` from its LMTP (a user, list or shared mailbox it does not have, mail
+    already queued for the primary when the site failed over) becomes a deferral; after
+    failback the route is the primary's again and the queued mail goes there. Postfix still
+    returns mail it could not deliver within ``maximal_queue_lifetime`` (5 days by default).
+    """
+    return f"{STANDBY_TRANSPORT} unix - - n - - lmtp -o soft_bounce=yes"
+
+
 def transport_entries(config: Config, route: Route,
                       overrides: Mapping[str, Route] | None = None) -> list[str]:
     """transport(5) lines sending every protected domain to the route's store.
@@ -30,9 +65,9 @@ def transport_entries(config: Config, route: Route,
     ``overrides`` routes single addresses elsewhere (the drill's probe address): Postfix looks up
     the full address before the domain, so production traffic keeps the domain's route.
     """
-    lines = [f"{address} {nexthop(config, target).postfix_nexthop}"
+    lines = [f"{address} {transport_value(config, target)}"
              for address, target in sorted((overrides or {}).items())]
-    target = nexthop(config, route).postfix_nexthop
+    target = transport_value(config, route)
     return lines + [f"{domain} {target}" for domain in config.domains.protected]
 
 
@@ -81,8 +116,15 @@ def switch_route(config: Config, route: Route,
 
     ``postfix reload`` makes every process re-read the table at once (without it, trivial-rewrite
     notices the change only after tens of seconds); ``postqueue -f`` retries deferred mail
-    immediately, so mail queued for a dead primary moves to the standby too.
+    immediately, so mail queued for a dead primary moves to the standby too. The outage alias
+    table (``deploy.aliases``) follows the route: expanded by the gateway on the standby's.
     """
     write_transport_map(config, route, overrides)
+    try:
+        write_outage_alias_map(config, outage=route == "standby")
+    except (ConfigError, PostfixError, OSError) as exc:
+        # The route matters more: an alias Postfix does not expand reaches the standby
+        # unexpanded, which defers it (soft_bounce) until failback.
+        log.error("event=outage_aliases_not_written route=%s error=%r", route, str(exc))
     reload_postfix(config.gateway.postfix_config_dir)
     run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")

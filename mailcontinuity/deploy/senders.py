@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
 
-from mailcontinuity.config import Config, ConfigError
+from mailcontinuity.config import Config
+from mailcontinuity.deploy.aliases import read_address_table
 
 
 def sender_identity_lines(config: Config) -> list[str]:
@@ -82,21 +83,5 @@ class SenderOwners:
 
 def read_aliases(path: Path) -> dict[str, frozenset[str]]:
     """A Postfix ``texthash`` table of ``alias owner, owner`` lines (# comments, blank lines)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"gateway.sender_aliases: cannot read {path}: {exc.strerror}; create"
-                          " it (lines 'alias@domain owner-login, owner-login') or unset the key"
-                          ) from None
-    table: dict[str, frozenset[str]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, owners = line.partition(" ") if " " in line else line.partition("\t")
-        names = frozenset(o.strip().lower() for o in re.split(r"[,\s]+", owners) if o.strip())
-        if not names:
-            raise ConfigError(f"gateway.sender_aliases: {path} line {number}: {key!r} has no"
-                              " owner; write 'alias@domain owner-login'")
-        table[key.strip().lower()] = names
-    return table
+    table = read_address_table(path, "gateway.sender_aliases", "alias@domain owner-login")
+    return {alias: frozenset(owners) for alias, owners in table.items()}

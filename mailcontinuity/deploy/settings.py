@@ -10,6 +10,11 @@ import ipaddress
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.aliases import (
+    OutageAliases,
+    outage_alias_lines,
+    outage_aliases_configured,
+)
 from mailcontinuity.deploy.credentials import (
     DOVECOT_LDAP_ARGS,
     dovecot_credentials_passdb,
@@ -17,7 +22,11 @@ from mailcontinuity.deploy.credentials import (
 )
 from mailcontinuity.deploy.firewall import nft_ruleset
 from mailcontinuity.deploy.portal import BANNER_PLUGIN, BANNER_PLUGIN_NAME, roundcube_portal_php
-from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
+from mailcontinuity.deploy.routing import (
+    standby_delivery_service,
+    tls_policy_entries,
+    transport_entries,
+)
 from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
 from mailcontinuity.deploy.webmail import (
     PLUGIN_NAME,
@@ -42,10 +51,16 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
     policyd is consulted after ``reject_unauth_destination`` (it never says OK, but if it ever
     did, that must not open a relay) and fails open: if it is down, hung or slow, Postfix takes
     ``default_action=DUNNO`` after one try and the timeout, so mail keeps flowing and only the
-    early rejection of recipients unknown to the standby is lost. A fail-closed default would
+    early deferral of recipients unknown to the standby is lost. A fail-closed default would
     turn a dead helper daemon into a mail outage, the very thing this kit exists to prevent.
+
+    With outage aliases (``gateway.outage_aliases`` or ``outage_postmaster``) the gateway's
+    ``virtual_alias_maps`` is mailcontinuity's table, empty outside an outage (an existing
+    ``virtual_alias_maps`` of yours: list ours first in it).
     """
     milter = postfix_milter_name(config.milter.listen)
+    aliases = {"virtual_alias_maps": f"hash:{config.gateway.outage_alias_map}"} \
+        if outage_aliases_configured(config) else {}
     return {
         "relay_domains": ", ".join(config.domains.protected),
         "mynetworks": _host_network(config.standby.lmtp.host),
@@ -59,6 +74,7 @@ def postfix_main_settings(config: Config) -> dict[str, str]:
         " {mail_host} {mail_mailer} j _ {client_addr} {client_name} {tls_version}",
         "smtpd_recipient_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
         f" reject_unauth_destination, {policy_service(config)}",
+        **aliases,
         **postfix_tls_settings(),
         **postfix_delivery_tls_settings(config),
     }
@@ -356,6 +372,11 @@ def settings_report(config: Config) -> dict[str, Any]:
             "path": str(config.gateway.transport_map),
             "lines": transport_entries(config, "primary"),
         },
+        "postfix_standby_delivery": standby_delivery_service(),
+        "outage_alias_map": {
+            "path": str(config.gateway.outage_alias_map),
+            "lines": outage_alias_lines(OutageAliases({}), outage=False),
+        } if outage_aliases_configured(config) else None,
         "tls_policy_map": {
             "path": str(config.gateway.tls_policy_map),
             "lines": tls_policy_entries(config),
@@ -415,10 +436,24 @@ def render_check_config(config: Config) -> str:
               for key, value in postfix_main_settings(config).items()]
     lines += [
         "# policyd fails open (default_action=DUNNO, try_limit=1): if it is down or slow, mail",
-        "# still flows; only the RCPT-time rejection of users the standby lacks is skipped.",
+        "# still flows; only the RCPT-time deferral of users the standby lacks is skipped.",
         "# A chrooted smtpd (Debian's default) reaches a unix socket only under",
         "# /var/spool/postfix: put policyd.socket and milter.listen there, or use TCP.",
     ]
+    lines += [
+        "",
+        "# Postfix gateway: master.cf, the standby's delivery transport (a refusal from the",
+        "# standby defers the mail for the primary, never bounces it)",
+        standby_delivery_service(),
+    ]
+    if outage_aliases_configured(config):
+        lines += [
+            "",
+            f"# Postfix gateway: {config.gateway.outage_alias_map} (virtual_alias_maps; empty"
+            " outside an outage, mailcontinuity writes the outage aliases on failover; create"
+            " it once and postmap it)",
+            *outage_alias_lines(OutageAliases({}), outage=False),
+        ]
     submission = postfix_submission_service(config)
     if submission is not None:
         lines += [

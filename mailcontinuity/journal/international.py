@@ -38,9 +38,10 @@ class Refusal:
 
 OUTAGE_REFUSAL = Refusal(
     "451", "4.6.7",
-    "SMTPUTF8 mail cannot be delivered during this mail outage, please try again later")
+    "SMTPUTF8 mail cannot be delivered at the moment, please try again later")
 """During an outage (the recipient is routed to a standby without SMTPUTF8): temporary, the
-sender's server keeps it and retries after failback."""
+sender's server keeps it and retries after failback. The text tells outsiders nothing about an
+outage or a standby."""
 
 PRIMARY_REFUSAL = Refusal(
     "550", "5.6.7",

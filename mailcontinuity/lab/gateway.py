@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Config, Endpoint
-from mailcontinuity.deploy.routing import write_tls_policy_map, write_transport_map
+from mailcontinuity.deploy.aliases import write_outage_alias_map
+from mailcontinuity.deploy.routing import (
+    standby_delivery_service,
+    write_tls_policy_map,
+    write_transport_map,
+)
 from mailcontinuity.deploy.senders import write_sender_login_map
 from mailcontinuity.deploy.settings import (
     postfix_main_settings,
@@ -55,6 +60,10 @@ _MASTER_SERVICES = [
 
 # An alias alice may send as (tests/lab/test_sender_identity.py).
 LAB_SENDER_ALIASES = {"sales@example.test": "alice@example.test"}
+# The primary's aliases as the gateway expands them during an outage; postmaster@ and abuse@
+# reach the lab's outage_postmaster (tests/lab/test_aliases_outage.py).
+LAB_OUTAGE_ALIASES = {"team@example.test": ("alice@example.test", "bob@example.test")}
+LAB_OUTAGE_POSTMASTER = "carol@example.test"
 
 
 @dataclass
@@ -140,7 +149,15 @@ class PostfixGateway:
         if relay is not None:
             services.append(relay)
         services += ["  ".join(service) for service in _MASTER_SERVICES]
+        services.append(standby_delivery_service())
         (self.config_dir / "master.cf").write_text("\n".join(services) + "\n")
+        outage_aliases = self.config.gateway.outage_aliases
+        if outage_aliases is not None and not outage_aliases.exists():
+            outage_aliases.write_text(
+                "# Lab copy of the primary's virtual aliases (tests/lab/test_aliases_outage.py)\n"
+                + "".join(f"{alias}\t{', '.join(targets)}\n"
+                          for alias, targets in LAB_OUTAGE_ALIASES.items()))
+        write_outage_alias_map(self.config, outage=False)
         write_transport_map(self.config, "primary")
         write_tls_policy_map(self.config)
         write_sender_login_map(self.config)

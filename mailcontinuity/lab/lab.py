@@ -41,7 +41,7 @@ from mailcontinuity.lab.directory import (
 )
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.tls import LabCertificates
@@ -468,6 +468,9 @@ sender_aliases = {json.dumps(str(directory / "gateway" / "etc" / "sender_aliases
 postfix_config_dir = {json.dumps(str(directory / "gateway" / "etc"))}
 transport_map = {json.dumps(str(directory / "gateway" / "etc" / "transport"))}
 tls_policy_map = {json.dumps(str(directory / "gateway" / "etc" / "tls_policy"))}
+outage_aliases = {json.dumps(str(directory / "gateway" / "etc" / "outage_aliases.src"))}
+outage_alias_map = {json.dumps(str(directory / "gateway" / "etc" / "outage_aliases"))}
+outage_postmaster = "{LAB_OUTAGE_POSTMASTER}"
 tls = "starttls"
 tls_ca_file = {ca_file}
 

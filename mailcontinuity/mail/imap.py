@@ -79,7 +79,7 @@ def imap_login(endpoint: Endpoint, login: str, password: str,
             client.logout()
 
 
-LOGIN_METHODS = ("master_user", "sasl_plain")
+LOGIN_METHODS = ("master_user", "sasl_plain", "xoauth2")
 
 
 def login_as(client: IMAPClient, user: str, method: str, admin: str, password: str,
@@ -87,13 +87,17 @@ def login_as(client: IMAPClient, user: str, method: str, admin: str, password: s
     """Log in to ``user``'s mailbox with an administrator's credentials: ``master_user`` is
     Dovecot's ``LOGIN user*admin``; ``sasl_plain`` is AUTHENTICATE PLAIN with the admin as
     authentication identity and ``user`` as authorization identity (RFC 4616), which Cyrus
-    admins, Dovecot master users and other proxy-authentication setups accept.
+    admins, Dovecot master users and other proxy-authentication setups accept; ``xoauth2`` is
+    AUTHENTICATE XOAUTH2 with ``user`` and ``password`` as the access token (an app-only token
+    opens any mailbox the app may reach; ``admin`` is not used).
 
     Raises IMAPClientError with the server's words when it refuses."""
     if method == "master_user":
         client.login(f"{user}{master_separator}{admin}", password)
     elif method == "sasl_plain":
         client.plain_login(admin, password, authorization_identity=user)
+    elif method == "xoauth2":
+        client.oauth2_login(user, password)
     else:
         raise ValueError(f"unknown login method {method!r}; one of {', '.join(LOGIN_METHODS)}")
 # What a session that is gone raises: a reset, EOF, timeout or TLS failure (OSError, some wrapped

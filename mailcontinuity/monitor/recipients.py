@@ -1,10 +1,12 @@
 """Does the standby know this recipient? Asked over LMTP, the way delivery would ask.
 
-During an outage, mail for a user the standby does not have would be accepted by the gateway and
-then bounced by the standby's LMTP (``550 5.1.1``), i.e. backscatter to a possibly forged sender.
-We ask the standby the same question at RCPT time instead: ``MAIL FROM:<>``, ``RCPT TO``,
-``RSET`` on one kept LMTP connection, with a short cache. Whenever the answer is not a clear
-yes or no (standby down, slow, odd reply) the verdict is "unknown" and policyd says DUNNO.
+During an outage, mail for an address the standby does not have would be accepted by the
+gateway and then wait in its queue (the standby's transport keeps its ``550 5.1.1`` as a
+deferral, see deploy/routing.py) with nobody telling the sender. We ask the standby the same
+question at RCPT time instead, so that policyd can defer it while the sender is connected:
+``MAIL FROM:<>``, ``RCPT TO``, ``RSET`` on one kept LMTP connection, with a short cache.
+Whenever the answer is not a clear yes or no (standby down, slow, odd reply) the verdict is
+"unknown" and policyd says DUNNO.
 """
 
 from __future__ import annotations

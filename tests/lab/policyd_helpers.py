@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.lab.scenario import restored
+from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.state import State, current_state
 from mailcontinuity.transitions import change_state
@@ -62,3 +65,15 @@ def back_to_normal(lab: Lab) -> None:
         finally:
             store.close()
         wait_for_state(lab, "normal", timeout=30)
+
+
+def refusal(lab: Lab, recipient: str, subject: str = "to an unknown user",
+            sender: str = "partner@remote.test") -> tuple[int, bytes] | None:
+    """The gateway's answer to ``recipient`` from the internet if it refuses it, else None
+    (the policy's view of the state is a fraction of a second behind the store)."""
+    message = make_message(sender, [recipient], subject)
+    try:
+        send_message(lab.gateway.smtp, message, sender, [recipient], source=INTERNET_CLIENT)
+    except smtplib.SMTPRecipientsRefused as refused:
+        return refused.recipients[recipient]
+    return None

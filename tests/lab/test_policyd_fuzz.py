@@ -66,7 +66,7 @@ def in_failover(lab: Lab, policyd_pid: int) -> Iterator[None]:
                                        "--reason", "fuzz"])
     assert result.exit_code == 0, result.output
     eventually(lambda: ask_policyd(lab, rcpt_request("nobody@example.test")).startswith(
-        b"action=550"), 5, "policyd sees the failover")
+        b"action=450"), 5, "policyd sees the failover")
     yield
     back_to_normal(lab)
 

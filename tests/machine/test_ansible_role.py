@@ -90,6 +90,9 @@ def test_postfix_has_the_settings(applied: list[str]) -> None:
     assert "smtpd_milters = unix:mailcontinuity/milter/milter.sock" in settings
     assert "check_policy_service { unix:mailcontinuity/policyd/policyd.sock," in settings
     assert "ci.test smtp:[127.0.0.1]:12525" in TRANSPORT.read_text()
+    # The standby's delivery service: its refusals defer mail for the primary, never bounce it.
+    standby = run("postconf", "-M", "mailcontinuity-standby/unix").stdout.split()
+    assert standby[-3:] == ["lmtp", "-o", "soft_bounce=yes"], standby
 
 
 def test_dovecot_has_the_standby_settings(applied: list[str]) -> None:

@@ -244,3 +244,17 @@ def test_the_probe_source_address_must_be_an_address() -> None:
     assert HealthSection(probe_source_address="127.0.0.7").probe_source_address == "127.0.0.7"
     with pytest.raises(ValueError, match="probe_source_address must be an IP address"):
         HealthSection(probe_source_address="gateway.example")
+
+
+def test_xoauth2_needs_its_token_endpoint_over_https(tmp_path: Path) -> None:
+    def sync(lines: str) -> Path:
+        return write(tmp_path, VALID + '\n[sync]\nlogin_method = "xoauth2"\n' + lines)
+
+    with pytest.raises(ConfigError, match="oauth2_token_url and oauth2_client_id"):
+        load_config(sync(""))
+    with pytest.raises(ConfigError, match="use https://"):
+        load_config(sync('oauth2_token_url = "http://login.example/t"\noauth2_client_id = "a"\n'))
+    config = load_config(sync('oauth2_token_url = "https://login.example/t"\n'
+                              'oauth2_client_id = "a"\n'))
+    assert config.sync.oauth2_scope == "https://outlook.office365.com/.default"
+    load_config(sync('oauth2_token_url = "http://127.0.0.1:8080/t"\noauth2_client_id = "a"\n'))
