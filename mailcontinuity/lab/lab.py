@@ -34,6 +34,12 @@ from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
+from mailcontinuity.lab.proxy import (
+    ProxyDovecot,
+    describe_proxy,
+    primary_proxy_settings,
+    proxy_config_section,
+)
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
@@ -118,6 +124,8 @@ class Lab:
     gateway: PostfixGateway
     webmail: Webmail | None = None
     """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
+    proxy: ProxyDovecot | None = None
+    """The client proxy (``imap_proxy`` in lab.json); labs created before it have none."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -127,8 +135,9 @@ class Lab:
             for name, readiness in LAB_DAEMONS.items()
         }
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
+        proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
         return {"primary": self.primary, "standby": self.standby, **daemons,
-                "gateway": self.gateway, **webmail}
+                "gateway": self.gateway, **webmail, **proxy}
 
     @property
     def config_file(self) -> Path:
@@ -218,7 +227,8 @@ class Lab:
                            " Dovecot primary only")
         listeners = {
             "gateway": ("smtp",),
-            "primary": ("imap", "lmtp", "managesieve"),
+            "primary": ("imap", "lmtp", "managesieve",
+                        *(("submission",) if primary_kind == "dovecot" else ())),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
         numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
@@ -243,6 +253,7 @@ class Lab:
             "primary_kind": primary_kind,
             **({"primary_profile": primary_profile} if primary_profile else {}),
         }
+        describe_proxy(description)
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "admin-password"
@@ -262,6 +273,8 @@ class Lab:
         lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
                                          journal_mark_filter_script())
         lab.gateway.write_config()
+        if lab.proxy is not None:
+            lab.proxy.write_config()
         return lab
 
     @classmethod
@@ -292,7 +305,10 @@ class Lab:
                  for protocol, key in primary_listeners.items()},
                 users, admin, LabCertificates(directory / "tls"))
         else:
+            if "submission" in description["primary"]:
+                primary_listeners["submission"] = "submission"
             primary = dovecot("primary", primary_listeners)
+            primary.settings |= primary_proxy_settings(config)
             if description.get("primary_profile"):
                 primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
@@ -321,6 +337,7 @@ class Lab:
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
+            proxy=ProxyDovecot.of(directory, config),
         )
 
     @classmethod
@@ -378,6 +395,8 @@ def _render_config(directory: Path, description: dict[str, Any], gateway_submiss
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
+    primary_submission = (f'submission = "{primary["submission"]}"\n'
+                          if "submission" in primary else "")
     if description["primary_kind"] == "cyrus":
         # No master users: an admin with proxy authentication; the health probe logs in as
         # the drill's probe user with its own password.
@@ -405,7 +424,7 @@ protected = {json.dumps(description["domains"])}
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
-tls = "{primary_tls}"
+{primary_submission}tls = "{primary_tls}"
 tls_ca_file = {ca_file}
 
 [standby]
@@ -474,7 +493,7 @@ mode = "auto"
 [metrics]
 enabled = true
 listen = "127.0.0.1:{metrics_port}"
-{LAB_AUDIT_SECTION}"""
+{LAB_AUDIT_SECTION}{proxy_config_section(directory, description)}"""
 
 
 def _write_lab_json(directory: Path, description: dict[str, Any]) -> None:
