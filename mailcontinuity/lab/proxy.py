@@ -9,11 +9,17 @@ exactly what ``check-config`` prints; only the instance's own paths are added he
 from __future__ import annotations
 
 import hashlib
+import imaplib
 import json
+import logging
 import shutil
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from imapclient import IMAPClient
 
 from mailcontinuity.config import Config, Endpoint, parse_endpoint
 from mailcontinuity.deploy.proxy import dovecot_proxy_settings, write_route_file
@@ -24,6 +30,9 @@ from mailcontinuity.mail.tools import CommandError, run_command
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import ROUTE_IN_STATE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The proxy's own source address towards the stores ([proxy] source_address): the standby trusts
 # it to report clients' addresses, and nothing else in the lab connects from it.
@@ -145,6 +154,86 @@ hostname = proxy.lab.test
             return
         stop_process_tree(pid)
         wait_for(self.listeners.values(), up=False, what="proxy dovecot")
+
+    def destinations(self) -> dict[str, set[int]]:
+        """The store port each logged-in user's sessions are proxied to now, by login
+        (``doveadm proxy list``: one table per login process, each with its own header)."""
+        output = run_command(["doveadm", "-c", str(self.config_file), "proxy", "list"])
+        found: dict[str, set[int]] = {}
+        for line in output.splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[0] != "username" and fields[-1].isdigit():
+                found.setdefault(fields[0], set()).add(int(fields[-1]))
+        return found
+
+
+class ReconnectingClient:
+    """An IMAP client as users run them: one server name for good, STARTTLS verified, and a
+    new connection when the old one is dropped (Thunderbird and the like do that on their next
+    action). ``reconnects`` counts the connections made after the first."""
+
+    def __init__(self, endpoint: Endpoint, login: str, password: str, ca_file: Path,
+                 timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self._login = (login, password)
+        self._context = ssl.create_default_context(cafile=str(ca_file))
+        self._timeout = timeout
+        self.client: IMAPClient | None = None
+        self.connections = 0
+
+    @property
+    def reconnects(self) -> int:
+        return max(self.connections - 1, 0)
+
+    def connect(self) -> IMAPClient:
+        self.close()
+        client = IMAPClient(self.endpoint.host, self.endpoint.port, ssl=False,
+                            timeout=self._timeout)
+        try:
+            client.starttls(self._context)
+            client.login(*self._login)
+            client.select_folder("INBOX")
+        except BaseException:
+            _shut(client)
+            raise
+        self.connections += 1
+        self.client = client
+        return client
+
+    def run(self, action: Callable[[IMAPClient], T]) -> T:
+        """``action`` on the open session; on a dropped connection, once more on a new one."""
+        if self.client is None:
+            return action(self.connect())
+        try:
+            return action(self.client)
+        except (imaplib.IMAP4.abort, OSError) as exc:
+            log.info("event=client_reconnect endpoint=%s error=%r", self.endpoint, str(exc))
+            return action(self.connect())
+
+    def attempt(self, action: Callable[[IMAPClient], T]) -> T | None:
+        """``run``, or None while the service is unavailable (for ``eventually``)."""
+        try:
+            return self.run(action)
+        except (imaplib.IMAP4.error, OSError) as exc:
+            log.info("event=client_unavailable endpoint=%s error=%r", self.endpoint, str(exc))
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self.client is not None:
+            _shut(self.client)
+            self.client = None
+
+
+def _shut(client: IMAPClient) -> None:
+    """Log out if the server still listens, else just drop the socket."""
+    try:
+        client.logout()
+    except (imaplib.IMAP4.error, OSError):
+        try:
+            client.shutdown()
+        except OSError:
+            pass
 
 
 def proxy_endpoint(description: dict[str, Any], key: str = IMAP_KEY) -> Endpoint:
