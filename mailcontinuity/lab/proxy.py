@@ -8,6 +8,7 @@ exactly what ``check-config`` prints; only the instance's own paths are added he
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import imaplib
 import json
@@ -230,10 +231,8 @@ def _shut(client: IMAPClient) -> None:
     try:
         client.logout()
     except (imaplib.IMAP4.error, OSError):
-        try:
+        with contextlib.suppress(OSError):
             client.shutdown()
-        except OSError:
-            pass
 
 
 def proxy_endpoint(description: dict[str, Any], key: str = IMAP_KEY) -> Endpoint:
