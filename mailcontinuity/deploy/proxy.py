@@ -31,6 +31,9 @@ DOVEADM_TIMEOUT_SECONDS = 15
 # Dovecot's proxy verifies the stores' certificates against ``ssl_ca`` (its login processes
 # ignore ssl_client_ca_*); without a site CA file, the system's bundle.
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Dovecot retries a refused connection to the store 3 times, a second apart, before it answers
+# [UNAVAILABLE]: a client that logs in just before failover then waits those 3 s after it.
+LOGIN_PROXY_MAX_RECONNECTS = 0
 # A passwd-file line's extra fields start after the seventh colon (six leave them in "shell").
 EMPTY_PASSWD_FIELDS = ":" * 7
 
@@ -126,6 +129,7 @@ ssl_cert = <{proxy.tls_cert_file}
 ssl_key = <{proxy.tls_key_file}
 ssl_ca = <{ca_file}
 ssl_require_crl = no
+login_proxy_max_reconnects = {LOGIN_PROXY_MAX_RECONNECTS}
 auth_mechanisms = plain login
 passdb {{
   driver = passwd-file
