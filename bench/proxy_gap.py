@@ -77,18 +77,22 @@ def measure(client: ReconnectingClient, poll: float, started_wall: float,
             first_failure = first_failure or tried
         if ok and first_failure is not None:
             since = _transition_time(lab, transition, started_wall)
+            if since is None:  # a reconnection of its own (a NOOP timed out under load)
+                print(f"  (reconnected before the {transition}: not counted)", flush=True)
+                first_failure = None
+                continue
             return Gap(now - started_wall, since - started_wall, now - since,
                        now - first_failure)
         time.sleep(poll)
     raise RuntimeError(f"no gap seen within {ROUND_TIMEOUT_SECONDS}s ({transition})")
 
 
-def _transition_time(lab: Lab, to_state: str, after: float) -> float:
-    """When the audited transition into ``to_state`` after ``after`` happened."""
+def _transition_time(lab: Lab, to_state: str, after: float) -> float | None:
+    """When the audited transition into ``to_state`` after ``after`` happened, if it did."""
     store = open_store(lab.config)
     try:
-        return next(entry.at for entry in audit_log(store, since=after)
-                    if entry.event == "transition" and entry.to_state == to_state)
+        return next((entry.at for entry in audit_log(store, since=after)
+                     if entry.event == "transition" and entry.to_state == to_state), None)
     finally:
         store.close()
 
