@@ -278,12 +278,13 @@ class ProxySection(Section):
     """The certificate (chain) clients see: the site's own, covering the service names."""
     tls_key_file: Path
     """Its private key (0600 root: Dovecot reads it as root before dropping privileges)."""
-    route_file: Path = Path("/etc/dovecot/mailcontinuity-proxy-route")
+    route_file: Path = Path("/var/lib/mailcontinuity-proxy/route")
     """The passwd-file the proxy's passdb reads: one line per protocol naming the destination;
-    mailcontinuity writes it, nobody else should."""
-    doveadm_config: Path = Path("/etc/dovecot/dovecot.conf")
+    mailcontinuity writes it (its directory writable by the daemons' user, searchable by
+    Dovecot's), nobody else should."""
+    doveadm_config: Path = Path("/etc/dovecot-proxy/dovecot.conf")
     """The proxy Dovecot's configuration, for ``doveadm reload`` and ``doveadm proxy kick``
-    (it runs on the host that changes the state, the gateway's)."""
+    (it runs on the host that changes the state, the gateway's, as an instance of its own)."""
     source_address: str | None = None
     """The address the proxy connects to the mail stores from (Dovecot's ``source_ip``): the
     stores trust it in ``login_trusted_networks`` so that they see and penalise each client's

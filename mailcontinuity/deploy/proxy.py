@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -90,17 +92,34 @@ def switch_proxy(config: Config, route: Route) -> int:
     ``host`` field (no wildcards in 2.3): when both stores share a host name, every proxied
     session is kicked, which costs the clients already on the new side one reconnection.
     """
-    proxy = _proxy(config)
     write_route_file(config, route)
-    doveadm = ["doveadm", "-c", str(proxy.doveadm_config)]
-    hint = "install dovecot-core, or set proxy.doveadm_config to the proxy's dovecot.conf"
-    run_command([*doveadm, "reload"], timeout=DOVEADM_TIMEOUT_SECONDS, missing_hint=hint)
+    doveadm(config, "reload")
     left: Route = "standby" if route == "primary" else "primary"
-    output = run_command([*doveadm, "proxy", "kick", "-h", _side(config, left).imap.host],
-                         timeout=DOVEADM_TIMEOUT_SECONDS, missing_hint=hint)
+    output = doveadm(config, "proxy", "kick", "-h", _side(config, left).imap.host)
     kicked = sum(int(word) for word in output.split() if word.isdigit())
     log.info("event=proxy_switched route=%s kicked=%d", route, kicked)
     return kicked
+
+
+def doveadm(config: Config, *args: str) -> str:
+    """``doveadm -c proxy.doveadm_config ARGS``: the proxy's master and login processes
+    answer root only, so the unprivileged daemons ask sudo for exactly these command lines
+    (``reload``, ``proxy kick -h`` each store's host), which the role's sudoers rule allows."""
+    path = shutil.which("doveadm", path="/usr/bin:/usr/sbin:/bin:/sbin") or "/usr/bin/doveadm"
+    argv = [path, "-c", str(_proxy(config).doveadm_config), *args]
+    if os.geteuid() != 0:
+        argv = ["sudo", "-n", *argv]
+    try:
+        return run_command(argv, timeout=DOVEADM_TIMEOUT_SECONDS,
+                           missing_hint="install dovecot-core (and sudo), or set"
+                           " proxy.doveadm_config to the proxy's dovecot.conf")
+    except CommandError as exc:
+        if os.geteuid() == 0:
+            raise
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise CommandError(f"{exc}; as user {user}, this needs the sudoers rule"
+                           f" '{user} ALL=(root) NOPASSWD: {' '.join(argv[2:])}'",
+                           exc.returncode) from None
 
 
 def dovecot_proxy_settings(config: Config) -> str:

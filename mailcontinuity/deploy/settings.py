@@ -377,6 +377,8 @@ def settings_report(config: Config) -> dict[str, Any]:
         "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
         "client_proxy": None if config.proxy is None else {
             "dovecot": dovecot_proxy_settings(config),
+            "doveadm_config": str(config.proxy.doveadm_config),
+            "kick_hosts": sorted({config.primary.imap.host, config.standby.imap.host}),
             "route_file": {"path": str(config.proxy.route_file),
                            "lines": route_lines(config, "primary")},
         },
