@@ -227,8 +227,7 @@ class Lab:
                            " Dovecot primary only")
         listeners = {
             "gateway": ("smtp",),
-            "primary": ("imap", "lmtp", "managesieve",
-                        *(("submission",) if primary_kind == "dovecot" else ())),
+            "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
         numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
@@ -253,7 +252,7 @@ class Lab:
             "primary_kind": primary_kind,
             **({"primary_profile": primary_profile} if primary_profile else {}),
         }
-        describe_proxy(description)
+        primary_submission = describe_proxy(description, primary_kind)
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "admin-password"
@@ -265,7 +264,7 @@ class Lab:
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay))
+                           standby_relay, primary_submission))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
         lab.primary.write_config()
@@ -305,9 +304,9 @@ class Lab:
                  for protocol, key in primary_listeners.items()},
                 users, admin, LabCertificates(directory / "tls"))
         else:
-            if "submission" in description["primary"]:
-                primary_listeners["submission"] = "submission"
             primary = dovecot("primary", primary_listeners)
+            if config.primary.submission is not None:  # in the config only, like the gateway's
+                primary.listeners["submission"] = config.primary.submission
             primary.settings |= primary_proxy_settings(config)
             if description.get("primary_profile"):
                 primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
@@ -390,13 +389,14 @@ syslog_socket = false
 
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
-                   metrics_port: int, standby_relay: int) -> str:
+                   metrics_port: int, standby_relay: int,
+                   primary_submission_port: int | None = None) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
-    primary_submission = (f'submission = "{primary["submission"]}"\n'
-                          if "submission" in primary else "")
+    primary_submission = (f'submission = "127.0.0.1:{primary_submission_port}"\n'
+                          if primary_submission_port else "")
     if description["primary_kind"] == "cyrus":
         # No master users: an admin with proxy authentication; the health probe logs in as
         # the drill's probe user with its own password.

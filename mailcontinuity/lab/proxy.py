@@ -42,15 +42,19 @@ IMAP_KEY = "imap_proxy"
 SUBMISSION_KEY = "submission_proxy"
 
 
-def describe_proxy(description: dict[str, Any]) -> None:
-    """Give a new lab's description the proxy's listeners (lab.json, contract names).
+def describe_proxy(description: dict[str, Any], primary_kind: str) -> int | None:
+    """Give a new lab's description the proxy's listeners (lab.json, contract names); return
+    the port of the primary's submission listener, which only the configuration names
+    (``primary.submission``: lab.json's ``primary`` keeps its shape).
 
     Submission is proxied when the primary has a submission listener to send it to (the
     Dovecot primary; the lab's Cyrus has none)."""
-    imap, submission = free_ports(2)
+    imap, submission, primary_submission = free_ports(3)
     description[IMAP_KEY] = f"127.0.0.1:{imap}"
-    if "submission" in description["primary"]:
-        description[SUBMISSION_KEY] = f"127.0.0.1:{submission}"
+    if primary_kind != "dovecot":
+        return None
+    description[SUBMISSION_KEY] = f"127.0.0.1:{submission}"
+    return primary_submission
 
 
 def proxy_config_section(directory: Path, description: dict[str, Any]) -> str:
