@@ -368,6 +368,30 @@ class SieveSection(Section):
         return self
 
 
+class PortalSection(Section):
+    """The emergency portal's banner (Roundcube on the standby): what users read there during an
+    outage. The sync agent, which runs on the standby and follows the state, writes
+    ``status_file`` (the state, since when, these texts; no secrets) for the banner plugin."""
+
+    status_file: Path | None = None
+    """Where the banner's status file is written (readable by the web server); none: no banner."""
+    login_text: str = Field(default="Mail is running on the continuity system. Log in with your"
+                            " usual address and password.", max_length=1000)
+    """The only words shown on the login page during an outage, to anyone who opens it: say no
+    more than you would tell an outsider. Empty: nothing on the login page."""
+    outage_text: str = Field(default="Your mail is running on the continuity system because of"
+                             " an outage of the primary mail system.", min_length=1,
+                             max_length=1000)
+    failback_text: str = Field(default="When the primary mail system is back, what you do here"
+                               " (mail you receive, send, move or flag) reaches your normal"
+                               " mailbox.", max_length=1000)
+    returning_text: str = Field(default="The primary mail system is back: your mail is being"
+                                " returned to your normal mailbox. Use your usual mail program"
+                                " again.", min_length=1, max_length=1000)
+    contact: str = Field(default="", max_length=500)
+    """Who users contact about the outage (``IT service desk, +1 555 0100``); shown after login."""
+
+
 class PolicydSection(Section):
     """The policy daemon: where Postfix reaches it and how much input it tolerates."""
 
@@ -503,6 +527,74 @@ class AuditSection(Section):
     """How long ``prune`` keeps audit records in the state store (syslog keeps its own)."""
 
 
+_LDAP_ATTRIBUTE = r"^[A-Za-z][A-Za-z0-9-]*$"
+
+
+class CredentialsSection(PeerSection):
+    """Credential continuity: the organisation's directory (LDAP) and the standby's own copy of
+    what it needs to check passwords while the directory is away (``credentials-sync``).
+
+    ``directory`` is ``host:port``; ``tls`` is ``starttls`` (LDAP's StartTLS), ``ssl`` (ldaps)
+    or ``none``, verified against ``tls_ca_file`` (else the system's CAs) like every other hop.
+    The bind DN must be allowed to read ``password_attribute`` (a privileged service account).
+    """
+
+    directory: EndpointField
+    bind_dn: str = Field(min_length=3)
+    bind_password_file: Path = Path("/etc/mailcontinuity/secrets/directory-bind-password")
+    base: str = Field(min_length=3)
+    filter: str = Field(default="(&(objectClass=inetOrgPerson)(mail=*))",
+                        pattern=r"^\(.*\)$")
+    """Who is a mail user: the same filter selects the users copied and the users the standby's
+    Dovecot accepts from the directory (an account taken out of it is removed on the next
+    refresh)."""
+    login_attribute: str = Field(default="mail", pattern=_LDAP_ATTRIBUTE)
+    """The attribute users log in with (their Dovecot user name)."""
+    directory_login: Literal["hash", "bind"] = "hash"
+    """How the standby's Dovecot checks a password while the directory answers: ``hash``
+    compares it with ``password_attribute`` (OpenLDAP); ``bind`` binds as the user (Active
+    Directory, whose hashes cannot be read): the copy then holds the continuity passwords users
+    set in advance in ``password_attribute`` (``mailcontinuity continuity-password``)."""
+    password_attribute: str = Field(default="userPassword", pattern=_LDAP_ATTRIBUTE)
+    check_first: Literal["directory", "copy"] = "directory"
+    """Which the standby's Dovecot asks first. ``directory``: locks, removals and password
+    changes count at once, but a directory that hangs or drops packets stalls every login on
+    Dovecot's fixed LDAP timeouts (5 to 60 s). ``copy``: users in the copy log in without the
+    directory (a hung one costs them nothing); the directory is asked only for users not in the
+    copy or passwords that do not match it, so a lock, a removal or an old password still works
+    until the next refresh (``refresh_seconds``)."""
+    lock_attribute: Annotated[str | None, BeforeValidator(_false_is_none)] = (
+        "pwdAccountLockedTime")
+    """An account with this attribute set is locked (OpenLDAP ppolicy); ``false``: none."""
+    copy_file: Path = Path("/var/lib/mailcontinuity/credentials/passwd")
+    """The standby's copy: a Dovecot passwd-file of logins and password hashes, never logged."""
+    copy_group: str = "dovecot"
+    """The group that may read the copy (mode 0640 root:GROUP): Dovecot's auth process."""
+    refresh_seconds: float = Field(default=900.0, ge=10, le=86400)
+    """How often the role's timer runs ``credentials-sync``."""
+    max_age_seconds: float = Field(default=3600.0, ge=60, le=30 * 86400)
+    """A copy older than this is a problem in ``status`` and fails the drill."""
+    timeout_seconds: int = Field(default=10, ge=1, le=300)
+
+    @field_validator("lock_attribute")
+    @classmethod
+    def _attribute_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(_LDAP_ATTRIBUTE, value):
+            raise ValueError(f"{value!r} is not an LDAP attribute name")
+        return value
+
+    @model_validator(mode="after")
+    def _refresh_within_max_age(self) -> CredentialsSection:
+        if self.directory_login == "bind" and self.password_attribute.lower() == "userpassword":
+            raise ValueError('directory_login = "bind" keeps continuity passwords in an attribute'
+                             " of their own: set password_attribute (e.g. an"
+                             " extensionAttribute), never the directory's own password")
+        if self.refresh_seconds >= self.max_age_seconds:
+            raise ValueError("refresh_seconds must be below max_age_seconds, or every copy"
+                             " would be reported as too old")
+        return self
+
+
 class Config(Section):
     """The whole configuration; ``source`` is the file it came from, for error messages."""
 
@@ -518,12 +610,14 @@ class Config(Section):
     milter: MilterSection = MilterSection()
     sync: SyncSection = SyncSection()
     sieve: SieveSection = SieveSection()
+    portal: PortalSection = PortalSection()
     policyd: PolicydSection = PolicydSection()
     health: HealthSection = HealthSection()
     watch: WatchSection = WatchSection()
     failback: FailbackSection = FailbackSection()
     metrics: MetricsSection = MetricsSection()
     audit: AuditSection = AuditSection()
+    credentials: CredentialsSection | None = None
     proxy: ProxySection | None = None
     """The client proxy (optional): without this section, clients keep their own names."""
 
@@ -651,7 +745,9 @@ def load_config(path: Path | None = None) -> Config:
     config = parse_config(data, path)
     for key, secret_path in secret_files(config).items():
         check_secret_mode(config, key, secret_path)
-    for side in ("primary", "standby", "gateway"):
+    for side in ("primary", "standby", "gateway", "credentials"):
+        if getattr(config, side) is None:
+            continue
         ca_file = getattr(config, side).tls_ca_file
         if ca_file is None:
             continue

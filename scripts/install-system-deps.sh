@@ -21,7 +21,13 @@ packages=(
     # namespace of its own (never the host's ruleset); iproute2 brings up its loopback.
     nftables iproute2
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
+    # Roundcube's managesieve plugin (out-of-office on the standby, issue 18):
+    # tests/lab/test_portal_banner.py and the lab's webmail need it.
+    roundcube-plugins
     chromium
+    # Issue 18, credential continuity: the lab's directory is a private slapd (lab/directory.py,
+    # tests/lab/test_credentials.py), the standby's Dovecot asks it through dovecot-ldap.
+    slapd ldap-utils dovecot-ldap
 )
 
 missing=()
@@ -42,5 +48,8 @@ echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-se
 # php-cgi is named so that the "php" dependency does not pull in Apache.
 printf '%s\n' "roundcube-core roundcube/dbconfig-install boolean true" \
     "roundcube-core roundcube/database-type select sqlite3" | debconf-set-selections
+# slapd is only a program for the lab (its own config under the lab directory): no system
+# database or configuration, and the system's slapd never started.
+echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"

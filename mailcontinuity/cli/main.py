@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mailcontinuity.cli.common import Context
+from mailcontinuity.cli.credentials import continuity_password_command, credentials_sync_command
 from mailcontinuity.cli.journal import milter_command, prune_command
 from mailcontinuity.cli.monitor import failover, policyd
 from mailcontinuity.cli.outage import failback, sync_agent, verify_command
@@ -61,5 +62,5 @@ def main(ctx: click.Context, config_path: Path, log_level: str) -> None:
 
 for _command in (milter_command, prune_command, policyd, failover, sync_agent, failback,
                  verify_command, sieve_sync_command, status, check_config, drill, report_command,
-                 audit_command):
+                 audit_command, credentials_sync_command, continuity_password_command):
     main.add_command(_command)

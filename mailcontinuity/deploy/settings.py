@@ -10,7 +10,13 @@ import ipaddress
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.credentials import (
+    DOVECOT_LDAP_ARGS,
+    dovecot_credentials_passdb,
+    dovecot_ldap_args,
+)
 from mailcontinuity.deploy.firewall import nft_ruleset
+from mailcontinuity.deploy.portal import BANNER_PLUGIN, BANNER_PLUGIN_NAME, roundcube_portal_php
 from mailcontinuity.deploy.proxy import dovecot_proxy_settings, route_lines
 from mailcontinuity.deploy.routing import tls_policy_entries, transport_entries
 from mailcontinuity.deploy.senders import sender_identity_lines, sender_restriction_options
@@ -374,7 +380,14 @@ def settings_report(config: Config) -> dict[str, Any]:
                                 "script": journal_mark_filter_script()},
         "roundcube_plugin": {"name": PLUGIN_NAME, "php": ROUNDCUBE_PLUGIN},
         "roundcube_settings": roundcube_security_php(config.standby.webmail_address),
+        "roundcube_portal": {
+            "banner_plugin": {"name": BANNER_PLUGIN_NAME, "php": BANNER_PLUGIN},
+            "status_file": str(config.portal.status_file or ""),
+            "settings": roundcube_portal_php(config.portal.status_file,
+                                             config.standby.managesieve),
+        },
         "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
+        "dovecot_credentials": dovecot_credentials_report(config),
         "client_proxy": None if config.proxy is None else {
             "dovecot": dovecot_proxy_settings(config),
             "doveadm_config": str(config.proxy.doveadm_config),
@@ -383,6 +396,36 @@ def settings_report(config: Config) -> dict[str, Any]:
                            "lines": route_lines(config, "primary")},
         },
     }
+
+
+def dovecot_credentials_report(config: Config) -> dict[str, Any] | None:
+    """``[credentials]`` for the role: the standby's user passdb (directory, then the copy),
+    the LDAP driver's file (its ``dnpass`` a placeholder the role fills from the secret), the
+    copy's path and group."""
+    credentials = config.credentials
+    if credentials is None:
+        return None
+    return {"passdb": dovecot_credentials_passdb(config),
+            "ldap_args": {"path": str(DOVECOT_LDAP_ARGS), "text": dovecot_ldap_args(config)},
+            "copy_file": str(credentials.copy_file), "copy_group": credentials.copy_group,
+            "refresh_seconds": credentials.refresh_seconds}
+
+
+def render_credentials_settings(config: Config) -> list[str]:
+    """check-config's part for ``[credentials]``: what replaces the standby's user passdb."""
+    if config.credentials is None:
+        return []
+    return [
+        "# Standby Dovecot, [credentials]: this replaces the users' passdb above (keep a master",
+        "# passdb before it); the userdb must not ask the directory (static or passwd-file).",
+        "# Needs Debian's dovecot-ldap. Run 'mailcontinuity credentials-sync' every",
+        f"# {config.credentials.refresh_seconds:g}s (the role installs a timer).",
+        dovecot_credentials_passdb(config),
+        "",
+        f"# {DOVECOT_LDAP_ARGS} (mode 0600 root; dnpass is the bind password)",
+        dovecot_ldap_args(config).rstrip("\n"),
+        "",
+    ]
 
 
 def render_check_config(config: Config) -> str:
@@ -447,6 +490,7 @@ def render_check_config(config: Config) -> str:
         "# log in with their usual credentials)",
         dovecot_standby_settings(config),
         "",
+        *render_credentials_settings(config),
         "# International mail (SMTPUTF8; the drill checks these against the listeners)",
         *(f"# {note}" for note in smtputf8_notes(config)),
     ]

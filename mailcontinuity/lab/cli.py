@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from mailcontinuity.cli.common import operator_errors
+from mailcontinuity.lab.directory import DIRECTORY_KINDS
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.lab import PRIMARY_KINDS, Lab
 from mailcontinuity.lab.profiles import PROFILES
@@ -55,12 +56,16 @@ lab_dir_option = click.option(
 @click.option("--primary-profile", "primary_profile", type=click.Choice(PROFILES),
               default=None, help="The Dovecot primary restricted to a hosted service's IMAP"
               " capabilities and folder layout (when the lab is created).")
+@click.option("--directory", "directory_kind", type=click.Choice(DIRECTORY_KINDS), default=None,
+              help="The users in a directory (a private slapd, part 'directory') that both"
+              " Dovecots ask; the standby keeps a copy for when it is away (when the lab is"
+              " created).")
 @lab_errors
 def lab_up(directory: Path, webmail: bool, primary: str | None,
-           primary_profile: str | None) -> None:
+           primary_profile: str | None, directory_kind: str | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
     started = Lab.up(directory, webmail=webmail, primary=primary,
-                     primary_profile=primary_profile)
+                     primary_profile=primary_profile, directory_kind=directory_kind)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:

@@ -60,6 +60,9 @@ class DovecotInstance:
     """Top-level settings on authentication and relaying: the primary plays a customer's
     permissive system; the standby gets what ``check-config`` prints
     (``required_settings.dovecot_standby_hardening``)."""
+    passdb: str | None = None
+    """The users' passdb block, when not the lab's own passwd-file (``lab up --directory``:
+    the directory, and for the standby its copy when the directory is away)."""
 
     @property
     def config_file(self) -> Path:
@@ -84,9 +87,11 @@ class DovecotInstance:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.mail_root.mkdir(parents=True, exist_ok=True)
         os.chown(self.mail_root, mail.pw_uid, mail.pw_gid)
+        # With a directory (``passdb``), the users file is the userdb alone: no passwords.
         _write_private(
             self.root / "users",
-            "".join(f"{user.login}:{{PLAIN}}{user.password}::::::\n" for user in self.users),
+            "".join(f"{user.login}:{'' if self.passdb else '{PLAIN}' + user.password}::::::\n"
+                    for user in self.users),
         )
         _write_private(self.root / "masters",
                        f"{self.admin.login}:{{PLAIN}}{self.admin.password}\n")
@@ -168,10 +173,7 @@ passdb {{
   master = yes
   pass = yes
 }}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/users
-}}
+{self.passdb or self._users_passdb()}
 userdb {{
   driver = passwd-file
   args = username_format=%u {root}/users
@@ -190,6 +192,10 @@ service auth {{
   }}
 }}
 {"".join(blocks)}"""
+
+    def _users_passdb(self) -> str:
+        return (f"passdb {{\n  driver = passwd-file\n"
+                f"  args = scheme=PLAIN username_format=%u {self.root}/users\n}}")
 
     def pid(self) -> int | None:
         return read_pid(self.root / "run" / "master.pid")

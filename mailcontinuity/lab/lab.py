@@ -29,6 +29,16 @@ from mailcontinuity.deploy.settings import (
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
 from mailcontinuity.lab.cyrus import CyrusInstance
 from mailcontinuity.lab.daemon import DaemonPart
+from mailcontinuity.lab.directory import (
+    DIRECTORY_KINDS,
+    LabDirectory,
+    credentials_section,
+    describe_directory,
+    lab_directory,
+    refresh_credentials,
+    use_directory,
+    write_dovecot_ldap_args,
+)
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
@@ -124,6 +134,8 @@ class Lab:
     gateway: PostfixGateway
     webmail: Webmail | None = None
     """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
+    directory: LabDirectory | None = None
+    """The users' directory (slapd), when the lab was created with ``--directory ldap``."""
     proxy: ProxyDovecot | None = None
     """The client proxy (``imap_proxy`` in lab.json); labs created before it have none."""
 
@@ -135,8 +147,9 @@ class Lab:
             for name, readiness in LAB_DAEMONS.items()
         }
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
+        directory: dict[str, LabPart] = {"directory": self.directory} if self.directory else {}
         proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
-        return {"primary": self.primary, "standby": self.standby, **daemons,
+        return {**directory, "primary": self.primary, "standby": self.standby, **daemons,
                 "gateway": self.gateway, **webmail, **proxy}
 
     @property
@@ -149,13 +162,15 @@ class Lab:
 
     @classmethod
     def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
-           primary: str | None = None, primary_profile: str | None = None) -> Lab:
+           primary: str | None = None, primary_profile: str | None = None,
+           directory_kind: str | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
         ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
         the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
-        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created."""
+        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created;
+        ``directory_kind`` (``ldap``) puts the users in a directory both Dovecots ask."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
@@ -165,11 +180,17 @@ class Lab:
                 raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
                                f" {primary}; take it down and use another directory")
         else:
-            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile)
+            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile,
+                              directory_kind)
+        if directory_kind is not None and lab.directory is None:
+            raise LabError(f"the lab in {directory} has no directory; take it down and use"
+                           " another directory with --directory")
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
             part.start()
+        if lab.directory is not None:
+            refresh_credentials(lab.config)
         log.info("event=lab_up dir=%s", directory)
         return lab
 
@@ -218,7 +239,7 @@ class Lab:
 
     @classmethod
     def _create(cls, directory: Path, user_count: int, primary_kind: str,
-                primary_profile: str | None = None) -> Lab:
+                primary_profile: str | None = None, directory_kind: str | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
         if primary_profile is not None and (primary_kind != "dovecot"
@@ -230,7 +251,11 @@ class Lab:
             "primary": ("imap", "lmtp", "managesieve"),
             "standby": ("imap", "lmtp", "managesieve", "submission"),
         }
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 3))
+        if directory_kind is not None and (directory_kind not in DIRECTORY_KINDS
+                                           or primary_kind != "dovecot"):
+            raise LabError(f"--directory is one of {', '.join(DIRECTORY_KINDS)}, with the"
+                           " Dovecot primary only")
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 4))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
@@ -251,6 +276,8 @@ class Lab:
             "config": str(directory / "mailcontinuity.toml"),
             "primary_kind": primary_kind,
             **({"primary_profile": primary_profile} if primary_profile else {}),
+            **({"directory": describe_directory(directory, directory_kind, next(numbers))}
+               if directory_kind else {}),
         }
         primary_submission = describe_proxy(description, primary_kind)
         secrets_dir = directory / "secrets"
@@ -264,9 +291,14 @@ class Lab:
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay, primary_submission))
+                           standby_relay, primary_submission)
+            + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
+        if lab.directory is not None:
+            lab.directory.write_config()
+            assert isinstance(lab.primary, DovecotInstance)
+            write_dovecot_ldap_args(lab.config, lab.primary, lab.standby)
         lab.primary.write_config()
         lab.standby.write_config()
         lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
@@ -315,6 +347,11 @@ class Lab:
         standby.journal_lmtp = config.milter.lmtp
         standby.lmtp_plugins = dovecot_lmtp_settings(config)
         standby.settings = dovecot_standby_hardening(config)
+        lab_dir = None
+        if "directory" in description:
+            lab_dir = lab_directory(directory, description, users)
+            assert isinstance(primary, DovecotInstance)
+            use_directory(config, primary, standby)
         webmail = None
         if "webmail" in description:
             webmail = Webmail(directory / "webmail",
@@ -323,7 +360,8 @@ class Lab:
                               standby.listeners["imap"], standby.listeners["submission"],
                               config.standby.webmail_address,
                               LabCertificates(directory / "tls")
-                              if description["webmail"].startswith("https://") else None)
+                              if description["webmail"].startswith("https://") else None,
+                              standby.listeners["sieve"], config.portal.status_file)
 
         return cls(
             dir=directory,
@@ -336,6 +374,7 @@ class Lab:
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
+            directory=lab_dir,
             proxy=ProxyDovecot.of(directory, config),
         )
 
@@ -493,6 +532,10 @@ mode = "auto"
 [metrics]
 enabled = true
 listen = "127.0.0.1:{metrics_port}"
+
+[portal]
+status_file = {json.dumps(str(directory / "portal" / "status.json"))}
+contact = "the lab's help desk, help@{LAB_DOMAIN}"
 {LAB_AUDIT_SECTION}{proxy_config_section(directory, description)}"""
 
 

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.deploy.portal import (
+    BANNER_PLUGIN,
+    BANNER_PLUGIN_NAME,
+    php_string,
+    roundcube_portal_php,
+)
 from mailcontinuity.deploy.webmail import PLUGIN_NAME, ROUNDCUBE_PLUGIN, roundcube_security_php
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.process import free_ports, read_pid, stop_pid_file, wait_for
@@ -28,15 +34,11 @@ from mailcontinuity.lab.tls import LabCertificates
 ROUNDCUBE_HOME = Path("/var/lib/roundcube")
 ROUNDCUBE_ETC = Path("/etc/roundcube")
 ROUNDCUBE_SCHEMA = Path("/usr/share/roundcube/SQL/sqlite.initial.sql")
-PACKAGES = "roundcube roundcube-sqlite3 php-cli php-sqlite3"
+PACKAGES = "roundcube roundcube-sqlite3 roundcube-plugins php-cli php-sqlite3"
 WEB_USER = "www-data"
 ROUNDCUBE_PLUGIN_DIRS = (ROUNDCUBE_HOME / "plugins", Path("/usr/share/roundcube/plugins"))
 # Roundcube's page loads make parallel requests; one PHP worker would serialise them.
 PHP_WORKERS = "4"
-
-
-def _php_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Webmail:
     """The address Roundcube connects to the standby's IMAP from (``standby.webmail_address``)."""
     certificates: LabCertificates | None = None
     """With these, the portal is served over HTTPS (``lab.tlsproxy`` in front of ``php -S``)."""
+    managesieve: Endpoint | None = None
+    """The standby's ManageSieve, for Roundcube's managesieve plugin (out-of-office)."""
+    status_file: Path | None = None
+    """``portal.status_file``: the banner plugin shows what it says (issue 18)."""
 
     @property
     def url(self) -> str:
@@ -95,11 +101,12 @@ class Webmail:
             "skin": "elastic",
             "support_url": "",
         }
-        lines = [f"$config[{_php_string(key)}] = {_php_string(value)};"
+        lines = [f"$config[{php_string(key)}] = {php_string(value)};"
                  for key, value in settings.items()]
         lines += ["$config['plugins'] = [];", "$config['enable_spellcheck'] = false;"]
         config.write_text("<?php\n// Written by mailcontinuity lab; do not edit.\n$config = [];\n"
-                          + "\n".join(lines) + "\n" + roundcube_security_php(self.source))
+                          + "\n".join(lines) + "\n" + roundcube_security_php(self.source)
+                          + self._portal_php())
         config.chmod(0o600)
         self._harden()
 
@@ -167,9 +174,10 @@ class Webmail:
         ours = plugins / PLUGIN_NAME
         ours.mkdir(exist_ok=True)
         (ours / f"{PLUGIN_NAME}.php").write_text(ROUNDCUBE_PLUGIN)
+        self._install_portal_plugins(plugins)
         (self.root / "prepend.php").write_text(
             "<?php\n// Written by mailcontinuity lab: Roundcube's plugins from DIR/webmail.\n"
-            f"define('RCUBE_PLUGINS_DIR', {_php_string(str(plugins) + '/')});\n")
+            f"define('RCUBE_PLUGINS_DIR', {php_string(str(plugins) + '/')});\n")
         web = pwd.getpwnam(WEB_USER)
         self.root.chmod(0o700)
         for path in [self.root, *self.root.rglob("*")]:
@@ -177,6 +185,21 @@ class Webmail:
         for private in (self.root / "roundcube.sqlite", self.config_dir / "config.inc.php"):
             if private.exists():
                 private.chmod(0o600)
+
+    def _portal_php(self) -> str:
+        """The banner and managesieve lines (deploy.portal), as the role writes them."""
+        return roundcube_portal_php(self.status_file, self.managesieve)
+
+    def _install_portal_plugins(self, plugins: Path) -> None:
+        """The banner plugin beside Roundcube's own; managesieve comes from Debian's
+        roundcube-plugins, linked with the others."""
+        if self.status_file is not None:
+            banner = plugins / BANNER_PLUGIN_NAME
+            banner.mkdir(exist_ok=True)
+            (banner / f"{BANNER_PLUGIN_NAME}.php").write_text(BANNER_PLUGIN)
+        if self.managesieve is not None and not (plugins / "managesieve").exists():
+            raise LabError("Roundcube's managesieve plugin is missing: apt-get install"
+                           " roundcube-plugins (scripts/install-system-deps.sh)")
 
 
 def _check_installed() -> None:

@@ -22,6 +22,7 @@ from types import FrameType
 import pyinotify
 
 from mailcontinuity.config import Config
+from mailcontinuity.deploy.portal import PortalStatus
 from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
@@ -63,6 +64,8 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.next_merge = 0.0
         # The transitions' hooks in a thread of their own: the heartbeat never waits for them.
         self.hooks = hook_queue(config)
+        # The portal's banner (portal.status_file): this agent runs on the standby, by the portal.
+        self.portal = PortalStatus(config)
 
     # --- watching ----------------------------------------------------------------------
     def discover_users(self) -> None:
@@ -131,7 +134,9 @@ class SyncAgent(pyinotify.ProcessEvent):
                                          time.time(), detail)])
 
     def follow_state(self) -> None:
-        state = current_state(self.store).name
+        current = current_state(self.store)
+        self.portal.follow(self.store, current)
+        state = current.name
         # The open outage is read from the store each time rather than remembered: a whole
         # outage can come and go between two looks at the state.
         self.outage = self.changelog.open_outage() if state != "normal" else None

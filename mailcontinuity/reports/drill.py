@@ -21,6 +21,8 @@ from typing import Any
 from imapclient import IMAPClient
 
 from mailcontinuity.config import Config, ConfigError, read_secret
+from mailcontinuity.credentials.copy import read_logins
+from mailcontinuity.credentials.freshness import copy_status
 from mailcontinuity.deploy.routing import nexthop, switch_route
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import imap_login
@@ -112,6 +114,9 @@ class Drill:
         self.step("sieve scripts in sync", self.sieve_scripts_in_sync,
                   "run mailcontinuity sieve-sync and fix what it names (a script on the"
                   " primary, or the admin login on either ManageSieve server)")
+        self.step("credentials copy on the standby", self.credentials_copy,
+                  "run 'mailcontinuity credentials-sync' on the standby and check its timer"
+                  " (docs/credentials.md)")
         self.clean_up()
         return self.report
 
@@ -271,6 +276,29 @@ class Drill:
             raise StepFailed(report.reason(), "")
         copied = sum(len(user.copied) for user in report.users)
         return f"{len(report.users)} user(s) in sync, {copied} script(s) copied now"
+
+    def credentials_copy(self) -> str:
+        """The standby can check passwords without the directory: its copy is there, fresh,
+        refreshed without error, and holds the probe's login (read here, never its hash)."""
+        copy = copy_status(self.config, self.store, time.time())
+        if copy is None:
+            raise _Skip("no [credentials]: the standby asks the directory alone")
+        if copy.written_at is None:
+            raise StepFailed(f"no copy at {copy.copy_file}", "")
+        if copy.last_refresh_ok is False:
+            raise StepFailed(f"the last refresh failed: {copy.last_refresh_detail}", "")
+        if copy.too_old:
+            raise StepFailed(f"the copy is {copy.age_seconds or 0:.0f}s old (over"
+                             f" {copy.max_age_seconds:g}s of credentials.max_age_seconds)", "")
+        if not copy.on_this_host:
+            return (f"last refresh {copy.age_seconds or 0:.0f}s ago (the copy is on the"
+                    " standby's host; run the drill there to check its content)")
+        if self.probe not in read_logins(Path(copy.copy_file)):
+            raise StepFailed(f"{self.probe} is not in {copy.copy_file}: while the directory is"
+                             " away the standby would refuse it (locked, removed, outside"
+                             " credentials.filter, or no readable hash?)", "")
+        return (f"copy {copy.age_seconds or 0:.0f}s old, {copy.users} users, {self.probe}"
+                " included")
 
     # -- helpers -------------------------------------------------------------------------------
 

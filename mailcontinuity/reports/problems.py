@@ -16,6 +16,8 @@ design relies on is watched, and anything short of "all answer" is a problem:
 - **sync-agent**: its heartbeat (nothing records the outage without it);
 - **store**: the state store can be read and written, its disk has room;
 - **webmail** (``standby.webmail``): it answers.
+- **credentials** (``[credentials]``): the standby's copy of the directory's password hashes is
+  there, younger than ``max_age_seconds``, and its last refresh worked.
 
 The monitor records its checks in the store; when policyd is not there to run them, ``status``
 runs them itself (``live``), so that it never reports a part as fine on stale evidence.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from mailcontinuity.config import Config
+from mailcontinuity.credentials.freshness import CopyStatus, copy_status
 from mailcontinuity.journal.spool import SpoolUsage, spool_usage
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.monitor.watch import check_watched_parts, standby_ready
@@ -50,7 +53,8 @@ Severity = Literal["critical", "warning"]
 Verdict = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
 # The monitoring-plugin convention (Nagios, Icinga, Zabbix agents).
 EXIT_CODES: dict[Verdict, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
-PARTS = ("primary", "standby", "milter", "policyd", "sync-agent", "store", "webmail")
+PARTS = ("primary", "standby", "milter", "policyd", "sync-agent", "store", "webmail",
+         "credentials")
 # Without a policyd heartbeat to say how fresh a check must be.
 DEFAULT_STALE_SECONDS = 15.0
 
@@ -97,7 +101,8 @@ class Watch:
 
 
 def watched_parts(config: Config) -> list[str]:
-    return [part for part in PARTS if part != "webmail" or config.standby.webmail is not None]
+    optional = {"webmail": config.standby.webmail, "credentials": config.credentials}
+    return [part for part in PARTS if optional.get(part, True) is not None]
 
 
 def expected_checks(config: Config) -> set[tuple[str, str]]:
@@ -230,6 +235,33 @@ def failback_problem(state: State, checks: list[CheckRecord]) -> Problem | None:
     if state.name != "failback" or record is None or record.check.ok:
         return None
     return Problem("sync-agent", record.since, record.check.detail, record.check.action)
+
+
+# --- the standby's copy of the credentials ----------------------------------------------------
+def credentials_problem(copy: CopyStatus | None, now: float) -> Problem | None:
+    """No copy, a copy older than ``max_age_seconds`` (critical: during an outage of the
+    directory, users whose password changed, or who were added or locked since, are treated by
+    an old list), or a failed last refresh that left a still young copy (warning)."""
+    if copy is None:
+        return None
+    action = ("run 'mailcontinuity credentials-sync' on the standby and fix what it says; the"
+              " timer mailcontinuity-credentials-sync.timer refreshes it")
+    if copy.written_at is None:
+        return Problem("credentials", copy.failing_since or now, f"no copy of the directory's"
+                       f" credentials at {copy.copy_file}: if the directory goes down with the"
+                       " primary, nobody can log in to the standby", action)
+    failed = (f"; last refresh failed: {copy.last_refresh_detail}"
+              if copy.last_refresh_ok is False else "")
+    if copy.too_old:
+        return Problem("credentials", copy.written_at + copy.max_age_seconds,
+                       f"the copy {copy.copy_file} is {copy.age_seconds or 0:.0f}s old (over"
+                       f" {copy.max_age_seconds:g}s of credentials.max_age_seconds){failed}",
+                       action)
+    if failed:
+        return Problem("credentials", copy.failing_since or now,
+                       f"the copy {copy.copy_file} ({copy.age_seconds or 0:.0f}s old) is kept"
+                       + failed, action, "warning")
+    return None
 
 
 # --- the store and the disks ---------------------------------------------------------------
@@ -432,6 +464,7 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
         failback_problem(state, process),
         store_problem(config, now),
     ])
+    found += filter(None, [credentials_problem(copy_status(config, store, now), now)])
     found += disk_problems(config, watched_disks(config), now)
     found += journal_problems(config, store, journal, usage, state, now)
     return Watch(watched_parts(config), merge_by_part(found), checks, checked_live)

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from mailcontinuity.config import Config
+from mailcontinuity.credentials.freshness import copy_status
 from mailcontinuity.journal.spool import SpoolUsage, spool_usage
 from mailcontinuity.reports.problems import (
     EMPTY_SPOOL,
@@ -56,8 +57,27 @@ def collect_status(config: Config, store: StateStore, live: bool = True) -> dict
         "primary": primary_status(store, now),
         "journal": journal,
         "outage": combined_outage(store),
+        "credentials": credentials_status(config, store, now),
         "generated_at": now,
     }
+
+
+def credentials_status(config: Config, store: StateStore, now: float) -> dict[str, Any] | None:
+    """The standby's copy of the directory's credentials ([credentials]), or None."""
+    copy = copy_status(config, store, now)
+    return None if copy is None else copy.as_dict()
+
+
+def render_credentials(copy: dict[str, Any] | None) -> list[str]:
+    if copy is None:
+        return []
+    if copy["written_at"] is None:
+        return [f"credentials: no copy yet ({copy['copy_file']})"]
+    users = f", {copy['users']} users" if copy["users"] is not None else ""
+    last = ("" if copy["last_refresh_ok"] is not False
+            else f", last refresh FAILED: {copy['last_refresh_detail']}")
+    return [f"credentials: copy {copy['age_seconds']:.0f}s old (max"
+            f" {copy['max_age_seconds']:g}s{users}){last}"]
 
 
 def verdict_fields(watched: Watch) -> dict[str, Any]:
@@ -211,6 +231,7 @@ def render_status(report: dict[str, Any]) -> str:
         *render_primary(report["primary"]),
         f"journal:  {render_journal(report['journal'])}",
         render_outage(report["outage"]),
+        *render_credentials(report.get("credentials")),
     ]
     return "\n".join(lines)
 

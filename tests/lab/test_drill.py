@@ -44,7 +44,11 @@ def test_drill_passes_on_a_healthy_lab_and_archives_its_report(lab: Lab) -> None
         "standby reachable", "login with production credentials", "send from the standby",
         "receive through the gateway into the standby", "journal lag",
         "routing switch for the probe address", "failback credentials on the primary",
-        "international mail (SMTPUTF8)", "sieve scripts in sync"]
+        "international mail (SMTPUTF8)", "sieve scripts in sync",
+        "credentials copy on the standby"]
+    # The session lab has no directory ([credentials]): the step says so and is skipped.
+    copy = next(s for s in report["steps"] if s["name"] == "credentials copy on the standby")
+    assert copy["skipped"] and "no [credentials]" in copy["detail"]
     utf8 = next(s for s in report["steps"] if s["name"] == "international mail (SMTPUTF8)")
     # The lab's stores are Dovecot 2.3: neither LMTP offers SMTPUTF8, and the drill says so.
     assert "standby lmtp:" in utf8["detail"] and "does not offer SMTPUTF8" in utf8["detail"]

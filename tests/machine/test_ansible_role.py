@@ -251,6 +251,22 @@ def test_portal_and_hooks_are_installed(applied: list[str]) -> None:
                 "mailcontinuity_client_ip.php").is_file()
     database = Path("/var/lib/dbconfig-common/sqlite3/roundcube/roundcube").stat()
     assert database.st_mode & 0o777 == 0o600
+    # Issue 18: the outage banner and out-of-office on the standby's ManageSieve.
+    assert "$config['plugins'][] = 'mailcontinuity_banner';" in roundcube
+    assert ("$config['mailcontinuity_status_file'] ="
+            " '/var/lib/mailcontinuity-portal/status.json';") in roundcube
+    assert "$config['plugins'][] = 'managesieve';" in roundcube
+    assert "$config['managesieve_host'] = '127.0.0.1:14190';" in roundcube
+    assert Path("/var/lib/roundcube/plugins/mailcontinuity_banner/"
+                "mailcontinuity_banner.php").is_file()
+    assert Path("/var/lib/roundcube/plugins/managesieve").exists()
+    status_dir = Path("/var/lib/mailcontinuity-portal").stat()
+    assert (status_dir.st_mode & 0o777, pwd.getpwuid(status_dir.st_uid).pw_name,
+            grp.getgrgid(status_dir.st_gid).gr_name) == (0o750, "vmail", "www-data")
+    toml = Path("/etc/mailcontinuity/mailcontinuity.toml").read_text()
+    assert 'status_file = "/var/lib/mailcontinuity-portal/status.json"' in toml
+    agent = Path("/etc/systemd/system/mailcontinuity-sync-agent.service").read_text()
+    assert "-/var/lib/mailcontinuity-portal" in agent
     # The Apache HTTPS site is not checked here: tests/localhost.yml installs no web server
     # (mailcontinuity_webmail_apache: false); the lab serves the portal over HTTPS instead.
     hook = Path("/etc/mailcontinuity/hooks/on-failover.d/50-webhook")

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"store", "hooks"},
     {"deploy"},
     {"transitions"},
-    {"journal", "monitor", "outage", "sieve"},
+    {"journal", "monitor", "outage", "sieve", "credentials"},
     {"reports"},
     {"cli"},
     {"lab"},

@@ -1,0 +1,1 @@
+"""Credential continuity: the standby's own copy of the directory's password hashes."""
