@@ -193,6 +193,9 @@ class PrimarySection(PeerSection):
     delivery: DeliveryField
     imap: EndpointField
     managesieve: EndpointField | None = None
+    submission: EndpointField | None = None
+    """The primary's submission service (STARTTLS), where the client proxy sends users'
+    mail clients in normal times (``proxy.submission``)."""
     smtputf8: bool = False
     """Whether ``delivery`` offers SMTPUTF8 (Exchange and Gmail do; Dovecot 2.3 LMTP does not):
     without it the milter refuses internationalised mail at SMTP time rather than let Postfix
@@ -272,6 +275,47 @@ class GatewaySection(PeerSection):
     def _mailbox(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[^\s@<>,]+@[A-Za-z0-9.-]+", value):
             raise ValueError(f"{value!r} is not a mailbox address (user@domain)")
+        return value
+
+
+class ProxySection(Section):
+    """A Dovecot proxy on the service names users' clients use (``imap.example.org``): it sends
+    each login to the primary's or the standby's IMAP (and submission) with the continuity state,
+    so clients need no reconfiguration (docs/clients.md). mailcontinuity rewrites ``route_file``
+    on every failover and failback, reloads that Dovecot and kicks the sessions still proxied to
+    the side users leave, so that they reconnect to the other one."""
+
+    imap: EndpointField
+    """The proxy's IMAP listener (STARTTLS), the address the IMAP service name resolves to."""
+    imaps: EndpointField | None = None
+    """An implicit-TLS IMAP listener (port 993), if clients use one."""
+    submission: EndpointField | None = None
+    """The proxy's submission listener (STARTTLS); needs ``primary.submission`` and
+    ``standby.submission`` as destinations."""
+    tls_cert_file: Path
+    """The certificate (chain) clients see: the site's own, covering the service names."""
+    tls_key_file: Path
+    """Its private key (0600 root: Dovecot reads it as root before dropping privileges)."""
+    route_file: Path = Path("/var/lib/mailcontinuity-proxy/route")
+    """The passwd-file the proxy's passdb reads: one line per protocol naming the destination;
+    mailcontinuity writes it (its directory writable by the daemons' user, searchable by
+    Dovecot's), nobody else should."""
+    doveadm_config: Path = Path("/etc/dovecot-proxy/dovecot.conf")
+    """The proxy Dovecot's configuration, for ``doveadm reload`` and ``doveadm proxy kick``
+    (it runs on the host that changes the state, the gateway's, as an instance of its own)."""
+    source_address: str | None = None
+    """The address the proxy connects to the mail stores from (Dovecot's ``source_ip``): the
+    stores trust it in ``login_trusted_networks`` so that they see and penalise each client's
+    own address, not the proxy's."""
+
+    @field_validator("source_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
         return value
 
 
@@ -626,6 +670,27 @@ class Config(Section):
     metrics: MetricsSection = MetricsSection()
     audit: AuditSection = AuditSection()
     credentials: CredentialsSection | None = None
+    proxy: ProxySection | None = None
+    """The client proxy (optional): without this section, clients keep their own names."""
+
+    @model_validator(mode="after")
+    def _proxy_destinations(self) -> Config:
+        proxy = self.proxy
+        if proxy is None:
+            return self
+        if proxy.submission is not None:
+            missing = [f"{side}.submission" for side, section
+                       in (("primary", self.primary), ("standby", self.standby))
+                       if section.submission is None]
+            if missing:
+                raise ValueError(f"proxy.submission needs {' and '.join(missing)}: the"
+                                 " destinations the proxy sends submission clients to")
+        cas = {side.tls_ca_file for side in (self.primary, self.standby) if side.tls != "none"}
+        if len(cas) > 1:
+            raise ValueError("proxy: primary.tls_ca_file and standby.tls_ca_file differ, but"
+                             " Dovecot's proxy verifies both stores against one CA file"
+                             " (ssl_ca): put both CAs in one file and name it in both")
+        return self
 
 
 SECRET_SUFFIX = "password_file"

@@ -22,6 +22,7 @@ from mailcontinuity.deploy.credentials import (
 )
 from mailcontinuity.deploy.firewall import nft_ruleset
 from mailcontinuity.deploy.portal import BANNER_PLUGIN, BANNER_PLUGIN_NAME, roundcube_portal_php
+from mailcontinuity.deploy.proxy import dovecot_proxy_settings, route_lines
 from mailcontinuity.deploy.routing import (
     standby_delivery_service,
     tls_policy_entries,
@@ -281,8 +282,20 @@ def dovecot_standby_hardening(config: Config) -> dict[str, str]:
         "disable_plaintext_auth": "yes",
         "auth_failure_delay": f"{AUTH_FAILURE_DELAY_SECONDS} secs",
         **relay,
-        **dovecot_webmail_trust(config.standby.webmail_address),
+        **dovecot_trusted_clients(config),
     }
+
+
+def dovecot_trusted_clients(config: Config) -> dict[str, str]:
+    """``login_trusted_networks`` of a store: the portal and the client proxy's
+    ``source_address``, the only clients that report users' own addresses (IMAP ID, XCLIENT),
+    so that the login penalty falls on each user's address, not on the portal's or proxy's."""
+    trusted = dovecot_webmail_trust(config.standby.webmail_address).get(
+        "login_trusted_networks", "").split()
+    if config.proxy is not None and config.proxy.source_address is not None:
+        address = config.proxy.source_address
+        trusted.append(address + ("/128" if ":" in address else "/32"))
+    return {"login_trusted_networks": " ".join(trusted)} if trusted else {}
 
 
 def dovecot_standby_settings(config: Config) -> str:
@@ -396,6 +409,13 @@ def settings_report(config: Config) -> dict[str, Any]:
         },
         "nftables": {host: nft_ruleset(config, host) for host in ("gateway", "standby")},
         "dovecot_credentials": dovecot_credentials_report(config),
+        "client_proxy": None if config.proxy is None else {
+            "dovecot": dovecot_proxy_settings(config),
+            "doveadm_config": str(config.proxy.doveadm_config),
+            "kick_hosts": sorted({config.primary.imap.host, config.standby.imap.host}),
+            "route_file": {"path": str(config.proxy.route_file),
+                           "lines": route_lines(config, "primary")},
+        },
     }
 
 
@@ -488,6 +508,16 @@ def render_check_config(config: Config) -> str:
             f"# Postfix gateway: {config.gateway.tls_policy_map} (TLS for deliveries to the"
             " stores; postmap it once)",
             *tls_policy_entries(config),
+        ]
+    if config.proxy is not None:
+        lines += [
+            "",
+            "# Client proxy: a Dovecot of its own on the host that changes the state, on the",
+            "# service names clients use (docs/clients.md). Its settings:",
+            dovecot_proxy_settings(config).rstrip("\n"),
+            f"# and its route file {config.proxy.route_file} (mailcontinuity rewrites it on"
+            " every failover and failback; create it once with the lines below)",
+            *route_lines(config, "primary"),
         ]
     lines += [
         "",

@@ -44,6 +44,12 @@ from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
+from mailcontinuity.lab.proxy import (
+    ProxyDovecot,
+    describe_proxy,
+    primary_proxy_settings,
+    proxy_config_section,
+)
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
@@ -130,6 +136,8 @@ class Lab:
     """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
     directory: LabDirectory | None = None
     """The users' directory (slapd), when the lab was created with ``--directory ldap``."""
+    proxy: ProxyDovecot | None = None
+    """The client proxy (``imap_proxy`` in lab.json); labs created before it have none."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -140,8 +148,9 @@ class Lab:
         }
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
         directory: dict[str, LabPart] = {"directory": self.directory} if self.directory else {}
+        proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
         return {**directory, "primary": self.primary, "standby": self.standby, **daemons,
-                "gateway": self.gateway, **webmail}
+                "gateway": self.gateway, **webmail, **proxy}
 
     @property
     def config_file(self) -> Path:
@@ -270,6 +279,7 @@ class Lab:
             **({"directory": describe_directory(directory, directory_kind, next(numbers))}
                if directory_kind else {}),
         }
+        primary_submission = describe_proxy(description, primary_kind)
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "admin-password"
@@ -281,7 +291,7 @@ class Lab:
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay)
+                           standby_relay, primary_submission)
             + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
         lab = cls.load(directory)
@@ -294,6 +304,8 @@ class Lab:
         lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
                                          journal_mark_filter_script())
         lab.gateway.write_config()
+        if lab.proxy is not None:
+            lab.proxy.write_config()
         return lab
 
     @classmethod
@@ -325,6 +337,9 @@ class Lab:
                 users, admin, LabCertificates(directory / "tls"))
         else:
             primary = dovecot("primary", primary_listeners)
+            if config.primary.submission is not None:  # in the config only, like the gateway's
+                primary.listeners["submission"] = config.primary.submission
+            primary.settings |= primary_proxy_settings(config)
             if description.get("primary_profile"):
                 primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
@@ -360,6 +375,7 @@ class Lab:
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
             directory=lab_dir,
+            proxy=ProxyDovecot.of(directory, config),
         )
 
     @classmethod
@@ -412,11 +428,14 @@ syslog_socket = false
 
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
-                   metrics_port: int, standby_relay: int) -> str:
+                   metrics_port: int, standby_relay: int,
+                   primary_submission_port: int | None = None) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
     ca_file = json.dumps(str(LabCertificates(directory / "tls").ca_file))
+    primary_submission = (f'submission = "127.0.0.1:{primary_submission_port}"\n'
+                          if primary_submission_port else "")
     if description["primary_kind"] == "cyrus":
         # No master users: an admin with proxy authentication; the health probe logs in as
         # the drill's probe user with its own password.
@@ -444,7 +463,7 @@ protected = {json.dumps(description["domains"])}
 delivery = "lmtp:{primary["lmtp"]}"
 imap = "{primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
-tls = "{primary_tls}"
+{primary_submission}tls = "{primary_tls}"
 tls_ca_file = {ca_file}
 
 [standby]
@@ -523,7 +542,7 @@ listen = "127.0.0.1:{metrics_port}"
 [portal]
 status_file = {json.dumps(str(directory / "portal" / "status.json"))}
 contact = "the lab's help desk, help@{LAB_DOMAIN}"
-{LAB_AUDIT_SECTION}"""
+{LAB_AUDIT_SECTION}{proxy_config_section(directory, description)}"""
 
 
 def _write_lab_json(directory: Path, description: dict[str, Any]) -> None:

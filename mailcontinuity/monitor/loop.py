@@ -15,7 +15,6 @@ import logging
 import time
 
 from mailcontinuity.config import Config
-from mailcontinuity.deploy.routing import switch_route
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.monitor.accepted import AcceptedMessages
@@ -29,7 +28,7 @@ from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.heartbeats import policyd_beat
 from mailcontinuity.store.probes import ProbeResult, prune_probes, record_probes
 from mailcontinuity.store.state import State, current_state
-from mailcontinuity.transitions import ROUTE_IN_STATE, change_state, hook_queue
+from mailcontinuity.transitions import ROUTE_IN_STATE, apply_route, change_state, hook_queue
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class HealthMonitor:
 
     def _retry_route(self, state: State) -> None:
         try:
-            switch_route(self.config, ROUTE_IN_STATE[state.name])
+            apply_route(self.config, ROUTE_IN_STATE[state.name])
         except CommandError as exc:
             log.error("event=route_switch_failed state=%s error=%r action=retry_next_round",
                       state.name, str(exc))
