@@ -101,6 +101,7 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.rewatch_users: set[str] = set()
         self.needed: dict[str, int] = {}
         self.next_unwatched = 0.0
+        self.limit_hit = False
         self.watch_reported: tuple[bool, str] | None = None
         # Folders seen created: their new/ and cur/ may appear a moment later; look again
         # each discovery tick until this deadline.
@@ -118,6 +119,7 @@ class SyncAgent(pyinotify.ProcessEvent):
     def discover_users(self) -> None:
         """Watch every protected user's Maildir (``wanted_watches``); users that appeared
         since the last look are rescanned (their mail may predate the watch)."""
+        self.limit_hit = False  # once per pass: after the first ENOSPC nothing more is tried
         for user, maildir in protected_maildirs(self.config).items():
             if user not in self.maildirs:
                 self.maildirs[user] = maildir
@@ -158,12 +160,15 @@ class SyncAgent(pyinotify.ProcessEvent):
         for path in wanted:
             if path in have:
                 continue
+            if self.limit_hit:
+                missing = True
+                break
             wd = self.add_watch(path)
             if wd >= 0:
                 have[path] = wd
                 self.wd_user[wd] = user
             elif self.watch_errno() == errno.ENOSPC:
-                missing = True
+                missing = self.limit_hit = True
                 break
             else:
                 # Gone between the listing and the watch: the next rescan sees the truth.

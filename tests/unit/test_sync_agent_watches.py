@@ -139,6 +139,7 @@ def test_at_the_watch_limit_the_agent_says_so_rescans_and_recovers(
     mocker.patch.object(agent, "watch_errno", return_value=errno.ENOSPC)
     agent.discover_users()
     assert agent.unwatched == {"bob@example.org", "carol@example.org", "dave@example.org"}
+    assert add.call_count == limit + 1  # after the first refusal nothing more is tried
     ok, detail, action = watch_check(agent)
     assert ok == 0
     needed = len(USERS) * 7
