@@ -167,6 +167,9 @@ class SyncAgent(pyinotify.ProcessEvent):
             if wd >= 0:
                 have[path] = wd
                 self.wd_user[wd] = user
+                # What was written before this watch existed has sent no event: the rescan
+                # that follows (in an outage) records it, events record the rest.
+                self.rescan_users.add(user)
             elif self.watch_errno() == errno.ENOSPC:
                 missing = self.limit_hit = True
                 break
