@@ -35,6 +35,8 @@ from mailcontinuity.store.accepted import add_accepted
 from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.heartbeats import policyd_beat, sync_agent_beat
+from mailcontinuity.store.journal import recount
+from mailcontinuity.store.outages import ChangeLog
 
 SCRAPES = 20
 PROBE_ROWS = 86_400
@@ -63,6 +65,7 @@ def fill(store: StateStore, copies: int) -> None:
             " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
             ((f"user{n % 500}", f"b{n}", f"b{n}:2,", f"k{n}", now, now)
              for n in range(copies // 10)))
+    recount(store)  # the rows were written by hand: the counts the code keeps, rebuilt
     policyd_beat(store, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
     sync_agent_beat(store, now - 3600)
     store.execute("UPDATE sync_agent SET heartbeat_at = ?", [now + 1e9])
@@ -79,7 +82,8 @@ def spool(directory: Path) -> None:
         (directory / "new" / f"{n}.msg").write_bytes(b"x" * 20_000)
 
 
-def scrape_times(directory: Path, copies: int) -> tuple[list[float], list[float]]:
+def scrape_times(directory: Path, copies: int, scrapes: int = SCRAPES
+                 ) -> tuple[list[float], list[float], dict[str, float]]:
     """Scrape durations, then ``status`` collection durations (live checks off: fresh)."""
     config = parse_config({
         "domains": {"protected": ["example.org"]},
@@ -95,17 +99,33 @@ def scrape_times(directory: Path, copies: int) -> tuple[list[float], list[float]
         registry = CollectorRegistry()
         registry.register(StoreCollector(config, store))
         times = []
-        for _ in range(SCRAPES):
+        for _ in range(scrapes):
             started = time.perf_counter()
             generate_latest(registry)
             times.append(time.perf_counter() - started)
         statuses = []
-        for _ in range(SCRAPES):
+        for _ in range(scrapes):
             started = time.perf_counter()
             report = collect_status(config, store, live=False)
             statuses.append(time.perf_counter() - started)
         assert report["checked_by"] == "policyd", report["checks"]
-        return times, statuses
+        # Two parts side by side: the journal's counts as kept (journal_count) and as counted
+        # from the whole index before; and the outage record's activity summary.
+        parts: dict[str, float] = {}
+        outage = ChangeLog(store).open_outage()
+        assert outage is not None
+        for name, read in (
+                ("kept", lambda: store.query("SELECT status, count FROM journal_count")),
+                ("counted", lambda: store.query(
+                    "SELECT status, count(*) FROM journal GROUP BY status")),
+                ("activity", lambda: ChangeLog(store).activity(outage.id))):
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter()
+                read()
+                runs.append(time.perf_counter() - started)
+            parts[name] = statistics.median(runs)
+        return times, statuses, parts
     finally:
         store.close()
 
@@ -123,15 +143,21 @@ def counting_cost(requests: int = 200_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
+    parser.add_argument("--scrapes", type=int, default=SCRAPES)
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    scrapes = args.scrapes
     print("scrape duration (state store + spool read, text rendered)")
     print(f"{'journal copies':>15} {'median ms':>10} {'max ms':>8} {'status median ms':>17}"
           "   Prometheus default timeout 10000 ms, interval 60000 ms")
     for copies in sizes:
         with tempfile.TemporaryDirectory(prefix="mcmetrics-") as directory:
-            times, statuses = scrape_times(Path(directory), copies)
+            times, statuses, parts = scrape_times(Path(directory), copies, scrapes)
         print(f"{copies:>15,} {statistics.median(times) * 1000:>10.1f}"
-              f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}")
+              f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}"
+              f"   counts kept {parts['kept'] * 1000:.2f} ms, counted from the index"
+              f" {parts['counted'] * 1000:.1f} ms; outage activity ({copies // 10:,} rows)"
+              f" {parts['activity'] * 1000:.1f} ms")
     cost = counting_cost()
     print("\nper policy request")
     print(f"  counting the answer: {cost * 1e6:.2f} µs"

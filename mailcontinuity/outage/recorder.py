@@ -12,6 +12,7 @@ monitor saw the primary recover) the agent runs the merge itself, unless an oper
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ import pyinotify
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.portal import PortalStatus
+from mailcontinuity.mail.maildir import folder_dirs
 from mailcontinuity.outage.follow import follow_all
 from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import run_failback
@@ -41,11 +43,47 @@ from mailcontinuity.transitions import hook_queue
 log = logging.getLogger(__name__)
 
 WATCH_MASK = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
-              | pyinotify.IN_DELETE)
+              | pyinotify.IN_DELETE | pyinotify.IN_ONLYDIR)
 HEARTBEAT_SECONDS = 2.0
 USER_DISCOVERY_SECONDS = 1.0  # a listing of the domain directories: cheap
 MERGE_RETRY_SECONDS = 15.0
+# Users the kernel's watch limit left without (all their) watches are rescanned this often
+# during an outage, and their watches are tried again (the limit may have been raised).
+UNWATCHED_RESCAN_SECONDS = 30.0
 MESSAGE_DIRS = ("new", "cur")
+MAX_WATCHES_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
+SYSCTL_FILE = "/etc/sysctl.d/60-mailcontinuity.conf"
+
+
+def wanted_watches(maildir: Path) -> list[Path]:
+    """The directories whose events the agent needs for one Maildir: the root (folders are
+    created, renamed and removed there: Maildir++ is flat) and each folder's ``new/`` and
+    ``cur/``. Not ``tmp/`` (deliveries in progress are not mail yet) nor the folder
+    directories themselves: 1 + 2 per folder."""
+    wanted = [maildir]
+    for directory in folder_dirs(maildir).values():
+        wanted += [directory / sub for sub in MESSAGE_DIRS if (directory / sub).is_dir()]
+    return wanted
+
+
+def max_user_watches() -> int | None:
+    """The kernel's per-Unix-user limit of inotify watches (every process of the user counts)."""
+    try:
+        return int(MAX_WATCHES_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def watch_limit_message(limit: int | None, needed: int, users: int, unwatched: int) -> str:
+    """What an operator must read when the limit is reached: the key, the count, the fix."""
+    suggest = -(-max(needed * 2, 8192) // 1024) * 1024
+    return (f"inotify watch limit reached: fs.inotify.max_user_watches is {limit or 'unknown'}"
+            f" and the sync agent needs {needed} watches for {users} users (1 per Maildir, 2 per"
+            f" folder); {unwatched} users are recorded by a rescan every"
+            f" {UNWATCHED_RESCAN_SECONDS:.0f}s instead of events until it is raised: 'sysctl -w"
+            f" fs.inotify.max_user_watches={suggest}' and the same line"
+            f" 'fs.inotify.max_user_watches = {suggest}' in {SYSCTL_FILE} (the limit counts"
+            f" every watch of this Unix user, Dovecot's IDLE included: leave room)")
 
 
 class SyncAgent(pyinotify.ProcessEvent):
@@ -59,6 +97,19 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.watches = pyinotify.WatchManager()
         self.notifier = pyinotify.Notifier(self.watches, self, timeout=1000)
         self.maildirs: dict[str, Path] = {}
+        # Watch descriptor -> user (O(1) per event), and each user's watched directories.
+        self.wd_user: dict[int, str] = {}
+        self.user_wds: dict[str, dict[Path, int]] = {}
+        # Users missing a watch because the kernel's limit was reached; rescanned instead.
+        self.unwatched: set[str] = set()
+        self.rewatch_users: set[str] = set()
+        self.needed: dict[str, int] = {}
+        self.next_unwatched = 0.0
+        self.limit_hit = False
+        self.watch_reported: tuple[bool, str] | None = None
+        # Folders seen created: their new/ and cur/ may appear a moment later; look again
+        # each discovery tick until this deadline.
+        self.pending_folders: dict[str, float] = {}
         self.outage: Outage | None = None
         self.rescan_all = True
         self.rescan_users: set[str] = set()
@@ -74,34 +125,143 @@ class SyncAgent(pyinotify.ProcessEvent):
 
     # --- watching ----------------------------------------------------------------------
     def discover_users(self) -> None:
-        """Watch every protected user's Maildir, folders created later included."""
+        """Watch every protected user's Maildir (``wanted_watches``); users that appeared
+        since the last look are rescanned (their mail may predate the watch)."""
+        self.limit_hit = False  # once per pass: after the first ENOSPC nothing more is tried
         for user, maildir in protected_maildirs(self.config).items():
             if user not in self.maildirs:
-                self.watches.add_watch(str(maildir), WATCH_MASK, rec=True, auto_add=True)
                 self.maildirs[user] = maildir
                 self.rescan_users.add(user)
+                self.watch_user(user)
                 log.info("event=watching user=%s maildir=%s", user, maildir)
+        now = time.time()
+        for user in sorted(self.rewatch_users):
+            self.pending_folders[user] = now + 10 * USER_DISCOVERY_SECONDS
+        self.rewatch_users.clear()
+        for user, until in list(self.pending_folders.items()):
+            if user in self.maildirs:
+                self.watch_user(user)
+            if now >= until:
+                del self.pending_folders[user]
+        if self.unwatched and time.time() >= self.next_unwatched:
+            # The limit may have been raised meanwhile (sysctl -w acts at once): try again.
+            for user in sorted(self.unwatched):
+                self.watch_user(user)
+        self._report_watches()
 
-    def _owner(self, path: Path) -> tuple[str, Path] | None:
-        for user, maildir in self.maildirs.items():
-            if path == maildir or maildir in path.parents:
-                return user, maildir
-        return None
+    def watch_user(self, user: str) -> None:
+        """Bring ``user``'s watches in line with its folders; at the kernel's limit the user
+        joins ``unwatched`` (rescanned periodically) rather than going unrecorded."""
+        maildir = self.maildirs[user]
+        try:
+            wanted = wanted_watches(maildir)
+        except FileNotFoundError:
+            wanted = []
+        self.needed[user] = len(wanted)
+        have = self.user_wds.setdefault(user, {})
+        for path in [p for p in have if p not in set(wanted)]:
+            wd = have.pop(path)
+            self.wd_user.pop(wd, None)
+            if wd in self.watches.watches:
+                self.watches.rm_watch(wd, quiet=True)
+        missing = False
+        for path in wanted:
+            if path in have:
+                continue
+            if self.limit_hit:
+                missing = True
+                break
+            wd = self.add_watch(path)
+            if wd >= 0:
+                have[path] = wd
+                self.wd_user[wd] = user
+                # What was written before this watch existed has sent no event: the rescan
+                # that follows (in an outage) records it, events record the rest.
+                self.rescan_users.add(user)
+            elif self.watch_errno() == errno.ENOSPC:
+                missing = self.limit_hit = True
+                break
+            else:
+                # Gone between the listing and the watch: the next rescan sees the truth.
+                self.rescan_users.add(user)
+        if missing:
+            if user not in self.unwatched:
+                log.error("event=inotify_limit user=%s watched=%d needed=%d", user, len(have),
+                          len(wanted))
+            self.unwatched.add(user)
+        else:
+            self.unwatched.discard(user)
+
+    def add_watch(self, path: Path) -> int:
+        """One non-recursive watch; a negative result is a failure (``watch_errno`` says which)."""
+        result: dict[str, int] = self.watches.add_watch(str(path), WATCH_MASK, quiet=True)
+        return result.get(os.path.normpath(str(path)), -1)
+
+    def watch_errno(self) -> int | None:
+        """The errno of the last failed ``add_watch`` (ENOSPC: the watch limit)."""
+        wrapper = getattr(self.watches, "_inotify_wrapper", None)
+        return wrapper.get_errno() if wrapper is not None else None
+
+    def watch_report(self) -> tuple[bool, str]:
+        """Whether every user has its watches, and what the operator must know if not."""
+        needed = sum(self.needed.values())
+        if not self.unwatched:
+            return True, (f"{len(self.wd_user)} inotify watches for {len(self.maildirs)} users"
+                          f" (limit {max_user_watches() or 'unknown'})")
+        return False, watch_limit_message(max_user_watches(), needed, len(self.maildirs),
+                                          len(self.unwatched))
+
+    def _report_watches(self) -> None:
+        """Record the watches' check when it changes (``status`` shows a failing one); while
+        users lack watches, queue their rescan every UNWATCHED_RESCAN_SECONDS."""
+        ok, detail = self.watch_report()
+        now = time.time()
+        if not ok and now >= self.next_unwatched:
+            self.rescan_users |= self.unwatched
+            self.next_unwatched = now + UNWATCHED_RESCAN_SECONDS
+        if (ok, detail) == self.watch_reported:
+            return
+        if not ok:
+            log.error("event=inotify_degraded %s", detail)
+        self.watch_reported = (ok, detail)
+        record_checks(self.store, [Check(
+            "sync-agent", "inotify", socket.gethostname(), ok, now, detail,
+            "" if ok else "raise fs.inotify.max_user_watches as the detail says; the agent"
+            " picks the new limit up by itself within"
+            f" {UNWATCHED_RESCAN_SECONDS:.0f}s, no restart needed")])
+
+    def _owner(self, event: pyinotify.Event) -> tuple[str, Path] | None:
+        """The user a watch descriptor belongs to: one dictionary look-up per event."""
+        user = self.wd_user.get(event.wd)
+        return None if user is None else (user, self.maildirs[user])
+
+    def process_IN_IGNORED(self, event: pyinotify.Event) -> None:  # noqa: N802 - pyinotify
+        """The kernel dropped a watch (its directory went): forget it."""
+        user = self.wd_user.pop(event.wd, None)
+        if user is not None:
+            have = self.user_wds.get(user, {})
+            for path, wd in list(have.items()):
+                if wd == event.wd:
+                    del have[path]
 
     def process_IN_Q_OVERFLOW(self, event: pyinotify.Event) -> None:  # noqa: N802 - pyinotify
         log.warning("event=inotify_overflow action=full_rescan")
         self.rescan_all = True
 
     def process_default(self, event: pyinotify.Event) -> None:
-        if self.outage is None:
-            return  # outside an outage nothing is recorded
-        path = Path(event.pathname)
-        owner = self._owner(path)
+        owner = self._owner(event)
         if owner is None:
             return
         user, maildir = owner
         if event.dir:
-            # A folder appeared, moved or went: its contents may predate the watch.
+            # A folder appeared, moved or went: its new/ and cur/ need watches (they may
+            # appear a moment after the folder), in an outage or not.
+            self.rewatch_users.add(user)
+        if self.outage is None:
+            return  # outside an outage nothing is recorded
+        path = Path(event.pathname)
+        if event.dir:
+            # Its contents may predate the watch.
             self.rescan_users.add(user)
         elif path.parent.name in MESSAGE_DIRS:
             record_file(self.changelog, self.outage.id, user, maildir, path,

@@ -13,7 +13,8 @@ design relies on is watched, and anything short of "all answer" is a problem:
 - **milter**: Postfix can reach it and it negotiates, its journal copies keep pace with the mail
   the gateway accepts, the copies reach the standby in time, its spool's disk has room;
 - **policyd**: its heartbeat (a stopped, killed or hung policyd detects no outage);
-- **sync-agent**: its heartbeat (nothing records the outage without it);
+- **sync-agent**: its heartbeat (nothing records the outage without it), and its inotify
+  watches (the kernel's limit reached: a warning naming the sysctl);
 - **store**: the state store can be read and written, its disk has room;
 - **webmail** (``standby.webmail``): it answers.
 - **credentials** (``[credentials]``): the standby's copy of the directory's password hashes is
@@ -226,6 +227,20 @@ def sync_agent_problem(config: Config, store: StateStore, checks: list[CheckReco
         return Problem("sync-agent", beat[2], f"no heartbeat from the sync agent (pid {beat[0]})"
                        f" for {silent:.0f}s: stopped, killed or hung", action)
     return None
+
+
+def watches_problem(checks: list[CheckRecord]) -> Problem | None:
+    """The sync agent runs degraded: the kernel's inotify watch limit left users without
+    watches (it rescans them periodically instead). A warning: nothing is lost, but events
+    come late and the rescans cost; the detail names the sysctl and the number needed."""
+    record = next((r for r in checks if (r.check.part, r.check.name)
+                   == ("sync-agent", "inotify")), None)
+    process = next((r for r in checks if (r.check.part, r.check.name)
+                    == ("sync-agent", "process")), None)
+    if record is None or record.check.ok or (process is not None and not process.check.ok):
+        return None
+    return Problem("sync-agent", record.since, record.check.detail, record.check.action,
+                   severity="warning")
 
 
 def failback_problem(state: State, checks: list[CheckRecord]) -> Problem | None:
@@ -462,6 +477,7 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
         policyd_problem(daemon, now),
         sync_agent_problem(config, store, process, now),
         failback_problem(state, process),
+        watches_problem(process),
         store_problem(config, now),
     ])
     found += filter(None, [credentials_problem(copy_status(config, store, now), now)])

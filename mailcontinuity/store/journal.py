@@ -8,6 +8,7 @@ shipping idempotent: a copy already recorded is never shipped again.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,23 @@ class CopyRecord:
     detail: str = ""
 
 
+def _count(store: StateStore, changes: Counter[str]) -> None:
+    """Apply ``changes`` (copies by status, + or -) to ``journal_count``, in the caller's
+    transaction: every write to the index's statuses goes through this module."""
+    store.executemany(
+        "INSERT INTO journal_count (status, count) VALUES (?, ?) ON CONFLICT (status)"
+        " DO UPDATE SET count = journal_count.count + excluded.count",
+        [[status, change] for status, change in changes.items() if change])
+
+
+def recount(store: StateStore) -> None:
+    """Rebuild ``journal_count`` from the rows (after writing rows by hand, as benches do)."""
+    with store.transaction():
+        store.execute("DELETE FROM journal_count")
+        store.execute("INSERT INTO journal_count (status, count)"
+                      " SELECT status, count(*) FROM journal GROUP BY status")
+
+
 def record_copies(store: StateStore, records: Iterable[CopyRecord]) -> None:
     rows = [
         [r.message_id, r.address, r.folder, r.status, r.received, time.time(), r.location,
@@ -40,6 +58,14 @@ def record_copies(store: StateStore, records: Iterable[CopyRecord]) -> None:
     if not rows:
         return
     with store.transaction():
+        changes: Counter[str] = Counter()
+        for row in rows:
+            before = store.one("SELECT status FROM journal WHERE message_id = ? AND address = ?"
+                               " AND folder = ?", row[:3])
+            changes[str(row[3])] += 1
+            if before is not None:
+                changes[str(before[0])] -= 1
+        _count(store, changes)
         store.executemany(
             "INSERT INTO journal (message_id, address, folder, status, received, recorded,"
             " location, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -73,14 +99,19 @@ def prunable(store: StateStore, before: float) -> list[CopyRecord]:
 
 
 def mark_pruned(store: StateStore, records: Iterable[CopyRecord]) -> None:
+    """Rows of copies deleted from the standby become ``pruned`` (those still in the status
+    they were read in: a copy shipped again meanwhile is not marked)."""
     now = time.time()
-    keys = [[now, r.message_id, r.address, r.folder] for r in records]
+    changes: Counter[str] = Counter()
     with store.transaction():
-        store.executemany(
-            "UPDATE journal SET status = 'pruned', recorded = ?"
-            " WHERE message_id = ? AND address = ? AND folder = ?",
-            keys,
-        )
+        for r in records:
+            changed = store.execute(
+                "UPDATE journal SET status = 'pruned', recorded = ?"
+                " WHERE message_id = ? AND address = ? AND folder = ? AND status = ?",
+                [now, r.message_id, r.address, r.folder, r.status])
+            changes[r.status] -= changed
+            changes["pruned"] += changed
+        _count(store, changes)
 
 
 # Copies that need no more work once recorded: their rows only count them.
@@ -100,6 +131,8 @@ def forget_before(store: StateStore, before: float) -> int:
         store.executemany(
             "INSERT INTO retired_count (name, count) VALUES (?, ?) ON CONFLICT (name)"
             " DO UPDATE SET count = retired_count.count + excluded.count", retired)
+        _count(store, Counter({name.removeprefix("journal:"): -count
+                               for name, count in retired if name.startswith("journal:")}))
         deleted = store.execute(f"DELETE FROM journal WHERE status IN ({placeholders})"
                                 " AND recorded < ?", [*SETTLED, before])
         deleted += store.execute("DELETE FROM journal_alarm WHERE at < ?", [before])
@@ -108,7 +141,7 @@ def forget_before(store: StateStore, before: float) -> int:
 
 def journal_summary(store: StateStore) -> dict[str, Any]:
     """Counters for ``status``: copies by outcome, unknown recipients, the latest alarms."""
-    counts = dict(store.query("SELECT status, count(*) FROM journal GROUP BY status"))
+    counts = dict(store.query("SELECT status, count FROM journal_count"))
     for name, count in store.query("SELECT name, count FROM retired_count"):
         counts[name] = counts.get(name, 0) + count
     unknown = [row[0] for row in store.query(

@@ -6,11 +6,22 @@ import time
 import tomllib
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from mailcontinuity.config import parse_config
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.audit import audit_log, record_command
 from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.journal import CopyRecord, journal_summary, record_alarm, record_copies
+from mailcontinuity.store.journal import (
+    CopyRecord,
+    forget_before,
+    journal_summary,
+    mark_pruned,
+    prunable,
+    record_alarm,
+    record_copies,
+)
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
 from tests.unit.test_config import VALID
@@ -73,3 +84,35 @@ def test_old_records_are_forgotten_and_counters_do_not_go_down(tmp_path: Path) -
             "journal_rows": 0, "outage_detail_rows": 0, "audit_rows": 0}
     finally:
         store.close()
+
+
+STATUSES = ("shipped", "unknown", "failed", "pruned")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(("record", "prune", "forget")),
+                                st.integers(0, 5), st.sampled_from(STATUSES)), max_size=25))
+def test_the_kept_counts_match_the_rows_whatever_happens(tmp_path: Path,
+                                                        steps: list[tuple[str, int, str]]
+                                                        ) -> None:
+    """``status`` and the metrics read journal_count, not the whole index: it must say what a
+    GROUP BY over the rows would, after any mix of recording (a copy re-recorded in another
+    status included), pruning and forgetting."""
+    path = tmp_path / f"counts-{time.monotonic_ns()}.db"
+    store = StateStore(path)
+    try:
+        for action, key, status in steps:
+            if action == "record":
+                record_copies(store, [CopyRecord(f"<{key}>", "a@example.org", "INBOX",
+                                                 status, OLD)])  # type: ignore[arg-type]
+            elif action == "prune":
+                mark_pruned(store, prunable(store, NOW))
+            else:
+                forget_before(store, NOW + 1)
+            rows = dict(store.query("SELECT status, count(*) FROM journal GROUP BY status"))
+            kept = {s: c for s, c in store.query("SELECT status, count FROM journal_count") if c}
+            assert kept == rows
+    finally:
+        store.close()
+        path.unlink()
