@@ -10,6 +10,7 @@ only where it runs on a gateway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mailcontinuity.config import Config
@@ -17,7 +18,7 @@ from mailcontinuity.deploy.routing import Route, switch_route
 from mailcontinuity.hooks.runner import HookQueue, HookResult, Transition, run_hooks
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import StateStore, open_store
-from mailcontinuity.store.state import Guard, StateName, current_state, transition
+from mailcontinuity.store.state import Guard, State, StateName, current_state, transition
 
 ROUTE_IN_STATE: dict[StateName, Route] = {
     "normal": "primary",
@@ -39,6 +40,7 @@ def change_state(
     hooks: HookQueue | None = None,
     detail: dict[str, Any] | None = None,
     guard: Guard | None = None,
+    recorded: Callable[[State], None] | None = None,
 ) -> bool:
     """Record the transition, route mail accordingly, then run the hooks; False if ``expect``
     did not hold. ``detail`` is audited with the transition.
@@ -52,12 +54,15 @@ def change_state(
     the transition's transaction (``store.state.transition``).
 
     A host that routes no mail (the standby host of a site with several hosts) only records
-    the transition; the gateways' policyds see it and switch their own Postfix.
+    the transition; the gateways' policyds see it and switch their own Postfix. ``recorded``
+    is told the new state as soon as it is committed, before routing (policyd's own view).
     """
     old = transition(store, to_state, cause=cause, actor=actor, expect=expect, detail=detail,
                      guard=guard)
     if old is None:
         return False
+    if recorded is not None:  # before routing: policyd's answers must not lag behind the route
+        recorded(current_state(store))
     try:
         if config.routes_mail and ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
             switch_route(config, ROUTE_IN_STATE[to_state])

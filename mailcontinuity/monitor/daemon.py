@@ -55,7 +55,7 @@ async def _main(config: Config, make_metrics: MetricsFactory | None) -> None:
     store = open_store(config, connect=False)
     follower = StateFollower(config, open_store(config, connect=False))
     accepted = AcceptedMessages()
-    monitor = HealthMonitor(config, store, accepted)
+    monitor = HealthMonitor(config, store, accepted, recorded=follower.seen)
     settings = config.policyd
     standby = StandbyRecipients(config.standby.lmtp, TLSPolicy.of(config, "standby"),
                                 settings.recipient_check_timeout_seconds,

@@ -56,6 +56,11 @@ class StateFollower(threading.Thread):
         """The last state read; ``normal`` until one was (policy answers are then DUNNO)."""
         return self.state.name if self.state is not None else "normal"
 
+    def seen(self, state: State) -> None:
+        """A state this process has just committed (the monitor's own transition): answer by it
+        at once, before the routing changes, rather than at the next poll."""
+        self.state = state
+
     def stop(self) -> None:
         self._stopping.set()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from mailcontinuity.config import Config
 from mailcontinuity.deploy.routing import switch_route
@@ -48,13 +49,17 @@ class HealthMonitor:
     several gateways, the quorum) says so."""
 
     def __init__(self, config: Config, store: StateStore,
-                 accepted: AcceptedMessages | None = None) -> None:
+                 accepted: AcceptedMessages | None = None,
+                 recorded: Callable[[State], None] | None = None) -> None:
+        """``recorded`` is told each state this monitor commits, before it routes (policyd's
+        ``StateFollower.seen``)."""
         self.config = config
         self.store = store
         self.host = config.host_name
         self.primary_tls = TLSPolicy.of(config, "primary")
         self.standby_tls = TLSPolicy.of(config, "standby")
         self.accepted = accepted
+        self.recorded = recorded
         self.detector = Detector(config.health, config.failback)
         self.guard = FailoverGuard(store)
         # Hooks run in a thread of their own: a slow one never stalls probes or heartbeats.
@@ -169,7 +174,7 @@ class HealthMonitor:
         try:
             changed = change_state(self.config, self.store, decision.to_state, decision.cause,
                                    MONITOR_ACTOR, expect=decision.expect, hooks=self.hooks,
-                                   detail=detail, guard=guard)
+                                   detail=detail, guard=guard, recorded=self.recorded)
         except (CommandError, StateStoreError) as exc:
             self._route_pending = True
             log.error("event=route_switch_failed to=%s error=%r action=retry_next_round",

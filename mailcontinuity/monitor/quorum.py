@@ -4,15 +4,18 @@ With one gateway its own Detector decides. With several (``[cluster] gateways``)
 policyd votes every round on what its own probes see (``Detector.vote``: ``down``, ``up`` or
 ``undecided``) and a gateway whose Detector wants a transition asks the store: the transition
 happens only if enough *fresh* votes agree (``[cluster] quorum``: a majority of the gateways that
-reported within ``report_rounds`` probe rounds, or a fixed number). The count is taken inside
-the transition's own write transaction, so it cannot change between the count and the state
-change, and however many gateways race, the compare-and-set lets exactly one transition through.
+reported within ``report_rounds`` probe rounds, and at least two, or a fixed number). The count
+is taken inside the transition's own write transaction, so it cannot change between the count
+and the state change, and however many gateways race, the compare-and-set lets exactly one
+transition through.
 
 What follows: one gateway's network glitch towards the primary does not fail the site over (the
 others vote ``undecided``); a gateway cut off from the store cannot count votes nor move the
 state, so it never acts alone (its routing stays as it was: fail-open); a gateway that has
 stopped reporting (its host is down) no longer counts towards the majority, so the survivors can
-still act. ``tally`` is pure and tested without servers.
+still act, as long as two of them agree (one alone never does: on a site of two gateways with
+one of them down, failing over is the operator's ``failover``). ``tally`` is pure and tested
+without servers.
 """
 
 from __future__ import annotations
@@ -54,9 +57,12 @@ class Tally:
 
 
 def needed_votes(cluster: ClusterSection, fresh: int) -> int:
-    """``majority``: more than half of the gateways reporting now (at least one)."""
+    """``majority``: more than half of the gateways reporting now, and never fewer than two
+    on a site that lists two or more: a gateway whose peers are silent (cut off from the store,
+    just started, their hosts down) never acts alone. A fixed number is taken as given (an
+    administrator who writes ``quorum = 1`` chose to let any gateway decide)."""
     if cluster.quorum == "majority":
-        return fresh // 2 + 1
+        return max(fresh // 2 + 1, min(2, len(cluster.gateways)))
     return cluster.quorum
 
 

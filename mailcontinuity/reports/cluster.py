@@ -113,11 +113,12 @@ def cluster_problems(cluster: ClusterSection, state: State, gateways: list[dict[
                           f" while the state is {state.name}{error}",
                 "action": f"check Postfix and policyd's log on {name}"
                           " (event=route_switch_failed)"})
-    if isinstance(cluster.quorum, int) and len(down.fresh) < cluster.quorum:
+    if len(down.fresh) < down.needed:
         problems.append({
             "part": "quorum", "since": None,
-            "detail": f"only {len(down.fresh)} gateway(s) report and the quorum is"
-                      f" {cluster.quorum}: the monitor cannot fail over nor back",
+            "detail": f"only {len(down.fresh)} gateway(s) report and {down.needed} must agree"
+                      f" (quorum {cluster.quorum}): the monitor cannot fail over nor back"
+                      " ('mailcontinuity failover' by an operator still can)",
             "action": "start policyd on the silent gateways"
                       f" ({', '.join(down.silent) or 'none'}) or lower [cluster] quorum"})
     return problems
