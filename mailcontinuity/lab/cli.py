@@ -48,10 +48,13 @@ lab_dir_option = click.option(
 @lab_dir_option
 @click.option("--webmail", is_flag=True,
               help="Also start Roundcube on the standby (PHP's built-in server).")
+@click.option("--gateways", type=click.IntRange(min=2), default=None,
+              help="A multi-host lab: N gateways gw1..gwN, the standby and the primary as hosts"
+              " of their own, sharing a PostgreSQL store (at creation).")
 @lab_errors
-def lab_up(directory: Path, webmail: bool) -> None:
+def lab_up(directory: Path, webmail: bool, gateways: int | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
-    started = Lab.up(directory, webmail=webmail)
+    started = Lab.up(directory, webmail=webmail, gateways=gateways)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:
@@ -72,7 +75,7 @@ def lab_down(directory: Path) -> None:
 @lab_dir_option
 @lab_errors
 def lab_stop(name: str, directory: Path) -> None:
-    """Stop one lab part (primary, standby, gateway...)."""
+    """Stop one lab part (primary, standby, gateway..., or HOST/PART: gw2/policyd)."""
     Lab.load(directory.absolute()).part(name).stop()
     click.echo(f"{name} stopped")
 

@@ -27,6 +27,7 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.hosts import Hosts, create_hosts
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
@@ -98,6 +99,8 @@ class Lab:
     gateway: PostfixGateway
     webmail: Webmail | None = None
     """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
+    hosts: Hosts | None = None
+    """The multi-host lab's hosts (``lab up --gateways N``, see ``lab.hosts``)."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -107,24 +110,29 @@ class Lab:
             for name, readiness in LAB_DAEMONS.items()
         }
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
+        if self.hosts is not None:
+            return self.hosts.parts(self.primary, self.standby, webmail)
         return {"primary": self.primary, "standby": self.standby, **daemons,
                 "gateway": self.gateway, **webmail}
 
     @property
     def config_file(self) -> Path:
-        return self.dir / "mailcontinuity.toml"
+        """The configuration the lab's commands use (the standby host's in a multi-host lab)."""
+        return self.config.source
 
     @classmethod
-    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False) -> Lab:
+    def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
+           gateways: int | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
-        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs)."""
+        ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``gateways``
+        (2 or more, at creation) makes it a multi-host lab (``lab.hosts``)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
         lab = (cls.load(directory) if (directory / "lab.json").exists()
-               else cls._create(directory, user_count))
+               else cls._create(directory, user_count, gateways))
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
@@ -165,6 +173,8 @@ class Lab:
         return lab
 
     def part(self, name: str) -> LabPart:
+        if self.hosts is not None:
+            name = self.hosts.alias(name)
         try:
             return self.parts[name]
         except KeyError:
@@ -176,7 +186,7 @@ class Lab:
         return {name: part.pid() is not None for name, part in self.parts.items()}
 
     @classmethod
-    def _create(cls, directory: Path, user_count: int) -> Lab:
+    def _create(cls, directory: Path, user_count: int, gateways: int | None = None) -> Lab:
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -213,6 +223,10 @@ class Lab:
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port))
         _write_lab_json(directory, description)
+        if gateways is not None:
+            description = create_hosts(directory, description, gateways)
+            _write_lab_json(directory, description)
+            (directory / "mailcontinuity.toml").unlink()  # each host has its own
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
@@ -261,6 +275,7 @@ class Lab:
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
+            hosts=Hosts(directory, description) if "gateways" in description else None,
         )
 
     @classmethod

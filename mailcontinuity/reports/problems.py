@@ -40,6 +40,7 @@ from mailcontinuity.outage.merge import LEASE as MERGE_LEASE
 from mailcontinuity.store.accepted import accepted_since
 from mailcontinuity.store.checks import Check, CheckRecord, latest_checks
 from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.gateways import votes
 from mailcontinuity.store.heartbeats import (
     pid_alive,
     policyd_heartbeat,
@@ -133,6 +134,22 @@ def policyd_status(config: Config, beat: dict[str, Any] | None, now: float) -> d
     else:
         return {"running": True, **report, "detail": "running", "since": beat["started_at"]}
     return {"running": False, **report, "detail": detail, "since": since}
+
+
+def probing_host(config: Config, store: StateStore) -> str | None:
+    """Whose probes of the primary this host's verdict shows: a gateway's own; on another host
+    of a site (the standby's), those of the gateway that reported last, preferring one that sees
+    the primary as most of them do, so every host names the same problem."""
+    if config.routes_mail:
+        return config.host_name
+    cluster = config.cluster
+    assert cluster is not None
+    recorded = [vote for vote in votes(store) if vote.host in cluster.gateways]
+    if not recorded:
+        return None
+    failing = sum(1 for vote in recorded if not vote.healthy)
+    majority_healthy = failing * 2 < len(recorded)
+    return max(recorded, key=lambda vote: (vote.healthy == majority_healthy, vote.at)).host
 
 
 def host_policyd_status(config: Config, store: StateStore, now: float) -> dict[str, Any]:
@@ -431,10 +448,11 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     process = [r for r in latest_checks(store) if r.check.part == "sync-agent"]
     found += check_problems(checks)
     ready, held = standby_ready([record.check for record in checks])
-    if daemon["running"] and config.routes_mail:  # a gateway's own view of the primary
-        probes = latest_probes(store, config.host_name)
+    prober = probing_host(config, store)
+    if daemon["running"] and prober is not None:
+        probes = latest_probes(store, prober)
         fresh = [p for p in probes if now - p.at <= stale_after]
-        found += filter(None, [primary_problem(state, fresh, failing_since(store, config.host_name),
+        found += filter(None, [primary_problem(state, fresh, failing_since(store, prober),
                                                "" if ready else held, now)])
     found += filter(None, [
         policyd_problem(daemon, now),
