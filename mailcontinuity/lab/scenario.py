@@ -15,6 +15,7 @@ mailbox, in its folder, with its flags; ``check_primary`` says where it does not
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import time
 from collections.abc import Iterator
@@ -32,9 +33,11 @@ from mailcontinuity.lab.mailbox import INTERNET_CLIENT, locate
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.outage.merge import LEASE as FAILBACK_LEASE
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.leases import LEASE_SECONDS, LeaseHeld, acquire_lease, release_lease
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
@@ -400,7 +403,13 @@ def restored(lab: Lab) -> Iterator[None]:
         yield
     finally:
         store = open_store(lab.config)
+        holder = f"lab-cleanup-{os.getpid()}"
         try:
+            # Wait for a failback the sync agent is running: it read the outage before this
+            # closes it, and would mark it "merging" again afterwards (the next test's outage
+            # would then be recorded into it).
+            eventually(lambda: _took_lease(store, holder), LEASE_SECONDS + 30,
+                       "the running failback to finish before the cleanup")
             if current_state(store).name != "normal":
                 change_state(lab.config, store, "normal", "scenario cleanup", "scenario")
             # After the state: once it is normal the recorder opens no new record.
@@ -409,7 +418,16 @@ def restored(lab: Lab) -> Iterator[None]:
             if outage is not None:
                 changelog.set_outage(outage.id, status="merged")
         finally:
+            release_lease(store, FAILBACK_LEASE, holder)
             store.close()
+
+
+def _took_lease(store: StateStore, holder: str) -> bool:
+    try:
+        acquire_lease(store, FAILBACK_LEASE, holder)
+    except LeaseHeld:
+        return False
+    return True
 
 
 def appended_since(store: StateStore, since: float) -> int:

@@ -17,12 +17,19 @@ from mailcontinuity.store.db import StateStore
 
 
 def pid_alive(pid: int) -> bool:
-    """True for a running process; a zombie has already exited and only awaits reaping."""
+    """True for a running process; a zombie has already exited and only awaits reaping.
+
+    A process whose main thread has exited shows as a zombie while its other threads still
+    run (a killed milter tearing down its threads still holds its listening socket): it is
+    alive until the last thread is gone.
+    """
     try:
         status = Path(f"/proc/{pid}/stat").read_text()
+        if status.rpartition(")")[2].split()[0] != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
-    return status.rpartition(")")[2].split()[0] != "Z"
 
 
 def policyd_beat(store: StateStore, host: str, started_at: float, now: float,
