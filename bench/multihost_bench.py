@@ -1,0 +1,115 @@
+"""Several hosts, one store: how fast every gateway follows a transition, and what the
+PostgreSQL backend costs policyd, side by side with SQLite, in one run.
+
+1. Time from a transition (recorded on the standby host, which routes nothing) to the last of N
+   gateways whose Postfix routes to the standby (transport table rewritten, Postfix reloaded),
+   for N = 2 and 4, over several trials each way (failover, then back to normal).
+2. policyd requests/s, p50 and p99 at 1 and 10 connections on the single-host lab (SQLite) and
+   on gw1 of a two-gateway lab (PostgreSQL), same load generator as bench/policyd_bench.py.
+
+    .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3]
+
+Needs root (the labs). RTO with two gateways beside one is not measured here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+from pathlib import Path
+
+from policyd_bench import measure
+
+from mailcontinuity.config import Config, Endpoint, load_config
+from mailcontinuity.deploy.routing import installed_route
+from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.process import free_ports, wait_for
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.state import StateName
+from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
+
+CONNECTIONS = (1, 10)
+
+
+def gateway_configs(lab: Lab) -> list[Path]:
+    description = json.loads((lab.dir / "lab.json").read_text())
+    return [Path(gateway["config"]) for gateway in description["gateways"]]
+
+
+def routed_everywhere(configs: list[Config], route: str) -> bool:
+    return all(installed_route(config) == route for config in configs)
+
+
+def follow_times(lab: Lab, trials: int) -> list[float]:
+    """Seconds from each transition's commit to the last gateway routing by it."""
+    configs = [load_config(path) for path in gateway_configs(lab)]
+    store = open_store(lab.config)  # the standby host's: it records, the gateways route
+    times = []
+    try:
+        for trial in range(2 * trials):
+            to_state: StateName = "failover" if trial % 2 == 0 else "normal"
+            route = ROUTE_IN_STATE[to_state]
+            started = time.perf_counter()
+            assert change_state(lab.config, store, to_state, "benchmark", "bench",
+                                expect=("failback", "failover", "normal"))
+            eventually(functools.partial(routed_everywhere, configs, route), 30,
+                       f"every gateway routes to the {route}", interval=0.005)
+            times.append(time.perf_counter() - started)
+            time.sleep(0.5)
+    finally:
+        store.close()
+    return times
+
+
+def policyd_tcp(lab: Lab, config_file: Path, part: str) -> Endpoint:
+    """Restart one policyd with a TCP listener added (as bench/policyd_bench.py does)."""
+    port = free_ports(1)[0]
+    text = config_file.read_text()
+    config_file.write_text(text.replace("[policyd]\n", f'[policyd]\ntcp = "127.0.0.1:{port}"\n',
+                                        1))
+    lab.part(part).stop()
+    lab.part(part).start()
+    endpoint = Endpoint("127.0.0.1", port)
+    wait_for([endpoint], up=True, what="policyd tcp")
+    return endpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+
+    print("## Time from the transition to the last gateway routing by it")
+    print("| gateways | trials | median ms | max ms |")
+    print("| --- | --- | --- | --- |")
+    for count in (2, 4):
+        with Lab.temporary(prefix="mcbench-mh-", gateways=count) as lab:
+            times = follow_times(lab, args.trials)
+        print(f"| {count} | {len(times)} | {statistics.median(times) * 1000:.0f} |"
+              f" {max(times) * 1000:.0f} |")
+
+    print()
+    print("## policyd: SQLite (one host) beside PostgreSQL (gw1 of two gateways)")
+    print("| store | connections | requests/s | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    with Lab.temporary(prefix="mcbench-one-") as single:
+        endpoint = policyd_tcp(single, single.config_file, "policyd")
+        for connections in CONNECTIONS:
+            figures = measure(endpoint, connections, args.seconds)
+            print(f"| SQLite | {connections} | {figures['rps']:.0f} | {figures['p50']:.2f} |"
+                  f" {figures['p99']:.2f} |")
+    with Lab.temporary(prefix="mcbench-mh-", gateways=2) as site:
+        endpoint = policyd_tcp(site, gateway_configs(site)[0], "gw1/policyd")
+        for connections in CONNECTIONS:
+            figures = measure(endpoint, connections, args.seconds)
+            print(f"| PostgreSQL | {connections} | {figures['rps']:.0f} |"
+                  f" {figures['p50']:.2f} | {figures['p99']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
