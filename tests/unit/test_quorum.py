@@ -242,3 +242,36 @@ def test_a_world_readable_store_password_is_refused(tmp_path: Path) -> None:
                     f'password_file = "{secret}"\n')
     with pytest.raises(ConfigError, match="state.password_file"):
         load_config(path)
+
+
+def _killed_mid_transition(config: Config, holding: multiprocessing.synchronize.Event) -> None:
+    """A gateway's monitor that dies (SIGKILL) inside its transition's write transaction, after
+    the state row was written and before the commit."""
+    store = open_store(config)
+    with store.transaction():
+        store.execute("UPDATE state SET name = 'failover', cause = 'dying' WHERE id = 1")
+        holding.set()
+        time.sleep(120)  # killed here
+
+
+def test_a_decider_killed_mid_transition_leaves_exactly_one(store_config: Config) -> None:
+    """The deciding policyd is killed with SIGKILL while its transition is open: nothing of it
+    remains (the store rolls it back and frees the writer lock at once), and the next decider's
+    transition is the one recorded."""
+    context = multiprocessing.get_context("spawn")
+    holding = context.Event()
+    victim = context.Process(target=_killed_mid_transition, args=(store_config, holding))
+    victim.start()
+    assert holding.wait(timeout=60)
+    victim.kill()
+    victim.join(timeout=30)
+    store = open_store(store_config)
+    started = time.monotonic()
+    old = transition(store, "failover", cause="the other gateway", actor="monitor",
+                     expect=("normal",))
+    assert old is not None and old.name == "normal"  # the dead one's write never happened
+    assert time.monotonic() - started < 10  # its lock went with it
+    transitions = [entry for entry in audit_log(store) if entry.event == "transition"]
+    assert [(e.from_state, e.to_state, e.cause) for e in transitions] == [
+        ("normal", "failover", "the other gateway")]
+    store.close()
