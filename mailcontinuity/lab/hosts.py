@@ -196,7 +196,7 @@ class Hosts:
         found: dict[str, LabPart] = {STATE_PART: self.store_server(), PRIMARY_HOST: primary,
                                      STANDBY_HOST: standby,
                                      "sync-agent": self.daemon(STANDBY_HOST, "sync-agent",
-                                                               _agent_ready(standby_config))}
+                                                               sync_agent_ready(standby_config))}
         for entry in self.gateways:
             name = entry["name"]
             config = load_config(Path(entry["config"]))
@@ -222,7 +222,8 @@ def _socket_ready(path: Path) -> Callable[[], bool]:
     return lambda: accepts_unix_connections(path)
 
 
-def _agent_ready(config: Config) -> Callable[[], bool]:
+def sync_agent_ready(config: Config) -> Callable[[], bool]:
+    """Ready once an agent started after this call has written its heartbeat."""
     since = time.time()
 
     def ready() -> bool:

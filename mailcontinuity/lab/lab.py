@@ -13,7 +13,6 @@ import secrets
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,13 +26,11 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.hosts import Hosts, create_hosts
+from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
-from mailcontinuity.store.db import open_store
-from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +58,7 @@ JOURNAL_LMTP_HOST = "127.0.0.2"
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
     """Ready once an agent started after this call has written its heartbeat."""
-    since = time.time()
-
-    def ready() -> bool:
-        store = open_store(lab.config)
-        try:
-            beat = sync_agent_heartbeat(store)
-        finally:
-            store.close()
-        return beat is not None and beat[1] >= since
-
-    return ready
+    return sync_agent_ready(lab.config)
 
 
 LAB_DAEMONS["sync-agent"] = _sync_agent_ready
