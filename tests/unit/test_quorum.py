@@ -16,9 +16,19 @@ from hypothesis import strategies as st
 from mailcontinuity.config import ClusterSection, Config, ConfigError, load_config, parse_config
 from mailcontinuity.monitor.detector import Detector
 from mailcontinuity.monitor.quorum import QuorumGuard, fresh_seconds, needed_votes, tally
+from mailcontinuity.reports.cluster import cluster_status
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
-from mailcontinuity.store.gateways import GatewayVote, Vote, record_vote, votes
+from mailcontinuity.store.gateways import (
+    GatewayRoute,
+    GatewayVote,
+    Vote,
+    record_route,
+    record_vote,
+    votes,
+)
+from mailcontinuity.store.heartbeats import policyd_beat
+from mailcontinuity.store.sqlite import SQLiteStore
 from mailcontinuity.store.state import State, current_state, transition
 
 GATEWAYS = ["gw1", "gw2", "gw3"]
@@ -274,4 +284,55 @@ def test_a_decider_killed_mid_transition_leaves_exactly_one(store_config: Config
     transitions = [entry for entry in audit_log(store) if entry.event == "transition"]
     assert [(e.from_state, e.to_state, e.cause) for e in transitions] == [
         ("normal", "failover", "the other gateway")]
+    store.close()
+
+
+# --- what status says about the gateways -------------------------------------------------------
+def site_config(tmp_path: Path) -> Config:
+    return parse_config({
+        "domains": {"protected": ["example.org"]},
+        "primary": {"delivery": "lmtp:192.0.2.1:24", "imap": "192.0.2.1:143"},
+        "standby": {"imap": "192.0.2.2:143", "lmtp": "192.0.2.2:24"},
+        "state": {"url": "postgresql://mc@db.example.org/mc"},
+        "cluster": {"host": "standby", "gateways": ["gw1", "gw2"], "standby_host": "standby"},
+    }, tmp_path / "mailcontinuity.toml")
+
+
+def test_status_names_the_gateway_that_cannot_see_the_primary(tmp_path: Path) -> None:
+    """gw2 is cut from the primary, gw1 is not: no failover, and every host's status says gw2
+    cannot reach it, mail through gw2 waits in its queue."""
+
+    config = site_config(tmp_path)
+    store = SQLiteStore(tmp_path / "state.db")  # the records are the same on either backend
+    now = time.time()
+    with store.transaction():
+        record_vote(store, GatewayVote("gw1", now, "up", True, now - 60, ""))
+        record_vote(store, GatewayVote("gw2", now, "down", False, now - 20,
+                                       "delivery lmtp:192.0.2.1:24: timed out"))
+    state = current_state(store)
+    for host in ("gw1", "gw2"):
+        policyd_beat(store, host, now - 100, now, 15.0)
+        record_route(store, GatewayRoute(host, "primary", now, state.since, ""))
+    report = cluster_status(config, store, state, now)
+    problems = report["problems"]
+    assert [p["part"] for p in problems] == ["primary"]
+    assert "gw2 cannot reach the primary (delivery lmtp:192.0.2.1:24: timed out)" in (
+        problems[0]["detail"])
+    assert "none bounced" in problems[0]["detail"]
+    assert {g["name"]: g["sees_primary"] for g in report["gateways"]} == {
+        "gw1": True, "gw2": False}
+    store.close()
+
+
+def test_status_says_when_too_few_gateways_report(tmp_path: Path) -> None:
+
+    config = site_config(tmp_path)
+    store = SQLiteStore(tmp_path / "state.db")
+    now = time.time()
+    with store.transaction():
+        record_vote(store, GatewayVote("gw1", now, "down", False, now - 20, "refused"))
+    report = cluster_status(config, store, current_state(store), now)
+    parts = {p["part"]: p for p in report["problems"]}
+    assert "quorum" in parts and "gw2" in parts["quorum"]["action"]
+    assert "gw2's policyd has not reported" in parts["policyd"]["detail"]
     store.close()
