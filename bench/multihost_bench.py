@@ -5,7 +5,8 @@ PostgreSQL backend costs policyd, side by side with SQLite, in one run.
    gateways whose Postfix routes to the standby (transport table rewritten, Postfix reloaded),
    for N = 2 and 4, over several trials each way (failover, then back to normal).
 2. policyd requests/s, p50 and p99 at 1 and 10 connections on the single-host lab (SQLite) and
-   on gw1 of a two-gateway lab (PostgreSQL), same load generator as bench/policyd_bench.py.
+   on gw1 of a two-gateway lab (PostgreSQL; gw2's parts stopped while measuring, so the same
+   processes share the cores), same load generator as bench/policyd_bench.py.
 
     .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3]
 
@@ -105,6 +106,10 @@ def main() -> None:
                   f" {figures['p99']:.2f} |")
     with Lab.temporary(prefix="mcbench-mh-", gateways=2) as site:
         endpoint = policyd_tcp(site, gateway_configs(site)[0], "gw1/policyd")
+        # The same processes as the single-host lab, plus the PostgreSQL server: gw2's parts
+        # would otherwise share the two cores with the measured policyd.
+        for part in ("gw2/gateway", "gw2/policyd", "gw2/milter"):
+            site.part(part).stop()
         for connections in CONNECTIONS:
             figures = measure(endpoint, connections, args.seconds)
             print(f"| PostgreSQL | {connections} | {figures['rps']:.0f} |"
