@@ -7,10 +7,13 @@ PostgreSQL backend costs policyd, side by side with SQLite, in one run.
 2. policyd requests/s, p50 and p99 at 1 and 10 connections on the single-host lab (SQLite) and
    on gw1 of a two-gateway lab (PostgreSQL; gw2's parts stopped while measuring, so the same
    processes share the cores), same load generator as bench/policyd_bench.py.
+3. RTO with the default [health] settings, two gateways (the quorum of both deciding) beside
+   the single-host lab: primary stopped -> every gateway's transport table routes to the
+   standby.
 
-    .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3]
+    .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3] [--rto-trials 3]
 
-Needs root (the labs). RTO with two gateways beside one is not measured here yet.
+Needs root (the labs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from policyd_bench import measure
+from policyd_bench import measure, reset_normal
 
 from mailcontinuity.config import Config, Endpoint, load_config
 from mailcontinuity.deploy.routing import installed_route
@@ -34,6 +37,8 @@ from mailcontinuity.store.state import StateName
 from mailcontinuity.transitions import ROUTE_IN_STATE, change_state
 
 CONNECTIONS = (1, 10)
+LAB_TIMINGS = {"interval_seconds", "timeout_seconds", "failures", "failure_window_seconds",
+               "successes", "hold_down_seconds"}
 
 
 def gateway_configs(lab: Lab) -> list[Path]:
@@ -79,11 +84,47 @@ def policyd_tcp(lab: Lab, config_file: Path, part: str) -> Endpoint:
     return endpoint
 
 
+def rto_times(lab: Lab, config_files: list[Path], policyds: list[str],
+              trials: int) -> list[float]:
+    """Primary stopped -> every gateway's transport table routes to the standby, with the
+    default [health] on every gateway's policyd. (Not "mail in the standby INBOX": the milter's
+    journal copy is there at once whatever the routing.)"""
+    for config_file, part in zip(config_files, policyds, strict=True):
+        # The lab's short timings out ([health] keeps its other keys: the IMAP probe's login).
+        config_file.write_text("".join(
+            line for line in config_file.read_text().splitlines(keepends=True)
+            if line.split("=")[0].strip() not in LAB_TIMINGS))
+        lab.part(part).stop()
+        lab.part(part).start()
+    configs = [load_config(path) for path in config_files]
+    interval = configs[0].health.interval_seconds
+    results = []
+    for _ in range(trials):
+        reset_normal(lab)
+        eventually(functools.partial(routed_everywhere, configs, "primary"), 30, "normal routes")
+        time.sleep(interval * 2)  # a healthy round or two first
+        started = time.monotonic()
+        lab.part("primary").stop()
+        try:
+            eventually(functools.partial(routed_everywhere, configs, "standby"), 120,
+                       "every gateway routes to the standby", interval=0.02)
+            results.append(time.monotonic() - started)
+        finally:
+            lab.part("primary").start()
+    reset_normal(lab)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rto-trials", type=int, default=3)
+    parser.add_argument("--only-rto", action="store_true", help="skip sections 1 and 2")
     args = parser.parse_args()
+    if args.only_rto:
+        rto_section(args.rto_trials)
+        return
 
     print("## Time from the transition to the last gateway routing by it")
     print("| gateways | trials | median ms | max ms |")
@@ -114,6 +155,23 @@ def main() -> None:
             figures = measure(endpoint, connections, args.seconds)
             print(f"| PostgreSQL | {connections} | {figures['rps']:.0f} |"
                   f" {figures['p50']:.2f} | {figures['p99']:.2f} |")
+    rto_section(args.rto_trials)
+
+
+def rto_section(trials: int) -> None:
+    print()
+    print("## RTO with the default [health]: primary stopped -> every gateway routes to the"
+          " standby")
+    print("| lab | trials | seconds | median s |")
+    print("| --- | --- | --- | --- |")
+    with Lab.temporary(prefix="mcbench-one-") as single:
+        times = rto_times(single, [single.config_file], ["policyd"], trials)
+        print(f"| one gateway (SQLite) | {trials} | {', '.join(f'{t:.2f}' for t in times)} |"
+              f" {statistics.median(times):.2f} |")
+    with Lab.temporary(prefix="mcbench-mh-", gateways=2) as site:
+        times = rto_times(site, gateway_configs(site), ["gw1/policyd", "gw2/policyd"], trials)
+        print(f"| two gateways (PostgreSQL, quorum of both) | {trials} |"
+              f" {', '.join(f'{t:.2f}' for t in times)} | {statistics.median(times):.2f} |")
 
 
 if __name__ == "__main__":
