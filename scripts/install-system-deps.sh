@@ -22,6 +22,9 @@ packages=(
     nftables iproute2
     roundcube roundcube-sqlite3 php-cgi php-cli php-sqlite3
     chromium
+    # The shared state store of a multi-host site: the lab's part `state` (lab/postgres.py),
+    # tests/unit/test_postgres_store.py, the postgres-marked store tests, tests/lab/test_multihost.py.
+    postgresql
 )
 
 missing=()

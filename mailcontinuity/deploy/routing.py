@@ -7,6 +7,7 @@ routing fails open (see docs/routing.md for the measured comparison with the alt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Literal
 
@@ -14,6 +15,7 @@ from mailcontinuity.config import Config, DeliveryEndpoint, PeerSection
 from mailcontinuity.mail.postfix import reload_postfix, run_postfix, write_indexed_map
 
 Route = Literal["primary", "standby"]
+ROUTES: dict[str, Route] = {"primary": "primary", "standby": "standby"}
 
 
 def nexthop(config: Config, route: Route) -> DeliveryEndpoint:
@@ -64,15 +66,36 @@ def write_tls_policy_map(config: Config) -> None:
                        *tls_policy_entries(config)])
 
 
+ROUTE_HEADER = "# written by mailcontinuity: protected domains routed to the "
+
+
+def installed_route(config: Config) -> Route | None:
+    """The route the gateway's transport table says (its first line), or None if there is no
+    table of ours: what this host's Postfix does now, whichever process wrote it."""
+    try:
+        with config.gateway.transport_map.open(encoding="utf-8") as table:
+            first = table.readline().strip()
+    except OSError:
+        return None
+    if not first.startswith(ROUTE_HEADER):
+        return None
+    return ROUTES.get(first.removeprefix(ROUTE_HEADER))
+
+
 def write_transport_map(config: Config, route: Route,
                         overrides: Mapping[str, Route] | None = None) -> None:
     """Point the gateway's transport table at ``route`` (the caller reloads Postfix)."""
-    header = f"# written by mailcontinuity: protected domains routed to the {route}"
+    header = f"{ROUTE_HEADER}{route}"
     write_indexed_map(
         config.gateway.postfix_config_dir,
         config.gateway.transport_map,
         [header, *transport_entries(config, route, overrides)],
     )
+
+
+# One switch at a time in a process: policyd's monitor (its own decision) and its follower
+# (another host's decision) may both want the same route at the same moment.
+_switching = threading.RLock()
 
 
 def switch_route(config: Config, route: Route,
@@ -83,6 +106,16 @@ def switch_route(config: Config, route: Route,
     notices the change only after tens of seconds); ``postqueue -f`` retries deferred mail
     immediately, so mail queued for a dead primary moves to the standby too.
     """
-    write_transport_map(config, route, overrides)
-    reload_postfix(config.gateway.postfix_config_dir)
-    run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
+    with _switching:
+        write_transport_map(config, route, overrides)
+        reload_postfix(config.gateway.postfix_config_dir)
+        run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
+
+
+def ensure_route(config: Config, route: Route) -> bool:
+    """Switch to ``route`` unless the transport table has it already; True if it switched."""
+    with _switching:
+        if installed_route(config) == route:
+            return False
+        switch_route(config, route)
+        return True

@@ -25,7 +25,7 @@ from mailcontinuity.journal.shipper import Shipper
 from mailcontinuity.journal.sinks import make_sink
 from mailcontinuity.journal.spool import Spool
 from mailcontinuity.mail.tools import CommandError
-from mailcontinuity.store.db import open_store
+from mailcontinuity.store.db import StateStoreError, open_store
 from mailcontinuity.store.journal import record_alarm
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,19 @@ def run_milter(config: Config) -> None:
     leftovers = spool.clear_in_flight()
     if leftovers:
         log.info("event=spool_in_flight_cleared files=%d", leftovers)
-    shipper = Shipper(spool, make_sink(config), lambda: open_store(config),
+    # The store may be another host's (PostgreSQL) and down: the milter starts and journals
+    # all the same; the index and the alarms are written once it answers.
+    shipper = Shipper(spool, make_sink(config), lambda: open_store(config, connect=False),
                       settings.retry_initial_seconds, settings.retry_max_seconds)
-    alarm_store = open_store(config)
+    alarm_store = open_store(config, connect=False)
     alarm_lock = threading.Lock()
 
     def report_spool_error(detail: str) -> None:
         with alarm_lock:
-            record_alarm(alarm_store, "spool_error", detail)
+            try:
+                record_alarm(alarm_store, "spool_error", detail)
+            except StateStoreError as exc:  # the log line is all there is then
+                log.error("event=spool_error_unrecorded detail=%r error=%r", detail, str(exc))
 
     runtime = JournalRuntime(journal_policy(config), spool, shipper.notify,
                              SpoolErrorCounter(report_spool_error))

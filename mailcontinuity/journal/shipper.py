@@ -4,11 +4,15 @@ Runs as a thread of the milter process, so SMTP never waits for the standby: the
 over each committed entry through a queue, and the shipper works through them in batches. For
 each entry it stores every copy not yet settled, records the outcomes in one transaction per
 batch, and only then deletes the entry. A crash anywhere in between leaves the entry in the
-spool; on restart its copies are looked up before being written again (ship once).
+spool; on restart its copies are looked up before being written again (ship once). If the
+index cannot be written (a shared store that is down), the entry stays in the spool with the
+copies it has stored remembered, and only the record is retried: the copies are not shipped a
+second time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from mailcontinuity.journal.sinks import Sink, TemporaryFailure
 from mailcontinuity.journal.spool import Spool, SpoolError
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.journal import CopyRecord, record_alarm, record_copies, settled_copies
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ class Shipper(threading.Thread):
         self._incoming: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._waiting: dict[Path, Backoff] = {}
         self._recovered: set[Path] = set()
+        self._unrecorded: dict[Path, list[CopyRecord]] = {}
+        """Entries whose copies were stored but whose index rows the store did not take."""
         self._stopping = threading.Event()
         self._last_alarm = 0.0
 
@@ -101,10 +107,14 @@ class Shipper(threading.Thread):
         return batch + due[: max(0, BATCH_LIMIT - len(batch))]
 
     def _ship(self, store: StateStore, batch: list[Path]) -> None:
-        records: list[CopyRecord] = []
+        records: dict[Path, list[CopyRecord]] = {}
         finished: list[Path] = []
         postponed: dict[Path, str] = {}
         for entry in batch:
+            if entry in self._unrecorded:  # shipped already: only its record is owed
+                records[entry] = self._unrecorded[entry]
+                finished.append(entry)
+                continue
             try:
                 envelope = self._spool.read_envelope(entry)
             except SpoolError as exc:
@@ -117,7 +127,11 @@ class Shipper(threading.Thread):
                 continue
             # Only an entry seen before (restart, retry) can have settled copies to skip.
             seen = entry in self._recovered or entry in self._waiting
-            settled = settled_copies(store, envelope.id) if seen else set()
+            try:
+                settled = settled_copies(store, envelope.id) if seen else set()
+            except StateStoreError as exc:  # which copies are stored is unknown: wait
+                postponed[entry] = f"journal index not readable: {exc}"
+                continue
             pending = [t for t in envelope.targets if (t.address, t.folder) not in settled]
             error = ""
             fd = os.open(entry, os.O_RDONLY)
@@ -127,13 +141,14 @@ class Shipper(threading.Thread):
                 results = {target: exc for target in pending}
             finally:
                 os.close(fd)
+            done = records.setdefault(entry, [])
             for target, outcome in results.items():
                 if isinstance(outcome, TemporaryFailure):
                     error = str(outcome)
                     continue
-                records.append(CopyRecord(envelope.id, target.address, target.folder,
-                                          outcome.status, envelope.received,
-                                          outcome.location, outcome.detail))
+                done.append(CopyRecord(envelope.id, target.address, target.folder,
+                                       outcome.status, envelope.received,
+                                       outcome.location, outcome.detail))
                 if outcome.status != "shipped":
                     log.warning("event=journal_copy_refused id=%s address=%s status=%s"
                                 " detail=%r", envelope.id, target.address, outcome.status,
@@ -142,7 +157,17 @@ class Shipper(threading.Thread):
                 postponed[entry] = error
             else:
                 finished.append(entry)
-        record_copies(store, records)  # the index first: then a crash cannot ship twice
+        try:
+            # The index first: then a crash cannot ship twice.
+            record_copies(store, [record for entry_records in records.values()
+                                  for record in entry_records])
+        except StateStoreError as exc:
+            self._unrecorded.update((entry, records[entry]) for entry in finished)
+            for entry in finished:
+                self._postpone(entry, f"journal index not written: {exc}")
+            log.warning("event=journal_index_unwritten entries=%d error=%r action=retry",
+                        len(finished), str(exc))
+            finished = []
         for entry in finished:
             self._spool.remove(entry)
             self._forget(entry)
@@ -150,11 +175,13 @@ class Shipper(threading.Thread):
             self._postpone(entry, error)
             self._alarm(store, error)
         if finished:
-            log.debug("event=shipped entries=%d copies=%d", len(finished), len(records))
+            log.debug("event=shipped entries=%d copies=%d", len(finished),
+                      sum(len(records[entry]) for entry in finished))
 
     def _forget(self, entry: Path) -> None:
         self._waiting.pop(entry, None)
         self._recovered.discard(entry)
+        self._unrecorded.pop(entry, None)
 
     def _postpone(self, entry: Path, error: str) -> None:
         attempts = self._waiting[entry].attempts + 1 if entry in self._waiting else 1
@@ -170,4 +197,5 @@ class Shipper(threading.Thread):
         self._last_alarm = now
         log.warning("event=ship_error waiting=%d error=%r action=check_the_standby",
                     len(self._waiting), error)
-        record_alarm(store, "ship_error", error)
+        with contextlib.suppress(StateStoreError):  # the log line above stands for it
+            record_alarm(store, "ship_error", error)

@@ -55,12 +55,15 @@ lab_dir_option = click.option(
 @click.option("--primary-profile", "primary_profile", type=click.Choice(PROFILES),
               default=None, help="The Dovecot primary restricted to a hosted service's IMAP"
               " capabilities and folder layout (when the lab is created).")
+@click.option("--gateways", type=click.IntRange(min=2), default=None,
+              help="A multi-host lab: N gateways gw1..gwN, the standby and the primary as hosts"
+              " of their own, sharing a PostgreSQL store (at creation).")
 @lab_errors
 def lab_up(directory: Path, webmail: bool, primary: str | None,
-           primary_profile: str | None) -> None:
+           primary_profile: str | None, gateways: int | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
     started = Lab.up(directory, webmail=webmail, primary=primary,
-                     primary_profile=primary_profile)
+                     primary_profile=primary_profile, gateways=gateways)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:
@@ -81,7 +84,7 @@ def lab_down(directory: Path) -> None:
 @lab_dir_option
 @lab_errors
 def lab_stop(name: str, directory: Path) -> None:
-    """Stop one lab part (primary, standby, gateway...)."""
+    """Stop one lab part (primary, standby, gateway..., or HOST/PART: gw2/policyd)."""
     Lab.load(directory.absolute()).part(name).stop()
     click.echo(f"{name} stopped")
 

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,13 +31,12 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
-from mailcontinuity.store.db import open_store
-from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +72,7 @@ WEBMAIL_SOURCE = "127.0.0.9"
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
     """Ready once an agent started after this call has written its heartbeat."""
-    since = time.time()
-
-    def ready() -> bool:
-        store = open_store(lab.config)
-        try:
-            beat = sync_agent_heartbeat(store)
-        finally:
-            store.close()
-        return beat is not None and beat[1] >= since
-
-    return ready
+    return sync_agent_ready(lab.config)
 
 
 LAB_DAEMONS["sync-agent"] = _sync_agent_ready
@@ -112,6 +100,8 @@ class Lab:
     gateway: PostfixGateway
     webmail: Webmail | None = None
     """Roundcube on the standby, when the lab was started with ``lab up --webmail``."""
+    hosts: Hosts | None = None
+    """The multi-host lab's hosts (``lab up --gateways N``, see ``lab.hosts``)."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -121,12 +111,15 @@ class Lab:
             for name, readiness in LAB_DAEMONS.items()
         }
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
+        if self.hosts is not None:
+            return self.hosts.parts(self.primary, self.standby, webmail)
         return {"primary": self.primary, "standby": self.standby, **daemons,
                 "gateway": self.gateway, **webmail}
 
     @property
     def config_file(self) -> Path:
-        return self.dir / "mailcontinuity.toml"
+        """The configuration the lab's commands use (the standby host's in a multi-host lab)."""
+        return self.config.source
 
     @property
     def primary_kind(self) -> str:
@@ -134,13 +127,15 @@ class Lab:
 
     @classmethod
     def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
-           primary: str | None = None, primary_profile: str | None = None) -> Lab:
+           primary: str | None = None, primary_profile: str | None = None,
+           gateways: int | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
         ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
         the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
-        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created."""
+        Dovecot primary plays (lab/profiles.py), both chosen when the lab is created;
+        ``gateways`` (2 or more, at creation) makes it a multi-host lab (``lab.hosts``)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
@@ -150,7 +145,8 @@ class Lab:
                 raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
                                f" {primary}; take it down and use another directory")
         else:
-            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile)
+            lab = cls._create(directory, user_count, primary or "dovecot", primary_profile,
+                              gateways)
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
         for part in lab.parts.values():
@@ -191,6 +187,8 @@ class Lab:
         return lab
 
     def part(self, name: str) -> LabPart:
+        if self.hosts is not None:
+            name = self.hosts.alias(name)
         try:
             return self.parts[name]
         except KeyError:
@@ -203,7 +201,7 @@ class Lab:
 
     @classmethod
     def _create(cls, directory: Path, user_count: int, primary_kind: str,
-                primary_profile: str | None = None) -> Lab:
+                primary_profile: str | None = None, gateways: int | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
         if primary_profile is not None and (primary_kind != "dovecot"
@@ -250,6 +248,10 @@ class Lab:
             _render_config(directory, description, gateway_submission, metrics_port,
                            standby_relay))
         _write_lab_json(directory, description)
+        if gateways is not None:
+            description = create_hosts(directory, description, gateways)
+            _write_lab_json(directory, description)
+            (directory / "mailcontinuity.toml").unlink()  # each host has its own
         lab = cls.load(directory)
         lab.primary.write_config()
         lab.standby.write_config()
@@ -315,6 +317,7 @@ class Lab:
                                    directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
                                    LabCertificates(directory / "tls")),
             webmail=webmail,
+            hosts=Hosts(directory, description) if "gateways" in description else None,
         )
 
     @classmethod

@@ -40,7 +40,13 @@ from mailcontinuity.outage.merge import LEASE as MERGE_LEASE
 from mailcontinuity.store.accepted import accepted_since
 from mailcontinuity.store.checks import Check, CheckRecord, latest_checks
 from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.heartbeats import pid_alive, policyd_heartbeat, sync_agent_heartbeat
+from mailcontinuity.store.gateways import votes
+from mailcontinuity.store.heartbeats import (
+    pid_alive,
+    policyd_heartbeat,
+    policyd_heartbeats,
+    sync_agent_heartbeat,
+)
 from mailcontinuity.store.journal import journaled_since
 from mailcontinuity.store.leases import lease_holder
 from mailcontinuity.store.probes import ProbeResult, failing_since, latest_probes
@@ -111,23 +117,56 @@ def expected_checks(config: Config) -> set[tuple[str, str]]:
 
 
 # --- policyd and the primary ---------------------------------------------------------------
-def policyd_status(store: StateStore, now: float) -> dict[str, Any]:
-    """Whether policyd runs: its heartbeat is fresh and its process is alive."""
-    beat = policyd_heartbeat(store)
+def policyd_status(config: Config, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Whether a policyd runs: its heartbeat is fresh and, on this host, its process alive (a
+    pid on another host of a site means nothing here)."""
     if beat is None:
         return {"running": False, "detail": "never started on this host", "since": None}
     report = {"pid": beat["pid"], "last_heartbeat": beat["beat_at"],
               "stale_after": beat["stale_after"]}
     if beat["stopped_at"] is not None:
         detail, since = "stopped", beat["stopped_at"]
-    elif not pid_alive(beat["pid"]):
+    elif beat["host"] == config.host_name and not pid_alive(beat["pid"]):
         detail, since = f"process {beat['pid']} is gone (killed or crashed)", beat["beat_at"]
     elif now - beat["beat_at"] > beat["stale_after"]:
-        detail, since = (f"no heartbeat for {now - beat['beat_at']:.0f}s (hung?)",
-                         beat["beat_at"])
+        detail, since = (f"no heartbeat for {now - beat['beat_at']:.0f}s (hung, stopped or cut"
+                         " off?)", beat["beat_at"])
     else:
         return {"running": True, **report, "detail": "running", "since": beat["started_at"]}
     return {"running": False, **report, "detail": detail, "since": since}
+
+
+def probing_host(config: Config, store: StateStore) -> str | None:
+    """Whose probes of the primary this host's verdict shows: a gateway's own; on another host
+    of a site (the standby's), those of the gateway that reported last, preferring one that sees
+    the primary as most of them do, so every host names the same problem."""
+    if config.routes_mail:
+        return config.host_name
+    cluster = config.cluster
+    assert cluster is not None
+    recorded = [vote for vote in votes(store) if vote.host in cluster.gateways]
+    if not recorded:
+        return None
+    failing = sum(1 for vote in recorded if not vote.healthy)
+    majority_healthy = failing * 2 < len(recorded)
+    return max(recorded, key=lambda vote: (vote.healthy == majority_healthy, vote.at)).host
+
+
+def host_policyd_status(config: Config, store: StateStore, now: float) -> dict[str, Any]:
+    """This host's policyd; on a host of a site that is not a gateway (the standby's), the
+    gateways' together: running while one of them runs."""
+    cluster = config.cluster
+    if cluster is None or cluster.is_gateway:
+        return policyd_status(config, policyd_heartbeat(store, config.host_name), now)
+    beats = policyd_heartbeats(store)
+    every = {name: policyd_status(config, beats.get(name), now) for name in cluster.gateways}
+    running = [name for name, daemon in every.items() if daemon["running"]]
+    stale = [float(daemon["stale_after"]) for daemon in every.values() if daemon.get("stale_after")]
+    since = [daemon["since"] for daemon in every.values() if daemon["since"] is not None]
+    return {"running": bool(running), "since": min(since) if since else None,
+            "stale_after": max(stale) if stale else None,
+            "detail": f"running on {', '.join(running)}" if running
+            else f"on no gateway ({', '.join(cluster.gateways)})"}
 
 
 def policyd_problem(daemon: dict[str, Any], now: float) -> Problem | None:
@@ -235,7 +274,10 @@ def failback_problem(state: State, checks: list[CheckRecord]) -> Problem | None:
 # --- the store and the disks ---------------------------------------------------------------
 def store_problem(config: Config, now: float) -> Problem | None:
     """Whether the state store can be read and written at its configured path. A read-only
-    connection is opened for the check: it takes no write lock and creates nothing."""
+    connection is opened for the check: it takes no write lock and creates nothing. (A
+    PostgreSQL store is checked by the connection ``status`` has just used: here it answers.)"""
+    if config.state.url is not None:
+        return None
     path = config.state.path
     action = (f"check {path} and its directory (state.path): a regular file, writable by the"
               " daemons' group, on a file system with room; the daemons cannot record the"
@@ -415,16 +457,17 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     if usage is None:
         found.append(spool_problem(config, now))
         usage = EMPTY_SPOOL
-    daemon = policyd_status(store, now)
+    daemon = host_policyd_status(config, store, now)
     stale_after = daemon.get("stale_after") or DEFAULT_STALE_SECONDS
     checks, checked_live = current_checks(config, store, now, stale_after, live)
     process = [r for r in latest_checks(store) if r.check.part == "sync-agent"]
     found += check_problems(checks)
     ready, held = standby_ready([record.check for record in checks])
-    if daemon["running"]:
-        probes = latest_probes(store)
+    prober = probing_host(config, store)
+    if daemon["running"] and prober is not None:
+        probes = latest_probes(store, prober)
         fresh = [p for p in probes if now - p.at <= stale_after]
-        found += filter(None, [primary_problem(state, fresh, failing_since(store),
+        found += filter(None, [primary_problem(state, fresh, failing_since(store, prober),
                                                "" if ready else held, now)])
     found += filter(None, [
         policyd_problem(daemon, now),
@@ -440,6 +483,14 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
 def store_unavailable(config: Config, error: str, now: float | None = None) -> Watch:
     """The verdict when the state store cannot even be opened."""
     now = time.time() if now is None else now
+    if config.state.url is not None:
+        routing = ("this gateway keeps routing protected mail as it did" if config.routes_mail
+                   else "the gateways keep their last routing")
+        return Watch(watched_parts(config), [Problem(
+            "store", now, f"{error}; {routing} (fail-open), and no failover or failback can"
+            " happen until the store answers",
+            f"bring the store at {config.state.location} back, or this host's network path to"
+            " it; every daemon reconnects by itself and catches up")])
     problem = store_problem(config, now) or Problem(
         "store", now, error, "check state.path and its directory: the daemons cannot record"
         " the state, the journal or an outage without the store")

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pytest_mock import MockerFixture
 
 from mailcontinuity.cli.main import main
-from mailcontinuity.config import Config, parse_config
+from mailcontinuity.config import LOCAL_HOST, Config, parse_config
 from mailcontinuity.journal.spool import SpoolUsage
 from mailcontinuity.mail.postfix import postfix_access_problem
 from mailcontinuity.monitor.accepted import AcceptedMessages
@@ -26,7 +26,7 @@ from mailcontinuity.reports.problems import Problem, merge_by_part, watch
 from mailcontinuity.reports.status import check_result, collect_status, render_status
 from mailcontinuity.store.accepted import accepted_since, add_accepted
 from mailcontinuity.store.checks import Check, record_checks
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore, StateStore
 from mailcontinuity.store.heartbeats import policyd_beat, policyd_stopped, sync_agent_beat
 from mailcontinuity.store.journal import CopyRecord, record_copies
 from mailcontinuity.store.probes import ProbeResult, record_probes
@@ -54,12 +54,13 @@ def config(tmp_path: Path) -> Config:
 def store(config: Config) -> Iterator[StateStore]:
     """A store in which policyd and the sync agent have just reported, the primary is healthy
     and every watched part's check passed."""
-    opened = StateStore(config.state.path)
+    opened = SQLiteStore(config.state.path)
     now = time.time()
-    policyd_beat(opened, now - 60, now, 15.0)
-    sync_agent_beat(opened, now - 60)
-    record_probes(opened, [ProbeResult("delivery", "smtp:192.0.2.1:25", True, 3.0, "", now),
-                           ProbeResult("imap", "192.0.2.1:143", True, 4.0, "", now)])
+    policyd_beat(opened, LOCAL_HOST, now - 60, now, 15.0)
+    sync_agent_beat(opened, LOCAL_HOST, now - 60)
+    record_probes(opened, LOCAL_HOST,
+                  [ProbeResult("delivery", "smtp:192.0.2.1:25", True, 3.0, "", now),
+                   ProbeResult("imap", "192.0.2.1:143", True, 4.0, "", now)])
     record_checks(opened, [Check(part, name, target, True, now, latency_ms=2.0)
                            for part, name, target in STANDBY_CHECKS])
     yield opened
@@ -108,9 +109,9 @@ def test_a_failing_check_is_a_problem_since_its_first_failure(config: Config,
 
 def test_a_stopped_policyd_hides_no_problem_and_claims_no_health(config: Config,
                                                                  store: StateStore) -> None:
-    record_probes(store, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 3000.0,
+    record_probes(store, LOCAL_HOST, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 3000.0,
                                       "no answer within 3s", time.time())])
-    policyd_stopped(store, time.time())
+    policyd_stopped(store, LOCAL_HOST, time.time())
     status = report(config, store)
     assert [p["part"] for p in status["problems"]] == ["policyd"]
     assert "an outage would not be detected" in status["problems"][0]["detail"]
@@ -121,7 +122,7 @@ def test_a_stopped_policyd_hides_no_problem_and_claims_no_health(config: Config,
 def test_primary_and_standby_down_say_that_failover_is_held(config: Config,
                                                             store: StateStore) -> None:
     now = time.time()
-    record_probes(store, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 1.0,
+    record_probes(store, LOCAL_HOST, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 1.0,
                                       "Connection refused", now)])
     record_checks(store, [Check("standby", "imap", "127.0.0.1:143", False, now,
                                 "Connection refused", "start it")])
@@ -136,7 +137,7 @@ def test_primary_and_standby_down_say_that_failover_is_held(config: Config,
 
 def test_primary_down_in_failover_is_a_warning(config: Config, store: StateStore) -> None:
     transition(store, "failover", "primary failed", "health-monitor")
-    record_probes(store, [ProbeResult("imap", "192.0.2.1:143", False, 1.0, "refused",
+    record_probes(store, LOCAL_HOST, [ProbeResult("imap", "192.0.2.1:143", False, 1.0, "refused",
                                       time.time())])
     status = report(config, store)
     assert [p["part"] for p in status["problems"]] == ["primary"]
@@ -148,7 +149,7 @@ def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: Stat
                                 "was stopped (pid 7)")])
     [problem] = report(config, store)["problems"]
     assert problem["part"] == "sync-agent" and "was stopped (pid 7)" in problem["detail"]
-    sync_agent_beat(store, time.time())  # a new agent started since
+    sync_agent_beat(store, LOCAL_HOST, time.time())  # a new agent started since
     assert report(config, store)["protected"] is True
     store.execute("UPDATE sync_agent SET heartbeat_at = ?", [time.time() - 60])
     [silent] = report(config, store)["problems"]

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
-from mailcontinuity.config import parse_config
+from mailcontinuity.config import Config
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.audit import audit_log, record_command
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import open_store
 from mailcontinuity.store.journal import CopyRecord, journal_summary, record_alarm, record_copies
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
-from tests.unit.test_config import VALID
 
 NOW = time.time()
 OLD = NOW - 100 * DAY_SECONDS  # beyond the default 90 days of [state] retention_days
@@ -25,9 +23,9 @@ def message(key: str, journal: bool) -> MessageFile:
                        message_id=f"<{key}>")
 
 
-def test_old_records_are_forgotten_and_counters_do_not_go_down(tmp_path: Path) -> None:
-    config = parse_config(tomllib.loads(VALID), tmp_path / "mailcontinuity.toml")
-    store = StateStore(tmp_path / "state.db")
+def test_old_records_are_forgotten_and_counters_do_not_go_down(store_config: Config) -> None:
+    config = store_config
+    store = open_store(config)
     try:
         record_copies(store, [
             CopyRecord("old", "a@example.org", "INBOX", "pruned", OLD),
