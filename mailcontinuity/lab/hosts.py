@@ -110,7 +110,11 @@ def host_config(base: dict[str, Any], directory: Path, name: str, gateways: list
                             "submission": f"127.0.0.1:{ports['submission']}",
                             "postfix_config_dir": str(etc),
                             "transport_map": str(etc / "transport"),
-                            "tls_policy_map": str(etc / "tls_policy")}
+                            "tls_policy_map": str(etc / "tls_policy"),
+                            "sender_login_map": str(etc / "sender_login"),
+                            "sender_aliases": str(etc / "sender_aliases")}
+        if "standby_relay" in data["gateway"]:  # each gateway's Postfix has its own listener
+            data["gateway"]["standby_relay"] = f"127.0.0.1:{ports['standby_relay']}"
         home = host_dir(directory, name)
         data["milter"] |= {"listen": f"unix:{home / 'milter' / 'journal.sock'}",
                            "spool_dir": str(home / "spool")}
@@ -125,7 +129,7 @@ def create_hosts(directory: Path, description: dict[str, Any], count: int) -> di
     if count < 2:
         raise LabError(f"--gateways {count}: a multi-host lab has 2 or more gateways")
     gateways = gateway_names(count)
-    numbers = iter(free_ports(1 + 3 * (count - 1)))
+    numbers = iter(free_ports(1 + 4 * (count - 1)))
     server = postgres_server(directory, Endpoint("127.0.0.1", next(numbers)))
     LabCertificates(directory / "tls")  # the lab's CA signs the store's certificate too
     server.write_config()
@@ -133,7 +137,7 @@ def create_hosts(directory: Path, description: dict[str, Any], count: int) -> di
     entries = []
     hosts: dict[str, dict[str, str]] = {}
     for name in [*gateways, STANDBY_HOST]:
-        ports = {"smtp": 0, "submission": 0, "metrics": 0}
+        ports = {"smtp": 0, "submission": 0, "metrics": 0, "standby_relay": 0}
         if name in gateways and name != "gw1":
             ports = {key: next(numbers) for key in ports}
         data = host_config(base, directory, name, gateways, server, ports)
