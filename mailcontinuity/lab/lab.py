@@ -70,6 +70,12 @@ PROBE_SOURCE = "127.0.0.7"
 WEBMAIL_SOURCE = "127.0.0.9"
 
 
+def _password() -> str:
+    """A random lab password that never starts with "-": swaks, which the tests drive as users'
+    clients, reads such a value as an option even in ``--auth-password=VALUE`` form."""
+    return "p" + secrets.token_urlsafe(12)
+
+
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
     """Ready once an agent started after this call has written its heartbeat."""
     return sync_agent_ready(lab.config)
@@ -220,7 +226,7 @@ class Lab:
         standby_relay = next(numbers)  # likewise
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
-             "password": secrets.token_urlsafe(12)}
+             "password": _password()}
             for name in [*LAB_USERS, *(f"user{n:02d}" for n in range(4, user_count + 1)),
                          DRILL_PROBE]
         ]
@@ -239,7 +245,7 @@ class Lab:
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         admin_file = secrets_dir / "admin-password"
         admin_file.touch(mode=0o600)
-        admin_file.write_text(secrets.token_urlsafe(16) + "\n")
+        admin_file.write_text(_password() + "\n")
         probe_file = secrets_dir / "drill-probe-password"
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")

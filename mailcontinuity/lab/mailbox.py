@@ -43,10 +43,11 @@ def wait_for_message(endpoint: Endpoint, login: str, password: str, message_id: 
 
 
 def locate(client: IMAPClient, message_id: str) -> dict[str, list[int]]:
-    """UIDs of ``message_id`` in every selectable folder of the logged-in mailbox."""
+    """UIDs of ``message_id`` in every selectable folder of the logged-in mailbox but All Mail
+    (``\\All``: Gmail shows every message there again, it is not a copy)."""
     found: dict[str, list[int]] = {}
     for flags, _delimiter, folder in client.list_folders():
-        if {b"\\Noselect", b"\\NonExistent"} & set(flags):
+        if {b"\\noselect", b"\\nonexistent", b"\\all"} & {flag.lower() for flag in flags}:
             continue
         client.select_folder(folder, readonly=True)
         uids = client.search(["HEADER", "Message-ID", message_id])

@@ -7,14 +7,19 @@ APPENDLIMIT) and the folder layout (Exchange's ``Sent Items``, ``Deleted Items``
 without special-use attributes; Gmail's ``[Gmail]/...`` folders under a ``\\Noselect``
 ``[Gmail]``). Clients that honour capabilities (ours does) do not use what is not announced.
 
-Not (yet) in a profile: XOAUTH2 logins against a local token service, and Gmail's All Mail
-(a virtual folder holding every message); mailcontinuity logs in to a profiled primary as to
-the plain Dovecot one (master user).
+Gmail's ``[Gmail]/All Mail`` (``\\All``) holds every message delivered to the mailbox again,
+beside its folder: a global sieve script files a copy there at delivery (Dovecot 2.3 has no
+virtual folder that can live inside the personal namespace's ``[Gmail]/``). Messages APPENDed
+(failback's, the tests') are not copied there; Gmail would also show them.
+
+Not (yet) in a profile: XOAUTH2 logins against a local token service; mailcontinuity logs in to
+a profiled primary as to the plain Dovecot one (master user).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mailcontinuity.lab.dovecot import DovecotInstance
 
@@ -26,13 +31,14 @@ CAPABILITIES = {
              " COMPRESS=DEFLATE ENABLE MOVE CONDSTORE ESEARCH UTF8=ACCEPT LIST-EXTENDED"
              " LIST-STATUS LITERAL- SPECIAL-USE APPENDLIMIT=35651584",
 }
+GMAIL_ALL_MAIL = "[Gmail]/All Mail"
 # (folder, special use or "") every mailbox gets, as the service names them.
 FOLDERS = {
     "exchange": [("Drafts", ""), ("Sent Items", ""), ("Deleted Items", ""),
                  ("Junk Email", ""), ("Archive", "")],
     "gmail": [("[Gmail]/Drafts", "\\Drafts"), ("[Gmail]/Sent Mail", "\\Sent"),
               ("[Gmail]/Spam", "\\Junk"), ("[Gmail]/Trash", "\\Trash"),
-              ("[Gmail]/Starred", "\\Flagged")],
+              ("[Gmail]/Starred", "\\Flagged"), (GMAIL_ALL_MAIL, "\\All")],
 }
 PROFILES = tuple(CAPABILITIES)
 
@@ -43,6 +49,18 @@ class ProfiledDovecot(DovecotInstance):
 
     profile: str = "exchange"
 
+    @property
+    def _all_mail_script(self) -> Path:
+        return self.root / "sieve-before" / "all-mail.sieve"
+
+    def write_config(self) -> None:
+        super().write_config()
+        if self.profile == "gmail":
+            self.install_global_sieve(
+                self._all_mail_script,
+                'require ["fileinto", "copy"];\n'
+                f'fileinto :copy "{GMAIL_ALL_MAIL}";\n')
+
     def _render(self, mail_uid: int) -> str:
         text = super()._render(mail_uid)
         start, end = text.index("namespace inbox {"), text.index("passdb {")
@@ -52,4 +70,8 @@ class ProfiledDovecot(DovecotInstance):
             for name, use in FOLDERS[self.profile])
         namespace = f"namespace inbox {{\n  inbox = yes\n  separator = /\n{mailboxes}}}\n"
         capability = f"imap_capability = {CAPABILITIES[self.profile]}\n"
-        return text[:start] + capability + namespace + text[end:]
+        text = text[:start] + capability + namespace + text[end:]
+        if self.profile == "gmail":
+            before = f"  sieve_before = {self._all_mail_script}\n"
+            text = text.replace("plugin {\n", "plugin {\n" + before, 1)
+        return text

@@ -390,11 +390,14 @@ def refused_key(action: str, detail: dict[str, Any]) -> str:
     return str(detail.get("key") or action.rsplit("|", 2)[-2])
 
 
-def still_refused(changelog: ChangeLog, outage_id: int) -> list[dict[str, Any]]:
+def still_refused(changelog: ChangeLog, outage_id: int,
+                  this_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the primary refused and no later pass merged (a message retried and stored, or
-    found on the primary, is no longer listed)."""
+    found on the primary, is no longer listed), and the users whose whole merge it refused in
+    this run (a SELECT or FETCH refused: no action's row records that, ``this_run`` does)."""
     return [{"user": user, **detail}
-            for (user, _), detail in changelog.refused(outage_id).items()]
+            for (user, _), detail in changelog.refused(outage_id).items()] + [
+        item for item in this_run if item["action"] == "merge"]
 
 
 def _retry_refused(config: Config, changelog: ChangeLog, outage: Outage, actor: str,
@@ -411,7 +414,7 @@ def _retry_refused(config: Config, changelog: ChangeLog, outage: Outage, actor: 
     report = FailbackReport(outage.id, "normal", passes=1,
                             note=f"retried {len(refused)} message(s) the primary had refused")
     _add(report, results)
-    report.refused = still_refused(changelog, outage.id)
+    report.refused = still_refused(changelog, outage.id, report.refused)
     changelog.add_to_summary(outage.id, refused=report.refused)
     record_command(changelog.store, "failback", actor,
                    {"outage": outage.id, "retried": len(refused),
@@ -513,7 +516,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                          " users_unchanged=%d", outage.id, number, changed, len(users), unchanged)
                 if number > 1 and changed == 0:
                     break
-            report.refused = still_refused(changelog, outage.id)
+            report.refused = still_refused(changelog, outage.id, report.refused)
             changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
                                  summary=report.as_dict())
         change_state(config, store, "normal", "failback complete", actor,

@@ -23,6 +23,7 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.lab.cyrus import MAX_MESSAGE_BYTES
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
+from mailcontinuity.lab.profiles import GMAIL_ALL_MAIL
 from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restored
 from mailcontinuity.mail.imap import Mailbox, imap_login
 from mailcontinuity.mail.managesieve import Credentials, normalise, session
@@ -106,6 +107,14 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
         assert "Sent Items" in names and "Sent" not in names, names
     if profile == "gmail":
         assert "[Gmail]/Sent Mail" in names and "Sent" not in names, names
+        # All Mail shows the delivered mail again: failback and verify did not take it for a copy.
+        delivered = [sent for sent in scenario.report.sent
+                     if sent.phase == "before" and alice.address in sent.recipients]
+        with imap_login(kind_lab.endpoint("primary", "imap"), alice.login,
+                        alice.password) as client:
+            client.select_folder(GMAIL_ALL_MAIL, readonly=True)
+            assert delivered and all(client.search(["HEADER", "Message-ID", sent.message_id])
+                                     for sent in delivered), delivered
 
 
 def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start(
