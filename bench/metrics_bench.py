@@ -66,9 +66,10 @@ def fill(store: StateStore, copies: int) -> None:
     policyd_beat(store, LOCAL_HOST, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
     sync_agent_beat(store, LOCAL_HOST, now - 3600)
     store.execute("UPDATE sync_agent SET heartbeat_at = ?", [now + 1e9])
-    record_checks(store, [Check(part, name, "127.0.0.1:1", True, now + 1e9, latency_ms=2.0)
-                          for part, name in (("standby", "lmtp"), ("standby", "imap"),
-                                             ("milter", "socket"))])
+    record_checks(store, LOCAL_HOST,
+                  [Check(part, name, "127.0.0.1:1", True, now + 1e9, latency_ms=2.0)
+                   for part, name in (("standby", "lmtp"), ("standby", "imap"),
+                                      ("milter", "socket"))])
     for minute in range(1440):
         add_accepted(store, now - minute * 60, 10)
 

@@ -154,7 +154,7 @@ class HealthMonitor:
             since = self.detector.healthy_since if healthy else self.detector.failing_since
             record_vote(self.store, GatewayVote(self.host, now, self.detector.vote(now),
                                                 healthy, since, reasons))
-        record_checks(self.store, watched)
+        record_checks(self.store, self.host, watched)
         if self.accepted is not None:
             add_accepted(self.store, now, self.accepted.take())
         policyd_beat(self.store, self.host, self.started_at, now, self.stale_after)

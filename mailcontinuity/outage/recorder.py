@@ -152,8 +152,9 @@ class SyncAgent(pyinotify.ProcessEvent):
     def _report_process(self, running: bool, detail: str) -> None:
         """Say at once that the agent runs or has stopped (``status`` need not wait for its
         heartbeat to go stale)."""
-        record_checks(self.store, [Check("sync-agent", "process", socket.gethostname(), running,
-                                         time.time(), detail)])
+        record_checks(self.store, self.config.host_name,
+                      [Check("sync-agent", "process", socket.gethostname(), running,
+                             time.time(), detail)])
 
     def _store_unreachable(self, exc: StateStoreError) -> None:
         """Wait for the store; whatever happens on disk meanwhile, a full rescan records."""
@@ -214,7 +215,7 @@ class SyncAgent(pyinotify.ProcessEvent):
     def _merge_check(self, ok: bool, detail: str) -> None:
         """The last automatic failback attempt, for ``status``: a merge that keeps failing
         is a problem with the server's words and what to do."""
-        record_checks(self.store, [Check(
+        record_checks(self.store, self.config.host_name, [Check(
             "sync-agent", "failback", str(self.config.primary.imap), ok, time.time(),
             detail if ok else f"failback keeps failing, retried every"
             f" {MERGE_RETRY_SECONDS:.0f}s: {detail}",

@@ -98,7 +98,9 @@ class Watch:
         return "WARNING" if self.problems else "OK"
 
     def part_ok(self) -> dict[str, bool]:
-        failing = {problem.part for problem in self.problems}
+        """Each watched part: False when it has a problem, on this host or (``HOST/PART``) on
+        another gateway of the site."""
+        failing = {base_part(problem.part) for problem in self.problems}
         return {part: part not in failing for part in self.parts}
 
 
@@ -209,8 +211,12 @@ def primary_problem(state: State, probes: list[ProbeResult], first_failure: floa
 def current_checks(config: Config, store: StateStore, now: float, stale_after: float,
                    live: bool) -> tuple[list[CheckRecord], bool]:
     """The watched parts' checks: as the monitor recorded them when fresh, else (when ``live``)
-    run here and now. Returns the checks and whether they were run here."""
-    recorded = {(r.check.part, r.check.name): r for r in latest_checks(store)}
+    run here and now. Returns the checks and whether they were run here. A gateway reads its
+    own; another host of a site (the standby's) those of the gateway whose probes it shows
+    (``probing_host``)."""
+    host = probing_host(config, store)
+    recorded = ({} if host is None else
+                {(r.check.part, r.check.name): r for r in latest_checks(store, host)})
     wanted = expected_checks(config)
     fresh = [recorded[key] for key in sorted(wanted)
              if key in recorded and now - recorded[key].check.at <= stale_after]
@@ -221,8 +227,29 @@ def current_checks(config: Config, store: StateStore, now: float, stale_after: f
     for check in ran:
         before = recorded.get((check.part, check.name))
         since = before.since if before is not None and before.check.ok == check.ok else now
-        records.append(CheckRecord(check, since))
+        records.append(CheckRecord(check, since, config.host_name))
     return records, True
+
+
+def peer_check_problems(config: Config, store: StateStore, shown: list[CheckRecord], now: float,
+                        stale_after: float) -> list[Problem]:
+    """On a site with several gateways, the fresh failing checks of the gateways other than the
+    one whose checks this host shows (gw2's milter socket, the standby as gw2 sees it), each
+    named ``HOST/PART``: every host names them, not only the gateway that ran them."""
+    cluster = config.cluster
+    if cluster is None or len(cluster.gateways) < 2:
+        return []
+    hosts = {record.host for record in shown}
+    failing = [record for record in latest_checks(store)
+               if record.host in cluster.gateways and record.host not in hosts
+               and not record.check.ok and now - record.check.at <= stale_after]
+    by_part: dict[str, list[CheckRecord]] = {}
+    for record in failing:
+        by_part.setdefault(f"{record.host}/{record.check.part}", []).append(record)
+    return [Problem(part, min(r.since for r in records), "; ".join(
+                f"{r.check.name} {r.check.target}: {r.check.detail}" for r in records),
+                records[0].check.action)
+            for part, records in sorted(by_part.items())]
 
 
 def check_problems(checks: Iterable[CheckRecord]) -> list[Problem]:
@@ -444,7 +471,12 @@ def merge_by_part(problems: list[Problem]) -> list[Problem]:
             severity="critical" if "critical" in (have.severity, problem.severity)
             else "warning")
     order = {part: n for n, part in enumerate(PARTS)}
-    return sorted(merged.values(), key=lambda p: order.get(p.part, len(PARTS)))
+    return sorted(merged.values(), key=lambda p: order.get(base_part(p.part), len(PARTS)))
+
+
+def base_part(part: str) -> str:
+    """``milter`` of ``gw2/milter`` (another gateway's part), ``milter`` of ``milter``."""
+    return part.rsplit("/", 1)[-1]
 
 
 def watch(config: Config, store: StateStore, state: State, journal: dict[str, Any],
@@ -460,8 +492,11 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     daemon = host_policyd_status(config, store, now)
     stale_after = daemon.get("stale_after") or DEFAULT_STALE_SECONDS
     checks, checked_live = current_checks(config, store, now, stale_after, live)
-    process = [r for r in latest_checks(store) if r.check.part == "sync-agent"]
+    # The sync agent's own reports, wherever it ran (the standby host), the latest first.
+    process = sorted((r for r in latest_checks(store) if r.check.part == "sync-agent"),
+                     key=lambda r: r.check.at, reverse=True)
     found += check_problems(checks)
+    found += peer_check_problems(config, store, checks, now, stale_after)
     ready, held = standby_ready([record.check for record in checks])
     prober = probing_host(config, store)
     if daemon["running"] and prober is not None:
@@ -501,4 +536,4 @@ def check_as_dict(record: CheckRecord) -> dict[str, Any]:
     check: Check = record.check
     return {"part": check.part, "check": check.name, "target": check.target, "ok": check.ok,
             "since": record.since, "at": check.at, "latency_ms": check.latency_ms,
-            "detail": check.detail}
+            "detail": check.detail, "host": record.host}

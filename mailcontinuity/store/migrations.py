@@ -129,7 +129,8 @@ def _migration_hosts(store: StateStore) -> None:
     vote on the primary's health, the route its Postfix has), the host of the sync agent, and,
     on PostgreSQL, a notification whenever the continuity state changes (every gateway's
     policyd listens, and routes at once instead of at its next poll). Rows written before
-    this migration belong to the single host they came from, ``local``."""
+    this migration belong to the single host they came from, ``local``. The watched parts' checks
+are kept per host as well."""
     create(store, "CREATE TABLE policyd_host (host TEXT PRIMARY KEY, pid {int} NOT NULL,"
            " started_at {real} NOT NULL, beat_at {real} NOT NULL, stale_after {real} NOT NULL,"
            " stopped_at {real})")
@@ -144,6 +145,16 @@ def _migration_hosts(store: StateStore) -> None:
     store.execute("ALTER TABLE health_probes ADD COLUMN host TEXT NOT NULL DEFAULT 'local'")
     store.execute("CREATE INDEX health_probes_host ON health_probes (host, probe, id)")
     store.execute("ALTER TABLE sync_agent ADD COLUMN host TEXT NOT NULL DEFAULT 'local'")
+    # Each host's checks (its own milter, the standby as it sees it): keyed by host too.
+    create(store, "CREATE TABLE part_check_host (host TEXT NOT NULL, part TEXT NOT NULL,"
+           " name TEXT NOT NULL, target TEXT NOT NULL, ok {int} NOT NULL, since {real} NOT NULL,"
+           " at {real} NOT NULL, latency_ms {real}, detail TEXT NOT NULL, action TEXT NOT NULL,"
+           " PRIMARY KEY (host, part, name))")
+    store.execute("INSERT INTO part_check_host (host, part, name, target, ok, since, at,"
+                  " latency_ms, detail, action) SELECT 'local', part, name, target, ok, since,"
+                  " at, latency_ms, detail, action FROM part_check")
+    store.execute("DROP TABLE part_check")
+    store.execute("ALTER TABLE part_check_host RENAME TO part_check")
     if store.backend == "postgresql":
         store.execute(
             "CREATE FUNCTION state_notify() RETURNS trigger LANGUAGE plpgsql AS"

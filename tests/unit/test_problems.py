@@ -61,7 +61,7 @@ def store(config: Config) -> Iterator[StateStore]:
     record_probes(opened, LOCAL_HOST,
                   [ProbeResult("delivery", "smtp:192.0.2.1:25", True, 3.0, "", now),
                    ProbeResult("imap", "192.0.2.1:143", True, 4.0, "", now)])
-    record_checks(opened, [Check(part, name, target, True, now, latency_ms=2.0)
+    record_checks(opened, LOCAL_HOST, [Check(part, name, target, True, now, latency_ms=2.0)
                            for part, name, target in STANDBY_CHECKS])
     yield opened
     opened.close()
@@ -88,7 +88,7 @@ def test_a_failing_check_is_a_problem_since_its_first_failure(config: Config,
                                                                store: StateStore) -> None:
     first = time.time()
     for at in (first, first + 1):
-        record_checks(store, [Check("standby", "lmtp", "127.0.0.1:24", False, at,
+        record_checks(store, LOCAL_HOST, [Check("standby", "lmtp", "127.0.0.1:24", False, at,
                                     "Connection refused", "start the standby's Dovecot")])
     status = report(config, store)
     assert status["protected"] is False
@@ -103,7 +103,7 @@ def test_a_failing_check_is_a_problem_since_its_first_failure(config: Config,
     assert text.splitlines()[0] == "NOT PROTECTED (CRITICAL): 1 problem"
     assert "next: start the standby's Dovecot" in text
 
-    record_checks(store, [Check("standby", "lmtp", "127.0.0.1:24", True, first + 2)])
+    record_checks(store, LOCAL_HOST, [Check("standby", "lmtp", "127.0.0.1:24", True, first + 2)])
     assert report(config, store)["protected"] is True
 
 
@@ -124,7 +124,7 @@ def test_primary_and_standby_down_say_that_failover_is_held(config: Config,
     now = time.time()
     record_probes(store, LOCAL_HOST, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 1.0,
                                       "Connection refused", now)])
-    record_checks(store, [Check("standby", "imap", "127.0.0.1:143", False, now,
+    record_checks(store, LOCAL_HOST, [Check("standby", "imap", "127.0.0.1:143", False, now,
                                 "Connection refused", "start it")])
     status = report(config, store)
     parts = {p["part"]: p for p in status["problems"]}
@@ -145,7 +145,7 @@ def test_primary_down_in_failover_is_a_warning(config: Config, store: StateStore
 
 
 def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: StateStore) -> None:
-    record_checks(store, [Check("sync-agent", "process", "host", False, time.time(),
+    record_checks(store, LOCAL_HOST, [Check("sync-agent", "process", "host", False, time.time(),
                                 "was stopped (pid 7)")])
     [problem] = report(config, store)["problems"]
     assert problem["part"] == "sync-agent" and "was stopped (pid 7)" in problem["detail"]
@@ -159,14 +159,15 @@ def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: Stat
 def test_a_failing_automatic_failback_is_a_problem_while_the_state_is_failback(
         config: Config, store: StateStore) -> None:
     said = "failback keeps failing, retried every 15s: login as a@example.org failed (NO Invalid)"
-    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", False, time.time(),
-                                said, "fix what the message names")])
+    record_checks(store, LOCAL_HOST, [Check("sync-agent", "failback", "192.0.2.1:143", False,
+                                            time.time(), said, "fix what the message names")])
     assert report(config, store)["protected"] is True  # not while the state is normal
     transition(store, "failover", "test", "test")
     transition(store, "failback", "test", "test")
     [problem] = [p for p in report(config, store)["problems"] if p["part"] == "sync-agent"]
     assert problem["detail"] == said and problem["action"] == "fix what the message names"
-    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
+    record_checks(store, LOCAL_HOST,
+                  [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
     assert "sync-agent" not in {p["part"] for p in report(config, store)["problems"]}
 
 

@@ -17,7 +17,14 @@ from mailcontinuity.config import ClusterSection, Config, ConfigError, load_conf
 from mailcontinuity.monitor.detector import Detector
 from mailcontinuity.monitor.quorum import QuorumGuard, fresh_seconds, needed_votes, tally
 from mailcontinuity.reports.cluster import cluster_status
+from mailcontinuity.reports.problems import (
+    Watch,
+    current_checks,
+    merge_by_part,
+    peer_check_problems,
+)
 from mailcontinuity.store.audit import audit_log
+from mailcontinuity.store.checks import Check, latest_checks, record_checks
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.gateways import (
     GatewayRoute,
@@ -335,4 +342,38 @@ def test_status_says_when_too_few_gateways_report(tmp_path: Path) -> None:
     parts = {p["part"]: p for p in report["problems"]}
     assert "quorum" in parts and "gw2" in parts["quorum"]["action"]
     assert "gw2's policyd has not reported" in parts["policyd"]["detail"]
+    store.close()
+
+
+def test_each_gateway_keeps_its_own_checks_and_every_host_names_a_peers_failure(
+        tmp_path: Path) -> None:
+    """gw2's milter socket fails, gw1's answers: neither row overwrites the other; gw1 shows its
+    own checks and names ``gw2/milter``; the standby host, showing gw1's, names it too."""
+    store = SQLiteStore(tmp_path / "state.db")
+    now = time.time()
+    standby_checks = [Check("standby", "lmtp", "192.0.2.2:24", True, now),
+                      Check("standby", "imap", "192.0.2.2:143", True, now)]
+    record_checks(store, "gw1", [*standby_checks,
+                                 Check("milter", "socket", "/run/milter.sock", True, now)])
+    record_checks(store, "gw2", [*standby_checks,
+                                 Check("milter", "socket", "/run/milter.sock", False, now,
+                                       "connection refused", "start gw2's milter")])
+    assert all(r.check.ok for r in latest_checks(store, "gw1"))
+    assert [r.check.ok for r in latest_checks(store, "gw2")] == [False, True, True]
+    with store.transaction():  # the standby host shows the probes (and checks) of gw1
+        record_vote(store, GatewayVote("gw1", now, "up", True, now - 60, ""))
+        record_vote(store, GatewayVote("gw2", now - 1, "up", True, now - 60, ""))
+    standby_host = site_config(tmp_path)
+    gw1 = standby_host.model_copy(update={"cluster": standby_host.cluster.model_copy(  # type: ignore[union-attr]
+        update={"host": "gw1"})})
+    for config in (gw1, standby_host):
+        shown, ran_here = current_checks(config, store, now, 15.0, live=False)
+        assert not ran_here and {r.host for r in shown} == {"gw1"}
+        problems = merge_by_part(peer_check_problems(config, store, shown, now, 15.0))
+        assert [(p.part, p.detail, p.action) for p in problems] == [
+            ("gw2/milter", "socket /run/milter.sock: connection refused", "start gw2's milter")]
+        verdict = Watch(["standby", "milter"], problems, shown).part_ok()
+        assert verdict == {"standby": True, "milter": False}
+    # Stale: a gateway that stopped reporting is policyd's problem, not a failing milter.
+    assert peer_check_problems(gw1, store, [], now + 60, 15.0) == []
     store.close()
