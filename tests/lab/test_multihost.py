@@ -39,14 +39,6 @@ def site() -> Iterator[Lab]:
         yield lab
 
 
-def host_status(lab: Lab, host: str) -> dict[str, Any]:
-    config = lab.dir / "hosts" / host / "mailcontinuity.toml"
-    result = CliRunner().invoke(main, ["--config", str(config), "status", "--json"])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return dict(json.loads(result.stdout))
-
-
 def host_json(lab: Lab, host: str, *args: str) -> tuple[int, dict[str, Any]]:
     """A command's exit status and its JSON (the last object printed) on ``host``."""
     config = lab.dir / "hosts" / host / "mailcontinuity.toml"
@@ -54,6 +46,10 @@ def host_json(lab: Lab, host: str, *args: str) -> tuple[int, dict[str, Any]]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, dict(json.loads(result.stdout[: result.stdout.rindex("}") + 1]))
+
+
+def host_status(lab: Lab, host: str) -> dict[str, Any]:
+    return host_json(lab, host, "status", "--json")[1]
 
 
 def agreed_state(lab: Lab) -> str | None:
