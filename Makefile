@@ -13,11 +13,13 @@ test: check lab-tests
 check: setup
 	$(VENV)/bin/ruff check mailcontinuity tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest tests/unit
+	$(VENV)/bin/pytest tests/unit -m "not postgres"
 
-# The lab tier: real Postfix, Dovecot and the rest in temporary directories on loopback.
-# tests/machine is skipped unless CI=true (see tests/machine/conftest.py).
+# The lab tier: real Postfix, Dovecot, PostgreSQL and the rest in temporary directories on
+# loopback or in network namespaces, and the unit tests' PostgreSQL runs. tests/machine is
+# skipped unless CI=true (see tests/machine/conftest.py).
 lab-tests: setup
+	$(VENV)/bin/pytest tests/unit -m postgres
 	$(VENV)/bin/pytest tests/lab tests/machine
 
 test-role-on-this-machine: setup

@@ -22,7 +22,7 @@ from pathlib import Path
 from mailcontinuity.audit import audit_logger, send_audit_to_syslog
 from mailcontinuity.logsetup import KeyValueFormatter
 from mailcontinuity.store.audit import record_command
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore, StateStore
 
 
 def per_line_us(formatter: logging.Formatter, count: int) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
 
     audit_logger.propagate = False  # measure the record, not the terminal
     with tempfile.TemporaryDirectory() as tmp:
-        store = StateStore(Path(tmp) / "state.db")
+        store = SQLiteStore(Path(tmp) / "state.db")
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.bind(str(Path(tmp) / "log.sock"))
         received = [0]

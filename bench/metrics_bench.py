@@ -27,7 +27,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from mailcontinuity.config import parse_config
+from mailcontinuity.config import LOCAL_HOST, parse_config
 from mailcontinuity.monitor.protocol import action_kind
 from mailcontinuity.reports.metrics import StoreCollector
 from mailcontinuity.reports.status import collect_status
@@ -60,18 +60,19 @@ def fill(store: StateStore, copies: int) -> None:
         store.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
                       [now])
         store.executemany(
-            "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
+            "INSERT INTO sync_message (outage_id, \"user\", folder, basename, filename, path, key,"
             " kind, flags, size, mtime, message_id, present, in_baseline, updated_at)"
             " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
             ((f"user{n % 500}", f"b{n}", f"b{n}:2,", f"k{n}", now, now)
              for n in range(copies // 10)))
     recount(store)  # the rows were written by hand: the counts the code keeps, rebuilt
-    policyd_beat(store, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
-    sync_agent_beat(store, now - 3600)
+    policyd_beat(store, LOCAL_HOST, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
+    sync_agent_beat(store, LOCAL_HOST, now - 3600)
     store.execute("UPDATE sync_agent SET heartbeat_at = ?", [now + 1e9])
-    record_checks(store, [Check(part, name, "127.0.0.1:1", True, now + 1e9, latency_ms=2.0)
-                          for part, name in (("standby", "lmtp"), ("standby", "imap"),
-                                             ("milter", "socket"))])
+    record_checks(store, LOCAL_HOST,
+                  [Check(part, name, "127.0.0.1:1", True, now + 1e9, latency_ms=2.0)
+                   for part, name in (("standby", "lmtp"), ("standby", "imap"),
+                                      ("milter", "socket"))])
     for minute in range(1440):
         add_accepted(store, now - minute * 60, 10)
 

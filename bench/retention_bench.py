@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 
 from mailcontinuity.config import parse_config
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore, StateStore
 from mailcontinuity.store.journal import recount
 from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
 
@@ -79,7 +79,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "state.db"
             config = parse_config(tomllib.loads(CONFIG), Path(tmp) / "mailcontinuity.toml")
-            store = StateStore(path)
+            store = SQLiteStore(path)
             now = time.time()
             fill(store, size, now)
             recount(store)  # rows written by hand: the counts the code keeps, rebuilt

@@ -15,6 +15,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -32,6 +33,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/mailcontinuity/mailcontinuity.toml")
 # The id header the gateway puts on every message (mail.headers); milter.id_header by default.
 DEFAULT_ID_HEADER = "X-Mailcontinuity-Id"
 CONFIG_ENV_VAR = "MAILCONTINUITY_CONFIG"
+# The host name in shared records on a site without [cluster].
+LOCAL_HOST = "local"
 
 
 class ConfigError(Exception):
@@ -163,14 +166,125 @@ class Section(BaseModel):
                 for name, value in data.items()}
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def parse_store_url(value: object) -> str:
+    """Accept ``postgresql://user@host[:port]/database``: no password in it (that goes into
+    ``password_file``), no query string (TLS is set by ``tls``/``tls_ca_file``)."""
+    if not isinstance(value, str):
+        raise ValueError('expected a string "postgresql://user@host:port/database"')
+    parts = urlsplit(value)
+    if parts.scheme not in POSTGRES_SCHEMES:
+        raise ValueError('expected "postgresql://user@host:port/database" (SQLite takes'
+                         " 'path' instead)")
+    if parts.password is not None:
+        raise ValueError("the URL must not hold the password: put it in a file named by"
+                         " 'state.password_file' (mode 0600)")
+    if parts.query or parts.fragment:
+        raise ValueError("no '?options' in the URL: TLS is set by 'state.tls' and"
+                         " 'state.tls_ca_file'")
+    if not parts.hostname or not parts.username or not parts.path.strip("/"):
+        raise ValueError('expected "postgresql://user@host:port/database"')
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+StoreURLField = Annotated[str, BeforeValidator(parse_store_url)]
+
+
 class StateSection(Section):
-    """The SQLite state store every process shares."""
+    """The state store every process shares: a SQLite file (one host, the default) or a
+    PostgreSQL database (``url``, for several hosts)."""
 
     path: Path = Path("/var/lib/mailcontinuity/state.db")
+    url: StoreURLField | None = None
+    """``postgresql://user@host:port/database``: the shared store of a site with several
+    hosts; ``path`` is not used then."""
+    password_file: Path | None = None
+    """The PostgreSQL user's password (scram-sha-256), when ``url`` is set."""
+    tls: Literal["verify-full", "none"] = "verify-full"
+    """``verify-full``: TLS, the server's certificate checked against ``tls_ca_file`` (or the
+    system's CAs) and the URL's host name; ``none``: plaintext (a unix socket, a trusted
+    network)."""
+    tls_ca_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    """How long a connection attempt or an unanswered request waits before the store counts as
+    unreachable (the daemons then keep the last routing and retry)."""
     retention_days: int = Field(default=90, ge=1, le=3650)
     """How long ``prune`` keeps records nothing needs any more: journal index rows of copies
     already pruned, refused or for unknown users, the milter's alarms, and the per-message detail
     of outages merged that long ago (their summary stays for ``report``)."""
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StateSection:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("set 'url' (PostgreSQL) or 'path' (SQLite), not both")
+        if self.url is None:
+            for key in ("password_file", "tls_ca_file"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"'{key}' is for a PostgreSQL store: set 'url' too, or"
+                                     f" remove '{key}'")
+        return self
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.url is None else "postgresql"
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: the file, or the URL (which holds no secret)."""
+        return str(self.path) if self.url is None else self.url
+
+
+HOST_NAME_RE = r"^[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?$"
+HostName = Annotated[str, Field(pattern=HOST_NAME_RE)]
+
+
+class ClusterSection(Section):
+    """A site whose parts live on several hosts: which host this is, which hosts are the MX
+    gateways (each runs the milter and policyd), and where the standby's Maildirs are. Every
+    host's configuration lists the same gateways; they share one PostgreSQL store."""
+
+    host: HostName
+    """This host's name, as the other hosts' configurations list it."""
+    gateways: list[HostName] = Field(min_length=1)
+    standby_host: HostName
+    """The host with the standby's Maildirs: the sync agent runs there, and so does the merge
+    at failback."""
+    quorum: Literal["majority"] | Annotated[int, Field(ge=1, le=100)] = "majority"
+    """How many gateways must see the primary down (or healthy again) before the state
+    changes: ``majority`` of those that reported within ``report_rounds`` probe rounds, or a
+    fixed number."""
+    report_rounds: int = Field(default=3, ge=1, le=100)
+    """A gateway counts towards the quorum while its last report is at most this many probe
+    rounds old."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSection:
+        if len(set(self.gateways)) != len(self.gateways):
+            raise ValueError("'gateways' lists a host twice")
+        if isinstance(self.quorum, int) and self.quorum > len(self.gateways):
+            raise ValueError(f"quorum = {self.quorum} is more than the {len(self.gateways)}"
+                             " gateways listed: failover could never happen")
+        return self
+
+    @property
+    def hosts(self) -> list[str]:
+        """Every host the configuration names, gateways first."""
+        return [*self.gateways, *([] if self.standby_host in self.gateways
+                                  else [self.standby_host])]
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.host in self.gateways
+
+    @property
+    def has_standby_maildirs(self) -> bool:
+        return self.host == self.standby_host
 
 
 class DomainsSection(Section):
@@ -673,6 +787,9 @@ class Config(Section):
     proxy: ProxySection | None = None
     """The client proxy (optional): without this section, clients keep their own names."""
 
+    cluster: ClusterSection | None = None
+    """Set on every host of a site whose parts live on several hosts (see docs/topologies.md)."""
+
     @model_validator(mode="after")
     def _proxy_destinations(self) -> Config:
         proxy = self.proxy
@@ -691,6 +808,28 @@ class Config(Section):
                              " Dovecot's proxy verifies both stores against one CA file"
                              " (ssl_ca): put both CAs in one file and name it in both")
         return self
+
+    @model_validator(mode="after")
+    def _shared_store_for_several_hosts(self) -> Config:
+        cluster = self.cluster
+        if cluster is not None and len(cluster.hosts) > 1 and self.state.url is None:
+            raise ValueError(
+                f"key 'state.url': [cluster] names {len(cluster.hosts)} hosts"
+                f" ({', '.join(cluster.hosts)}) but the state store is the SQLite file"
+                f" {self.state.path}, which only this host sees; set state.url ="
+                ' "postgresql://user@host:port/database" (the same on every host)')
+        return self
+
+    @property
+    def host_name(self) -> str:
+        """This host's name in shared records (heartbeats, probes): ``cluster.host``, or
+        ``local`` on a single-host site."""
+        return self.cluster.host if self.cluster is not None else LOCAL_HOST
+
+    @property
+    def routes_mail(self) -> bool:
+        """Whether this host is a gateway whose Postfix mailcontinuity routes."""
+        return self.cluster is None or self.cluster.is_gateway
 
 
 SECRET_SUFFIX = "password_file"
@@ -766,7 +905,21 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "missing":
         return f"missing key '{key}'"
     message = error["msg"].removeprefix("Value error, ")
-    return f"key '{key}': {message} (got {error.get('input')!r})"
+    if not key:  # a rule across sections names its key itself
+        return message
+    given = error.get("input")
+    if key == "state.url" and isinstance(given, str):
+        given = redact_url(given)
+    return f"key '{key}': {message} (got {given!r})"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a password someone wrote into it, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def parse_config(data: dict[str, Any], source: Path) -> Config:
@@ -797,7 +950,7 @@ def load_config(path: Path | None = None) -> Config:
     config = parse_config(data, path)
     for key, secret_path in secret_files(config).items():
         check_secret_mode(config, key, secret_path)
-    for side in ("primary", "standby", "gateway", "credentials"):
+    for side in ("primary", "standby", "gateway", "credentials", "state"):
         if getattr(config, side) is None:
             continue
         ca_file = getattr(config, side).tls_ca_file

@@ -3,10 +3,14 @@
 The health monitor, ``mailcontinuity failover`` and failback all call ``change_state``; none of
 them writes the state table or the transport map on its own. Every hook run is audited too
 (``audit_hooks``): what ran for which transition, its exit status, how long, its last lines.
+On a site with several hosts the state is shared (PostgreSQL) and each gateway's policyd
+applies its routing to its own Postfix (``monitor.follower``); ``change_state`` routes at once
+only where it runs on a gateway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mailcontinuity.config import Config
@@ -15,7 +19,7 @@ from mailcontinuity.deploy.routing import Route, switch_route
 from mailcontinuity.hooks.runner import HookQueue, HookResult, Transition, run_hooks
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import StateStore, open_store
-from mailcontinuity.store.state import StateName, current_state, transition
+from mailcontinuity.store.state import Guard, State, StateName, current_state, transition
 
 ROUTE_IN_STATE: dict[StateName, Route] = {
     "normal": "primary",
@@ -36,6 +40,8 @@ def change_state(
     expect: tuple[StateName, ...] | None = None,
     hooks: HookQueue | None = None,
     detail: dict[str, Any] | None = None,
+    guard: Guard | None = None,
+    recorded: Callable[[State], None] | None = None,
 ) -> bool:
     """Record the transition, route mail accordingly, then run the hooks; False if ``expect``
     did not hold. ``detail`` is audited with the transition.
@@ -45,13 +51,21 @@ def change_state(
     routing failed (the administrators want to hear about that most of all), and can never
     delay the routing. With ``hooks`` (the daemons' ``HookQueue``) they run in its thread and
     the caller goes on at once; without, here, each bounded by its timeout (an operator's
-    command, which shows what they did).
+    command, which shows what they did). ``guard`` (a quorum of gateways) is checked inside
+    the transition's transaction (``store.state.transition``).
+
+    A host that routes no mail (the standby host of a site with several hosts) only records
+    the transition; the gateways' policyds see it and switch their own Postfix. ``recorded``
+    is told the new state as soon as it is committed, before routing (policyd's own view).
     """
-    old = transition(store, to_state, cause=cause, actor=actor, expect=expect, detail=detail)
+    old = transition(store, to_state, cause=cause, actor=actor, expect=expect, detail=detail,
+                     guard=guard)
     if old is None:
         return False
+    if recorded is not None:  # before routing: policyd's answers must not lag behind the route
+        recorded(current_state(store))
     try:
-        if ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
+        if config.routes_mail and ROUTE_IN_STATE[old.name] != ROUTE_IN_STATE[to_state]:
             apply_route(config, ROUTE_IN_STATE[to_state])
     finally:
         done = Transition(old.name, to_state, cause, actor, current_state(store).since)

@@ -28,6 +28,9 @@ packages=(
     # Issue 18, credential continuity: the lab's directory is a private slapd (lab/directory.py,
     # tests/lab/test_credentials.py), the standby's Dovecot asks it through dovecot-ldap.
     slapd ldap-utils dovecot-ldap
+    # The shared state store of a multi-host site: the lab's part `state` (lab/postgres.py),
+    # tests/unit/test_postgres_store.py, the postgres-marked store tests, tests/lab/test_multihost.py.
+    postgresql
 )
 
 missing=()

@@ -15,6 +15,8 @@ from mailcontinuity.outage.incident import finish_outage
 from mailcontinuity.outage.merge import FailbackReport, plan_failback, run_failback
 from mailcontinuity.outage.recorder import SyncAgent
 from mailcontinuity.outage.verify import verify
+from mailcontinuity.store.state import current_state
+from mailcontinuity.transitions import change_state
 
 
 def render_failback(report: dict[str, Any]) -> str:
@@ -45,6 +47,10 @@ def render_failback(report: dict[str, Any]) -> str:
 def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Merge the outage into the primary and return to normal; resumable."""
     config = ctx.config
+    cluster = config.cluster
+    if cluster is not None and not cluster.has_standby_maildirs:
+        _failback_elsewhere(ctx, dry_run, yes, as_json)
+        return
     if dry_run:
         emit(plan_failback(config).as_dict(), as_json, render_failback)
         return
@@ -66,6 +72,38 @@ def failback(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
     emit(result, as_json, render_failback,
          failure=f"{len(report.refused)} message(s) refused by the primary and kept on the"
          " standby; see the list above" if report.refused else None)
+
+
+def _failback_elsewhere(ctx: Context, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """On a host without the standby's Maildirs (a gateway of a site with several hosts): the
+    merge must run where they are, so this records the transition to ``failback`` in the shared
+    store, and the sync agent on ``cluster.standby_host`` runs the merge (as it does when the
+    monitor decides the failback); ``status`` on any host follows it."""
+    config = ctx.config
+    assert config.cluster is not None
+    where = config.cluster.standby_host
+    if dry_run:
+        raise click.ClickException(
+            f"the plan is made from the standby's Maildirs, which are on {where}"
+            f" (cluster.standby_host): run 'mailcontinuity failback --dry-run' there")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("failback reroutes mail and writes to the primary;"
+                                       " pass --yes to confirm without a terminal")
+        click.confirm(f"Route mail back to the primary and have {where} merge the outage?",
+                      abort=True)
+    store = ctx.store()
+    try:
+        moved = change_state(config, store, "failback", "failback requested", operator(),
+                             expect=("failover",))
+        state = current_state(store).name
+    finally:
+        store.close()
+    note_text = (f"the merge runs on {where} (its sync agent); follow it with"
+                 " 'mailcontinuity status'" if moved or state == "failback"
+                 else f"nothing to fail back: the state is {state}")
+    emit({"outage": None, "state": state, "note": note_text, "counts": {}, "plan": {},
+          "refused": [], "reports": [], "merge_host": where}, as_json, render_failback)
 
 
 def _with_progress_bar(config: Any) -> FailbackReport:

@@ -61,6 +61,8 @@ def _status_report(ctx: Context) -> dict[str, Any]:
         return unavailable_status(config, str(exc))
     try:
         return collect_status(config, store)
+    except StateStoreError as exc:  # a shared store that went away mid-way
+        return unavailable_status(config, str(exc))
     finally:
         store.close()
 

@@ -123,6 +123,6 @@ def _record(config: Config, report: RefreshReport) -> None:
                       detail=f"{report.users} users copied")
     store = open_store(config)
     try:
-        record_checks(store, [check])
+        record_checks(store, config.host_name, [check])
     finally:
         store.close()

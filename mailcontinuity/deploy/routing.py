@@ -8,6 +8,7 @@ routing fails open (see docs/routing.md for the measured comparison with the alt
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Literal
 
@@ -23,6 +24,7 @@ from mailcontinuity.mail.postfix import (
 log = logging.getLogger(__name__)
 
 Route = Literal["primary", "standby"]
+ROUTES: dict[str, Route] = {"primary": "primary", "standby": "standby"}
 
 # The master.cf service that delivers to the standby: Postfix's lmtp client with soft_bounce, so
 # that the standby's refusals (an address only the primary knows, a full standby mailbox) keep
@@ -99,15 +101,36 @@ def write_tls_policy_map(config: Config) -> None:
                        *tls_policy_entries(config)])
 
 
+ROUTE_HEADER = "# written by mailcontinuity: protected domains routed to the "
+
+
+def installed_route(config: Config) -> Route | None:
+    """The route the gateway's transport table says (its first line), or None if there is no
+    table of ours: what this host's Postfix does now, whichever process wrote it."""
+    try:
+        with config.gateway.transport_map.open(encoding="utf-8") as table:
+            first = table.readline().strip()
+    except OSError:
+        return None
+    if not first.startswith(ROUTE_HEADER):
+        return None
+    return ROUTES.get(first.removeprefix(ROUTE_HEADER))
+
+
 def write_transport_map(config: Config, route: Route,
                         overrides: Mapping[str, Route] | None = None) -> None:
     """Point the gateway's transport table at ``route`` (the caller reloads Postfix)."""
-    header = f"# written by mailcontinuity: protected domains routed to the {route}"
+    header = f"{ROUTE_HEADER}{route}"
     write_indexed_map(
         config.gateway.postfix_config_dir,
         config.gateway.transport_map,
         [header, *transport_entries(config, route, overrides)],
     )
+
+
+# One switch at a time in a process: policyd's monitor (its own decision) and its follower
+# (another host's decision) may both want the same route at the same moment.
+_switching = threading.RLock()
 
 
 def switch_route(config: Config, route: Route,
@@ -119,12 +142,22 @@ def switch_route(config: Config, route: Route,
     immediately, so mail queued for a dead primary moves to the standby too. The outage alias
     table (``deploy.aliases``) follows the route: expanded by the gateway on the standby's.
     """
-    write_transport_map(config, route, overrides)
-    try:
-        write_outage_alias_map(config, outage=route == "standby")
-    except (ConfigError, PostfixError, OSError) as exc:
-        # The route matters more: an alias Postfix does not expand reaches the standby
-        # unexpanded, which defers it (soft_bounce) until failback.
-        log.error("event=outage_aliases_not_written route=%s error=%r", route, str(exc))
-    reload_postfix(config.gateway.postfix_config_dir)
-    run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
+    with _switching:
+        write_transport_map(config, route, overrides)
+        try:
+            write_outage_alias_map(config, outage=route == "standby")
+        except (ConfigError, PostfixError, OSError) as exc:
+            # The route matters more: an alias Postfix does not expand reaches the standby
+            # unexpanded, which defers it (soft_bounce) until failback.
+            log.error("event=outage_aliases_not_written route=%s error=%r", route, str(exc))
+        reload_postfix(config.gateway.postfix_config_dir)
+        run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
+
+
+def ensure_route(config: Config, route: Route) -> bool:
+    """Switch to ``route`` unless the transport table has it already; True if it switched."""
+    with _switching:
+        if installed_route(config) == route:
+            return False
+        switch_route(config, route)
+        return True

@@ -28,7 +28,7 @@ from mailcontinuity.journal.shipper import Shipper
 from mailcontinuity.journal.sinks import make_sink
 from mailcontinuity.journal.spool import Spool, SpoolError
 from mailcontinuity.mail.tools import CommandError
-from mailcontinuity.store.db import open_store
+from mailcontinuity.store.db import StateStoreError, open_store
 from mailcontinuity.store.journal import record_alarm
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,19 @@ def run_milter(config: Config) -> None:
         import_legacy(spool)  # before the shipper lists the segments
     except SpoolError as exc:
         raise MilterStartError(str(exc)) from None
-    shipper = Shipper(spool, make_sink(config), lambda: open_store(config),
+    # The store may be another host's (PostgreSQL) and down: the milter starts and journals
+    # all the same; the index and the alarms are written once it answers.
+    shipper = Shipper(spool, make_sink(config), lambda: open_store(config, connect=False),
                       settings.retry_initial_seconds, settings.retry_max_seconds)
-    alarm_store = open_store(config)
+    alarm_store = open_store(config, connect=False)
     alarm_lock = threading.Lock()
 
     def report_spool_error(detail: str) -> None:
         with alarm_lock:
-            record_alarm(alarm_store, "spool_error", detail)
+            try:
+                record_alarm(alarm_store, "spool_error", detail)
+            except StateStoreError as exc:  # the log line is all there is then
+                log.error("event=spool_error_unrecorded detail=%r error=%r", detail, str(exc))
 
     runtime = JournalRuntime(journal_policy(config), spool, SpoolErrorCounter(report_spool_error))
     Milter.factory = lambda: JournalMilter(runtime)

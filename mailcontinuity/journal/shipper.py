@@ -10,7 +10,9 @@ fsync, a transaction and an unlink per message.
 For each record it stores every copy not yet settled, makes them durable, records the outcomes,
 and only then marks the record done; a segment is deleted once it is closed and every record in
 it is done. A crash anywhere in between leaves the record in the spool; on restart its copies
-are looked up before being written again (ship once).
+are looked up before being written again (ship once). If the index cannot be read or written
+(a shared store that is down), the record stays in the spool with the copies it has stored
+remembered, and only the index rows are retried: the copies are not shipped a second time.
 
 Records waiting for a retry are kept as (due, segment, offset) in a heap and their envelopes are
 read back when due: a standby down for a day costs a few dozen bytes per waiting message, and
@@ -39,7 +41,7 @@ from mailcontinuity.journal.spool import (
     read_envelope,
     scan_segment,
 )
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.journal import CopyRecord, record_alarm, record_copies, settled_copies
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class Shipper(threading.Thread):
         self._incoming: queue.SimpleQueue[Notice | None] = queue.SimpleQueue()
         self._retries: list[Retry] = []
         self._segments: dict[Path, SegmentProgress] = {}
+        self._unrecorded: dict[tuple[Path, int], list[CopyRecord]] = {}
+        """Records whose copies are stored but whose index rows the store did not take."""
         self._stopping = threading.Event()
         self._last_alarm = 0.0
         # Every segment already on disk is closed for good (SegmentLog.listen).
@@ -147,7 +151,8 @@ class Shipper(threading.Thread):
             if scan.damaged:
                 detail = f"spool segment {segment}: {'; '.join(scan.damaged)}"
                 log.error("event=spool_segment_damaged detail=%r action=inspect_bad_dir", detail)
-                record_alarm(store, "spool_error", detail)
+                with contextlib.suppress(StateStoreError):  # the log line stands for it
+                    record_alarm(store, "spool_error", detail)
             for record in scan.records:
                 if record.offset in done:
                     progress.finished += 1
@@ -202,13 +207,22 @@ class Shipper(threading.Thread):
 
     # --- shipping ----------------------------------------------------------------------
     def _ship(self, store: StateStore, batch: list[Shipment]) -> None:
-        records: list[CopyRecord] = []
+        records: dict[tuple[Path, int], list[CopyRecord]] = {}
         finished: list[Shipment] = []
         postponed: list[tuple[Shipment, str]] = []
         for shipment in batch:
             envelope = shipment.record.envelope
+            where = (shipment.record.segment, shipment.record.offset)
+            if where in self._unrecorded:  # shipped already: only its index rows are owed
+                records[where] = self._unrecorded[where]
+                finished.append(shipment)
+                continue
             # Only a record seen before (restart, retry) can have settled copies to skip.
-            settled = settled_copies(store, envelope.id) if shipment.seen else set()
+            try:
+                settled = settled_copies(store, envelope.id) if shipment.seen else set()
+            except StateStoreError as exc:  # which copies are stored is unknown: wait
+                postponed.append((shipment, f"journal index not readable: {exc}"))
+                continue
             pending = [t for t in envelope.targets if (t.address, t.folder) not in settled]
             error = ""
             try:
@@ -217,11 +231,12 @@ class Shipper(threading.Thread):
                                            shipment.seen) if pending else {})
             except TemporaryFailure as exc:
                 results = {target: exc for target in pending}
+            done = records.setdefault(where, [])
             for target, outcome in results.items():
                 if isinstance(outcome, TemporaryFailure):
                     error = str(outcome)
                     continue
-                records.append(CopyRecord(envelope.id, target.address, target.folder,
+                done.append(CopyRecord(envelope.id, target.address, target.folder,
                                           outcome.status, envelope.received,
                                           outcome.location, outcome.detail))
                 if outcome.status != "shipped":
@@ -239,13 +254,27 @@ class Shipper(threading.Thread):
                 self._postpone(shipment, str(exc))
             self._alarm(store, str(exc))
             return
-        record_copies(store, records)  # the index first: then a crash cannot ship twice
+        try:
+            # The index first: then a crash cannot ship twice.
+            record_copies(store, [record for rows in records.values() for record in rows])
+        except StateStoreError as exc:
+            for shipment in finished:
+                where = (shipment.record.segment, shipment.record.offset)
+                self._unrecorded[where] = records[where]
+                self._postpone(shipment, f"journal index not written: {exc}")
+            log.warning("event=journal_index_unwritten entries=%d error=%r action=retry",
+                        len(finished), str(exc))
+            finished = []
+        for shipment in finished:
+            self._unrecorded.pop((shipment.record.segment, shipment.record.offset), None)
         self._mark_done(finished)
         for shipment, error in postponed:
             self._postpone(shipment, error)
             self._alarm(store, error)
         if finished:
-            log.debug("event=shipped entries=%d copies=%d", len(finished), len(records))
+            log.debug("event=shipped entries=%d copies=%d", len(finished),
+                      sum(len(records[(shipment.record.segment, shipment.record.offset)])
+                          for shipment in finished))
 
     def _mark_done(self, finished: list[Shipment]) -> None:
         by_segment: dict[Path, list[int]] = {}
@@ -318,4 +347,5 @@ class Shipper(threading.Thread):
         self._last_alarm = now
         log.warning("event=ship_error waiting=%d error=%r action=check_the_standby",
                     len(self._retries), error)
-        record_alarm(store, "ship_error", error)
+        with contextlib.suppress(StateStoreError):  # the log line above stands for it
+            record_alarm(store, "ship_error", error)

@@ -56,16 +56,21 @@ lab_dir_option = click.option(
 @click.option("--primary-profile", "primary_profile", type=click.Choice(PROFILES),
               default=None, help="The Dovecot primary restricted to a hosted service's IMAP"
               " capabilities and folder layout (when the lab is created).")
+@click.option("--gateways", type=click.IntRange(min=2), default=None,
+              help="A multi-host lab: N gateways gw1..gwN, the standby and the primary as hosts"
+              " of their own, sharing a PostgreSQL store (at creation).")
 @click.option("--directory", "directory_kind", type=click.Choice(DIRECTORY_KINDS), default=None,
               help="The users in a directory (a private slapd, part 'directory') that both"
               " Dovecots ask; the standby keeps a copy for when it is away (when the lab is"
               " created).")
 @lab_errors
 def lab_up(directory: Path, webmail: bool, primary: str | None,
-           primary_profile: str | None, directory_kind: str | None) -> None:
+           primary_profile: str | None, gateways: int | None,
+           directory_kind: str | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
     started = Lab.up(directory, webmail=webmail, primary=primary,
-                     primary_profile=primary_profile, directory_kind=directory_kind)
+                     primary_profile=primary_profile, gateways=gateways,
+                     directory_kind=directory_kind)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:
@@ -86,7 +91,7 @@ def lab_down(directory: Path) -> None:
 @lab_dir_option
 @lab_errors
 def lab_stop(name: str, directory: Path) -> None:
-    """Stop one lab part (primary, standby, gateway...)."""
+    """Stop one lab part (primary, standby, gateway..., or HOST/PART: gw2/policyd)."""
     Lab.load(directory.absolute()).part(name).stop()
     click.echo(f"{name} stopped")
 

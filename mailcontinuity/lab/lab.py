@@ -13,7 +13,6 @@ import secrets
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from mailcontinuity.lab.directory import (
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
+from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
 from mailcontinuity.lab.proxy import (
@@ -53,8 +53,6 @@ from mailcontinuity.lab.proxy import (
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.lab.webmail import Webmail
 from mailcontinuity.mail.tls import Side, TLSPolicy
-from mailcontinuity.store.db import open_store
-from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +94,7 @@ def _password() -> str:
 
 def _sync_agent_ready(lab: Lab) -> Callable[[], bool]:
     """Ready once an agent started after this call has written its heartbeat."""
-    since = time.time()
-
-    def ready() -> bool:
-        store = open_store(lab.config)
-        try:
-            beat = sync_agent_heartbeat(store)
-        finally:
-            store.close()
-        return beat is not None and beat[1] >= since
-
-    return ready
+    return sync_agent_ready(lab.config)
 
 
 LAB_DAEMONS["sync-agent"] = _sync_agent_ready
@@ -138,6 +126,8 @@ class Lab:
     """The users' directory (slapd), when the lab was created with ``--directory ldap``."""
     proxy: ProxyDovecot | None = None
     """The client proxy (``imap_proxy`` in lab.json); labs created before it have none."""
+    hosts: Hosts | None = None
+    """The multi-host lab's hosts (``lab up --gateways N``, see ``lab.hosts``)."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -149,12 +139,15 @@ class Lab:
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
         directory: dict[str, LabPart] = {"directory": self.directory} if self.directory else {}
         proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
+        if self.hosts is not None:
+            return {**directory, **self.hosts.parts(self.primary, self.standby, webmail), **proxy}
         return {**directory, "primary": self.primary, "standby": self.standby, **daemons,
                 "gateway": self.gateway, **webmail, **proxy}
 
     @property
     def config_file(self) -> Path:
-        return self.dir / "mailcontinuity.toml"
+        """The configuration the lab's commands use (the standby host's in a multi-host lab)."""
+        return self.config.source
 
     @property
     def primary_kind(self) -> str:
@@ -163,14 +156,15 @@ class Lab:
     @classmethod
     def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
            primary: str | None = None, primary_profile: str | None = None,
-           directory_kind: str | None = None) -> Lab:
+           directory_kind: str | None = None, gateways: int | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
         ``webmail`` adds Roundcube on the standby (kept on later ``up`` runs); ``primary`` is
         the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
         Dovecot primary plays (lab/profiles.py), both chosen when the lab is created;
-        ``directory_kind`` (``ldap``) puts the users in a directory both Dovecots ask."""
+        ``directory_kind`` (``ldap``) puts the users in a directory both Dovecots ask;
+        ``gateways`` (2 or more, at creation) makes it a multi-host lab (``lab.hosts``)."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
@@ -181,7 +175,7 @@ class Lab:
                                f" {primary}; take it down and use another directory")
         else:
             lab = cls._create(directory, user_count, primary or "dovecot", primary_profile,
-                              directory_kind)
+                              directory_kind, gateways)
         if directory_kind is not None and lab.directory is None:
             raise LabError(f"the lab in {directory} has no directory; take it down and use"
                            " another directory with --directory")
@@ -227,6 +221,8 @@ class Lab:
         return lab
 
     def part(self, name: str) -> LabPart:
+        if self.hosts is not None:
+            name = self.hosts.alias(name)
         try:
             return self.parts[name]
         except KeyError:
@@ -239,7 +235,8 @@ class Lab:
 
     @classmethod
     def _create(cls, directory: Path, user_count: int, primary_kind: str,
-                primary_profile: str | None = None, directory_kind: str | None = None) -> Lab:
+                primary_profile: str | None = None, directory_kind: str | None = None,
+                gateways: int | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
         if primary_profile is not None and (primary_kind != "dovecot"
@@ -294,6 +291,10 @@ class Lab:
                            standby_relay, primary_submission)
             + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
+        if gateways is not None:
+            description = create_hosts(directory, description, gateways)
+            _write_lab_json(directory, description)
+            (directory / "mailcontinuity.toml").unlink()  # each host has its own
         lab = cls.load(directory)
         if lab.directory is not None:
             lab.directory.write_config()
@@ -376,6 +377,7 @@ class Lab:
             webmail=webmail,
             directory=lab_dir,
             proxy=ProxyDovecot.of(directory, config),
+            hosts=Hosts(directory, description) if "gateways" in description else None,
         )
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +47,12 @@ class LabCertificates:
     def exists(self) -> bool:
         return all(path.exists() for path in (self.ca_file, self.cert_file, self.key_file))
 
-    def create(self, common_name: str = "mailcontinuity lab CA") -> LabCertificates:
+    def create(self, common_name: str = "mailcontinuity lab CA",
+               addresses: Sequence[str] = ()) -> LabCertificates:
         """Write a fresh CA and server certificate; the server key is readable by root only
-        (Dovecot and Postfix read their keys as root before dropping privileges)."""
+        (Dovecot and Postfix read their keys as root before dropping privileges).
+        ``addresses`` adds the lab hosts' own addresses (a multi-host lab) to the loopback
+        ones the certificate names."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -72,7 +76,8 @@ class LabCertificates:
         )
         server_key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = [x509.DNSName(name) for name in SERVER_NAMES]
-        names += [x509.IPAddress(ipaddress.ip_address(address)) for address in SERVER_ADDRESSES]
+        names += [x509.IPAddress(ipaddress.ip_address(address))
+                  for address in (*SERVER_ADDRESSES, *addresses)]
         server_cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAMES[0])]))

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from mailcontinuity.config import FailbackSection, HealthSection
+from mailcontinuity.store.gateways import Vote
 from mailcontinuity.store.state import State, StateName
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,21 @@ class Detector:
             return None
         return Decision("failback", f"primary healthy for {self.succeeded} probe rounds over"
                         f" {stretch:.1f}s", ("failover",))
+
+    def vote(self, at: float) -> Vote:
+        """What this gateway's own probes say, for the quorum of a site with several gateways
+        (``monitor.quorum``): ``down`` once the failover thresholds are met (N failed rounds
+        over at least T seconds), ``up`` once the failback ones are (M healthy rounds over at
+        least the hold-down), else ``undecided``. Independent of the state: a gateway votes
+        on what it sees, and the transition checks the votes against where the state is."""
+        health = self.health
+        if (self.failed >= health.failures and self.failing_since is not None
+                and at - self.failing_since >= health.failure_window_seconds):
+            return "down"
+        if (self.succeeded >= health.successes and self.healthy_since is not None
+                and at - self.healthy_since >= health.hold_down_seconds):
+            return "up"
+        return "undecided"
 
     def _failback_allowed(self, at: float) -> bool:
         mode = self.failback.mode

@@ -17,7 +17,6 @@ unknown users.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from mailcontinuity.config import Config, ConfigError
@@ -25,19 +24,18 @@ from mailcontinuity.deploy.aliases import OutageAliases
 from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.protocol import DUNNO, POLICY_REQUEST
 from mailcontinuity.monitor.recipients import StandbyRecipients
-from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.state import StateName, current_state
+from mailcontinuity.store.state import StateName
 
 log = logging.getLogger(__name__)
 
 # Postfix prefixes "<rcpt>: Recipient address rejected: " itself. 450 as Postfix's own
 # "unverified recipient" answer: the sender's server keeps the mail and retries.
 UNKNOWN_RECIPIENT = "450 4.2.0 mailbox temporarily unavailable, try again later"
-STATE_CACHE_SECONDS = 0.25
 
 
 class RecipientPolicy:
-    """``decide(request)`` for the policy server; ``state`` says the current continuity state."""
+    """``decide(request)`` for the policy server; ``state`` says the current continuity state
+    (``StateFollower.state_name``: read from the store by another thread, never per request)."""
 
     def __init__(self, config: Config, state: Callable[[], StateName],
                  standby: StandbyRecipients, accepted: AcceptedMessages | None = None,
@@ -102,26 +100,3 @@ class FollowedAliases:
             return None
         return (stat.st_mtime_ns, stat.st_size)
 
-
-class CachedState:
-    """The continuity state for policy answers: read from the store at most every ``ttl``.
-
-    Read from the store (not from the monitor) so that an operator's ``failover`` in another
-    process counts within a fraction of a second; cached so that thousands of requests a
-    second do not each query the store.
-    """
-
-    def __init__(self, store: StateStore, ttl: float = STATE_CACHE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.store = store
-        self.ttl = ttl
-        self.clock = clock
-        self._name: StateName = current_state(store).name
-        self._read_at = clock()
-
-    def __call__(self) -> StateName:
-        now = self.clock()
-        if now - self._read_at >= self.ttl:
-            self._name = current_state(self.store).name
-            self._read_at = now
-        return self._name

@@ -7,11 +7,18 @@ event updates the record of that one file; anything that may have cost events (t
 an inotify queue overflow, a folder created, renamed or removed) triggers a rescan, because
 events may be missed but the disk cannot lie. When the state becomes ``failback`` (the health
 monitor saw the primary recover) the agent runs the merge itself, unless an operator's
-``mailcontinuity failback`` already holds the merge lease.
+``mailcontinuity failback`` already holds the merge lease. On a site with several hosts the
+agent runs on the standby's host (``cluster.standby_host``), which is where the merge must run,
+and follows the shared state there.
+
+If the state store cannot be reached the agent keeps its watches and waits: users' activity is
+on the standby's disk, so once the store answers again a full rescan records whatever happened
+meanwhile, and the agent catches up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -24,7 +31,7 @@ from types import FrameType
 
 import pyinotify
 
-from mailcontinuity.config import Config
+from mailcontinuity.config import Config, ConfigError
 from mailcontinuity.deploy.portal import PortalStatus
 from mailcontinuity.mail.maildir import folder_dirs
 from mailcontinuity.outage.follow import follow_all
@@ -33,7 +40,7 @@ from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError
 from mailcontinuity.outage.scan import protected_maildirs, record_file, rescan, rescan_user
 from mailcontinuity.store.checks import Check, record_checks
-from mailcontinuity.store.db import open_store
+from mailcontinuity.store.db import StateStoreError, open_store
 from mailcontinuity.store.heartbeats import sync_agent_beat
 from mailcontinuity.store.leases import LeaseHeld
 from mailcontinuity.store.outages import ChangeLog, Outage
@@ -50,6 +57,7 @@ MERGE_RETRY_SECONDS = 15.0
 # Users the kernel's watch limit left without (all their) watches are rescanned this often
 # during an outage, and their watches are tried again (the limit may have been raised).
 UNWATCHED_RESCAN_SECONDS = 30.0
+STORE_RETRY_MILLISECONDS = 1000
 MESSAGE_DIRS = ("new", "cur")
 MAX_WATCHES_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
 SYSCTL_FILE = "/etc/sysctl.d/60-mailcontinuity.conf"
@@ -91,8 +99,13 @@ class SyncAgent(pyinotify.ProcessEvent):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        cluster = config.cluster
+        if cluster is not None and not cluster.has_standby_maildirs:
+            raise ConfigError(
+                f"{config.source}: the sync agent runs where the standby's Maildirs are: on"
+                f" {cluster.standby_host} (key 'cluster.standby_host'), not on {cluster.host}")
         self.config = config
-        self.store = open_store(config)
+        self.store = open_store(config, connect=False)
         self.changelog = ChangeLog(self.store)
         self.watches = pyinotify.WatchManager()
         self.notifier = pyinotify.Notifier(self.watches, self, timeout=1000)
@@ -122,6 +135,7 @@ class SyncAgent(pyinotify.ProcessEvent):
         self.hooks = hook_queue(config)
         # The portal's banner (portal.status_file): this agent runs on the standby, by the portal.
         self.portal = PortalStatus(config)
+        self.store_error: str | None = None
 
     # --- watching ----------------------------------------------------------------------
     def discover_users(self) -> None:
@@ -224,7 +238,7 @@ class SyncAgent(pyinotify.ProcessEvent):
         if not ok:
             log.error("event=inotify_degraded %s", detail)
         self.watch_reported = (ok, detail)
-        record_checks(self.store, [Check(
+        record_checks(self.store, self.config.host_name, [Check(
             "sync-agent", "inotify", socket.gethostname(), ok, now, detail,
             "" if ok else "raise fs.inotify.max_user_watches as the detail says; the agent"
             " picks the new limit up by itself within"
@@ -271,32 +285,57 @@ class SyncAgent(pyinotify.ProcessEvent):
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        log.info("event=sync_agent_start host=%s", self.config.host_name)
         last_beat = last_discovery = 0.0
-        log.info("event=sync_agent_start pid_state=%s", current_state(self.store).name)
-        self._report_process(True, f"runs (pid {os.getpid()})")
+        try:
+            self._report_process(True, f"runs (pid {os.getpid()})")
+        except StateStoreError as exc:
+            self._store_unreachable(exc)
         while not self.stopping:
             now = time.time()
             if now - last_discovery >= USER_DISCOVERY_SECONDS:
                 self.discover_users()
                 last_discovery = now
-            self.follow_state()
-            if now - last_beat >= HEARTBEAT_SECONDS:
-                sync_agent_beat(self.store, self.started_at)
-                last_beat = now
-            if self.notifier.check_events(timeout=500):
-                self.notifier.read_events()
-                self.notifier.process_events()
+            try:
+                self.follow_state()
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    sync_agent_beat(self.store, self.config.host_name, self.started_at)
+                    last_beat = now
+                if self.notifier.check_events(timeout=500):
+                    self.notifier.read_events()
+                    self.notifier.process_events()
+            except StateStoreError as exc:
+                self._store_unreachable(exc)
+                continue
+            if self.store_error is not None:
+                log.info("event=store_reachable action=rescanned")
+                self.store_error = None
         self.notifier.stop()
         self.hooks.close(self.config.hooks_timeout_seconds + 5)
-        self._report_process(False, f"was stopped (pid {os.getpid()})")
+        with contextlib.suppress(StateStoreError):
+            self._report_process(False, f"was stopped (pid {os.getpid()})")
         self.store.close()
         log.info("event=sync_agent_stop")
 
     def _report_process(self, running: bool, detail: str) -> None:
         """Say at once that the agent runs or has stopped (``status`` need not wait for its
         heartbeat to go stale)."""
-        record_checks(self.store, [Check("sync-agent", "process", socket.gethostname(), running,
-                                         time.time(), detail)])
+        record_checks(self.store, self.config.host_name,
+                      [Check("sync-agent", "process", socket.gethostname(), running,
+                             time.time(), detail)])
+
+    def _store_unreachable(self, exc: StateStoreError) -> None:
+        """Wait for the store; whatever happens on disk meanwhile, a full rescan records."""
+        if self.store_error is None:
+            log.warning("event=store_unreachable error=%r action=rescan_when_back", str(exc))
+        self.store_error = str(exc)
+        self.rescan_all = True
+        # Events pass unrecorded (no outage known now): the rescan that follows the store's
+        # return covers them.
+        self.outage = None
+        if self.notifier.check_events(timeout=STORE_RETRY_MILLISECONDS):
+            self.notifier.read_events()
+            self.notifier.process_events()
 
     def follow_state(self) -> None:
         current = current_state(self.store)
@@ -368,7 +407,7 @@ class SyncAgent(pyinotify.ProcessEvent):
     def _merge_check(self, ok: bool, detail: str) -> None:
         """The last automatic failback attempt, for ``status``: a merge that keeps failing
         is a problem with the server's words and what to do."""
-        record_checks(self.store, [Check(
+        record_checks(self.store, self.config.host_name, [Check(
             "sync-agent", "failback", str(self.config.primary.imap), ok, time.time(),
             detail if ok else f"failback keeps failing, retried every"
             f" {MERGE_RETRY_SECONDS:.0f}s: {detail}",

@@ -33,7 +33,7 @@ from mailcontinuity.reports.problems import (
     watch,
     watched_disks,
 )
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 from mailcontinuity.store.journal import alarm_summary, journal_summary
 from mailcontinuity.store.outages import ChangeLog
@@ -89,8 +89,9 @@ def journal_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
                  " journal copies are skipped).", len(summary["unknown_recipients"]))
 
 
-def probe_metrics(store: StateStore) -> Iterator[Metric]:
-    """The latest result of each health probe of the primary (delivery, imap)."""
+def probe_metrics(store: StateStore, host: str) -> Iterator[Metric]:
+    """The latest result of each health probe of the primary (delivery, imap) this host's
+    policyd ran (each gateway's endpoint serves its own)."""
     labels = ["probe", "target"]
     up = GaugeMetricFamily(PREFIX + "probe_up", "1 if the probe's last run succeeded.",
                            labels=labels)
@@ -99,7 +100,7 @@ def probe_metrics(store: StateStore) -> Iterator[Metric]:
                                 labels=labels)
     at = GaugeMetricFamily(PREFIX + "probe_timestamp_seconds", "When the probe last ran.",
                            labels=labels)
-    for probe in latest_probes(store):
+    for probe in latest_probes(store, host):
         key = [probe.probe, probe.target]
         up.add_metric(key, float(probe.ok))
         latency.add_metric(key, probe.latency_ms / 1000)
@@ -187,12 +188,12 @@ class StoreCollector(Collector):
         self.sections: dict[str, Callable[[], Iterator[Metric]]] = {
             "state": lambda: state_metrics(store),
             "journal": lambda: journal_metrics(config, store),
-            "probes": lambda: probe_metrics(store),
+            "probes": lambda: probe_metrics(store, config.host_name),
             "outage": lambda: outage_metrics(store),
             "watch": lambda: watch_metrics(config, store),
         }
         self.failing: set[str] = set()
-        # Prometheus may scrape concurrently; one SQLite connection serves one query at a time.
+        # Prometheus may scrape concurrently; one connection serves one query at a time.
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
@@ -240,7 +241,7 @@ class MetricsEndpoint:
         """Listen; if the port cannot be had, say so and go on without metrics (outage
         detection matters more than its dashboard; Prometheus' ``up == 0`` alerts on it)."""
         listen = self.config.metrics.listen
-        self._store = StateStore(self.config.state.path)
+        self._store = open_store(self.config, connect=False)
         self.registry.register(StoreCollector(self.config, self._store))
         ProcessCollector(registry=self.registry)  # CPU, memory, open files of policyd
         try:

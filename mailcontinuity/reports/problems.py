@@ -44,7 +44,13 @@ from mailcontinuity.outage.merge import LEASE as MERGE_LEASE
 from mailcontinuity.store.accepted import accepted_since
 from mailcontinuity.store.checks import Check, CheckRecord, latest_checks
 from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.heartbeats import pid_alive, policyd_heartbeat, sync_agent_heartbeat
+from mailcontinuity.store.gateways import votes
+from mailcontinuity.store.heartbeats import (
+    pid_alive,
+    policyd_heartbeat,
+    policyd_heartbeats,
+    sync_agent_heartbeat,
+)
 from mailcontinuity.store.journal import journaled_since
 from mailcontinuity.store.leases import lease_holder
 from mailcontinuity.store.probes import ProbeResult, failing_since, latest_probes
@@ -97,7 +103,9 @@ class Watch:
         return "WARNING" if self.problems else "OK"
 
     def part_ok(self) -> dict[str, bool]:
-        failing = {problem.part for problem in self.problems}
+        """Each watched part: False when it has a problem, on this host or (``HOST/PART``) on
+        another gateway of the site."""
+        failing = {base_part(problem.part) for problem in self.problems}
         return {part: part not in failing for part in self.parts}
 
 
@@ -117,23 +125,56 @@ def expected_checks(config: Config) -> set[tuple[str, str]]:
 
 
 # --- policyd and the primary ---------------------------------------------------------------
-def policyd_status(store: StateStore, now: float) -> dict[str, Any]:
-    """Whether policyd runs: its heartbeat is fresh and its process is alive."""
-    beat = policyd_heartbeat(store)
+def policyd_status(config: Config, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Whether a policyd runs: its heartbeat is fresh and, on this host, its process alive (a
+    pid on another host of a site means nothing here)."""
     if beat is None:
         return {"running": False, "detail": "never started on this host", "since": None}
     report = {"pid": beat["pid"], "last_heartbeat": beat["beat_at"],
               "stale_after": beat["stale_after"]}
     if beat["stopped_at"] is not None:
         detail, since = "stopped", beat["stopped_at"]
-    elif not pid_alive(beat["pid"]):
+    elif beat["host"] == config.host_name and not pid_alive(beat["pid"]):
         detail, since = f"process {beat['pid']} is gone (killed or crashed)", beat["beat_at"]
     elif now - beat["beat_at"] > beat["stale_after"]:
-        detail, since = (f"no heartbeat for {now - beat['beat_at']:.0f}s (hung?)",
-                         beat["beat_at"])
+        detail, since = (f"no heartbeat for {now - beat['beat_at']:.0f}s (hung, stopped or cut"
+                         " off?)", beat["beat_at"])
     else:
         return {"running": True, **report, "detail": "running", "since": beat["started_at"]}
     return {"running": False, **report, "detail": detail, "since": since}
+
+
+def probing_host(config: Config, store: StateStore) -> str | None:
+    """Whose probes of the primary this host's verdict shows: a gateway's own; on another host
+    of a site (the standby's), those of the gateway that reported last, preferring one that sees
+    the primary as most of them do, so every host names the same problem."""
+    if config.routes_mail:
+        return config.host_name
+    cluster = config.cluster
+    assert cluster is not None
+    recorded = [vote for vote in votes(store) if vote.host in cluster.gateways]
+    if not recorded:
+        return None
+    failing = sum(1 for vote in recorded if not vote.healthy)
+    majority_healthy = failing * 2 < len(recorded)
+    return max(recorded, key=lambda vote: (vote.healthy == majority_healthy, vote.at)).host
+
+
+def host_policyd_status(config: Config, store: StateStore, now: float) -> dict[str, Any]:
+    """This host's policyd; on a host of a site that is not a gateway (the standby's), the
+    gateways' together: running while one of them runs."""
+    cluster = config.cluster
+    if cluster is None or cluster.is_gateway:
+        return policyd_status(config, policyd_heartbeat(store, config.host_name), now)
+    beats = policyd_heartbeats(store)
+    every = {name: policyd_status(config, beats.get(name), now) for name in cluster.gateways}
+    running = [name for name, daemon in every.items() if daemon["running"]]
+    stale = [float(daemon["stale_after"]) for daemon in every.values() if daemon.get("stale_after")]
+    since = [daemon["since"] for daemon in every.values() if daemon["since"] is not None]
+    return {"running": bool(running), "since": min(since) if since else None,
+            "stale_after": max(stale) if stale else None,
+            "detail": f"running on {', '.join(running)}" if running
+            else f"on no gateway ({', '.join(cluster.gateways)})"}
 
 
 def policyd_problem(daemon: dict[str, Any], now: float) -> Problem | None:
@@ -176,8 +217,12 @@ def primary_problem(state: State, probes: list[ProbeResult], first_failure: floa
 def current_checks(config: Config, store: StateStore, now: float, stale_after: float,
                    live: bool) -> tuple[list[CheckRecord], bool]:
     """The watched parts' checks: as the monitor recorded them when fresh, else (when ``live``)
-    run here and now. Returns the checks and whether they were run here."""
-    recorded = {(r.check.part, r.check.name): r for r in latest_checks(store)}
+    run here and now. Returns the checks and whether they were run here. A gateway reads its
+    own; another host of a site (the standby's) those of the gateway whose probes it shows
+    (``probing_host``)."""
+    host = probing_host(config, store)
+    recorded = ({} if host is None else
+                {(r.check.part, r.check.name): r for r in latest_checks(store, host)})
     wanted = expected_checks(config)
     fresh = [recorded[key] for key in sorted(wanted)
              if key in recorded and now - recorded[key].check.at <= stale_after]
@@ -188,8 +233,29 @@ def current_checks(config: Config, store: StateStore, now: float, stale_after: f
     for check in ran:
         before = recorded.get((check.part, check.name))
         since = before.since if before is not None and before.check.ok == check.ok else now
-        records.append(CheckRecord(check, since))
+        records.append(CheckRecord(check, since, config.host_name))
     return records, True
+
+
+def peer_check_problems(config: Config, store: StateStore, shown: list[CheckRecord], now: float,
+                        stale_after: float) -> list[Problem]:
+    """On a site with several gateways, the fresh failing checks of the gateways other than the
+    one whose checks this host shows (gw2's milter socket, the standby as gw2 sees it), each
+    named ``HOST/PART``: every host names them, not only the gateway that ran them."""
+    cluster = config.cluster
+    if cluster is None or len(cluster.gateways) < 2:
+        return []
+    hosts = {record.host for record in shown}
+    failing = [record for record in latest_checks(store)
+               if record.host in cluster.gateways and record.host not in hosts
+               and not record.check.ok and now - record.check.at <= stale_after]
+    by_part: dict[str, list[CheckRecord]] = {}
+    for record in failing:
+        by_part.setdefault(f"{record.host}/{record.check.part}", []).append(record)
+    return [Problem(part, min(r.since for r in records), "; ".join(
+                f"{r.check.name} {r.check.target}: {r.check.detail}" for r in records),
+                records[0].check.action)
+            for part, records in sorted(by_part.items())]
 
 
 def check_problems(checks: Iterable[CheckRecord]) -> list[Problem]:
@@ -282,7 +348,10 @@ def credentials_problem(copy: CopyStatus | None, now: float) -> Problem | None:
 # --- the store and the disks ---------------------------------------------------------------
 def store_problem(config: Config, now: float) -> Problem | None:
     """Whether the state store can be read and written at its configured path. A read-only
-    connection is opened for the check: it takes no write lock and creates nothing."""
+    connection is opened for the check: it takes no write lock and creates nothing. (A
+    PostgreSQL store is checked by the connection ``status`` has just used: here it answers.)"""
+    if config.state.url is not None:
+        return None
     path = config.state.path
     action = (f"check {path} and its directory (state.path): a regular file, writable by the"
               " daemons' group, on a file system with room; the daemons cannot record the"
@@ -449,7 +518,12 @@ def merge_by_part(problems: list[Problem]) -> list[Problem]:
             severity="critical" if "critical" in (have.severity, problem.severity)
             else "warning")
     order = {part: n for n, part in enumerate(PARTS)}
-    return sorted(merged.values(), key=lambda p: order.get(p.part, len(PARTS)))
+    return sorted(merged.values(), key=lambda p: order.get(base_part(p.part), len(PARTS)))
+
+
+def base_part(part: str) -> str:
+    """``milter`` of ``gw2/milter`` (another gateway's part), ``milter`` of ``milter``."""
+    return part.rsplit("/", 1)[-1]
 
 
 def watch(config: Config, store: StateStore, state: State, journal: dict[str, Any],
@@ -462,16 +536,20 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
     if usage is None:
         found.append(spool_problem(config, now))
         usage = EMPTY_SPOOL
-    daemon = policyd_status(store, now)
+    daemon = host_policyd_status(config, store, now)
     stale_after = daemon.get("stale_after") or DEFAULT_STALE_SECONDS
     checks, checked_live = current_checks(config, store, now, stale_after, live)
-    process = [r for r in latest_checks(store) if r.check.part == "sync-agent"]
+    # The sync agent's own reports, wherever it ran (the standby host), the latest first.
+    process = sorted((r for r in latest_checks(store) if r.check.part == "sync-agent"),
+                     key=lambda r: r.check.at, reverse=True)
     found += check_problems(checks)
+    found += peer_check_problems(config, store, checks, now, stale_after)
     ready, held = standby_ready([record.check for record in checks])
-    if daemon["running"]:
-        probes = latest_probes(store)
+    prober = probing_host(config, store)
+    if daemon["running"] and prober is not None:
+        probes = latest_probes(store, prober)
         fresh = [p for p in probes if now - p.at <= stale_after]
-        found += filter(None, [primary_problem(state, fresh, failing_since(store),
+        found += filter(None, [primary_problem(state, fresh, failing_since(store, prober),
                                                "" if ready else held, now)])
     found += filter(None, [
         policyd_problem(daemon, now),
@@ -489,6 +567,14 @@ def watch(config: Config, store: StateStore, state: State, journal: dict[str, An
 def store_unavailable(config: Config, error: str, now: float | None = None) -> Watch:
     """The verdict when the state store cannot even be opened."""
     now = time.time() if now is None else now
+    if config.state.url is not None:
+        routing = ("this gateway keeps routing protected mail as it did" if config.routes_mail
+                   else "the gateways keep their last routing")
+        return Watch(watched_parts(config), [Problem(
+            "store", now, f"{error}; {routing} (fail-open), and no failover or failback can"
+            " happen until the store answers",
+            f"bring the store at {config.state.location} back, or this host's network path to"
+            " it; every daemon reconnects by itself and catches up")])
     problem = store_problem(config, now) or Problem(
         "store", now, error, "check state.path and its directory: the daemons cannot record"
         " the state, the journal or an outage without the store")
@@ -499,4 +585,4 @@ def check_as_dict(record: CheckRecord) -> dict[str, Any]:
     check: Check = record.check
     return {"part": check.part, "check": check.name, "target": check.target, "ok": check.ok,
             "since": record.since, "at": check.at, "latency_ms": check.latency_ms,
-            "detail": check.detail}
+            "detail": check.detail, "host": record.host}

@@ -18,19 +18,24 @@ from typing import Any
 
 from mailcontinuity.config import Config
 from mailcontinuity.credentials.freshness import copy_status
+from mailcontinuity.deploy.routing import installed_route
 from mailcontinuity.journal.spool import SpoolUsage, spool_usage
+from mailcontinuity.reports.cluster import cluster_status, quorum_health, render_cluster
 from mailcontinuity.reports.problems import (
     EMPTY_SPOOL,
     EXIT_CODES,
+    Problem,
     Verdict,
     Watch,
     check_as_dict,
-    policyd_status,
+    host_policyd_status,
+    merge_by_part,
     readable_spool,
     store_unavailable,
     watch,
 )
 from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.gateways import votes
 from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 from mailcontinuity.store.journal import journal_summary
 from mailcontinuity.store.outages import ChangeLog
@@ -46,6 +51,11 @@ def collect_status(config: Config, store: StateStore, live: bool = True) -> dict
     usage = readable_spool(config, now)
     journal = journal_status(config, store, usage or EMPTY_SPOOL)
     watched = watch(config, store, state, journal, usage, now, live)
+    cluster = cluster_status(config, store, state, now) if config.cluster else None
+    if cluster is not None:  # the gateways' problems count in the verdict like any other
+        watched.problems = merge_by_part(watched.problems + [
+            Problem(p["part"], p["since"] or now, p["detail"], p["action"])
+            for p in cluster["problems"]])
     return {
         "state": state.name,
         "since": state.since,
@@ -54,10 +64,12 @@ def collect_status(config: Config, store: StateStore, live: bool = True) -> dict
         **verdict_fields(watched),
         "protected_domains": list(config.domains.protected),
         # Health is measured by the policy daemon's monitor; until it has probed, unknown.
-        "primary": primary_status(store, now),
+        "primary": primary_status(config, store, now),
         "journal": journal,
         "outage": combined_outage(store),
         "credentials": credentials_status(config, store, now),
+        "store": store_status(config, None),
+        "cluster": cluster,
         "generated_at": now,
     }
 
@@ -80,6 +92,15 @@ def render_credentials(copy: dict[str, Any] | None) -> list[str]:
             f" {copy['max_age_seconds']:g}s{users}){last}"]
 
 
+def store_status(config: Config, error: str | None) -> dict[str, Any]:
+    """Which store this host uses and whether it answered."""
+    report: dict[str, Any] = {"backend": config.state.backend,
+                              "location": config.state.location, "reachable": error is None}
+    if error is not None:
+        report["detail"] = error
+    return report
+
+
 def verdict_fields(watched: Watch) -> dict[str, Any]:
     return {
         "protected": watched.protected,
@@ -95,18 +116,28 @@ def unavailable_status(config: Config, error: str) -> dict[str, Any]:
     """What ``status`` can say when the state store cannot be opened: that, and nothing it
     would have to read from the store."""
     watched = store_unavailable(config, error)
+    route = installed_route(config) if config.routes_mail else None
     return {"state": None, "since": None, "cause": None, "actor": None,
             **verdict_fields(watched), "protected_domains": list(config.domains.protected),
             "primary": {"healthy": None, "last_probes": [], "policyd": None},
-            "journal": None, "outage": None, "generated_at": time.time()}
+            "journal": None, "outage": None, "store": store_status(config, error),
+            "cluster": None if config.cluster is None else {
+                "host": config.cluster.host, "route": route},
+            "generated_at": time.time()}
 
 
 # --- primary and policyd ---------------------------------------------------------------------
-def primary_status(store: StateStore, now: float | None = None) -> dict[str, Any]:
+def primary_status(config: Config, store: StateStore, now: float | None = None
+                   ) -> dict[str, Any]:
+    """The primary's health as this host's policyd sees it; on a site with several gateways,
+    as the quorum sees it (the same answer on every host), with this gateway's own probes."""
     now = time.time() if now is None else now
-    daemon = policyd_status(store, now)
-    probes = latest_probes(store)
-    healthy = all(probe.ok for probe in probes) if probes and daemon["running"] else None
+    probes = latest_probes(store, config.host_name) if config.routes_mail else []
+    daemon = host_policyd_status(config, store, now)
+    if config.cluster is None:
+        healthy = all(probe.ok for probe in probes) if probes and daemon["running"] else None
+    else:
+        healthy = quorum_health(config, config.cluster, votes(store), now)
     return {"healthy": healthy, "last_probes": [asdict(probe) for probe in probes],
             "policyd": daemon}
 
@@ -120,8 +151,10 @@ def render_primary(primary: dict[str, Any]) -> list[str]:
     )
     health = "unknown (no fresh probe)" if healthy is None else "healthy" if healthy else "FAILING"
     daemon = primary["policyd"]
-    if daemon["running"]:
-        policyd = f"running (pid {daemon['pid']})"
+    if daemon is None:
+        policyd = "unknown (the state store does not answer)"
+    elif daemon["running"]:
+        policyd = f"running (pid {daemon['pid']})" if "pid" in daemon else daemon["detail"]
     else:
         policyd = (f"DOWN: {daemon['detail']}; mail still flows with the last routing (fail-open),"
                    " but nothing detects an outage: start 'mailcontinuity policyd'")
@@ -233,6 +266,8 @@ def render_status(report: dict[str, Any]) -> str:
         render_outage(report["outage"]),
         *render_credentials(report.get("credentials")),
     ]
+    if report.get("cluster"):
+        lines += render_cluster(report["cluster"])
     return "\n".join(lines)
 
 

@@ -203,6 +203,6 @@ def journaled_since(store: StateStore, since: float) -> tuple[int, float | None]
                     f" ({placeholders}) AND received >= ?", [*statuses, since])
     newest = store.one("SELECT MAX(newest) FROM (" + " UNION ALL ".join(
         "SELECT MAX(received) AS newest FROM journal WHERE status = ?" for _ in statuses)
-        + ")", list(statuses))
+        + ") AS latest", list(statuses))  # PostgreSQL needs the alias
     return (int(row[0]) if row else 0,
             None if newest is None or newest[0] is None else float(newest[0]))

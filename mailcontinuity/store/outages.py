@@ -149,14 +149,14 @@ class ChangeLog:
 
     # --- the mirror ----------------------------------------------------------------------
     def messages(self, outage_id: int, user: str | None = None) -> list[RecordedMessage]:
-        sql = ("SELECT user, folder, basename, filename, path, key, kind, flags, size, mtime,"
+        sql = ('SELECT "user", folder, basename, filename, path, key, kind, flags, size, mtime,'
                " message_id, present, in_baseline, base_flags, first_flags FROM sync_message"
                " WHERE outage_id = ?")
         args: list[Any] = [outage_id]
         if user is not None:
-            sql += " AND user = ?"
+            sql += ' AND "user" = ?'
             args.append(user)
-        rows = self.store.query(sql + " ORDER BY user, folder, mtime, basename", args)
+        rows = self.store.query(sql + ' ORDER BY "user", folder, mtime, basename', args)
         return [
             RecordedMessage(user=row[0], folder=row[1], basename=row[2], filename=row[3],
                             path=row[4], key=row[5], kind=row[6], flags=_flags(row[7]) or (),
@@ -168,8 +168,8 @@ class ChangeLog:
 
     def users(self, outage_id: int) -> list[str]:
         rows = self.store.query(
-            "SELECT DISTINCT user FROM sync_message WHERE outage_id = ? UNION"
-            " SELECT DISTINCT user FROM sync_folder WHERE outage_id = ? ORDER BY 1",
+            'SELECT DISTINCT "user" FROM sync_message WHERE outage_id = ? UNION'
+            ' SELECT DISTINCT "user" FROM sync_folder WHERE outage_id = ? ORDER BY 1',
             [outage_id, outage_id],
         )
         return [row[0] for row in rows]
@@ -178,7 +178,7 @@ class ChangeLog:
         """(folder, basename) -> (filename, present), to skip re-reading unchanged files."""
         rows = self.store.query(
             "SELECT folder, basename, filename, present FROM sync_message"
-            " WHERE outage_id = ? AND user = ?", [outage_id, user],
+            ' WHERE outage_id = ? AND "user" = ?', [outage_id, user],
         )
         return {(row[0], row[1]): (row[2], bool(row[3])) for row in rows}
 
@@ -191,7 +191,7 @@ class ChangeLog:
         if found.journal:
             return "existing"
         earlier = self.store.one(
-            "SELECT 1 FROM sync_message WHERE user = ? AND key = ? AND kind = 'outage'"
+            "SELECT 1 FROM sync_message WHERE \"user\" = ? AND key = ? AND kind = 'outage'"
             " AND outage_id < ? LIMIT 1", [user, found.key, outage_id],
         )
         return "existing" if earlier else "outage"
@@ -202,14 +202,14 @@ class ChangeLog:
         flags = " ".join(found.flags)
         updated = self.store.execute(
             "UPDATE sync_message SET filename = ?, path = ?, flags = ?, present = 1,"
-            " updated_at = ? WHERE outage_id = ? AND user = ? AND folder = ? AND basename = ?",
+            ' updated_at = ? WHERE outage_id = ? AND "user" = ? AND folder = ? AND basename = ?',
             [found.filename, str(found.path), flags, time.time(), outage_id, user, found.folder,
              found.basename],
         )
         if updated:
             return
         self.store.execute(
-            "INSERT INTO sync_message (outage_id, user, folder, basename, filename, path, key,"
+            'INSERT INTO sync_message (outage_id, "user", folder, basename, filename, path, key,'
             " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at,"
             " first_flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
             [outage_id, user, found.folder, found.basename, found.filename, str(found.path),
@@ -222,7 +222,7 @@ class ChangeLog:
         """A file left the folder; with ``filename``, only if that is still its recorded name
         (a flag-change rename's MOVED_FROM may arrive after its MOVED_TO)."""
         sql = ("UPDATE sync_message SET present = 0, updated_at = ? WHERE outage_id = ?"
-               " AND user = ? AND folder = ? AND basename = ?")
+               ' AND "user" = ? AND folder = ? AND basename = ?')
         args: list[Any] = [time.time(), outage_id, user, folder, basename]
         if filename is not None:
             sql += " AND filename = ?"
@@ -232,8 +232,8 @@ class ChangeLog:
     def record_folder(self, outage_id: int, user: str, folder: str,
                       present: bool, baseline: bool) -> None:
         self.store.execute(
-            "INSERT INTO sync_folder (outage_id, user, folder, in_baseline, present)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (outage_id, user, folder)"
+            'INSERT INTO sync_folder (outage_id, "user", folder, in_baseline, present)'
+            ' VALUES (?, ?, ?, ?, ?) ON CONFLICT (outage_id, "user", folder)'
             " DO UPDATE SET present = excluded.present",
             [outage_id, user, folder, int(baseline), int(present)],
         )
@@ -242,7 +242,7 @@ class ChangeLog:
         """folder -> (in_baseline, present)."""
         rows = self.store.query(
             "SELECT folder, in_baseline, present FROM sync_folder WHERE outage_id = ?"
-            " AND user = ?", [outage_id, user],
+            ' AND "user" = ?', [outage_id, user],
         )
         return {row[0]: (bool(row[1]), bool(row[2])) for row in rows}
 
@@ -275,7 +275,7 @@ class ChangeLog:
             " MAX(CASE WHEN present = 1 AND in_baseline = 0 THEN 1 ELSE 0 END) AS is_moved,"
             f" CASE WHEN MAX({_FLAGS_CHANGED}) = 1 OR COUNT(DISTINCT {_FLAGS_FIRST}) > 1"
             " THEN 1 ELSE 0 END AS is_flagged"
-            " FROM sync_message WHERE outage_id = ? GROUP BY user, key) AS per_message",
+            ' FROM sync_message WHERE outage_id = ? GROUP BY "user", key) AS per_message',
             [outage_id, outage_id],
         )
         assert one is not None, "an aggregate query returns one row"
@@ -286,7 +286,7 @@ class ChangeLog:
         the standby during the outage: outage mail with the gateway's id (a user's draft or
         saved copy has none)."""
         row = self.store.one(
-            "SELECT MIN(mtime), COUNT(DISTINCT key), COUNT(DISTINCT user || ' ' || key)"
+            "SELECT MIN(mtime), COUNT(DISTINCT key), COUNT(DISTINCT \"user\" || ' ' || key)"
             " FROM sync_message WHERE outage_id = ? AND kind = 'outage' AND key LIKE 'id:%'",
             [outage_id])
         assert row is not None, "an aggregate query returns one row"
@@ -310,7 +310,7 @@ class ChangeLog:
     # --- checkpoints ---------------------------------------------------------------------
     def done_actions(self, outage_id: int, user: str) -> dict[str, str]:
         rows = self.store.query(
-            "SELECT action, status FROM sync_progress WHERE outage_id = ? AND user = ?",
+            'SELECT action, status FROM sync_progress WHERE outage_id = ? AND "user" = ?',
             [outage_id, user],
         )
         return {row[0]: row[1] for row in rows}
@@ -322,8 +322,8 @@ class ChangeLog:
         with self.store.transaction():
             for action, status, detail in results:
                 self.store.execute(
-                    "INSERT INTO sync_progress (outage_id, user, action, status, detail, at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outage_id, user, action)"
+                    'INSERT INTO sync_progress (outage_id, "user", action, status, detail, at)'
+                    ' VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (outage_id, "user", action)'
                     " DO UPDATE SET status = excluded.status, detail = excluded.detail,"
                     " at = excluded.at",
                     [outage_id, user, action, status, json.dumps(detail, sort_keys=True), now],
@@ -333,9 +333,9 @@ class ChangeLog:
                                                                         dict[str, Any]]:
         """The actions the primary refused and no later pass merged: (user, action) -> detail."""
         rows = self.store.query(
-            "SELECT user, action, detail FROM sync_progress WHERE outage_id = ?"
-            " AND status = 'refused'" + (" AND user = ?" if user is not None else "")
-            + " ORDER BY user, action", [outage_id] + ([user] if user is not None else []))
+            'SELECT "user", action, detail FROM sync_progress WHERE outage_id = ?'
+            " AND status = 'refused'" + (' AND "user" = ?' if user is not None else "")
+            + ' ORDER BY "user", action', [outage_id] + ([user] if user is not None else []))
         return {(row[0], row[1]): json.loads(row[2] or "{}") for row in rows}
 
     def clear_refused(self, outage_id: int, user: str, actions: dict[str, str]) -> None:
@@ -345,14 +345,14 @@ class ChangeLog:
         with self.store.transaction():
             for action, why in actions.items():
                 row = self.store.one("SELECT detail FROM sync_progress WHERE outage_id = ?"
-                                     " AND user = ? AND action = ? AND status = 'refused'",
+                                     ' AND "user" = ? AND action = ? AND status = \'refused\'',
                                      [outage_id, user, action])
                 if row is None:
                     continue
                 detail = {**json.loads(row[0] or "{}"), "cleared": why}
                 self.store.execute(
                     "UPDATE sync_progress SET status = 'done', detail = ?, at = ?"
-                    " WHERE outage_id = ? AND user = ? AND action = ?",
+                    ' WHERE outage_id = ? AND "user" = ? AND action = ?',
                     [json.dumps(detail, sort_keys=True), time.time(), outage_id, user, action])
 
     def forget_merged_before(self, before: float) -> int:

@@ -8,6 +8,7 @@ health monitor and an operator) racing each other produce exactly one transition
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,16 +37,23 @@ def current_state(store: StateStore) -> State:
     return State(name, since, cause, actor)
 
 
+Guard = Callable[[StateStore, State], dict[str, Any] | None]
+
+
 def transition(store: StateStore, to_state: StateName, cause: str, actor: str,
                expect: tuple[StateName, ...] | None = None,
                origin: str | None = None,
-               detail: dict[str, Any] | None = None) -> State | None:
+               detail: dict[str, Any] | None = None,
+               guard: Guard | None = None) -> State | None:
     """Move to ``to_state`` and audit it; returns the old state, or None if not applied.
 
     ``expect`` guards against a race between two deciders (the health monitor and an
-    operator): the transition happens only if the current state is one of these.
-    ``origin`` defaults to this process's (``audit.origin``); ``detail`` goes into the audit
-    record (what the decider knew: the first failed probe, the journal's backlog...).
+    operator, or the monitors of several gateways): the transition happens only if the current
+    state is one of these. ``guard``, when given, is asked inside the same write transaction
+    (a quorum of gateways' votes, read where no other writer can change them): None refuses
+    the transition, a dict allows it and is added to the audit record's detail. ``origin``
+    defaults to this process's (``audit.origin``); ``detail`` goes into the audit record (what
+    the decider knew: the first failed probe, the journal's backlog...).
     """
     if to_state not in STATES:
         raise ValueError(f"unknown state {to_state!r}")
@@ -53,11 +61,17 @@ def transition(store: StateStore, to_state: StateName, cause: str, actor: str,
         old = current_state(store)
         if expect is not None and old.name not in expect:
             return None
+        audited: dict[str, Any] = dict(detail or {})
+        if guard is not None:
+            allowed = guard(store, old)
+            if allowed is None:
+                return None
+            audited.update(allowed)
         now = time.time()
         store.execute("UPDATE state SET name = ?, since = ?, cause = ?, actor = ? WHERE id = 1",
                       [to_state, now, cause, actor])
         entry = insert_audit(store, now, "transition", old.name, to_state, cause, actor,
-                             detail or {}, origin)
+                             audited, origin)
     announce(entry)
     return old
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailcontinuity.mail.maildir import MessageFile
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore
 from mailcontinuity.store.outages import ACTIVITY_FIELDS, ChangeLog
 
 
@@ -22,7 +22,7 @@ def gone(log: ChangeLog, outage: int, folder: str, name: str) -> None:
 
 
 def test_counts_follow_what_the_user_did(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = SQLiteStore(tmp_path / "state.db")
     log = ChangeLog(store)
     outage = log.start_outage()
     assert outage is not None

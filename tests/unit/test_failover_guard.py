@@ -8,7 +8,7 @@ from mailcontinuity.monitor.detector import Decision
 from mailcontinuity.monitor.guard import HELD, HOLD_ENDED, FailoverGuard
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.checks import Check
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore
 
 FAILOVER = Decision("failover", "primary failed 3 probe rounds", ("normal", "failback"))
 FAILBACK = Decision("failback", "primary healthy", ("failover",))
@@ -21,7 +21,7 @@ def standby(ok: bool, at: float) -> list[Check]:
 
 
 def test_failover_waits_for_the_standby_and_then_proceeds(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = SQLiteStore(tmp_path / "state.db")
     guard = FailoverGuard(store)
     assert guard.review(FAILOVER, standby(False, 10.0), 10.0) is None
     assert guard.review(FAILOVER, standby(False, 12.0), 12.0) is None
@@ -34,7 +34,7 @@ def test_failover_waits_for_the_standby_and_then_proceeds(tmp_path: Path) -> Non
 
 
 def test_a_hold_ends_when_the_primary_comes_back(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = SQLiteStore(tmp_path / "state.db")
     guard = FailoverGuard(store)
     assert guard.review(FAILOVER, standby(False, 1.0), 1.0) is None
     assert guard.review(None, standby(False, 2.0), 2.0) is None
@@ -45,7 +45,7 @@ def test_a_hold_ends_when_the_primary_comes_back(tmp_path: Path) -> None:
 
 
 def test_only_failover_is_held_and_submission_alone_does_not_hold_it(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.db")
+    store = SQLiteStore(tmp_path / "state.db")
     guard = FailoverGuard(store)
     assert guard.review(FAILBACK, standby(False, 1.0), 1.0) == FAILBACK
     assert guard.review(FAILOVER, standby(True, 2.0), 2.0) == FAILOVER  # submission failing

@@ -17,7 +17,7 @@ from mailcontinuity.outage.incident import (
     render_incident,
 )
 from mailcontinuity.store.audit import record_command
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore
 from mailcontinuity.store.journal import CopyRecord, record_copies
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.state import transition
@@ -40,7 +40,7 @@ def delivered(key: str, mtime: float, folder: str = "INBOX") -> MessageFile:
 
 
 def test_a_recorded_outage_becomes_a_timeline_with_its_figures(config: Config) -> None:
-    store = StateStore(config.state.path)
+    store = SQLiteStore(config.state.path)
     before = time.time()
     # A journal copy accepted a second before the outage, shipped only after it began.
     record_copies(store, [CopyRecord("j1", "a@example.org", "INBOX", "shipped", before - 1)])
@@ -91,7 +91,7 @@ def test_a_recorded_outage_becomes_a_timeline_with_its_figures(config: Config) -
 
 
 def test_an_unknown_outage_is_named_with_the_ones_there_are(config: Config) -> None:
-    store = StateStore(config.state.path)
+    store = SQLiteStore(config.state.path)
     with pytest.raises(IncidentError, match="no outage recorded"):
         incident_report(config, store)
     ChangeLog(store).start_outage()

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pytest_mock import MockerFixture
 
 from mailcontinuity.cli.main import main
-from mailcontinuity.config import Config, parse_config
+from mailcontinuity.config import LOCAL_HOST, Config, parse_config
 from mailcontinuity.journal.spool import SpoolUsage
 from mailcontinuity.mail.postfix import postfix_access_problem
 from mailcontinuity.monitor.accepted import AcceptedMessages
@@ -26,7 +26,7 @@ from mailcontinuity.reports.problems import Problem, merge_by_part, watch
 from mailcontinuity.reports.status import check_result, collect_status, render_status
 from mailcontinuity.store.accepted import accepted_since, add_accepted
 from mailcontinuity.store.checks import Check, record_checks
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore, StateStore
 from mailcontinuity.store.heartbeats import policyd_beat, policyd_stopped, sync_agent_beat
 from mailcontinuity.store.journal import CopyRecord, record_copies
 from mailcontinuity.store.probes import ProbeResult, record_probes
@@ -54,13 +54,14 @@ def config(tmp_path: Path) -> Config:
 def store(config: Config) -> Iterator[StateStore]:
     """A store in which policyd and the sync agent have just reported, the primary is healthy
     and every watched part's check passed."""
-    opened = StateStore(config.state.path)
+    opened = SQLiteStore(config.state.path)
     now = time.time()
-    policyd_beat(opened, now - 60, now, 15.0)
-    sync_agent_beat(opened, now - 60)
-    record_probes(opened, [ProbeResult("delivery", "smtp:192.0.2.1:25", True, 3.0, "", now),
-                           ProbeResult("imap", "192.0.2.1:143", True, 4.0, "", now)])
-    record_checks(opened, [Check(part, name, target, True, now, latency_ms=2.0)
+    policyd_beat(opened, LOCAL_HOST, now - 60, now, 15.0)
+    sync_agent_beat(opened, LOCAL_HOST, now - 60)
+    record_probes(opened, LOCAL_HOST,
+                  [ProbeResult("delivery", "smtp:192.0.2.1:25", True, 3.0, "", now),
+                   ProbeResult("imap", "192.0.2.1:143", True, 4.0, "", now)])
+    record_checks(opened, LOCAL_HOST, [Check(part, name, target, True, now, latency_ms=2.0)
                            for part, name, target in STANDBY_CHECKS])
     yield opened
     opened.close()
@@ -87,7 +88,7 @@ def test_a_failing_check_is_a_problem_since_its_first_failure(config: Config,
                                                                store: StateStore) -> None:
     first = time.time()
     for at in (first, first + 1):
-        record_checks(store, [Check("standby", "lmtp", "127.0.0.1:24", False, at,
+        record_checks(store, LOCAL_HOST, [Check("standby", "lmtp", "127.0.0.1:24", False, at,
                                     "Connection refused", "start the standby's Dovecot")])
     status = report(config, store)
     assert status["protected"] is False
@@ -102,15 +103,15 @@ def test_a_failing_check_is_a_problem_since_its_first_failure(config: Config,
     assert text.splitlines()[0] == "NOT PROTECTED (CRITICAL): 1 problem"
     assert "next: start the standby's Dovecot" in text
 
-    record_checks(store, [Check("standby", "lmtp", "127.0.0.1:24", True, first + 2)])
+    record_checks(store, LOCAL_HOST, [Check("standby", "lmtp", "127.0.0.1:24", True, first + 2)])
     assert report(config, store)["protected"] is True
 
 
 def test_a_stopped_policyd_hides_no_problem_and_claims_no_health(config: Config,
                                                                  store: StateStore) -> None:
-    record_probes(store, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 3000.0,
+    record_probes(store, LOCAL_HOST, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 3000.0,
                                       "no answer within 3s", time.time())])
-    policyd_stopped(store, time.time())
+    policyd_stopped(store, LOCAL_HOST, time.time())
     status = report(config, store)
     assert [p["part"] for p in status["problems"]] == ["policyd"]
     assert "an outage would not be detected" in status["problems"][0]["detail"]
@@ -121,9 +122,9 @@ def test_a_stopped_policyd_hides_no_problem_and_claims_no_health(config: Config,
 def test_primary_and_standby_down_say_that_failover_is_held(config: Config,
                                                             store: StateStore) -> None:
     now = time.time()
-    record_probes(store, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 1.0,
+    record_probes(store, LOCAL_HOST, [ProbeResult("delivery", "smtp:192.0.2.1:25", False, 1.0,
                                       "Connection refused", now)])
-    record_checks(store, [Check("standby", "imap", "127.0.0.1:143", False, now,
+    record_checks(store, LOCAL_HOST, [Check("standby", "imap", "127.0.0.1:143", False, now,
                                 "Connection refused", "start it")])
     status = report(config, store)
     parts = {p["part"]: p for p in status["problems"]}
@@ -136,7 +137,7 @@ def test_primary_and_standby_down_say_that_failover_is_held(config: Config,
 
 def test_primary_down_in_failover_is_a_warning(config: Config, store: StateStore) -> None:
     transition(store, "failover", "primary failed", "health-monitor")
-    record_probes(store, [ProbeResult("imap", "192.0.2.1:143", False, 1.0, "refused",
+    record_probes(store, LOCAL_HOST, [ProbeResult("imap", "192.0.2.1:143", False, 1.0, "refused",
                                       time.time())])
     status = report(config, store)
     assert [p["part"] for p in status["problems"]] == ["primary"]
@@ -144,11 +145,11 @@ def test_primary_down_in_failover_is_a_warning(config: Config, store: StateStore
 
 
 def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: StateStore) -> None:
-    record_checks(store, [Check("sync-agent", "process", "host", False, time.time(),
+    record_checks(store, LOCAL_HOST, [Check("sync-agent", "process", "host", False, time.time(),
                                 "was stopped (pid 7)")])
     [problem] = report(config, store)["problems"]
     assert problem["part"] == "sync-agent" and "was stopped (pid 7)" in problem["detail"]
-    sync_agent_beat(store, time.time())  # a new agent started since
+    sync_agent_beat(store, LOCAL_HOST, time.time())  # a new agent started since
     assert report(config, store)["protected"] is True
     store.execute("UPDATE sync_agent SET heartbeat_at = ?", [time.time() - 60])
     [silent] = report(config, store)["problems"]
@@ -158,14 +159,15 @@ def test_a_stopped_or_silent_sync_agent_is_a_problem(config: Config, store: Stat
 def test_a_failing_automatic_failback_is_a_problem_while_the_state_is_failback(
         config: Config, store: StateStore) -> None:
     said = "failback keeps failing, retried every 15s: login as a@example.org failed (NO Invalid)"
-    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", False, time.time(),
-                                said, "fix what the message names")])
+    record_checks(store, LOCAL_HOST, [Check("sync-agent", "failback", "192.0.2.1:143", False,
+                                            time.time(), said, "fix what the message names")])
     assert report(config, store)["protected"] is True  # not while the state is normal
     transition(store, "failover", "test", "test")
     transition(store, "failback", "test", "test")
     [problem] = [p for p in report(config, store)["problems"] if p["part"] == "sync-agent"]
     assert problem["detail"] == said and problem["action"] == "fix what the message names"
-    record_checks(store, [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
+    record_checks(store, LOCAL_HOST,
+                  [Check("sync-agent", "failback", "192.0.2.1:143", True, time.time())])
     assert "sync-agent" not in {p["part"] for p in report(config, store)["problems"]}
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailcontinuity.config import parse_config
+from mailcontinuity.config import Config
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.audit import audit_log, record_command
-from mailcontinuity.store.db import StateStore
+from mailcontinuity.store.db import SQLiteStore, open_store
 from mailcontinuity.store.journal import (
     CopyRecord,
     forget_before,
@@ -24,7 +23,6 @@ from mailcontinuity.store.journal import (
 )
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
-from tests.unit.test_config import VALID
 
 NOW = time.time()
 OLD = NOW - 100 * DAY_SECONDS  # beyond the default 90 days of [state] retention_days
@@ -36,9 +34,9 @@ def message(key: str, journal: bool) -> MessageFile:
                        message_id=f"<{key}>")
 
 
-def test_old_records_are_forgotten_and_counters_do_not_go_down(tmp_path: Path) -> None:
-    config = parse_config(tomllib.loads(VALID), tmp_path / "mailcontinuity.toml")
-    store = StateStore(tmp_path / "state.db")
+def test_old_records_are_forgotten_and_counters_do_not_go_down(store_config: Config) -> None:
+    config = store_config
+    store = open_store(config)
     try:
         record_copies(store, [
             CopyRecord("old", "a@example.org", "INBOX", "pruned", OLD),
@@ -100,7 +98,7 @@ def test_the_kept_counts_match_the_rows_whatever_happens(tmp_path: Path,
     GROUP BY over the rows would, after any mix of recording (a copy re-recorded in another
     status included), pruning and forgetting."""
     path = tmp_path / f"counts-{time.monotonic_ns()}.db"
-    store = StateStore(path)
+    store = SQLiteStore(path)
     try:
         for action, key, status in steps:
             if action == "record":

@@ -147,7 +147,7 @@ def test_at_the_watch_limit_the_agent_says_so_rescans_and_recovers(
     assert "sysctl -w fs.inotify.max_user_watches=" in detail and "3 users" in detail
     assert "no restart" in action
     # status shows it, as a warning: recording goes on by rescans.
-    sync_agent_beat(agent.store, time.time())
+    sync_agent_beat(agent.store, config.host_name, time.time())
     [problem] = [p for p in collect_status(config, agent.store, live=False)["problems"]
                  if p["part"] == "sync-agent"]
     assert "fs.inotify.max_user_watches" in problem["detail"]
