@@ -115,11 +115,12 @@ def test_clients_follow_failover_and_failback_with_no_setting_changed(normal_lab
         assert held.reconnects > reconnects_on_standby, "kicked off the standby at failback"
         assert proxied_to(lab.proxy, alice.login, primary_port)
 
-        # Works on the primary: the outage's mail is there and flags set now stick. (Whether the
-        # flag set on the standby reached the primary's copy is failback's business, checked by
-        # its own tests.)
+        # Works on the primary: the outage's mail is there with the flag set on the standby,
+        # and flags set now stick.
         on_primary = held.run(lambda c: found(c, during["Message-ID"]))
         assert on_primary
+        flagged = held.run(lambda c: c.get_flags(on_primary))
+        assert all(b"\\Flagged" in flags for flags in flagged.values()), flagged
         held.run(lambda c: c.add_flags(on_primary, [b"\\Seen"]))
         with imap_login(lab.endpoint("primary", "imap"), alice.login, alice.password,
                         lab.tls("primary")) as primary:
