@@ -15,7 +15,9 @@ def render_sieve_sync(report: dict[str, Any]) -> str:
         lines.append(f"{verdict:<5} {user['user']}: copied {len(user['copied'])},"
                      f" unchanged {len(user['unchanged'])}, deleted {len(user['deleted'])},"
                      f" active {user['active'] or '(none)'}"
-                     + (" (activated)" if user["activated"] else ""))
+                     + (" (activated)" if user["activated"] else "")
+                     + (f", changed on the standby and copied to the primary:"
+                        f" {', '.join(user['returned'])}" if user["returned"] else ""))
         lines += [f"      {error}" for error in user["errors"]]
     if not report["users"]:
         lines.append("no protected users with a standby Maildir (and sieve.users is empty)")
@@ -24,7 +26,8 @@ def render_sieve_sync(report: dict[str, Any]) -> str:
 
 @command("sieve-sync", audit=True)
 def sieve_sync_command(ctx: Context, as_json: bool) -> None:
-    """Copy users' sieve scripts (and which is active) from the primary to the standby."""
+    """Copy users' sieve scripts (and which is active) from the primary to the standby, after
+    copying to the primary what users changed on the standby during an outage."""
     report = sieve_sync(ctx.config)
     emit(report.as_dict(), as_json, render_sieve_sync,
          failure=report.reason() if report.failed else None)

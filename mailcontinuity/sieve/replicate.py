@@ -6,6 +6,15 @@ drill. The primary is the source of truth: scripts are compared as normalised te
 changed ones are written, scripts gone from the primary are deleted (``sieve.delete_missing``),
 and the active script follows the primary's. A script the standby does not accept is reported
 for its user and skipped; it never stops the other scripts or users.
+
+What users change on the standby during an outage (an out-of-office set in the portal) is not
+lost at failback: each run first compares both servers with what the last run left on the
+standby (store/sieve.py). A script changed or added on the standby while the primary's stayed
+as it was is copied to the primary, and an activation changed on the standby alone is made
+there, before the primary's scripts are copied back as usual. A script changed on both sides
+keeps the primary's version and is reported. Scripts deleted on the standby are not deleted on
+the primary. Nothing is copied back for a user sieve-sync never synced (no base to compare
+with: a first run cannot tell a user's change from what was there before).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
 from mailcontinuity.mail.maildir import user_maildirs
 from mailcontinuity.mail.managesieve import Credentials, Scripts, SieveError, SieveSession, session
 from mailcontinuity.mail.tls import TLSPolicy
+from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.sieve import SyncedScripts, digest, record_synced, synced_scripts
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +43,8 @@ class SieveUserResult:
     deleted: list[str] = field(default_factory=list)
     active: str | None = None
     activated: bool = False
+    returned: list[str] = field(default_factory=list)
+    """Scripts changed on the standby (during an outage) and copied to the primary."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -71,23 +84,77 @@ def sieve_sync(config: Config) -> SieveSyncReport:
                                     read_secret(config, "sieve.standby_password_file"))
     primary_tls, standby_tls = TLSPolicy.of(config, "primary"), TLSPolicy.of(config, "standby")
     results = []
-    for user in protected_users(config):
-        result = SieveUserResult(user)
-        try:
-            with session(primary_at, user, primary_admin, primary_tls) as primary:
-                wanted = primary.scripts()
-            result.active = wanted.active
-            with session(standby_at, user, standby_admin, standby_tls) as standby:
-                replicate(standby, wanted, result, config.sieve.delete_missing)
-        except SieveError as exc:
-            result.errors.append(str(exc))
-        log.info("event=sieve_sync user=%s copied=%d unchanged=%d deleted=%d active=%s"
-                 " errors=%d", user, len(result.copied), len(result.unchanged),
-                 len(result.deleted), result.active, len(result.errors))
-        for error in result.errors:
-            log.error("event=sieve_sync_failed user=%s error=%r", user, error)
-        results.append(result)
+    store = open_store(config)
+    try:
+        for user in protected_users(config):
+            result = SieveUserResult(user)
+            try:
+                with session(primary_at, user, primary_admin, primary_tls) as primary, \
+                        session(standby_at, user, standby_admin, standby_tls) as standby:
+                    sync_user(store, primary, standby, result, config.sieve.delete_missing)
+            except SieveError as exc:
+                result.errors.append(str(exc))
+            log.info("event=sieve_sync user=%s copied=%d unchanged=%d deleted=%d active=%s"
+                     " returned=%d errors=%d", user, len(result.copied), len(result.unchanged),
+                     len(result.deleted), result.active, len(result.returned),
+                     len(result.errors))
+            for error in result.errors:
+                log.error("event=sieve_sync_failed user=%s error=%r", user, error)
+            results.append(result)
+    finally:
+        store.close()
     return SieveSyncReport(results)
+
+
+def sync_user(store: StateStore, primary: SieveSession, standby: SieveSession,
+              result: SieveUserResult, delete_missing: bool) -> None:
+    """The standby's own changes to the primary first (when there is a base), then the
+    primary's scripts to the standby; what the standby holds afterwards is the next base."""
+    wanted = primary.scripts()
+    base = synced_scripts(store, result.user)
+    if base is not None:
+        returned, activate, conflicts = standby_changes(base, wanted, standby.scripts())
+        result.errors += conflicts
+        for name, text in sorted(returned.items()):
+            primary.check(text)
+            primary.put(name, text)
+            result.returned.append(name)
+        if activate is not None:
+            primary.activate(activate or None)
+        if returned or activate is not None:
+            wanted = primary.scripts()
+    result.active = wanted.active
+    replicate(standby, wanted, result, delete_missing)
+    left = standby.scripts()
+    record_synced(store, result.user, left.active, left.texts)
+
+
+def standby_changes(base: SyncedScripts, primary: Scripts, standby: Scripts
+                    ) -> tuple[dict[str, str], str | None, list[str]]:
+    """(scripts to copy to the primary, the activation to make there ("" for none, None for no
+    change), conflicts): what changed on the standby since ``base`` while the primary's stayed
+    as ``base`` has it."""
+    def unchanged_on_primary(name: str) -> bool:
+        text = primary.texts.get(name)
+        return (digest(text) if text is not None else None) == base.digests.get(name)
+
+    returned: dict[str, str] = {}
+    conflicts: list[str] = []
+    for name, text in standby.texts.items():
+        if digest(text) == base.digests.get(name) or primary.texts.get(name) == text:
+            continue
+        if unchanged_on_primary(name):
+            returned[name] = text
+        else:
+            conflicts.append(f"script {name!r} changed on the standby and on the primary since"
+                             " the last sync: the primary's is kept; the standby's was"
+                             " replaced, ask the user to redo the change on the primary")
+    activate = None
+    if standby.active != base.active and primary.active == base.active and (
+            standby.active is None or standby.active in primary.texts
+            or standby.active in returned):
+        activate = standby.active or ""
+    return returned, activate, conflicts
 
 
 def replicate(standby: SieveSession, wanted: Scripts, result: SieveUserResult,

@@ -185,6 +185,13 @@ def _migration_journal_counts(store: StateStore) -> None:
     store.execute("CREATE INDEX journal_recorded ON journal (status, recorded)")
 
 
+def _migration_sieve_synced(store: StateStore) -> None:
+    """What sieve-sync last left on the standby per user (store/sieve.py): the base that tells
+    a script changed on the standby during an outage from one changed on the primary."""
+    store.execute('CREATE TABLE sieve_synced ("user" TEXT PRIMARY KEY, active TEXT,'
+                  " digests TEXT NOT NULL)")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -198,4 +205,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_hosts,
     _migration_follow,
     _migration_journal_counts,
+    _migration_sieve_synced,
 ]

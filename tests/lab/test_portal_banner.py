@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -159,6 +160,14 @@ def queued_for(lab: Lab, domain: str) -> int:
                        for r in json.loads(line)["recipients"]))
 
 
+def sieve_sync_for(lab: Lab, user: LabUser) -> dict[str, Any]:
+    """``sieve-sync --json``'s result for ``user``."""
+    synced = CliRunner().invoke(main, ["--config", str(lab.config_file), "sieve-sync", "--json"])
+    [result] = [found for found in json.loads(synced.stdout)["users"]
+                if found["user"] == user.address]
+    return dict(result)
+
+
 def standby_scripts(lab: Lab, user: LabUser, remove: bool = False,
                     role: Side = "standby") -> Scripts:
     """The user's sieve scripts on the standby (or ``role``), as the lab's admin; with
@@ -181,6 +190,15 @@ def test_out_of_office_set_in_the_portal_answers_an_outside_sender_once(
     carol = lab.users[2]
     sender = f"partner-{uuid.uuid4().hex[:6]}@{OUTSIDE_DOMAIN}"
     subject = f"Away during the outage {uuid.uuid4().hex[:6]}"
+    # The site's timer has synced carol's scripts before the outage: the base that tells her
+    # change on the standby from one on the primary. (sieve-sync covers users with mail on
+    # the standby: one journaled message makes carol one.)
+    hello = make_message(f"hello@{OUTSIDE_DOMAIN}", [carol.address], "before the outage")
+    send_message(lab.gateway.smtp, hello, f"hello@{OUTSIDE_DOMAIN}", [carol.address],
+                 source=INTERNET_CLIENT)
+    assert wait_for_message(lab.endpoint("standby", "imap"), carol.login, carol.password,
+                            hello["Message-ID"])
+    assert sieve_sync_for(lab, carol)["errors"] == []
     force_failover(lab)
     try:
         page = browser.new_page()
@@ -215,16 +233,16 @@ def test_out_of_office_set_in_the_portal_answers_an_outside_sender_once(
         assert f"Subject: {subject}" in reply
         assert not replies_in(outside, second["Message-ID"])  # once per sender
 
-        # At failback the reply set on the standby ends: sieve-sync copies only from the
-        # primary, and its next run gives the standby the primary's scripts (docs/operations.md).
+        # After failback sieve-sync's next run copies the reply set on the standby to the
+        # primary and activates it there: carol is still away, whichever server has her mail.
         back_to_normal(lab)
         assert standby_scripts(lab, carol, role="primary").active is None
-        synced = CliRunner().invoke(main, ["--config", str(lab.config_file), "sieve-sync",
-                                           "--json"])
-        [result] = [user for user in json.loads(synced.stdout)["users"]
-                    if user["user"] == carol.address]
-        assert result["errors"] == [] and result["active"] is None
-        assert standby_scripts(lab, carol).active is None
+        result = sieve_sync_for(lab, carol)
+        assert result["errors"] == [] and result["returned"] and result["active"], result
+        on_primary = standby_scripts(lab, carol, role="primary")
+        assert on_primary.active is not None and subject in on_primary.texts[on_primary.active]
+        assert standby_scripts(lab, carol).active == on_primary.active
     finally:
         standby_scripts(lab, carol, remove=True)
+        standby_scripts(lab, carol, remove=True, role="primary")
         back_to_normal(lab)
