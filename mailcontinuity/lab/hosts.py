@@ -113,6 +113,9 @@ def host_config(base: dict[str, Any], directory: Path, name: str, gateways: list
                             "tls_policy_map": str(etc / "tls_policy"),
                             "sender_login_map": str(etc / "sender_login"),
                             "sender_aliases": str(etc / "sender_aliases")}
+        if "outage_aliases" in data["gateway"]:  # each gateway's Postfix has its own maps
+            data["gateway"] |= {"outage_aliases": str(etc / "outage_aliases.src"),
+                                "outage_alias_map": str(etc / "outage_aliases")}
         if "standby_relay" in data["gateway"]:  # each gateway's Postfix has its own listener
             data["gateway"]["standby_relay"] = f"127.0.0.1:{ports['standby_relay']}"
         home = host_dir(directory, name)
