@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from mailcontinuity.audit import AuditEntry
 from mailcontinuity.cli.main import main
+from mailcontinuity.deploy.routing import transport_value
 from mailcontinuity.hooks.runner import run_hooks
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
@@ -44,7 +45,7 @@ def test_transition_runs_hooks_after_routing_switched(lab: Lab, lab_hooks: Path)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["changed"] is True
     text = seen.read_text()
-    assert f"lmtp:inet:[127.0.0.1]:{lab.config.standby.lmtp.port}" in text
+    assert transport_value(lab.config, "standby") in text
     assert f"failover {lab.config_file}" in text
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.deploy.routing import STANDBY_TRANSPORT
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.process import accepts_unix_connections
@@ -217,7 +218,8 @@ def test_unprivileged_policyd_fails_over_through_the_sudo_rule(installed_servers
     and reloads Postfix through sudo; an operator's failback returns to normal."""
     run("pkill", "-f", "smtp-sink -u nobody 127.0.0.1:12525")
     try:
-        eventually(lambda: "ci.test lmtp:inet:[127.0.0.1]:10024" in TRANSPORT.read_text(), 60,
+        eventually(lambda: f"ci.test {STANDBY_TRANSPORT}:inet:[127.0.0.1]:10024"
+                   in TRANSPORT.read_text(), 60,
                    "the transport table routed to the standby", interval=0.5)
         report = json.loads(run(COMMAND, "--config", CONFIG, "status", "--json").stdout)
         assert report["state"] == "failover"
