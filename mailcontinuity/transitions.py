@@ -10,6 +10,7 @@ only where it runs on a gateway.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,12 @@ from mailcontinuity.config import Config
 from mailcontinuity.deploy.proxy import switch_proxy
 from mailcontinuity.deploy.routing import Route, switch_route
 from mailcontinuity.hooks.runner import HookQueue, HookResult, Transition, run_hooks
+from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.state import Guard, State, StateName, current_state, transition
+
+log = logging.getLogger(__name__)
 
 ROUTE_IN_STATE: dict[StateName, Route] = {
     "normal": "primary",
@@ -83,11 +87,22 @@ def apply_route(config: Config, route: Route) -> None:
     transport table) to ``route``. The proxy goes first: it takes tens of milliseconds where a
     Postfix reload and queue flush take seconds, which connected clients would otherwise spend
     without service (bench/proxy_gap.py); each is done even if the other failed."""
+    steer_clients(config, route)
+    switch_route(config, route)
+
+
+def steer_clients(config: Config, route: Route) -> None:
+    """The client proxy (when ``[proxy]`` is set) to ``route``. A failure is logged, never
+    raised: mail routing must not wait on it, the route file is written first (new logins go
+    to the right side), and sessions still on the old side move when their client reconnects."""
+    if config.proxy is None:
+        return
     try:
-        if config.proxy is not None:
-            switch_proxy(config, route)
-    finally:
-        switch_route(config, route)
+        switch_proxy(config, route)
+    except (CommandError, OSError) as exc:
+        log.error("event=proxy_switch_failed route=%s error=%r action=run 'doveadm -c %s proxy"
+                  " kick -h HOST' for the side left", route, str(exc),
+                  config.proxy.doveadm_config)
 
 
 def hooks_env(config: Config) -> dict[str, str]:

@@ -21,6 +21,7 @@ import os
 import pwd
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from mailcontinuity.config import Config, Endpoint, PrimarySection, ProxySection, StandbySection
@@ -38,6 +39,10 @@ SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 LOGIN_PROXY_MAX_RECONNECTS = 0
 # A passwd-file line's extra fields start after the seventh colon (six leave them in "shell").
 EMPTY_PASSWD_FIELDS = ":" * 7
+
+# A kick right after the reload meets the doveadm server restarting; tried again this often.
+KICK_ATTEMPTS = 5
+KICK_RETRY_SECONDS = 0.2
 
 
 def _side(config: Config, route: Route) -> PrimarySection | StandbySection:
@@ -95,7 +100,15 @@ def switch_proxy(config: Config, route: Route) -> int:
     write_route_file(config, route)
     doveadm(config, "reload")
     left: Route = "standby" if route == "primary" else "primary"
-    output = doveadm(config, "proxy", "kick", "-h", _side(config, left).imap.host)
+    # The reload restarts Dovecot's doveadm server: a kick sent meanwhile is "Disconnected".
+    for attempt in range(KICK_ATTEMPTS):
+        try:
+            output = doveadm(config, "proxy", "kick", "-h", _side(config, left).imap.host)
+            break
+        except CommandError:
+            if attempt == KICK_ATTEMPTS - 1:
+                raise
+            time.sleep(KICK_RETRY_SECONDS)
     kicked = sum(int(word) for word in output.split() if word.isdigit())
     log.info("event=proxy_switched route=%s kicked=%d", route, kicked)
     return kicked

@@ -24,13 +24,12 @@ import threading
 import time
 
 from mailcontinuity.config import Config
-from mailcontinuity.deploy.proxy import switch_proxy
 from mailcontinuity.deploy.routing import ensure_route, installed_route
 from mailcontinuity.mail.tools import CommandError
 from mailcontinuity.store.db import StateStore, StateStoreError
 from mailcontinuity.store.gateways import GatewayRoute, record_route
 from mailcontinuity.store.state import State, StateName, current_state
-from mailcontinuity.transitions import ROUTE_IN_STATE
+from mailcontinuity.transitions import ROUTE_IN_STATE, steer_clients
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,7 @@ class StateFollower(threading.Thread):
         if time.monotonic() >= self._route_retry_at:
             try:
                 if ensure_route(self.config, route):
-                    if self.config.proxy is not None:  # this gateway's client proxy too
-                        switch_proxy(self.config, route)
+                    steer_clients(self.config, route)  # this gateway's client proxy too
                     log.info("event=route_switched state=%s route=%s after_transition=%.3fs",
                              state.name, route, time.time() - state.since)
             except CommandError as exc:

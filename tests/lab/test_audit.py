@@ -99,7 +99,8 @@ def test_failover_and_failback_are_audited_with_actor_and_origin(lab: Lab) -> No
     forced = next(line for line in text.splitlines()
                   if "normal -> failover" in line and "audit test" in line)
     assert OPERATOR in forced and ORIGIN in forced and forced.endswith("operator: audit test")
-    failover_line = next(line for line in text.splitlines() if "failover --reason" in line)
+    failover_line = next(line for line in text.splitlines()
+                         if "failover --reason 'audit test'" in line)  # other tests' too
     assert OPERATOR in failover_line and ORIGIN in failover_line
     assert failover_line.rstrip().endswith("ok")
     assert "no audit records" in cli(lab.config_file, "audit", "--since", "2999-01-01").stdout

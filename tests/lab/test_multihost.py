@@ -172,9 +172,9 @@ def test_store_stopped_during_an_outage(site: Lab) -> None:
 def test_drill_passes_on_every_gateway(site: Lab) -> None:
     """The drill from each gateway, through that gateway's own Postfix (the probe account into
     the standby, the routing switch for the probe address in its transport table...): every
-    step runs, none is skipped but the credentials copy (no [credentials] here). (The lab's hosts share one file system, so a drill on the
-    standby host would pass by editing gw1's transport table; on real hosts it belongs on a
-    gateway, docs/topologies.md.)"""
+    step runs, none is skipped but the credentials copy (no [credentials] here). (The lab's
+    hosts share one file system, so a drill on the standby host would pass by editing gw1's
+    transport table; on real hosts it belongs on a gateway, docs/topologies.md.)"""
     eventually(lambda: agreed_state(site) == "normal", 30, "every host says normal")
     for host in ("gw1", "gw2"):
         code, report = host_json(site, host, "drill", "--json")
