@@ -8,13 +8,15 @@ and the active script follows the primary's. A script the standby does not accep
 for its user and skipped; it never stops the other scripts or users.
 
 What users change on the standby during an outage (an out-of-office set in the portal) is not
-lost at failback: each run first compares both servers with what the last run left on the
-standby (store/sieve.py). A script changed or added on the standby while the primary's stayed
-as it was is copied to the primary, and an activation changed on the standby alone is made
-there, before the primary's scripts are copied back as usual. A script changed on both sides
+lost at failback: the first run after an outage began compares both servers with what the
+last run before it left on the standby (store/sieve.py). A script changed or added on the
+standby while the primary's stayed as it was is copied to the primary, and an activation
+changed on the standby alone is made there, before the primary's scripts are copied back as
+usual. A script changed on both sides
 keeps the primary's version and is reported. Scripts deleted on the standby are not deleted on
 the primary. Nothing is copied back for a user sieve-sync never synced (no base to compare
-with: a first run cannot tell a user's change from what was there before).
+with: a first run cannot tell a user's change from what was there before), nor when no outage
+began since the last run (the primary is the truth in normal times).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def sync_user(store: StateStore, primary: SieveSession, standby: SieveSession,
     primary's scripts to the standby; what the standby holds afterwards is the next base."""
     wanted = primary.scripts()
     base = synced_scripts(store, result.user)
-    if base is not None:
+    if base is not None and base.outage_since:
         returned, activate, conflicts = standby_changes(base, wanted, standby.scripts())
         result.errors += conflicts
         for name, text in sorted(returned.items()):

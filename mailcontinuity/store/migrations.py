@@ -189,7 +189,7 @@ def _migration_sieve_synced(store: StateStore) -> None:
     """What sieve-sync last left on the standby per user (store/sieve.py): the base that tells
     a script changed on the standby during an outage from one changed on the primary."""
     store.execute('CREATE TABLE sieve_synced ("user" TEXT PRIMARY KEY, active TEXT,'
-                  " digests TEXT NOT NULL)")
+                  " digests TEXT NOT NULL, synced_at REAL NOT NULL)")
 
 
 # Append only: a released migration is never edited, a change is a new entry.

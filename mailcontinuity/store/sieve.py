@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 
 from mailcontinuity.store.db import StateStore
@@ -17,25 +18,31 @@ def digest(text: str) -> str:
 
 @dataclass(frozen=True)
 class SyncedScripts:
-    """A user's scripts on the standby after the last sync: name -> digest, and the active."""
+    """A user's scripts on the standby after the last sync: name -> digest, the active one,
+    and whether an outage began since (only then did users work on the standby)."""
 
     active: str | None
     digests: dict[str, str]
+    outage_since: bool = False
 
 
 def synced_scripts(store: StateStore, user: str) -> SyncedScripts | None:
     """None when sieve-sync never completed for ``user``: there is no base to compare with."""
-    rows = store.query('SELECT active, digests FROM sieve_synced WHERE "user" = ?', [user])
+    rows = store.query('SELECT active, digests, synced_at FROM sieve_synced WHERE "user" = ?',
+                       [user])
     if not rows:
         return None
-    active, digests = rows[0]
-    return SyncedScripts(active, json.loads(digests))
+    active, digests, synced_at = rows[0]
+    outage = store.query("SELECT 1 FROM sync_outage WHERE started_at > ? LIMIT 1", [synced_at])
+    return SyncedScripts(active, json.loads(digests), bool(outage))
 
 
 def record_synced(store: StateStore, user: str, active: str | None,
                   texts: dict[str, str]) -> None:
     with store.transaction():
         store.execute('DELETE FROM sieve_synced WHERE "user" = ?', [user])
-        store.execute('INSERT INTO sieve_synced ("user", active, digests) VALUES (?, ?, ?)',
+        store.execute('INSERT INTO sieve_synced ("user", active, digests, synced_at)'
+                      " VALUES (?, ?, ?, ?)",
                       [user, active, json.dumps({name: digest(text)
-                                                 for name, text in sorted(texts.items())})])
+                                                 for name, text in sorted(texts.items())}),
+                       time.time()])

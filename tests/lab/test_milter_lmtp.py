@@ -189,6 +189,17 @@ def test_journal_copies_over_lmtp_never_trigger_vacation(lab: Lab, spool: Spool)
     assert vacation_replies(lab, 1, direct["Message-ID"], timeout=30), \
         "vacation did not answer mail delivered over the sieve listener: the test proves nothing"
     assert not vacation_replies(lab, 1, journaled["Message-ID"], timeout=0)
+    remove_vacation(lab, carol.address, carol.password)  # later tests see carol without it
+
+
+def remove_vacation(lab: Lab, address: str, password: str) -> None:
+    endpoint = lab.endpoint("standby", "sieve")
+    client = SieveClient(endpoint.host, endpoint.port)
+    assert client.connect(address, password, authmech="PLAIN"), "managesieve login failed"
+    try:
+        assert client.setactive("") and client.deletescript("away")
+    finally:
+        client.logout()
 
 
 def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> None:
