@@ -12,7 +12,7 @@ user, asked with an assertion signed by the account's key; Authlib makes that on
 
 A token is cached until shortly before it expires (Microsoft's live about an hour), so a
 failback over thousands of users asks the endpoint once an hour, not once per user. The client
-secret is read from its file at each fetch (a rotated secret counts without a restart).
+secret is read from its file at each login (a rotated secret counts without a restart).
 
 Every login to the primary takes its token from one cache per process (``oauth2_tokens``):
 failback and verify (IMAP, through imapclient's XOAUTH2), the health monitor's login probe and
@@ -21,6 +21,7 @@ sieve-sync (ManageSieve), whose SASL responses are built here (``sasl_response``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -174,30 +175,31 @@ class JwtBearerTokens(AccessTokens):
                              " 0600") from None
 
 
-_TOKENS: dict[tuple[str, str, str, str], AccessTokens] = {}
+_TOKENS: dict[tuple[str, ...], AccessTokens] = {}
 _TOKENS_LOCK = threading.Lock()
-_SECRETS: dict[tuple[str, str, str, str], str] = {}  # the client secret as last read from its file
 
 
 def oauth2_tokens(config: Config, secret: str) -> AccessTokens:
     """The process's token cache for ``[sync]``'s OAuth2 client (client credentials: one token
     for every user and thread; JWT bearer: one per user), each kept until it nears expiry;
-    ``secret`` is the client secret (or the service account's key) as last read from
-    ``sync.password_file``. Failback, verify, the login probe and sieve-sync share it."""
+    ``secret`` is the client secret (or the service account's key) as just read from
+    ``sync.password_file``. A changed secret gets a cache of its own, so a rotated or mistyped
+    secret is tried at the next login, not when the old token expires. Failback, verify, the
+    login probe and sieve-sync share it."""
     sync = config.sync
     if sync.oauth2_token_url is None or sync.oauth2_client_id is None:
         raise TokenError('login_method = "xoauth2" needs sync.oauth2_token_url and'
                          " sync.oauth2_client_id")
-    key = (sync.oauth2_grant, sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope)
+    key = (sync.oauth2_grant, sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope,
+           hashlib.sha256(secret.encode()).hexdigest())
     kind = ClientCredentialsTokens if sync.oauth2_grant == "client_credentials" \
         else JwtBearerTokens
     with _TOKENS_LOCK:
         tokens = _TOKENS.get(key)
         if tokens is None:
             tokens = _TOKENS[key] = kind(TokenEndpoint(
-                sync.oauth2_token_url, sync.oauth2_client_id, lambda: _SECRETS[key],
+                sync.oauth2_token_url, sync.oauth2_client_id, lambda: secret,
                 sync.oauth2_scope, sync.timeout_seconds))
-        _SECRETS[key] = secret
     return tokens
 
 
