@@ -99,6 +99,14 @@ def test_primary_is_healthy_and_its_kind_is_the_one_asked_for(kind_lab: Lab) -> 
         owner = (f"{LAB_OAUTH2_CLIENT_ID}@example.test" if profile == "exchange"
                  else "probe@example.test")
         assert issued_for(kind_lab).get(owner), issued_for(kind_lab)
+        # The drill passes with no password of the probe's on the primary: it reads the probe's
+        # primary mailbox as failback logs in, and sieve-sync's step logs in by XOAUTH2 too.
+        code, drill = run_cli(kind_lab, "drill", "--json")
+        assert code == 0 and all(step["passed"] or step["skipped"] for step in drill["steps"]), \
+            drill
+        log = kind_lab.primary.log_file.read_text(errors="replace")
+        assert not re.search(r"Login: user=<probe@example.test>, method=(?!XOAUTH2)", log)
+        assert "probe@example.test" in xoauth2_logins(kind_lab, "managesieve-login")
 
 
 def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) -> None:
