@@ -28,7 +28,6 @@ import base64
 import json
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -47,7 +46,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mailcontinuity.config import Endpoint, parse_endpoint
-from mailcontinuity.lab.process import accepts_connections, read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.process import (
+    accepts_connections,
+    log_tail,
+    read_pid,
+    spawn,
+    stop_pid_file,
+    wait_for,
+)
 
 LAB_OAUTH2_CLIENT_ID = "mailcontinuity-lab-app"
 LAB_SERVICE_ACCOUNT = "mailcontinuity@lab-project.iam.gserviceaccount.test"
@@ -272,15 +279,13 @@ class TokenServicePart:
         # -c rather than -m: the lab package imports this module before runpy would run it.
         argv = [sys.executable, "-c", "from mailcontinuity.lab.oauth2 import main; main()",
                 str(self.listen), self.domain, str(self.secret_file), str(self.key_file)]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True)
-        self.pid_file.write_text(f"{process.pid}\n")
+        spawn(argv, self.log_file, self.pid_file)
         try:
             wait_for([self.listen], up=True, what="the lab's OAuth2 token service")
-        except Exception:
+        except LabError:
             self.stop()
-            raise
+            raise LabError(f"oauth2 did not start: {log_tail(self.log_file)}"
+                           f" (log: {self.log_file})") from None
 
     def stop(self) -> None:
         stop_pid_file(self.pid_file)
