@@ -173,6 +173,10 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
     step = steps["failback credentials on the primary"]
     assert not step["passed"] and not step["skipped"] and step["advice"], step
     assert "login as probe@example.test" in step["detail"], step
+    if profile_of(kind_lab) == "exchange":  # the client secret the token endpoint refuses
+        assert "invalid_client" in step["detail"] and "sync.oauth2_client_id" in step["detail"]
+    if profile_of(kind_lab) == "gmail":  # no service account's key in the file
+        assert "sync.password_file: not a service account" in step["detail"], step
 
     with restored(kind_lab):
         # A loaded machine can make the lab's short health timings fail over by themselves;
