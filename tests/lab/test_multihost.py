@@ -6,12 +6,18 @@ to the standby, mail through gw2 reaches the standby, users' activity is recorde
 host; the primary returns: the quorum fails back, the standby host's agent merges exactly once,
 both gateways route to the primary again. Every host's ``status --json`` agrees at each step.
 The store stopped during an outage: mail keeps flowing with the last routing and every host
-catches up when it returns.
+catches up when it returns. gw2 cut off from the primary alone (``lab isolate``): no failover,
+status says gw2 cannot see the primary, mail through gw2 waits in its queue and arrives after
+``lab heal``, none bounced.
+
+The whole lab runs in a network namespace of the module's own (``own_network_namespace``), so
+the cuts' nftables table never touches the machine's ruleset.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ from mailcontinuity.deploy.routing import installed_route
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import wait_for_message
+from mailcontinuity.lab.netcut import CUTS_FILE, own_network_namespace, table_name
+from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
@@ -35,7 +43,7 @@ HOSTS = ("gw1", "gw2", "standby")
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Lab]:
-    with Lab.temporary(prefix="mcmh-", gateways=2) as lab:
+    with own_network_namespace(), Lab.temporary(prefix="mcmh-", gateways=2) as lab:
         yield lab
 
 
@@ -167,6 +175,74 @@ def test_store_stopped_during_an_outage(site: Lab) -> None:
     eventually(lambda: routes(lab) == {"primary"}, 20, "both gateways route to the primary")
     assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
                             message["Message-ID"], timeout=30)
+
+
+def lab_command(lab: Lab, *args: str) -> str:
+    result = CliRunner().invoke(main, ["lab", *args, "--dir", str(lab.dir)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def gateway_sees_primary(lab: Lab, gateway: str, host: str = "gw1") -> bool | None:
+    """What ``host``'s status says ``gateway`` sees of the primary (None: no fresh report)."""
+    cluster = host_status(lab, host)["cluster"]
+    return {g["name"]: g["sees_primary"] for g in cluster["gateways"]}[gateway]
+
+
+def test_gateway_cut_off_from_the_primary_alone(site: Lab) -> None:
+    """gw2 cannot reach the primary, gw1 can: no failover (quorum); every host's status says
+    gw2 cannot see it; mail through gw2 waits in gw2's queue and is delivered after the
+    heal, none bounced."""
+    lab = site
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    eventually(lambda: gateway_sees_primary(lab, "gw2") is True, 20, "gw2 sees the primary")
+    before = len(transitions(lab))
+    alice = lab.users[0]
+    gw2 = lab.hosts.gateway("gw2") if lab.hosts else None
+    assert gw2 is not None
+    log_start = gw2.log_file.stat().st_size if gw2.log_file.exists() else 0
+    out = lab_command(lab, "isolate", "gw2", "--from", "primary")
+    assert "gw2 cut from primary" in out, out
+    try:
+        rules = subprocess.run(["nft", "list", "table", "inet", table_name(lab.dir)],
+                               capture_output=True, text=True, check=True).stdout
+        assert "127.0.1.2" in rules and "127.0.2.2" in rules, rules
+        eventually(lambda: gateway_sees_primary(lab, "gw2") is False, 30,
+                   "gw2's probes of the primary fail")
+        status = host_status(lab, "gw2")
+        assert status["state"] == "normal"
+        problems = [p["detail"] for p in status["problems"] if p["part"] == "primary"]
+        assert any("gw2 cannot reach the primary" in detail for detail in problems), status
+        assert gateway_sees_primary(lab, "gw1", host="gw2") is True
+        text = CliRunner().invoke(main, ["--config", str(lab.dir / "hosts" / "gw2" /
+                                                          "mailcontinuity.toml"), "status"])
+        assert "gw2: policyd" in text.stdout and "sees the primary FAILING" in text.stdout
+
+        message = make_message(OUTSIDER, [alice.address], "through gw2, cut from the primary")
+        send_message(gw2.smtp, message, OUTSIDER, [alice.address])  # accepted: 250
+
+        def queued() -> bool:
+            return alice.address in run_postfix(gw2.config_dir, "postqueue", "-p")
+
+        eventually(queued, 10, "the message in gw2's queue")
+        # Several probe rounds and delivery attempts later: still queued, still no failover.
+        eventually(lambda: len(transitions(lab)) == before and agreed_state(lab) == "normal"
+                   and routes(lab) == {"primary"} and queued()
+                   and gateway_sees_primary(lab, "gw2") is False, 10,
+                   "no failover while gw1 sees the primary")
+        assert not wait_for_message(lab.endpoint("primary", "imap"), alice.login,
+                                    alice.password, message["Message-ID"], timeout=3)
+    finally:
+        healed = lab_command(lab, "heal")
+    assert "gw2|primary" in healed, healed
+    assert not (lab.dir / CUTS_FILE).exists()
+    gw2.flush()  # retry the deferred mail now rather than at the next queue run
+    assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
+                            message["Message-ID"], timeout=60)
+    log = gw2.log_file.read_bytes()[log_start:].decode(errors="replace")
+    assert "status=bounced" not in log and "sender non-delivery notification" not in log, log
+    eventually(lambda: gateway_sees_primary(lab, "gw2") is True, 30, "gw2 sees it again")
+    assert len(transitions(lab)) == before
 
 
 def test_drill_passes_on_every_gateway(site: Lab) -> None:
