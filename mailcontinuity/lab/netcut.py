@@ -18,7 +18,10 @@ the cuts in force; every change rewrites the whole table in one nft transaction.
 
 The standby and the primary have no source address of their own (the sync agent's and the
 Dovecots' outgoing connections come from 127.0.0.1, like everybody's), so a cut needs a gateway
-on at least one side; ``isolate standby --from primary`` is refused rather than half done.
+on at least one side; ``isolate standby --from primary`` is refused rather than half done. A
+gateway's checks of the standby (``[watch]``) and its milter's journal LMTP also come from
+127.0.0.1: a cut between a gateway and the standby stops its Postfix's deliveries there, not
+those (docs/lab.md).
 """
 
 from __future__ import annotations
