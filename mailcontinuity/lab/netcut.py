@@ -173,10 +173,8 @@ def _apply(directory: Path, script: str) -> None:
                        f" {result.stderr.strip()}")
 
 
-def isolate(lab: Lab, host: str, other: str) -> list[list[str]]:
-    """Cut ``host`` from ``other`` (both ways), keeping the cuts already made; return every
-    cut in force."""
-    traffic = host_traffic(lab)
+def check_cut(traffic: dict[str, HostTraffic], host: str, other: str) -> None:
+    """Refuse a cut the lab cannot make whole, naming what to do instead."""
     for name in (host, other):
         if name not in traffic:
             raise LabError(f"no lab host {name!r}; choose among {', '.join(sorted(traffic))}")
@@ -185,6 +183,13 @@ def isolate(lab: Lab, host: str, other: str) -> list[list[str]]:
     if not traffic[host].addresses and not traffic[other].addresses:
         raise LabError(f"{host} and {other} both connect out from 127.0.0.1 in this lab, so"
                        " their traffic cannot be told apart; cut a gateway instead")
+
+
+def isolate(lab: Lab, host: str, other: str) -> list[list[str]]:
+    """Cut ``host`` from ``other`` (both ways), keeping the cuts already made; return every
+    cut in force."""
+    traffic = host_traffic(lab)
+    check_cut(traffic, host, other)
     cuts = _read_cuts(lab.dir)
     if sorted([host, other]) not in [sorted(pair) for pair in cuts]:
         cuts.append([host, other])

@@ -11,6 +11,7 @@ import pytest
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.netcut import (
     HostTraffic,
+    check_cut,
     cut_rules,
     gateway_mail_source,
     gateway_probe_source,
@@ -67,3 +68,14 @@ def test_heal_without_cuts_never_runs_nft(tmp_path: Path, monkeypatch: pytest.Mo
     """A lab never cut (every single-host lab) leaves the ruleset alone on heal and down."""
     monkeypatch.setenv("PATH", "")  # nft could not even be found
     assert heal(tmp_path) == []
+
+
+def test_cuts_the_lab_cannot_make_whole_are_refused() -> None:
+    traffic = {"gw2": GW2, "primary": PRIMARY, "standby": HostTraffic("standby", (), (1025,))}
+    check_cut(traffic, "gw2", "primary")
+    with pytest.raises(LabError, match="cannot be told apart; cut a gateway"):
+        check_cut(traffic, "standby", "primary")
+    with pytest.raises(LabError, match="no lab host 'gw9'; choose among gw2, primary, standby"):
+        check_cut(traffic, "gw9", "primary")
+    with pytest.raises(LabError, match="from itself"):
+        check_cut(traffic, "gw2", "gw2")
