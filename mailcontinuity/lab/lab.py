@@ -42,6 +42,7 @@ from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotIn
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
 from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
+from mailcontinuity.lab.netcut import heal
 from mailcontinuity.lab.oauth2 import LAB_OAUTH2_CLIENT_ID, LAB_SERVICE_ACCOUNT, TokenServicePart
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
@@ -206,6 +207,10 @@ class Lab:
                 part.stop()
             except LabError as exc:  # stop the rest regardless, then report
                 failures.append(f"{name}: {exc}")
+        try:
+            heal(directory.absolute())  # the lab's nft table, if 'lab isolate' made one
+        except LabError as exc:
+            failures.append(f"cuts: {exc}")
         if failures:
             raise LabError("; ".join(failures))
         log.info("event=lab_down dir=%s", directory)
@@ -314,7 +319,8 @@ class Lab:
         lab.standby.write_config()
         lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
                                          journal_mark_filter_script())
-        lab.gateway.write_config()
+        # gw1's Postfix, in a multi-host lab, with gw1's configuration and source address.
+        (lab.hosts.gateway("gw1") if lab.hosts is not None else lab.gateway).write_config()
         if lab.proxy is not None:
             lab.proxy.write_config()
         return lab

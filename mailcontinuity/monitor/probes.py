@@ -27,9 +27,11 @@ class ProbeError(Exception):
     """The server answered, but not as a healthy one does."""
 
 
-async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy) -> None:
-    """Greeting and LHLO/EHLO (and STARTTLS) on the primary's delivery endpoint, then QUIT."""
-    session = await SmtpSession.open(delivery.endpoint, delivery.protocol, tls)
+async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy,
+                         source: str | None = None) -> None:
+    """Greeting and LHLO/EHLO (and STARTTLS) on the primary's delivery endpoint, then QUIT.
+    ``source``: the local address to connect from."""
+    session = await SmtpSession.open(delivery.endpoint, delivery.protocol, tls, source=source)
     await session.quit()
 
 
@@ -96,10 +98,11 @@ async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 async def probe_primary(config: Config, tls: TLSPolicy,
                         login: LoginProbe | None = None) -> list[ProbeResult]:
-    """The primary's probes at once, each bounded by the health timeout: delivery, IMAP
-    without a login (the greeting and TLS, which no login penalty delays), and, with a probe
-    account, the LOGIN (``LoginProbe``: slow is not down). The monitor keeps one ``login``
-    across rounds; without one, a LOGIN is tried for this call only."""
+    """The primary's probes at once, each bounded by the health timeout, every one from
+    ``[health] probe_source_address`` when set: delivery, IMAP without a login (the greeting
+    and TLS, which no login penalty delays), and, with a probe account, the LOGIN
+    (``LoginProbe``: slow is not down). The monitor keeps one ``login`` across rounds;
+    without one, a LOGIN is tried for this call only."""
     health = config.health
     timeout = health.timeout_seconds
     one_shot = login is None
@@ -107,7 +110,8 @@ async def probe_primary(config: Config, tls: TLSPolicy,
     try:
         results = await asyncio.gather(
             _timed("delivery", str(config.primary.delivery),
-                   probe_delivery(config.primary.delivery, tls), timeout),
+                   probe_delivery(config.primary.delivery, tls, health.probe_source_address),
+                   timeout),
             _timed("imap", str(config.primary.imap),
                    probe_imap(config.primary.imap, tls, None, None, health.probe_source_address),
                    timeout),
