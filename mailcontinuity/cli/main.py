@@ -18,7 +18,14 @@ from mailcontinuity.cli.credentials import continuity_password_command, credenti
 from mailcontinuity.cli.journal import milter_command, prune_command
 from mailcontinuity.cli.monitor import failover, policyd
 from mailcontinuity.cli.outage import failback, follow_command, sync_agent, verify_command
-from mailcontinuity.cli.reports import audit_command, check_config, drill, report_command, status
+from mailcontinuity.cli.reports import (
+    audit_command,
+    check_config,
+    drill,
+    migrate_command,
+    report_command,
+    status,
+)
 from mailcontinuity.cli.sieve import sieve_sync_command
 from mailcontinuity.config import default_config_path
 from mailcontinuity.logsetup import configure_logging
@@ -63,5 +70,5 @@ def main(ctx: click.Context, config_path: Path, log_level: str) -> None:
 for _command in (milter_command, prune_command, policyd, failover, sync_agent, failback,
                  verify_command, follow_command, sieve_sync_command, status, check_config, drill,
                  report_command, audit_command, credentials_sync_command,
-                 continuity_password_command):
+                 continuity_password_command, migrate_command):
     main.add_command(_command)

@@ -76,6 +76,24 @@ def check_config(ctx: Context, as_json: bool) -> None:
         click.echo(render_check_config(ctx.config), nl=False)
 
 
+@command("migrate", audit=True)
+def migrate_command(ctx: Context, as_json: bool) -> None:
+    """Create or update the state store's schema now and print its version.
+
+    Every process does this when it first opens the store (one at a time: the migration runs
+    under the store's writer lock); a deployment runs it once, from one host, so that a wrong
+    URL, password or certificate fails the deployment instead of the daemons."""
+    store = ctx.store()
+    try:
+        version = store.schema_version
+    finally:
+        store.close()
+    report = {"store": ctx.config.state.location, "backend": ctx.config.state.backend,
+              "schema_version": version}
+    emit(report, as_json, lambda r: f"state store {r['store']}: schema version"
+         f" {r['schema_version']}")
+
+
 @command(audit=True)
 def drill(ctx: Context, as_json: bool) -> None:
     """Run the continuity drill with the probe account; archive the report."""

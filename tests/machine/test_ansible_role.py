@@ -14,9 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from mailcontinuity.config import Endpoint
@@ -27,6 +30,7 @@ from mailcontinuity.lab.process import accepts_unix_connections
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.mail.tools import run_command
+from mailcontinuity.store.migrations import MIGRATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
@@ -45,19 +49,32 @@ def run(*argv: str | Path, cwd: Path = ANSIBLE,
                           timeout=timeout, check=False)
 
 
-def play(wheel_dir: Path) -> subprocess.CompletedProcess:
-    return run(VENV_BIN / "ansible-playbook", "-c", "local", "-i", "localhost,",
+def play(wheel_dir: Path, inventory: str | Path = "localhost,") -> subprocess.CompletedProcess:
+    return run(VENV_BIN / "ansible-playbook", "-c", "local", "-i", inventory,
                "tests/localhost.yml", "-e", f"wheel_dir={wheel_dir}", "-e", "primary_port=12525")
 
 
+def recap(result: subprocess.CompletedProcess) -> str:
+    return next(line for line in result.stdout.splitlines()
+                if line.startswith("localhost") and "ok=" in line)
+
+
 @pytest.fixture(scope="module")
-def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Apply the role twice; yields the recap lines of both runs."""
+def wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout as a wheel, which the role installs with pip."""
+    built_dir = tmp_path_factory.mktemp("wheels")
+    built = run(VENV_BIN / "pip", "wheel", "--no-deps", "-q", "-w", built_dir, ROOT, cwd=ROOT)
+    assert built.returncode == 0, built.stderr
+    return built_dir
+
+
+@pytest.fixture(scope="module")
+def applied(wheel_dir: Path) -> Iterator[list[str]]:
+    """Apply the role (SQLite store); yields the run's recap line and the inotify limit before
+    and after. Its second run, which must change nothing, is the store case's (below): the same
+    tasks, plus the store's."""
     if shutil.which("postfix") is None or shutil.which("dovecot") is None:
         pytest.fail("postfix and dovecot must be installed (scripts/install-system-deps.sh)")
-    wheel_dir = tmp_path_factory.mktemp("wheels")
-    built = run(VENV_BIN / "pip", "wheel", "--no-deps", "-q", "-w", wheel_dir, ROOT, cwd=ROOT)
-    assert built.returncode == 0, built.stderr
     # A fresh venv each time: the same version from a new wheel is not reinstalled by pip.
     shutil.rmtree("/opt/mailcontinuity", ignore_errors=True)
     # And a fresh state store: one left by another build may have a newer schema or an outage.
@@ -69,16 +86,15 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
         shutil.chown(credentials, "root", "dovecot")
         credentials.chmod(0o640)
     recaps = []
-    for attempt in ("first", "second"):
-        result = play(wheel_dir)
-        assert result.returncode == 0, f"{attempt} run failed:\n{result.stdout[-4000:]}"
-        recaps.append(next(line for line in result.stdout.splitlines()
-                           if line.startswith("localhost") and "ok=" in line))
+    # Just below what the role wants, so that it must raise the limit (the store case checks
+    # that a higher one is kept); never lower than a value this test or the role did not set.
+    if inotify_watches() <= INOTIFY_HIGHER:
+        set_inotify_watches(INOTIFY_WANTED - 1)
+    watches_before = inotify_watches()
+    result = play(wheel_dir)
+    assert result.returncode == 0, f"the run failed:\n{result.stdout[-4000:]}"
+    recaps += [recap(result), str(watches_before), str(inotify_watches())]
     yield recaps
-
-
-def test_second_run_changes_nothing(applied: list[str]) -> None:
-    assert re.search(r"\bchanged=0\b", applied[1]), applied[1]
 
 
 def test_postfix_has_the_settings(applied: list[str]) -> None:
@@ -169,6 +185,12 @@ DAEMON_USERS = {
 
 @pytest.fixture
 def installed_servers(applied: list[str]) -> Iterator[None]:
+    with running_servers():
+        yield
+
+
+@contextmanager
+def running_servers() -> Iterator[None]:
     """The system's Postfix and Dovecot as the role configured them, smtp-sink as the primary,
     and the three daemons started by hand as their units would (user, groups, umask)."""
     started: list[subprocess.Popen] = []
@@ -214,6 +236,10 @@ def test_installed_gateway_journals_into_the_installed_standby(installed_servers
 
 
 def test_unprivileged_policyd_fails_over_through_the_sudo_rule(installed_servers: None) -> None:
+    fail_over_and_back()
+
+
+def fail_over_and_back() -> None:
     """The primary (smtp-sink) stops: policyd, running as mailcontinuity, rewrites the table
     and reloads Postfix through sudo; an operator's failback returns to normal."""
     run("pkill", "-f", "smtp-sink -u nobody 127.0.0.1:12525")
@@ -281,3 +307,134 @@ def test_portal_and_hooks_are_installed(applied: list[str]) -> None:
     assert environment.stat().st_mode & 0o007 == 0
     timer = Path("/etc/systemd/system/mailcontinuity-sieve-sync.timer").read_text()
     assert "OnCalendar=*:0/15" in timer
+
+
+# --- The shared store (issue 14): localhost is also the host of the group mailcontinuity_state.
+# Last in this module: it turns the SQLite configuration above into the PostgreSQL one (the next
+# run's `applied` turns it back). Debian's own cluster is used and stopped again at the end.
+STORE_INVENTORY = """\
+[mailcontinuity_gateway]
+localhost
+[mailcontinuity_standby]
+localhost
+[mailcontinuity_state]
+localhost
+"""
+PG_CLUSTER = ("15", "main")
+STORE_URL = "postgresql://mailcontinuity@localhost:5432/mailcontinuity"
+STORE_PASSWORD = Path("/etc/mailcontinuity/secrets/state-password")
+STORE_CA = Path("/etc/mailcontinuity/state-ca.pem")
+INOTIFY_FILE = Path("/etc/sysctl.d/60-mailcontinuity-inotify.conf")
+# The role's default: 10,000 users, 13 watches each, twice that for headroom.
+INOTIFY_WANTED = 10_000 * 13 * 2
+
+
+def cluster_online() -> bool:
+    return " online" in run("pg_lsclusters", "-h", *PG_CLUSTER).stdout
+
+
+INOTIFY_HIGHER = INOTIFY_WANTED + 1000
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
+
+
+def inotify_watches() -> int:
+    return int(INOTIFY_LIMIT.read_text())
+
+
+def set_inotify_watches(value: int) -> None:
+    INOTIFY_LIMIT.write_text(f"{value}\n")
+
+
+@pytest.fixture(scope="module")
+def store_applied(applied: list[str], wheel_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Apply the role twice more with localhost in all three groups (the first turns the SQLite
+    configuration into the store's); yields both runs' output and the inotify limit before.
+    A store left by an earlier run (an outage, a newer schema) is dropped first."""
+    inventory = tmp_path_factory.mktemp("inventory") / "hosts.ini"
+    inventory.write_text(STORE_INVENTORY)
+    set_inotify_watches(max(INOTIFY_HIGHER, inotify_watches()))
+    try:
+        if Path("/etc/postgresql", *PG_CLUSTER).is_dir():
+            if not cluster_online():
+                assert run("pg_ctlcluster", *PG_CLUSTER, "start").returncode == 0
+            dropped = run("runuser", "-u", "postgres", "--", "dropdb", "--if-exists",
+                          "mailcontinuity")
+            assert dropped.returncode == 0, dropped.stderr
+        outputs = []
+        for attempt in ("first", "second"):
+            result = play(wheel_dir, inventory)
+            assert result.returncode == 0, f"{attempt} run failed:\n{result.stdout[-4000:]}"
+            outputs.append(result.stdout + result.stderr)
+        yield outputs
+    finally:
+        if cluster_online():
+            run_command(["pg_ctlcluster", *PG_CLUSTER, "stop"])
+
+
+def store_connect(**options: str) -> psycopg.Connection:
+    password = STORE_PASSWORD.read_text().strip()
+    return psycopg.connect(STORE_URL, password=password, connect_timeout=10, **options)
+
+
+def test_second_run_changes_nothing(store_applied: list[str]) -> None:
+    """The whole role again, store included: nothing changes (no restart of PostgreSQL, no
+    new password or certificate, no daemon restart)."""
+    second = next(line for line in store_applied[1].splitlines()
+                  if line.startswith("localhost") and "ok=" in line)
+    assert re.search(r"\bchanged=0\b", second), second
+
+
+def test_store_is_named_in_the_config_and_reached_over_verified_tls(
+        store_applied: list[str]) -> None:
+    config = tomllib.loads(Path(CONFIG).read_text())
+    assert config["state"] == {"url": STORE_URL, "password_file": str(STORE_PASSWORD),
+                               "tls_ca_file": str(STORE_CA)}
+    assert config["cluster"] == {"host": "localhost", "gateways": ["localhost"],
+                                 "standby_host": "localhost"}
+    # The password: generated, readable by the daemons' group only, never in the play's output.
+    status = STORE_PASSWORD.stat()
+    assert (status.st_mode & 0o777, pwd.getpwuid(status.st_uid).pw_name,
+            grp.getgrgid(status.st_gid).gr_name) == (0o640, "root", "mailcontinuity")
+    password = STORE_PASSWORD.read_text().strip()
+    assert len(password) >= 32
+    assert not any(password in output for output in store_applied[:2])
+    # verify-full against the certificate the role handed out; the schema made by `migrate`.
+    with store_connect(sslmode="verify-full", sslrootcert=str(STORE_CA)) as conn:
+        version = conn.execute("SELECT version FROM schema_version").fetchone()
+        assert version == (len(MIGRATIONS),)
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                            ).fetchone() == (True,)
+    # pg_hba: no plaintext, and no other database for this role.
+    for options in ({"sslmode": "disable"},
+                    {"sslmode": "verify-full", "sslrootcert": str(STORE_CA),
+                     "dbname": "postgres"}):
+        with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects|no pg_hba"):
+            store_connect(**options).close()
+
+
+def test_standby_inotify_limit_is_raised_and_never_lowered(applied: list[str],
+                                                            store_applied: list[str]) -> None:
+    before, after = int(applied[1]), int(applied[2])
+    assert after == max(before, INOTIFY_WANTED)  # raised from one below
+    # Set higher before the store case's runs: kept, and persisted as it is.
+    higher = max(after, INOTIFY_HIGHER)
+    assert inotify_watches() == higher
+    assert f"fs.inotify.max_user_watches = {higher}\n" in INOTIFY_FILE.read_text()
+
+
+def test_daemons_share_the_store_and_transition_through_it(store_applied: list[str]) -> None:
+    with running_servers():
+        report = json.loads(run(COMMAND, "--config", CONFIG, "status", "--json").stdout)
+        assert report["store"] == {"backend": "postgresql", "location": STORE_URL,
+                                   "reachable": True}
+        assert report["state"] == "normal"
+        fail_over_and_back()
+    with store_connect(sslmode="verify-full", sslrootcert=str(STORE_CA)) as conn:
+        # The transitions the daemons recorded, in the shared store (this test's alone: the
+        # fixture started from a new database).
+        moves = [tuple(row) for row in conn.execute(
+            "SELECT from_state, to_state FROM audit WHERE to_state IS NOT NULL ORDER BY id")]
+        assert conn.execute("SELECT name FROM state").fetchone() == ("normal",)
+    assert ("normal", "failover") in moves, moves
+    assert moves[-1][1] == "normal", moves
