@@ -14,7 +14,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from imapclient import IMAPClient
@@ -36,6 +36,9 @@ from mailcontinuity.mail.tls import TLSError, TLSPolicy
 # (per user and pass), ORed this many to a command; more keys: one FETCH per folder instead.
 SEARCH_KEYS_MAX = 500
 SEARCH_KEYS_PER_COMMAND = 50
+# Without SAVEDATE, outage mail dated this long before the outage began is searched by its key,
+# not found by the INTERNALDATE window (``PrimaryMailbox.window``).
+ARRIVAL_MARGIN = 86400.0
 
 
 class PrimaryError(Exception):
@@ -92,37 +95,50 @@ class PrimaryMailbox(Mailbox):
         super().__init__(client)
         self.id_header = id_header
 
-    def index(self, saved_since: date | None = None, whole: Iterable[str] = (),
-              keys: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
+    def index(self, since: date | None = None, whole: Iterable[str] = (),
+              keys: Iterable[str] = (), by: str = "SAVEDSINCE") -> dict[str, list[PrimaryCopy]]:
         """key -> copies in any folder.
 
-        With ``saved_since`` (and a server with SAVEDATE, RFC 8514), only messages saved on the
-        primary since that day are looked at, except in the ``whole`` folders: every copy of
-        outage mail (a queued delivery, an earlier run's APPEND, COPY or MOVE) was saved after
-        the outage began, so a primary holding years of history is not read in full. The
-        copies of ``keys`` (history that may be older: the user may have filed it anywhere
-        before the outage) are found in every folder by their id (see ``key_searches``).
+        With ``since``, only messages the ``by`` search finds from that day are looked at,
+        except in the ``whole`` folders: SAVEDSINCE (RFC 8514) where the server has SAVEDATE,
+        else SINCE, the INTERNALDATE (``window``): every copy of outage mail (a queued
+        delivery, an earlier run's APPEND, COPY or MOVE) was saved, or arrived, after the outage
+        began, so a primary holding years of history is not read in full. The copies of
+        ``keys`` (history that may be older: the user may have filed it anywhere before the
+        outage) are found in every folder by their id (see ``key_searches``).
         """
-        if b"SAVEDATE" not in self.capabilities:
-            saved_since = None
-        searches = key_searches(keys, self.id_header) if saved_since else []
+        searches = key_searches(keys, self.id_header) if since else []
         index: dict[str, list[PrimaryCopy]] = defaultdict(list)
         for folder in sorted(self.folders):
             if folder in whole or searches is None:
                 copies = self.scan_folder(folder)
             else:
-                copies = self.scan_folder(folder, saved_since, searches)
+                copies = self.scan_folder(folder, since, searches, by)
             for copy in copies:
                 index[copy.key].append(copy)
         return index
 
-    def scan_folder(self, folder: str, saved_since: date | None = None,
-                    searches: Sequence[list[Any]] = ()) -> list[PrimaryCopy]:
+    def window(self, started_at: float) -> tuple[date, str]:
+        """(first day, search) that finds every copy of outage mail on the primary.
+
+        With SAVEDATE: what was saved since the day before the outage began (the server's
+        time zone may be a day off ours). Without it: what arrived (INTERNALDATE) since two
+        days before; queued deliveries arrive after the outage began, failback's APPENDs
+        carry the standby file's date (``merge._append_item``), and outage mail dated more
+        than a day before the outage (a client may set any date on APPEND) is searched by
+        its key instead (``plan.older_copies_needed``'s ``dated_before``)."""
+        if b"SAVEDATE" in self.capabilities:
+            return date.fromtimestamp(started_at) - timedelta(days=1), "SAVEDSINCE"
+        return date.fromtimestamp(started_at - ARRIVAL_MARGIN) - timedelta(days=1), "SINCE"
+
+    def scan_folder(self, folder: str, since: date | None = None,
+                    searches: Sequence[list[Any]] = (), by: str = "SAVEDSINCE"
+                    ) -> list[PrimaryCopy]:
         fields = " ".join(key_headers(self.id_header)).upper()
         reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
         fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE",
-                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], saved_since,
-                             searches)
+                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], since,
+                             searches, by)
         copies = []
         for uid, data in fetched.items():
             headers = parse_headers(data.get(reply_key) or b"", self.id_header)
