@@ -1,10 +1,10 @@
 """The primary as failback and verify see it: each user's mailbox and an index of its messages.
 
 Both look at the primary the same way: every message by the key ``mail.headers.message_key``
-computes for standby files too (the configured id header, else Message-ID with size), so a copy
-that is already
-there (delivered from Postfix's queue, appended by an interrupted run, or renumbered by a
-UIDVALIDITY change) is recognised without trusting any UID kept from before.
+computes for standby files too (the configured id header, else Message-ID with a digest of
+header fields, never the size some servers only estimate), so a copy that is already there
+(delivered from Postfix's queue, appended by an interrupted run, or renumbered by a UIDVALIDITY
+change) is recognised without trusting any UID kept from before.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
-from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
+from mailcontinuity.mail.headers import FIELD_KEYS, key_headers, message_key, parse_headers
 from mailcontinuity.mail.imap import FETCH_CHUNK, Mailbox, login_as, open_imap, str_flags
 from mailcontinuity.mail.oauth2 import (
     AccessTokens,
@@ -96,8 +96,9 @@ class PrimaryMailbox(Mailbox):
         self.id_header = id_header
 
     def index(self, since: date | None = None, whole: Iterable[str] = (),
-              keys: Iterable[str] = (), by: str = "SAVEDSINCE") -> dict[str, list[PrimaryCopy]]:
-        """key -> copies in any folder.
+              keys: Iterable[str] = (), by: str = "SAVEDSINCE",
+              scheme: int = FIELD_KEYS) -> dict[str, list[PrimaryCopy]]:
+        """key -> copies in any folder, keyed in the outage's key ``scheme``.
 
         With ``since``, only messages the ``by`` search finds from that day are looked at,
         except in the ``whole`` folders: SAVEDSINCE (RFC 8514) where the server has SAVEDATE,
@@ -111,9 +112,9 @@ class PrimaryMailbox(Mailbox):
         index: dict[str, list[PrimaryCopy]] = defaultdict(list)
         for folder in sorted(self.folders):
             if folder in whole or searches is None:
-                copies = self.scan_folder(folder)
+                copies = self.scan_folder(folder, scheme=scheme)
             else:
-                copies = self.scan_folder(folder, since, searches, by)
+                copies = self.scan_folder(folder, since, searches, by, scheme)
             for copy in copies:
                 index[copy.key].append(copy)
         return index
@@ -132,8 +133,8 @@ class PrimaryMailbox(Mailbox):
         return date.fromtimestamp(started_at - ARRIVAL_MARGIN) - timedelta(days=1), "SINCE"
 
     def scan_folder(self, folder: str, since: date | None = None,
-                    searches: Sequence[list[Any]] = (), by: str = "SAVEDSINCE"
-                    ) -> list[PrimaryCopy]:
+                    searches: Sequence[list[Any]] = (), by: str = "SAVEDSINCE",
+                    scheme: int = FIELD_KEYS) -> list[PrimaryCopy]:
         fields = " ".join(key_headers(self.id_header)).upper()
         reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
         fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE",
@@ -143,7 +144,8 @@ class PrimaryMailbox(Mailbox):
         for uid, data in fetched.items():
             headers = parse_headers(data.get(reply_key) or b"", self.id_header)
             copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
-                                      message_key(headers, int(data[b"RFC822.SIZE"]))))
+                                      message_key(headers, int(data[b"RFC822.SIZE"]),
+                                                  scheme)))
         return copies
 
     def read_uids(self, folder: str, uids: list[int]) -> list[tuple[PrimaryCopy, str]]:
@@ -183,7 +185,7 @@ def key_searches(keys: Iterable[str], id_header: str) -> list[list[Any]] | None:
         kind, _, rest = key.partition(":")
         if kind == "id":
             header, value = id_header, rest
-        elif kind == "mid":
+        elif kind in ("msg", "mid"):  # Message-ID:digest, Message-ID:size (SIZED_KEYS)
             header, value = "Message-ID", rest.rpartition(":")[0]
         else:
             return None

@@ -59,7 +59,8 @@ def verify(config: Config) -> dict[str, Any]:
             mailbox = connect(config, user, password)
             try:
                 rows = changelog.messages(outage.id, user)
-                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at))
+                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at,
+                                                             outage.key_scheme))
                 found["missing"], found["not_matched"] = look_again(mailbox, found["missing"])
                 users[user] = found
             finally:
@@ -89,8 +90,8 @@ def to_repair(users: dict[str, dict[str, Found]]) -> dict[str, dict[str, list[st
     return repair
 
 
-def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
-                 started_at: float) -> dict[str, list[PrimaryCopy]]:
+def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage], started_at: float,
+                 scheme: int) -> dict[str, list[PrimaryCopy]]:
     """The primary's copies that can matter, for failback's plan and verify alike: what was
     saved (with SAVEDATE), else what arrived (INTERNALDATE), since the outage began, with a
     margin for the server's time zone (``PrimaryMailbox.window``); the folders of history users
@@ -100,7 +101,7 @@ def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
     since, by = mailbox.window(started_at)
     keys, folders = older_copies_needed(
         rows, None if by == "SAVEDSINCE" else started_at - ARRIVAL_MARGIN)
-    return mailbox.index(since, folders, keys, by)
+    return mailbox.index(since, folders, keys, by, scheme)
 
 
 def verify_user(rows: list[RecordedMessage],
