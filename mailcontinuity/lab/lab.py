@@ -43,7 +43,7 @@ from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
 from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
-from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
+from mailcontinuity.lab.profiles import ESTIMATED_SIZES, PROFILES, ProfiledDovecot
 from mailcontinuity.lab.proxy import (
     ProxyDovecot,
     describe_proxy,
@@ -252,11 +252,13 @@ class Lab:
                                            or primary_kind != "dovecot"):
             raise LabError(f"--directory is one of {', '.join(DIRECTORY_KINDS)}, with the"
                            " Dovecot primary only")
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 4))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 5))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
         standby_relay = next(numbers)  # likewise
+        # Exchange's estimated sizes: mailcontinuity reaches that primary through lab.imapsize.
+        sizes_proxy = next(numbers) if primary_profile in ESTIMATED_SIZES else None
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": _password()}
@@ -288,7 +290,7 @@ class Lab:
         LabCertificates(directory / "tls").create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay, primary_submission)
+                           standby_relay, primary_submission, sizes_proxy)
             + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
         if gateways is not None:
@@ -342,7 +344,11 @@ class Lab:
                 primary.listeners["submission"] = config.primary.submission
             primary.settings |= primary_proxy_settings(config)
             if description.get("primary_profile"):
-                primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"])
+                # primary.imap is the sizes proxy where the profile has one (lab.imapsize).
+                reached = config.primary.imap
+                primary = ProfiledDovecot(
+                    **vars(primary), profile=description["primary_profile"],
+                    sizes_proxy=reached if reached != primary.listeners["imap"] else None)
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
@@ -431,7 +437,8 @@ syslog_socket = false
 
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
                    metrics_port: int, standby_relay: int,
-                   primary_submission_port: int | None = None) -> str:
+                   primary_submission_port: int | None = None,
+                   primary_imap_port: int | None = None) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -463,7 +470,7 @@ protected = {json.dumps(description["domains"])}
 
 [primary]
 delivery = "lmtp:{primary["lmtp"]}"
-imap = "{primary["imap"]}"
+imap = "{f"127.0.0.1:{primary_imap_port}" if primary_imap_port else primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
 {primary_submission}tls = "{primary_tls}"
 tls_ca_file = {ca_file}

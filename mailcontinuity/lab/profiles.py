@@ -12,16 +12,25 @@ beside its folder: a global sieve script files a copy there at delivery (Dovecot
 virtual folder that can live inside the personal namespace's ``[Gmail]/``). Messages APPENDed
 (failback's, the tests') are not copied there; Gmail would also show them.
 
+Exchange reports an estimate as RFC822.SIZE: the exchange profile's primary is reached by
+mailcontinuity (``primary.imap``) through ``lab.imapsize``, which rewrites every RFC822.SIZE to
+such an estimate; lab.json's ``primary.imap`` stays Dovecot's own listener (exact sizes), where
+tests read the primary as the users.
+
 Not (yet) in a profile: XOAUTH2 logins against a local token service; mailcontinuity logs in to
 a profiled primary as to the plain Dovecot one (master user).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailcontinuity.config import Endpoint
 from mailcontinuity.lab.dovecot import DovecotInstance
+from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
 
 # Announced after login (Dovecot announces the pre-login set itself, with STARTTLS and AUTH=).
 CAPABILITIES = {
@@ -41,6 +50,8 @@ FOLDERS = {
               ("[Gmail]/Starred", "\\Flagged"), (GMAIL_ALL_MAIL, "\\All")],
 }
 PROFILES = tuple(CAPABILITIES)
+# Profiles whose service reports an estimated RFC822.SIZE (lab.imapsize in front of its IMAP).
+ESTIMATED_SIZES = ("exchange",)
 
 
 @dataclass
@@ -48,6 +59,32 @@ class ProfiledDovecot(DovecotInstance):
     """The lab's primary Dovecot with a hosted service's capabilities and folders."""
 
     profile: str = "exchange"
+    sizes_proxy: Endpoint | None = None
+    """Where ``lab.imapsize`` listens in front of the IMAP listener (``primary.imap``)."""
+
+    @property
+    def _sizes_pid_file(self) -> Path:
+        return self.root / "imapsize.pid"
+
+    def start(self) -> None:
+        super().start()
+        if self.sizes_proxy is None or read_pid(self._sizes_pid_file) is not None:
+            return
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "logs" / "imapsize.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailcontinuity.lab.imapsize", str(self.sizes_proxy),
+                 str(self.listeners["imap"]), str(self.certificates.cert_file),
+                 str(self.certificates.key_file)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self._sizes_pid_file.write_text(f"{process.pid}\n")
+        wait_for([self.sizes_proxy], up=True, what=f"{self.name} IMAP (estimated sizes)")
+
+    def stop(self) -> None:
+        if self.sizes_proxy is not None:
+            stop_pid_file(self._sizes_pid_file)
+            wait_for([self.sizes_proxy], up=False, what=f"{self.name} IMAP (estimated sizes)")
+        super().stop()
 
     @property
     def _all_mail_script(self) -> Path:
