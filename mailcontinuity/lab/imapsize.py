@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
 import ssl
 import sys
 
 from mailcontinuity.config import parse_endpoint
+from mailcontinuity.lab.tlsproxy import connect_as_client, pipe
 
 LITERAL = re.compile(rb"\{(\d+)\+?\}\r?\n$")
 SIZE = re.compile(rb"(RFC822\.SIZE )(\d+)", re.IGNORECASE)
@@ -73,13 +73,13 @@ async def _client_to_server(reader: asyncio.StreamReader, writer: asyncio.Stream
             await client.drain()
             await client.start_tls(context)
             break
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
+        else:
+            writer.close()
+            return
     except (ConnectionError, ssl.SSLError, OSError):
-        pass
-    finally:
         writer.close()
+        return
+    await pipe(reader, writer)
 
 
 async def serve(listen: str, backend: str, cert: str, key: str) -> None:
@@ -88,16 +88,10 @@ async def serve(listen: str, backend: str, cert: str, key: str) -> None:
     context.load_cert_chain(cert, key)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")[0]
-        source = (peer, 0) if ipaddress.ip_address(peer).is_loopback else None
-        try:
-            up_reader, up_writer = await asyncio.open_connection(
-                back.host, back.port, local_addr=source, limit=LINE_LIMIT)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_server_to_client(up_reader, writer),
-                             _client_to_server(reader, up_writer, writer, context))
+        upstream = await connect_as_client(writer, back, LINE_LIMIT)
+        if upstream is not None:
+            await asyncio.gather(_server_to_client(upstream[0], writer),
+                                 _client_to_server(reader, upstream[1], writer, context))
 
     server = await asyncio.start_server(handle, front.host, front.port, limit=LINE_LIMIT)
     async with server:
