@@ -592,7 +592,16 @@ class HealthSection(Section):
     successes: int = Field(default=3, ge=1, le=1000)
     hold_down_seconds: float = Field(default=60.0, ge=0)
     imap_login: str | None = None
+    """The mailbox the login probe opens on the primary (with ``imap_login_method = "login"``,
+    the LOGIN name itself, e.g. ``probe@example.com*mailcontinuity`` for a master user)."""
     imap_password_file: Path | None = None
+    """The password LOGIN sends (``imap_login_method = "login"`` only)."""
+    imap_login_method: Literal["login", "sync"] = "login"
+    """``login``: IMAP LOGIN as ``imap_login`` with ``imap_password_file``'s password. ``sync``:
+    open ``imap_login``'s mailbox the way failback does (``sync.login_method`` with
+    ``sync.password_file``): a master user's LOGIN, SASL PLAIN with the admin, or, with
+    ``xoauth2``, AUTHENTICATE XOAUTH2 with that mailbox's own token from the app (Microsoft 365
+    and Google take no passwords)."""
     probe_source_address: str | None = None
     """The local address the IMAP probes connect from. Dovecot slows logins per client address
     after failed ones (up to 15 s); an address of the monitor's own keeps a guesser elsewhere on
@@ -604,7 +613,12 @@ class HealthSection(Section):
 
     @model_validator(mode="after")
     def _login_needs_password(self) -> HealthSection:
-        if (self.imap_login is None) != (self.imap_password_file is None):
+        if self.imap_login_method == "sync":
+            if self.imap_login is None or self.imap_password_file is not None:
+                raise ValueError('imap_login_method = "sync" needs imap_login (the mailbox to'
+                                 " open) and no imap_password_file: the secret is"
+                                 " sync.password_file")
+        elif (self.imap_login is None) != (self.imap_password_file is None):
             raise ValueError("set both 'imap_login' and 'imap_password_file', or neither")
         if self.probe_source_address is not None:
             try:

@@ -17,6 +17,7 @@ from mailcontinuity.cli.common import operator_errors
 from mailcontinuity.lab.directory import DIRECTORY_KINDS
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.lab import PRIMARY_KINDS, Lab
+from mailcontinuity.lab.netcut import heal, isolate, table_name
 from mailcontinuity.lab.profiles import PROFILES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,3 +105,31 @@ def lab_start(name: str, directory: Path) -> None:
     """Start one lab part again."""
     Lab.load(directory.absolute()).part(name).start()
     click.echo(f"{name} started")
+
+
+@lab.command("isolate")
+@click.argument("host")
+@click.option("--from", "other", required=True, metavar="OTHER",
+              help="The host to cut HOST off from (gw1..gwN, standby, primary).")
+@lab_dir_option
+@lab_errors
+def lab_isolate(host: str, other: str, directory: Path) -> None:
+    """Cut all TCP traffic both ways between two hosts of a multi-host lab (a gateway on at
+    least one side), keeping earlier cuts.
+
+    The cut is an nftables table of the lab's own (inet mailcontinuity_lab_<id>) in the
+    network namespace this command runs in: run by hand, that is this machine's ruleset.
+    'lab heal' or 'lab down' deletes the table."""
+    cuts = isolate(Lab.load(directory.absolute()), host, other)
+    click.echo(f"{host} cut from {other} (table inet {table_name(directory)});"
+               f" cuts in force: {', '.join(f'{a}|{b}' for a, b in cuts)}")
+
+
+@lab.command("heal")
+@lab_dir_option
+@lab_errors
+def lab_heal(directory: Path) -> None:
+    """Restore every cut 'lab isolate' made (deletes the lab's nftables table)."""
+    healed = heal(directory.absolute())
+    click.echo(f"healed: {', '.join(f'{a}|{b}' for a, b in healed)}" if healed
+               else f"no cuts in the lab in {directory}")

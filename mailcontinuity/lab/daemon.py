@@ -8,7 +8,6 @@ systemd unit would run.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.eventually import NotInTime, eventually
-from mailcontinuity.lab.process import read_pid, stop_pid_file
+from mailcontinuity.lab.process import log_tail, read_pid, spawn, stop_pid_file
 
 START_TIMEOUT_SECONDS = 20.0
 
@@ -47,17 +46,13 @@ class DaemonPart:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "mailcontinuity", "--config", str(self.config_file),
                 self.name]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True)
-        self.pid_file.write_text(f"{process.pid}\n")
+        process = spawn(argv, self.log_file, self.pid_file)
         with contextlib.suppress(NotInTime):  # ready, or exited: an exit is reported at once
             eventually(lambda: self.ready() or process.poll() is not None, START_TIMEOUT_SECONDS,
                        f"{self.name} ready", interval=0.05)
         if process.poll() is not None or not self.ready():
             self.stop()
-            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-            raise LabError(f"{self.name} did not start: {' | '.join(tail)}"
+            raise LabError(f"{self.name} did not start: {log_tail(self.log_file)}"
                            f" (log: {self.log_file})")
 
     def stop(self) -> None:

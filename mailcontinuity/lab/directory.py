@@ -25,7 +25,6 @@ import pwd
 import secrets
 import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from mailcontinuity.deploy.credentials import (
 )
 from mailcontinuity.lab.dovecot import DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.process import log_tail, read_pid, spawn, stop_pid_file, wait_for
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.tools import CommandError, run_command
 
@@ -219,16 +218,12 @@ security simple_bind=128
             return
         argv = ["slapd", "-h", f"ldap://{self.endpoint}/", "-f", str(self.config_file),
                 "-u", SLAPD_USER, "-g", SLAPD_USER, "-d", "stats"]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True)
-        self.pid_file.write_text(f"{process.pid}\n")
+        spawn(argv, self.log_file, self.pid_file)
         try:
             wait_for([self.endpoint], up=True, what="lab directory (slapd)")
         except LabError:
             self.stop()
-            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-            raise LabError(f"directory did not start: {' | '.join(tail)}"
+            raise LabError(f"directory did not start: {log_tail(self.log_file)}"
                            f" (log: {self.log_file})") from None
 
     def stop(self) -> None:

@@ -80,6 +80,9 @@ class PostfixGateway:
     sasl_socket: Path
     certificates: LabCertificates
     """The certificate both listeners offer with STARTTLS."""
+    source_address: str | None = None
+    """The loopback address its deliveries (SMTP and LMTP) come from: a multi-host lab's
+    gateway has one of its own, so that ``lab isolate`` can cut it off (``lab.netcut``)."""
 
     @property
     def config_dir(self) -> Path:
@@ -137,6 +140,9 @@ class PostfixGateway:
             "lmtp_tls_loglevel": "1",
             **postfix_main_settings(self.config),
         }
+        if self.source_address is not None:
+            settings |= {"smtp_bind_address": self.source_address,
+                         "lmtp_bind_address": self.source_address}
         (self.config_dir / "main.cf").write_text(
             "# Lab gateway, written by mailcontinuity lab; do not edit.\n"
             + "".join(f"{key} = {value}\n" for key, value in settings.items())

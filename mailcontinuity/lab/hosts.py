@@ -11,8 +11,11 @@ metrics port. Each gateway runs its milter and policyd (parts ``gwK/milter``, ``
 single-host lab (``gateway`` is gw1's, ``config`` the standby host's) and adds ``gateways`` and
 ``hosts``.
 
-The hosts share 127.0.0.1 (each on its own ports): ``lab isolate``/``lab heal`` (network cuts
-between hosts) are not built yet.
+Every host listens on 127.0.0.1, each on its own ports. A gateway also has loopback addresses
+of its own to connect from: its Postfix delivers from ``127.0.1.K`` (``smtp_bind_address``,
+``lmtp_bind_address``) and its policyd probes the primary from ``127.0.2.K`` (``[health]
+probe_source_address``), so that ``lab isolate``/``lab heal`` (``lab.netcut``) can cut a
+gateway off from another host with nftables rules on those addresses and the hosts' ports.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import POSTFIX_AUTH_SOCKET
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
+from mailcontinuity.lab.netcut import gateway_mail_source, gateway_probe_source
 from mailcontinuity.lab.postgres import PostgresServer
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.tls import LabCertificates
@@ -103,6 +107,8 @@ def host_config(base: dict[str, Any], directory: Path, name: str, gateways: list
                      "tls_ca_file": str(server.certificates.ca_file),
                      "connect_timeout_seconds": 2}
     data["cluster"] = {"host": name, "gateways": gateways, "standby_host": STANDBY_HOST}
+    if name in gateways:  # each gateway probes from an address of its own (lab.netcut)
+        data["health"]["probe_source_address"] = gateway_probe_source(name)
     if name in gateways and name != "gw1":
         etc = gateway_root(directory, name) / "etc"
         run = host_dir(directory, name) / "daemons"
@@ -154,7 +160,7 @@ def create_hosts(directory: Path, description: dict[str, Any], count: int) -> di
     description = {**description, "config": hosts[STANDBY_HOST]["config"], "gateways": entries,
                    "hosts": hosts, "state": {"url": server.url,
                                              "listen": str(server.listen)}}
-    for entry in entries[1:]:
+    for entry in entries[1:]:  # gw1's Postfix is written with the lab's parts (Lab._create)
         gateway_postfix(directory, entry).write_config()
     return description
 
@@ -164,7 +170,8 @@ def gateway_postfix(directory: Path, entry: dict[str, str]) -> PostfixGateway:
     return PostfixGateway(gateway_root(directory, entry["name"]), parse_endpoint(entry["smtp"]),
                           config, config.gateway.submission,
                           directory / "standby" / "run" / POSTFIX_AUTH_SOCKET,
-                          LabCertificates(directory / "tls"))
+                          LabCertificates(directory / "tls"),
+                          source_address=gateway_mail_source(entry["name"]))
 
 
 # --- running -------------------------------------------------------------------------------

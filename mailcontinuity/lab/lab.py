@@ -42,6 +42,8 @@ from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotIn
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
 from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
+from mailcontinuity.lab.netcut import heal
+from mailcontinuity.lab.oauth2 import LAB_OAUTH2_CLIENT_ID, LAB_SERVICE_ACCOUNT, TokenServicePart
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import ESTIMATED_SIZES, PROFILES, ProfiledDovecot
 from mailcontinuity.lab.proxy import (
@@ -128,6 +130,9 @@ class Lab:
     """The client proxy (``imap_proxy`` in lab.json); labs created before it have none."""
     hosts: Hosts | None = None
     """The multi-host lab's hosts (``lab up --gateways N``, see ``lab.hosts``)."""
+    oauth2: TokenServicePart | None = None
+    """The OAuth2 token service a profiled primary (``--primary-profile``) validates logins
+    with; started first, so that no login of mailcontinuity's finds it missing."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -139,9 +144,11 @@ class Lab:
         webmail: dict[str, LabPart] = {"webmail": self.webmail} if self.webmail else {}
         directory: dict[str, LabPart] = {"directory": self.directory} if self.directory else {}
         proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
+        oauth2: dict[str, LabPart] = {"oauth2": self.oauth2} if self.oauth2 else {}
         if self.hosts is not None:
-            return {**directory, **self.hosts.parts(self.primary, self.standby, webmail), **proxy}
-        return {**directory, "primary": self.primary, "standby": self.standby, **daemons,
+            return {**oauth2, **directory, **self.hosts.parts(self.primary, self.standby, webmail),
+                    **proxy}
+        return {**oauth2, **directory, "primary": self.primary, "standby": self.standby, **daemons,
                 "gateway": self.gateway, **webmail, **proxy}
 
     @property
@@ -200,6 +207,10 @@ class Lab:
                 part.stop()
             except LabError as exc:  # stop the rest regardless, then report
                 failures.append(f"{name}: {exc}")
+        try:
+            heal(directory.absolute())  # the lab's nft table, if 'lab isolate' made one
+        except LabError as exc:
+            failures.append(f"cuts: {exc}")
         if failures:
             raise LabError("; ".join(failures))
         log.info("event=lab_down dir=%s", directory)
@@ -252,7 +263,7 @@ class Lab:
                                            or primary_kind != "dovecot"):
             raise LabError(f"--directory is one of {', '.join(DIRECTORY_KINDS)}, with the"
                            " Dovecot primary only")
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 5))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 6))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
@@ -288,9 +299,13 @@ class Lab:
         probe_file.touch(mode=0o600)
         probe_file.write_text(users[-1]["password"] + "\n")
         LabCertificates(directory / "tls").create()
+        oauth2 = None
+        if primary_profile is not None:  # the token service's port: in the config only
+            oauth2 = _token_service(directory, parse_endpoint(f"127.0.0.1:{next(numbers)}"))
+            oauth2.create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay, primary_submission, sizes_proxy)
+                           standby_relay, primary_submission, oauth2, sizes_proxy)
             + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
         if gateways is not None:
@@ -306,7 +321,8 @@ class Lab:
         lab.standby.write_config()
         lab.standby.install_global_sieve(lab.config.standby.journal_mark_filter,
                                          journal_mark_filter_script())
-        lab.gateway.write_config()
+        # gw1's Postfix, in a multi-host lab, with gw1's configuration and source address.
+        (lab.hosts.gateway("gw1") if lab.hosts is not None else lab.gateway).write_config()
         if lab.proxy is not None:
             lab.proxy.write_config()
         return lab
@@ -332,6 +348,7 @@ class Lab:
 
         primary_listeners = {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve"}
         primary: DovecotInstance | CyrusInstance
+        oauth2 = None
         if description.get("primary_kind") == "cyrus":
             primary = CyrusInstance(
                 "primary", directory / "primary",
@@ -344,10 +361,13 @@ class Lab:
                 primary.listeners["submission"] = config.primary.submission
             primary.settings |= primary_proxy_settings(config)
             if description.get("primary_profile"):
+                assert config.sync.oauth2_token_url is not None, "a profile logs in by XOAUTH2"
+                oauth2 = _token_service(directory, parse_endpoint(
+                    config.sync.oauth2_token_url.split("://", 1)[1].split("/", 1)[0]))
                 # primary.imap is the sizes proxy where the profile has one (lab.imapsize).
                 reached = config.primary.imap
                 primary = ProfiledDovecot(
-                    **vars(primary), profile=description["primary_profile"],
+                    **vars(primary), profile=description["primary_profile"], oauth2_url=oauth2.url,
                     sizes_proxy=reached if reached != primary.listeners["imap"] else None)
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
@@ -384,6 +404,7 @@ class Lab:
             directory=lab_dir,
             proxy=ProxyDovecot.of(directory, config),
             hosts=Hosts(directory, description) if "gateways" in description else None,
+            oauth2=oauth2,
         )
 
     @classmethod
@@ -435,9 +456,17 @@ syslog_socket = false
 """
 
 
+def _token_service(directory: Path, listen: Endpoint) -> TokenServicePart:
+    secrets_dir = directory / "secrets"
+    return TokenServicePart(directory / "oauth2", listen, LAB_DOMAIN,
+                            secrets_dir / "oauth2-client-secret",
+                            secrets_dir / "oauth2-service-account.json")
+
+
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
                    metrics_port: int, standby_relay: int,
                    primary_submission_port: int | None = None,
+                   oauth2: TokenServicePart | None = None,
                    primary_imap_port: int | None = None) -> str:
 
     primary, standby = description["primary"], description["standby"]
@@ -458,6 +487,26 @@ def _render_config(directory: Path, description: dict[str, Any], gateway_submiss
         sync_login = 'login_method = "master_user"'
         probe_login = f"{description['users'][0]['login']}*{ADMIN_LOGIN}"
         probe_secret = "admin-password"
+    admin_file = json.dumps(str(directory / "secrets" / "admin-password"))
+    sync_secret, sieve_section = admin_file, ""
+    probe_settings = (f'imap_login = "{probe_login}"\nimap_password_file = '
+                      f'{json.dumps(str(directory / "secrets" / probe_secret))}\n')
+    if oauth2 is not None:
+        # A hosted service: XOAUTH2 with the lab's token service, as Microsoft 365 (an app's
+        # client credentials) or Google (a service account's JWT-bearer grant) would be used.
+        # The probe opens the drill's probe mailbox that way too; sieve-sync keeps the
+        # standby's master user for the standby.
+        gmail = description.get("primary_profile") == "gmail"
+        sync_login = (f'login_method = "xoauth2"\noauth2_token_url = "{oauth2.url}/token"\n'
+                      + ('oauth2_grant = "jwt_bearer"\n'
+                         f'oauth2_client_id = "{LAB_SERVICE_ACCOUNT}"\n'
+                         'oauth2_scope = "https://mail.google.com/"' if gmail else
+                         'oauth2_grant = "client_credentials"\n'
+                         f'oauth2_client_id = "{LAB_OAUTH2_CLIENT_ID}"'))
+        sync_secret = json.dumps(str(oauth2.key_file if gmail else oauth2.secret_file))
+        probe_settings = f'imap_login = "{DRILL_PROBE}@{LAB_DOMAIN}"\nimap_login_method = "sync"\n'
+        sieve_section = (f'\n[sieve]\nstandby_admin_login = "{ADMIN_LOGIN}"\n'
+                         f"standby_password_file = {admin_file}\n")
     return f"""# mailcontinuity configuration for the lab in {directory}
 hooks_dir = {json.dumps(str(directory / "hooks"))}
 hooks_timeout_seconds = 3
@@ -525,17 +574,15 @@ recipient_cache_seconds = 1
 [sync]
 {sync_login}
 admin_login = "{ADMIN_LOGIN}"
-password_file = {json.dumps(str(directory / "secrets" / "admin-password"))}
+password_file = {sync_secret}
 # The follow pass changes the standby's journal copies under the tests' feet: the lab runs it
 # when a test or `mailcontinuity follow` asks.
 follow_interval_seconds = 0
-
+{sieve_section}
 [policyd]
 socket = {json.dumps(str(directory / "daemons" / "policyd.sock"))}
 
-{LAB_HEALTH_SECTION}imap_login = "{probe_login}"
-imap_password_file = {json.dumps(str(directory / "secrets" / probe_secret))}
-probe_source_address = "{PROBE_SOURCE}"
+{LAB_HEALTH_SECTION}{probe_settings}probe_source_address = "{PROBE_SOURCE}"
 
 [watch]
 # Short, so that a test that leaves the milter out on purpose flags the lab only briefly.

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -136,3 +137,18 @@ def stop_pid_file(pid_file: Path) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
     pid_file.unlink(missing_ok=True)
+
+
+def spawn(argv: list[str], log_file: Path, pid_file: Path) -> subprocess.Popen[bytes]:
+    """A lab process in a session of its own (so that stopping it reaches its children), its
+    output appended to ``log_file`` and its pid written to ``pid_file``."""
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+    pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+def log_tail(log_file: Path, lines: int = 5) -> str:
+    """The last lines of a part's log, joined for a one-line error."""
+    return " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-lines:])

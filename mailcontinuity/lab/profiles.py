@@ -12,25 +12,29 @@ beside its folder: a global sieve script files a copy there at delivery (Dovecot
 virtual folder that can live inside the personal namespace's ``[Gmail]/``). Messages APPENDed
 (failback's, the tests') are not copied there; Gmail would also show them.
 
+Logins: like the service, the primary has no master user. mailcontinuity logs in by XOAUTH2
+(or OAUTHBEARER on ManageSieve) with tokens from the lab's token service (lab part ``oauth2``,
+lab/oauth2.py), which Dovecot's oauth2 passdb asks to validate (RFC 7662 introspection):
+Exchange's app-only token (client-credentials grant) opens every mailbox of the domain; a Gmail
+token (the service account's JWT-bearer grant) opens its subject's mailbox only. Lab users log
+in as before, with LOGIN and their lab.json password (the users' passwd-file passdb, first).
+
 Exchange reports an estimate as RFC822.SIZE: the exchange profile's primary is reached by
 mailcontinuity (``primary.imap``) through ``lab.imapsize``, which rewrites every RFC822.SIZE to
 such an estimate; lab.json's ``primary.imap`` stays Dovecot's own listener (exact sizes), where
 tests read the primary as the users.
-
-Not (yet) in a profile: XOAUTH2 logins against a local token service; mailcontinuity logs in to
-a profiled primary as to the plain Dovecot one (master user).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab.dovecot import DovecotInstance
-from mailcontinuity.lab.process import read_pid, stop_pid_file, wait_for
+from mailcontinuity.lab.oauth2 import dovecot_oauth2_passdb
+from mailcontinuity.lab.process import read_pid, spawn, stop_pid_file, wait_for
 
 # Announced after login (Dovecot announces the pre-login set itself, with STARTTLS and AUTH=).
 CAPABILITIES = {
@@ -50,6 +54,9 @@ FOLDERS = {
               ("[Gmail]/Starred", "\\Flagged"), (GMAIL_ALL_MAIL, "\\All")],
 }
 PROFILES = tuple(CAPABILITIES)
+# Which part of the login a token's user must match (Dovecot's oauth2 username_format): an
+# Exchange app-only token is good for the whole domain, a Gmail token for its subject alone.
+TOKEN_SCOPE = {"exchange": "%d", "gmail": "%u"}
 # Profiles whose service reports an estimated RFC822.SIZE (lab.imapsize in front of its IMAP).
 ESTIMATED_SIZES = ("exchange",)
 
@@ -59,6 +66,8 @@ class ProfiledDovecot(DovecotInstance):
     """The lab's primary Dovecot with a hosted service's capabilities and folders."""
 
     profile: str = "exchange"
+    oauth2_url: str = ""
+    """The lab's token service, which validates the tokens mailcontinuity logs in with."""
     sizes_proxy: Endpoint | None = None
     """Where ``lab.imapsize`` listens in front of the IMAP listener (``primary.imap``)."""
 
@@ -71,13 +80,10 @@ class ProfiledDovecot(DovecotInstance):
         if self.sizes_proxy is None or read_pid(self._sizes_pid_file) is not None:
             return
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        with open(self.root / "logs" / "imapsize.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mailcontinuity.lab.imapsize", str(self.sizes_proxy),
-                 str(self.listeners["imap"]), str(self.certificates.cert_file),
-                 str(self.certificates.key_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self._sizes_pid_file.write_text(f"{process.pid}\n")
+        spawn([sys.executable, "-m", "mailcontinuity.lab.imapsize", str(self.sizes_proxy),
+               str(self.listeners["imap"]), str(self.certificates.cert_file),
+               str(self.certificates.key_file)],
+              self.root / "logs" / "imapsize.log", self._sizes_pid_file)
         wait_for([self.sizes_proxy], up=True, what=f"{self.name} IMAP (estimated sizes)")
 
     def stop(self) -> None:
@@ -108,6 +114,17 @@ class ProfiledDovecot(DovecotInstance):
         namespace = f"namespace inbox {{\n  inbox = yes\n  separator = /\n{mailboxes}}}\n"
         capability = f"imap_capability = {CAPABILITIES[self.profile]}\n"
         text = text[:start] + capability + namespace + text[end:]
+        # No master user on a hosted service: the users' passdb, then the tokens'.
+        master_start = text.index("passdb {")
+        master_end = text.index("}\n", master_start) + 2
+        assert "master = yes" in text[master_start:master_end], "the master passdb comes first"
+        text = text[:master_start] + text[master_end:]
+        passdb = dovecot_oauth2_passdb(self.root / "oauth2.conf.ext", self.oauth2_url,
+                                       TOKEN_SCOPE[self.profile])
+        userdb = text.index("userdb {")
+        text = text[:userdb] + passdb + text[userdb:]
+        text = text.replace("auth_mechanisms = plain login\n",
+                            "auth_mechanisms = plain login xoauth2 oauthbearer\n", 1)
         if self.profile == "gmail":
             before = f"  sieve_before = {self._all_mail_script}\n"
             text = text.replace("plugin {\n", "plugin {\n" + before, 1)

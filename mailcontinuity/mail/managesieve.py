@@ -1,4 +1,5 @@
-"""One user's ManageSieve session, logged in through an admin (SASL PLAIN with an authzid).
+"""One user's ManageSieve session, logged in through an admin (SASL PLAIN with an authzid) or
+with the user's OAuth2 bearer token (SASL XOAUTH2, else OAUTHBEARER: RFC 5804 AUTHENTICATE).
 
 A thin layer over sievelib that turns its ``False`` returns and ``errmsg`` bytes into
 ``SieveError`` with the server's words, and that hides sievelib's quirks the replication must
@@ -8,6 +9,7 @@ out of its list, and ``getscript()`` returns LF line ends without the final newl
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ssl
 import warnings
@@ -19,6 +21,7 @@ from typing import Any
 from sievelib.managesieve import Client, Error
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.mail.oauth2 import BEARER_MECHANISMS, AccessTokens, TokenError, sasl_response
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 
 
@@ -47,6 +50,34 @@ class VerifiedClient(Client):
             self.tls_error = self.tls.explain("ManageSieve", self.endpoint, exc)
             raise Error(str(self.tls_error)) from None
 
+    def _Client__authenticate(self, login: str, password: str,  # noqa: N802 - sievelib's name
+                              authz_id: str = "", authmech: str | None = None) -> bool:
+        """sievelib's AUTHENTICATE, except that asking for a bearer mechanism takes the first
+        of ``BEARER_MECHANISMS`` the server offers (XOAUTH2, else OAUTHBEARER)."""
+        if authmech in BEARER_MECHANISMS:
+            offered = self.get_sasl_mechanisms()
+            authmech = next((name for name in BEARER_MECHANISMS if name in offered), None)
+            if authmech is None:
+                listed = " ".join(offered) or "none"
+                self.errmsg = f"the server offers no OAuth2 mechanism (SASL: {listed})".encode()
+                return False
+        return bool(super()._Client__authenticate(login, password, authz_id, authmech))
+
+    def _bearer(self, mechanism: str, login: bytes, token: bytes) -> bool:
+        response = base64.b64encode(sasl_response(mechanism, login.decode(), token.decode()))
+        code, _ = self._Client__send_command("AUTHENTICATE", [mechanism.encode(), response])
+        return bool(code == "OK")
+
+    # sievelib's own XOAUTH2 puts a comma after the user (``user=alice,^A``), which servers
+    # read as part of the name; both bearer mechanisms are built by mail.oauth2 instead.
+    def _xoauth2_authentication(self, login: bytes, password: bytes,
+                                authz_id: bytes = b"") -> bool:
+        return self._bearer("XOAUTH2", login, password)
+
+    def _oauthbearer_authentication(self, login: bytes, password: bytes,
+                                    authz_id: bytes = b"") -> bool:
+        return self._bearer("OAUTHBEARER", login, password)
+
 
 class SieveError(Exception):
     """A ManageSieve server refused or could not be reached; the message says which and why."""
@@ -63,10 +94,19 @@ def normalise(text: str) -> str:
 
 @dataclass(frozen=True)
 class Credentials:
-    """An admin who may act as any user (a Dovecot master user)."""
+    """An admin who may act as any user (a Dovecot master user, a Cyrus admin)."""
 
     login: str
     password: str
+
+
+@dataclass(frozen=True)
+class BearerTokens:
+    """Log in as the user with an OAuth2 access token from ``tokens`` (``sync.login_method =
+    "xoauth2"``): the app's token for that user, as failback's IMAP logins use."""
+
+    tokens: AccessTokens
+    client_id: str
 
 
 @dataclass(frozen=True)
@@ -128,18 +168,31 @@ class SieveSession:
 
 
 @contextmanager
-def session(endpoint: Endpoint, user: str, admin: Credentials,
+def session(endpoint: Endpoint, user: str, admin: Credentials | BearerTokens,
             tls: TLSPolicy) -> Iterator[SieveSession]:
     """A ManageSieve session on ``tls.side`` (primary/standby) acting as ``user``; ManageSieve
-    has no implicit-TLS port, so TLS is always STARTTLS, and required unless ``tls = "none"``."""
+    has no implicit-TLS port, so TLS is always STARTTLS, and required unless ``tls = "none"``.
+
+    With ``BearerTokens`` the login is the user's own token by XOAUTH2, or OAUTHBEARER when the
+    server offers only that; a token the server refuses is dropped from the cache, so the next
+    run asks the endpoint again."""
     where = f"{tls.side} ManageSieve {endpoint} as {user}"
     client = VerifiedClient(endpoint, tls)
+    via = f"an OAuth2 token for client {admin.client_id}" if isinstance(admin, BearerTokens) \
+        else admin.login
     try:
         with warnings.catch_warnings():
             # sievelib warns on every plaintext login; tls = "none" is the operator's choice.
             warnings.simplefilter("ignore", UserWarning)
-            logged_in = client.connect(admin.login, admin.password, authz_id=user,
-                                       starttls=tls.enabled, authmech="PLAIN")
+            if isinstance(admin, BearerTokens):
+                logged_in = _bearer_login(client, user, admin, tls)
+            else:
+                logged_in = client.connect(admin.login, admin.password, authz_id=user,
+                                           starttls=tls.enabled, authmech="PLAIN")
+    except TokenError as exc:
+        if client.sock is not None:
+            client.sock.close()
+        raise SieveError(f"{where}: {exc}") from None
     except (Error, OSError) as exc:
         if client.sock is not None:
             client.sock.close()
@@ -151,7 +204,12 @@ def session(endpoint: Endpoint, user: str, admin: Credentials,
     if not logged_in:
         said = client.errmsg.decode("utf-8", errors="replace").strip()
         client.sock.close()
-        raise SieveError(f"{where}: login via {admin.login} failed ({said or 'refused'}); check"
+        if isinstance(admin, BearerTokens):
+            admin.tokens.forget(user)
+            raise SieveError(f"{where}: login with {via} failed ({said or 'refused'}); check"
+                             " the app's permission on the provider, and that the server"
+                             " validates the provider's tokens for ManageSieve")
+        raise SieveError(f"{where}: login via {via} failed ({said or 'refused'}); check"
                          " the admin login and password file, and that the user exists there")
     try:
         yield SieveSession(client, where)
@@ -160,3 +218,11 @@ def session(endpoint: Endpoint, user: str, admin: Credentials,
             client.logout()
         if client.sock is not None:
             client.sock.close()
+
+
+def _bearer_login(client: VerifiedClient, user: str, bearer: BearerTokens,
+                  tls: TLSPolicy) -> bool:
+    """Connect (STARTTLS first) and log in as ``user`` with its token (``VerifiedClient`` picks
+    the bearer mechanism the server offers)."""
+    token = bearer.tokens.token(user)  # before connecting: a refused fetch opens nothing
+    return bool(client.connect(user, token, starttls=tls.enabled, authmech=BEARER_MECHANISMS[0]))

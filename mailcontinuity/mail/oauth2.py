@@ -12,11 +12,16 @@ user, asked with an assertion signed by the account's key; Authlib makes that on
 
 A token is cached until shortly before it expires (Microsoft's live about an hour), so a
 failback over thousands of users asks the endpoint once an hour, not once per user. The client
-secret is read from its file at each fetch (a rotated secret counts without a restart).
+secret is read from its file at each login (a rotated secret counts without a restart).
+
+Every login to the primary takes its token from one cache per process (``oauth2_tokens``):
+failback and verify (IMAP, through imapclient's XOAUTH2), the health monitor's login probe and
+sieve-sync (ManageSieve), whose SASL responses are built here (``sasl_response``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -29,6 +34,8 @@ from authlib.integrations.requests_client import AssertionSession, OAuth2Session
 from authlib.oauth2.base import OAuth2Error
 from joserfc.jwk import RSAKey
 from requests import RequestException
+
+from mailcontinuity.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +173,52 @@ class JwtBearerTokens(AccessTokens):
             raise TokenError("sync.password_file: not a service account's JSON key (no RSA"
                              " private_key); put the key file the provider gave there, mode"
                              " 0600") from None
+
+
+_TOKENS: dict[tuple[str, ...], AccessTokens] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def oauth2_tokens(config: Config, secret: str) -> AccessTokens:
+    """The process's token cache for ``[sync]``'s OAuth2 client (client credentials: one token
+    for every user and thread; JWT bearer: one per user), each kept until it nears expiry;
+    ``secret`` is the client secret (or the service account's key) as just read from
+    ``sync.password_file``. A changed secret gets a cache of its own, so a rotated or mistyped
+    secret is tried at the next login, not when the old token expires. Failback, verify, the
+    login probe and sieve-sync share it."""
+    sync = config.sync
+    if sync.oauth2_token_url is None or sync.oauth2_client_id is None:
+        raise TokenError('login_method = "xoauth2" needs sync.oauth2_token_url and'
+                         " sync.oauth2_client_id")
+    key = (sync.oauth2_grant, sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope,
+           hashlib.sha256(secret.encode()).hexdigest())
+    kind = ClientCredentialsTokens if sync.oauth2_grant == "client_credentials" \
+        else JwtBearerTokens
+    with _TOKENS_LOCK:
+        tokens = _TOKENS.get(key)
+        if tokens is None:
+            tokens = _TOKENS[key] = kind(TokenEndpoint(
+                sync.oauth2_token_url, sync.oauth2_client_id, lambda: secret,
+                sync.oauth2_scope, sync.timeout_seconds))
+    return tokens
+
+
+# SASL mechanisms that carry an OAuth2 bearer token, in the order we prefer them: XOAUTH2 is
+# what Microsoft 365 and Google take (and what ``sync.login_method`` names); OAUTHBEARER
+# (RFC 7628) is the standard one, for servers that offer only it (Dovecot offers both).
+BEARER_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+
+
+def sasl_response(mechanism: str, user: str, token: str) -> bytes:
+    """The client's SASL response (before base64) that logs in as ``user`` with ``token``:
+    XOAUTH2's ``user=...^Aauth=Bearer ...^A^A`` or OAUTHBEARER's GS2 header with the user as
+    authorization identity (RFC 7628 section 3.1, ``,`` and ``=`` escaped)."""
+    if any(char in user + token for char in "\x00\x01\r\n"):
+        raise TokenError(f"the user {user!r} or its token holds a control character")
+    if mechanism == "XOAUTH2":
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+    if mechanism == "OAUTHBEARER":
+        authzid = user.replace("=", "=3D").replace(",", "=2C")
+        return f"n,a={authzid},\x01auth=Bearer {token}\x01\x01".encode()
+    raise ValueError(f"not a bearer-token mechanism: {mechanism!r}; one of"
+                     f" {', '.join(BEARER_MECHANISMS)}")

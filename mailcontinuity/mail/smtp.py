@@ -77,15 +77,17 @@ class SmtpSession:
 
     @classmethod
     async def open(cls, endpoint: Endpoint, protocol: str, tls: TLSPolicy,
-                   implicit: bool = False) -> SmtpSession:
+                   implicit: bool = False, source: str | None = None) -> SmtpSession:
         """Connect, check the 220 greeting and say LHLO (LMTP) or EHLO (SMTP); with TLS on,
         STARTTLS (required: never on in plaintext) and the hello again, as RFC 3207 says.
-        ``implicit``: the port speaks TLS from the start (submissions, 465), when TLS is on."""
+        ``implicit``: the port speaks TLS from the start (submissions, 465), when TLS is on.
+        ``source``: the local address to connect from (None: the system's choice)."""
         implicit = implicit and tls.context is not None
         try:
             reader, writer = await asyncio.open_connection(
                 endpoint.host, endpoint.port, ssl=tls.context if implicit else None,
-                server_hostname=endpoint.host if implicit else None)
+                server_hostname=endpoint.host if implicit else None,
+                local_addr=(source, 0) if source else None)
         except ssl.SSLError as exc:
             raise tls.explain(protocol.upper(), endpoint, exc) from None
         session = cls(reader, writer)

@@ -7,6 +7,7 @@ accepts TCP but never greets (a hung process, a full disk) fails just like one t
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import ssl
@@ -14,6 +15,7 @@ import time
 from collections.abc import Awaitable
 
 from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, Endpoint, read_secret
+from mailcontinuity.mail.oauth2 import TokenError, oauth2_tokens, sasl_response
 from mailcontinuity.mail.smtp import SmtpSession
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.probes import ProbeResult
@@ -25,17 +27,21 @@ class ProbeError(Exception):
     """The server answered, but not as a healthy one does."""
 
 
-async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy) -> None:
-    """Greeting and LHLO/EHLO (and STARTTLS) on the primary's delivery endpoint, then QUIT."""
-    session = await SmtpSession.open(delivery.endpoint, delivery.protocol, tls)
+async def probe_delivery(delivery: DeliveryEndpoint, tls: TLSPolicy,
+                         source: str | None = None) -> None:
+    """Greeting and LHLO/EHLO (and STARTTLS) on the primary's delivery endpoint, then QUIT.
+    ``source``: the local address to connect from."""
+    session = await SmtpSession.open(delivery.endpoint, delivery.protocol, tls, source=source)
     await session.quit()
 
 
 async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
-                     password: str | None, source: str | None = None) -> None:
+                     password: str | None, source: str | None = None,
+                     sasl: tuple[str, bytes] | None = None) -> None:
     """The IMAP greeting and, with a probe account, a LOGIN: the mail store is really there.
     The TLS handshake is part of the probe: a primary with an expired certificate is one the
-    failback cannot reach either. ``source``: the local address to connect from."""
+    failback cannot reach either. ``source``: the local address to connect from. ``sasl``
+    (mechanism, response): AUTHENTICATE as ``login`` instead of LOGIN with ``password``."""
     implicit = tls.context if tls.implicit else None
     try:
         reader, writer = await asyncio.open_connection(
@@ -54,7 +60,9 @@ async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
             if not (await _tagged_reply(reader, b"a0 ")).startswith(b"a0 OK"):
                 raise tls.no_starttls("IMAP", endpoint)
             await tls.upgrade(writer, "IMAP", endpoint)
-        if login is not None and password is not None:
+        if login is not None and sasl is not None:
+            await _authenticate(reader, writer, login, *sasl)
+        elif login is not None and password is not None:
             writer.write(f"a1 LOGIN {_quote(login)} {_quote(password)}\r\n".encode())
             await writer.drain()
             reply = await _tagged_reply(reader, b"a1 ")
@@ -66,12 +74,35 @@ async def probe_imap(endpoint: Endpoint, tls: TLSPolicy, login: str | None,
         writer.close()
 
 
+async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, login: str,
+                        mechanism: str, response: bytes) -> None:
+    """AUTHENTICATE without SASL-IR (every server takes it): the response after the server's
+    ``+``; a server that answers a refused token with another ``+`` (XOAUTH2's error JSON)
+    gets the empty reply that ends the exchange, then its NO is the probe's error."""
+    writer.write(f"a1 AUTHENTICATE {mechanism}\r\n".encode())
+    await writer.drain()
+    for answer in (base64.b64encode(response), b""):
+        line = await reader.readline()
+        if not line:
+            raise ProbeError("IMAP server closed the connection")
+        if not line.startswith(b"+"):
+            break
+        writer.write(answer + b"\r\n")
+        await writer.drain()
+    else:
+        line = b""
+    reply = line if line.startswith(b"a1 ") else await _tagged_reply(reader, b"a1 ")
+    if not reply.startswith(b"a1 OK"):
+        raise ProbeError(f"IMAP AUTHENTICATE {mechanism} as {login} answered {reply[:80]!r}")
+
+
 async def probe_primary(config: Config, tls: TLSPolicy,
                         login: LoginProbe | None = None) -> list[ProbeResult]:
-    """The primary's probes at once, each bounded by the health timeout: delivery, IMAP
-    without a login (the greeting and TLS, which no login penalty delays), and, with a probe
-    account, the LOGIN (``LoginProbe``: slow is not down). The monitor keeps one ``login``
-    across rounds; without one, a LOGIN is tried for this call only."""
+    """The primary's probes at once, each bounded by the health timeout, every one from
+    ``[health] probe_source_address`` when set: delivery, IMAP without a login (the greeting
+    and TLS, which no login penalty delays), and, with a probe account, the LOGIN
+    (``LoginProbe``: slow is not down). The monitor keeps one ``login`` across rounds;
+    without one, a LOGIN is tried for this call only."""
     health = config.health
     timeout = health.timeout_seconds
     one_shot = login is None
@@ -79,7 +110,8 @@ async def probe_primary(config: Config, tls: TLSPolicy,
     try:
         results = await asyncio.gather(
             _timed("delivery", str(config.primary.delivery),
-                   probe_delivery(config.primary.delivery, tls), timeout),
+                   probe_delivery(config.primary.delivery, tls, health.probe_source_address),
+                   timeout),
             _timed("imap", str(config.primary.imap),
                    probe_imap(config.primary.imap, tls, None, None, health.probe_source_address),
                    timeout),
@@ -102,6 +134,15 @@ class LoginProbe:
     and TLS are probed without a login every round (``probe_primary``), so a primary that is
     really gone is still noticed within the timeout. The probe password is re-read for each
     LOGIN, so a rotated secret needs no restart.
+
+    With ``health.imap_login_method = "sync"`` the probe opens ``health.imap_login``'s mailbox
+    as failback does (``sync.login_method``): ``LOGIN probe*admin`` for a master user,
+    AUTHENTICATE PLAIN with the admin as authentication and the probe as authorization
+    identity, or AUTHENTICATE XOAUTH2 as the probe with the probe mailbox's own token from
+    ``[sync]``'s app (Microsoft 365: the app-only token; Google: the service account's token
+    for the probe as subject), from the token cache failback uses. A token endpoint that
+    refuses or cannot be reached says nothing about the primary: that round's login is not
+    tried (a warning in status), never a failure that could fail the site over.
     """
 
     def __init__(self, config: Config, tls: TLSPolicy) -> None:
@@ -116,18 +157,43 @@ class LoginProbe:
         login = config.health.imap_login
         if login is None:
             return False
+        key = "sync.password_file" if config.health.imap_login_method == "sync" \
+            else "health.imap_password_file"
         try:
-            password = read_secret(config, "health.imap_password_file")
+            password = read_secret(config, key)
         except ConfigError as exc:
             # A mistake on this host (the file's mode, a missing file) says nothing about the
             # primary: probe without LOGIN rather than fail the primary over.
-            _warn_once(str(exc))
+            _warn_once(str(exc), key)
             return False
-        self._task = asyncio.create_task(probe_imap(
-            config.primary.imap, self.tls, login, password, config.health.probe_source_address))
+        source = config.health.probe_source_address
+        if config.health.imap_login_method == "sync":
+            self._task = asyncio.create_task(self._as_sync_logs_in(login, password))
+        else:
+            self._task = asyncio.create_task(probe_imap(
+                config.primary.imap, self.tls, login, password, source))
         self._started = time.perf_counter()
         self._noted = False
         return True
+
+    async def _as_sync_logs_in(self, user: str, secret: str) -> None:
+        sync, imap = self.config.sync, self.config.primary.imap
+        source = self.config.health.probe_source_address
+        if sync.login_method == "master_user":
+            await probe_imap(imap, self.tls, f"{user}{sync.master_user_separator}"
+                             f"{sync.admin_login}", secret, source)
+        elif sync.login_method == "sasl_plain":
+            await probe_imap(imap, self.tls, user, None, source,
+                             ("PLAIN", f"{user}\0{sync.admin_login}\0{secret}".encode()))
+        else:
+            tokens = oauth2_tokens(self.config, secret)
+            token = await asyncio.to_thread(tokens.token, user)
+            try:
+                await probe_imap(imap, self.tls, user, None, source,
+                                 ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
+            except ProbeError:
+                tokens.forget(user)  # revoked or expired early: the next round asks again
+                raise
 
     async def round(self) -> ProbeResult | None:
         """This round's verdict on the LOGIN (None: no probe account, or its secret is
@@ -162,6 +228,10 @@ class LoginProbe:
                           " login penalty")
         self._task = None
         error = task.exception()
+        if isinstance(error, TokenError):
+            log.warning("event=probe_login_no_token reason=%r action=check_the_[sync]_oauth2_keys",
+                        str(error))
+            return result(True, f"login not tried: no OAuth2 token ({error})")
         if error is not None:
             return result(False, f"{type(error).__name__}: {error}")
         if waited > health.timeout_seconds:
@@ -176,10 +246,9 @@ class LoginProbe:
 
 
 @functools.lru_cache(maxsize=16)
-def _warn_once(reason: str) -> None:
+def _warn_once(reason: str, key: str = "health.imap_password_file") -> None:
     """Each distinct problem once per process, not once per probe round."""
-    log.warning("event=probe_login_skipped reason=%s action=fix health.imap_password_file",
-                reason)
+    log.warning("event=probe_login_skipped reason=%s action=fix %s", reason, key)
 
 
 async def _timed(probe: str, target: str, check: Awaitable[None], timeout: float) -> ProbeResult:

@@ -57,7 +57,8 @@ def preflight(config: Config, user: str) -> Preflight:
     try:
         mailbox = connect(config, user, read_admin_password(config))
     except PrimaryError as exc:
-        result.failed = str(exc)
+        said = str(exc)
+        result.failed = said if f"as {user}" in said else f"login as {user}: {said}"
         return result
     try:
         capabilities = mailbox.capabilities

@@ -10,7 +10,6 @@ change) is recognised without trusting any UID kept from before.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,7 @@ from imapclient.exceptions import IMAPClientError
 from mailcontinuity.config import Config, ConfigError, read_secret
 from mailcontinuity.mail.headers import FIELD_KEYS, key_headers, message_key, parse_headers
 from mailcontinuity.mail.imap import FETCH_CHUNK, Mailbox, login_as, open_imap, str_flags
-from mailcontinuity.mail.oauth2 import (
-    AccessTokens,
-    ClientCredentialsTokens,
-    JwtBearerTokens,
-    TokenEndpoint,
-    TokenError,
-)
+from mailcontinuity.mail.oauth2 import TokenError, oauth2_tokens
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
 
 # Copies of older history are found by SEARCH HEADER while there are at most this many keys
@@ -62,29 +55,6 @@ def read_admin_password(config: Config) -> str:
         return read_secret(config, "sync.password_file")
     except ConfigError as exc:
         raise PrimaryError(str(exc)) from None
-
-
-_TOKENS: dict[tuple[str, str, str, str], AccessTokens] = {}
-_TOKENS_LOCK = threading.Lock()
-_SECRETS: dict[tuple[str, str, str, str], str] = {}  # the client secret as last read from its file
-
-
-def oauth2_tokens(config: Config, secret: str) -> AccessTokens:
-    """The process's token cache for ``[sync]``'s OAuth2 client (one token for every user and
-    thread, until it nears expiry); ``secret`` is the client secret as last read."""
-    sync = config.sync
-    assert sync.oauth2_token_url is not None and sync.oauth2_client_id is not None
-    key = (sync.oauth2_grant, sync.oauth2_token_url, sync.oauth2_client_id, sync.oauth2_scope)
-    kind = ClientCredentialsTokens if sync.oauth2_grant == "client_credentials" \
-        else JwtBearerTokens
-    with _TOKENS_LOCK:
-        tokens = _TOKENS.get(key)
-        if tokens is None:
-            tokens = _TOKENS[key] = kind(TokenEndpoint(
-                sync.oauth2_token_url, sync.oauth2_client_id, lambda: _SECRETS[key],
-                sync.oauth2_scope, sync.timeout_seconds))
-        _SECRETS[key] = secret
-    return tokens
 
 
 class PrimaryMailbox(Mailbox):

@@ -12,7 +12,8 @@ import json
 import smtplib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.smtp import make_message, offered_extensions, send_message
 from mailcontinuity.mail.tls import Side, TLSError, TLSPolicy, require_starttls
 from mailcontinuity.outage.preflight import preflight
+from mailcontinuity.outage.primary import PrimaryError, connect, read_admin_password
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.sieve.replicate import sieve_sync
 from mailcontinuity.store.db import StateStore
@@ -308,11 +310,29 @@ class Drill:
         self.sent_ids.append(message["Message-ID"])
         return message
 
+    @contextmanager
+    def _probe_mailbox(self, side: Side) -> Iterator[IMAPClient]:
+        """The probe's mailbox on ``side``, logged in with its password; on a primary reached
+        by XOAUTH2 (Microsoft 365, Google: no passwords) as failback logs in instead."""
+        if side == "primary" and self.config.sync.login_method == "xoauth2":
+            try:
+                mailbox = connect(self.config, self.probe, read_admin_password(self.config))
+            except PrimaryError as exc:
+                raise StepFailed(str(exc), "") from None
+            try:
+                yield mailbox.client
+            finally:
+                mailbox.close()
+            return
+        endpoint = self.config.primary.imap if side == "primary" else self.config.standby.imap
+        with imap_login(endpoint, self.probe, self.password, self.tls[side]) as client:
+            yield client
+
     def _wait_for(self, side: Side, message_id: str, accept: Callable[[bytes], bool]) -> float:
         """Seconds until a copy of ``message_id`` that ``accept`` likes is in the INBOX."""
         started = time.monotonic()
         endpoint = self.config.primary.imap if side == "primary" else self.config.standby.imap
-        with imap_login(endpoint, self.probe, self.password, self.tls[side]) as client:
+        with self._probe_mailbox(side) as client:
             while time.monotonic() - started < self.settings.step_timeout:
                 client.select_folder("INBOX", readonly=True)
                 uids = client.search(["HEADER", "Message-ID", message_id])
@@ -326,17 +346,17 @@ class Drill:
 
     def clean_up(self) -> None:
         """Remove the drill's messages from the probe's mailboxes on both sides."""
-        for side, endpoint in (("primary", self.config.primary.imap),
-                               ("standby", self.config.standby.imap)):
+        sides: tuple[Side, ...] = ("primary", "standby")
+        for side in sides:
             try:
-                with imap_login(endpoint, self.probe, self.password, self.tls[side]) as client:
+                with self._probe_mailbox(side) as client:
                     client.select_folder("INBOX")
                     for message_id in self.sent_ids:
                         uids = client.search(["HEADER", "Message-ID", message_id])
                         if uids:
                             client.delete_messages(uids)
                     client.expunge()
-            except (OSError, IMAPClient.Error, TLSError):
+            except (OSError, IMAPClient.Error, TLSError, StepFailed):
                 continue  # a part that is down keeps its probe mail; harmless
 
 

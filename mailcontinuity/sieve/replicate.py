@@ -17,6 +17,11 @@ keeps the primary's version and is reported. Scripts deleted on the standby are 
 the primary. Nothing is copied back for a user sieve-sync never synced (no base to compare
 with: a first run cannot tell a user's change from what was there before), nor when no outage
 began since the last run (the primary is the truth in normal times).
+
+The primary is logged into as failback logs in (``sync.login_method``): with ``xoauth2``, each
+user's own OAuth2 token from the app's (SASL XOAUTH2 or OAUTHBEARER), from the same token cache
+as failback's IMAP logins; otherwise the admin with the user as authorization identity (SASL
+PLAIN). The standby always takes the admin's SASL PLAIN.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from typing import Any
 
 from mailcontinuity.config import Config, ConfigError, Endpoint, read_secret
 from mailcontinuity.mail.maildir import user_maildirs
-from mailcontinuity.mail.managesieve import Credentials, Scripts, SieveError, SieveSession, session
+from mailcontinuity.mail.managesieve import (
+    BearerTokens,
+    Credentials,
+    Scripts,
+    SieveError,
+    SieveSession,
+    session,
+)
+from mailcontinuity.mail.oauth2 import oauth2_tokens
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.sieve import SyncedScripts, digest, record_synced, synced_scripts
@@ -79,11 +92,7 @@ def sieve_sync(config: Config) -> SieveSyncReport:
     """Replicate every protected user's scripts; never raises for one user's failure."""
     primary_at = _endpoint(config, config.primary.managesieve, "primary.managesieve")
     standby_at = _endpoint(config, config.standby.managesieve, "standby.managesieve")
-    primary_admin = Credentials(config.sync.admin_login, read_secret(config, "sync.password_file"))
-    standby_admin = primary_admin
-    if config.sieve.standby_admin_login:
-        standby_admin = Credentials(config.sieve.standby_admin_login,
-                                    read_secret(config, "sieve.standby_password_file"))
+    primary_admin, standby_admin = _logins(config)
     primary_tls, standby_tls = TLSPolicy.of(config, "primary"), TLSPolicy.of(config, "standby")
     results = []
     store = open_store(config)
@@ -190,6 +199,25 @@ def replicate(standby: SieveSession, wanted: Scripts, result: SieveUserResult,
     for name in sorted(stale):
         standby.delete(name)
         result.deleted.append(name)
+
+
+def _logins(config: Config) -> tuple[Credentials | BearerTokens, Credentials]:
+    """How sieve-sync logs in to the primary (as failback does) and to the standby."""
+    sync = config.sync
+    secret = read_secret(config, "sync.password_file")
+    primary: Credentials | BearerTokens = Credentials(sync.admin_login, secret)
+    if sync.login_method == "xoauth2":
+        assert sync.oauth2_client_id is not None  # the config's validator requires it
+        primary = BearerTokens(oauth2_tokens(config, secret), sync.oauth2_client_id)
+    if config.sieve.standby_admin_login:
+        return primary, Credentials(config.sieve.standby_admin_login,
+                                    read_secret(config, "sieve.standby_password_file"))
+    if isinstance(primary, BearerTokens):
+        raise ConfigError(f"{config.source}: sync.login_method is xoauth2, so sync.password_file"
+                          " holds the app's secret, not a standby admin's password: set"
+                          " sieve.standby_admin_login and sieve.standby_password_file (the"
+                          " standby Dovecot's master user) for sieve-sync")
+    return primary, Credentials(sync.admin_login, secret)
 
 
 def _endpoint(config: Config, endpoint: Endpoint | None, key: str) -> Endpoint:

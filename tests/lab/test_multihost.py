@@ -6,12 +6,22 @@ to the standby, mail through gw2 reaches the standby, users' activity is recorde
 host; the primary returns: the quorum fails back, the standby host's agent merges exactly once,
 both gateways route to the primary again. Every host's ``status --json`` agrees at each step.
 The store stopped during an outage: mail keeps flowing with the last routing and every host
-catches up when it returns.
+catches up when it returns. gw2 cut off from the primary alone (``lab isolate``): no failover,
+status says gw2 cannot see the primary, mail through gw2 waits in its queue and arrives after
+``lab heal``, none bounced.
+
+The deciding policyd killed with SIGKILL inside its transition: exactly one transition.
+
+The whole lab runs in a network namespace of the module's own (``own_network_namespace``), so
+the cuts' nftables table never touches the machine's ruleset.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,9 @@ from mailcontinuity.deploy.routing import installed_route
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import wait_for_message
+from mailcontinuity.lab.netcut import CUTS_FILE, own_network_namespace, table_name
+from mailcontinuity.lab.postgres import DATABASE
+from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
@@ -35,7 +48,7 @@ HOSTS = ("gw1", "gw2", "standby")
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Lab]:
-    with Lab.temporary(prefix="mcmh-", gateways=2) as lab:
+    with own_network_namespace(), Lab.temporary(prefix="mcmh-", gateways=2) as lab:
         yield lab
 
 
@@ -167,6 +180,123 @@ def test_store_stopped_during_an_outage(site: Lab) -> None:
     eventually(lambda: routes(lab) == {"primary"}, 20, "both gateways route to the primary")
     assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
                             message["Message-ID"], timeout=30)
+
+
+def policyd_blocked_in_the_transition(lab: Lab, pids: dict[int, str]) -> str | None:
+    """The gateway whose policyd's transition waits on the state row (its UPDATE is running,
+    inside the transaction), found from its store connection's client port."""
+    assert lab.hosts is not None
+    with lab.hosts.store_server().admin(DATABASE) as admin:
+        row = admin.execute("SELECT client_port FROM pg_stat_activity WHERE wait_event_type ="
+                            " 'Lock' AND query LIKE 'UPDATE state %'").fetchone()
+    if row is None:
+        return None
+    sockets = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{row[0]} )"],
+                             capture_output=True, text=True, check=True).stdout
+    owners = [name for pid, name in pids.items() if f"pid={pid}," in sockets]
+    return owners[0] if owners else None
+
+
+def test_deciding_policyd_killed_during_the_transition(site: Lab) -> None:
+    """The primary stops; the state row is held so that the gateway's policyd that decides
+    is caught inside its transition (after the quorum guard, at the UPDATE); it is killed
+    with SIGKILL there. Its transaction dies with it, the other gateway makes the transition:
+    exactly one is recorded; the killed policyd, started again, routes by it and adds none."""
+    lab = site
+    assert lab.hosts is not None
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    before = len(transitions(lab))
+    pids = {pid: name for name in ("gw1", "gw2")
+            if (pid := lab.part(f"{name}/policyd").pid()) is not None}
+    assert len(pids) == 2
+    lab.part("primary").stop()
+    try:
+        with lab.hosts.store_server().admin(DATABASE) as holder, holder.transaction():
+            holder.execute("SELECT name FROM state WHERE id = 1 FOR UPDATE")
+            decider = eventually(lambda: policyd_blocked_in_the_transition(lab, pids), 30,
+                                 "a gateway's policyd inside its transition")
+            os.kill(lab.part(f"{decider}/policyd").pid() or 0, signal.SIGKILL)
+            eventually(lambda: lab.part(f"{decider}/policyd").pid() is None, 10,
+                       f"{decider}'s policyd gone")
+        # The row is free: the killed policyd's transaction is rolled back, the other's runs.
+        eventually(lambda: len(transitions(lab)) > before, 30, "the other gateway decides")
+        lab.part(f"{decider}/policyd").start()
+        eventually(lambda: agreed_state(lab) == "failover", 30, "every host says failover")
+        eventually(lambda: routes(lab) == {"standby"}, 30, "both gateways route to the standby")
+        assert transitions(lab)[before:] == [("normal", "failover")]
+    finally:
+        lab.part("primary").start()
+    eventually(lambda: agreed_state(lab) == "normal", 60, "failback merged, every host normal")
+    eventually(lambda: routes(lab) == {"primary"}, 20, "both gateways route to the primary")
+    assert transitions(lab)[before:] == [("normal", "failover"), ("failover", "failback"),
+                                         ("failback", "normal")]
+
+
+def lab_command(lab: Lab, *args: str) -> str:
+    result = CliRunner().invoke(main, ["lab", *args, "--dir", str(lab.dir)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def gateway_sees_primary(lab: Lab, gateway: str, host: str = "gw1") -> bool | None:
+    """What ``host``'s status says ``gateway`` sees of the primary (None: no fresh report)."""
+    cluster = host_status(lab, host)["cluster"]
+    return {g["name"]: g["sees_primary"] for g in cluster["gateways"]}[gateway]
+
+
+def test_gateway_cut_off_from_the_primary_alone(site: Lab) -> None:
+    """gw2 cannot reach the primary, gw1 can: no failover (quorum); every host's status says
+    gw2 cannot see it; mail through gw2 waits in gw2's queue and is delivered after the
+    heal, none bounced."""
+    lab = site
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    eventually(lambda: gateway_sees_primary(lab, "gw2") is True, 20, "gw2 sees the primary")
+    before = len(transitions(lab))
+    alice = lab.users[0]
+    gw2 = lab.hosts.gateway("gw2") if lab.hosts else None
+    assert gw2 is not None
+    log_start = gw2.log_file.stat().st_size if gw2.log_file.exists() else 0
+    out = lab_command(lab, "isolate", "gw2", "--from", "primary")
+    assert "gw2 cut from primary" in out, out
+    try:
+        rules = subprocess.run(["nft", "list", "table", "inet", table_name(lab.dir)],
+                               capture_output=True, text=True, check=True).stdout
+        assert "127.0.1.2" in rules and "127.0.2.2" in rules, rules
+        eventually(lambda: gateway_sees_primary(lab, "gw2") is False, 30,
+                   "gw2's probes of the primary fail")
+        status = host_status(lab, "gw2")
+        assert status["state"] == "normal"
+        problems = [p["detail"] for p in status["problems"] if p["part"] == "primary"]
+        assert any("gw2 cannot reach the primary" in detail for detail in problems), status
+        assert gateway_sees_primary(lab, "gw1", host="gw2") is True
+        text = CliRunner().invoke(main, ["--config", str(lab.dir / "hosts" / "gw2" /
+                                                          "mailcontinuity.toml"), "status"])
+        assert "gw2: policyd" in text.stdout and "sees the primary FAILING" in text.stdout
+
+        message = make_message(OUTSIDER, [alice.address], "through gw2, cut from the primary")
+        send_message(gw2.smtp, message, OUTSIDER, [alice.address])  # accepted: 250
+
+        def queued() -> bool:
+            return alice.address in run_postfix(gw2.config_dir, "postqueue", "-p")
+
+        eventually(queued, 10, "the message in gw2's queue")
+        # Several probe rounds (0.5 s each) later: not delivered, still queued, no failover.
+        assert not wait_for_message(lab.endpoint("primary", "imap"), alice.login,
+                                    alice.password, message["Message-ID"], timeout=4)
+        assert queued() and gateway_sees_primary(lab, "gw2") is False
+        assert len(transitions(lab)) == before and agreed_state(lab) == "normal"
+        assert routes(lab) == {"primary"}
+    finally:
+        healed = lab_command(lab, "heal")
+    assert "gw2|primary" in healed, healed
+    assert not (lab.dir / CUTS_FILE).exists()
+    gw2.flush()  # retry the deferred mail now rather than at the next queue run
+    assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
+                            message["Message-ID"], timeout=60)
+    log = gw2.log_file.read_bytes()[log_start:].decode(errors="replace")
+    assert "status=bounced" not in log and "sender non-delivery notification" not in log, log
+    eventually(lambda: gateway_sees_primary(lab, "gw2") is True, 30, "gw2 sees it again")
+    assert len(transitions(lab)) == before
 
 
 def test_drill_passes_on_every_gateway(site: Lab) -> None:

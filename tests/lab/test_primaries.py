@@ -1,7 +1,9 @@
 """Failback, verify and the probes against every kind of primary the lab offers: the scripted
 outage merged into a Dovecot primary whose user has a nested ``Parent/Child`` folder (its
-parent not selectable), and into a real Cyrus IMAP (folders under ``INBOX.``, no master user:
-an admin with SASL PLAIN proxy authentication)."""
+parent not selectable), into a real Cyrus IMAP (folders under ``INBOX.``, no master user:
+an admin with SASL PLAIN proxy authentication), and into Dovecot playing Exchange Online and
+Gmail, where every login of mailcontinuity's (failback, verify, the health probe, sieve-sync)
+is XOAUTH2 with a token from the lab's token service (part ``oauth2``)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.lab.cyrus import MAX_MESSAGE_BYTES
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
-from mailcontinuity.lab.profiles import GMAIL_ALL_MAIL, ProfiledDovecot
+from mailcontinuity.lab.oauth2 import LAB_OAUTH2_CLIENT_ID, stats
+from mailcontinuity.lab.profiles import GMAIL_ALL_MAIL
 from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restored
 from mailcontinuity.mail.imap import Mailbox, imap_login
 from mailcontinuity.mail.managesieve import Credentials, normalise, session
@@ -44,6 +47,22 @@ def kind_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     with Lab.temporary(prefix=f"mclab-{profile or primary}-", primary=primary,
                        primary_profile=profile) as lab:
         yield lab
+
+
+def profile_of(lab: Lab) -> str | None:
+    return json.loads((lab.dir / "lab.json").read_text()).get("primary_profile")
+
+
+def xoauth2_logins(lab: Lab, service: str) -> set[str]:
+    """Who logged in to the primary's ``service`` (imap-login, managesieve-login) by XOAUTH2."""
+    log = lab.primary.log_file.read_text(errors="replace")
+    return set(re.findall(rf"{service}: Info: Login: user=<([^>]+)>, method=XOAUTH2", log))
+
+
+def issued_for(lab: Lab) -> dict[str, int]:
+    """The lab's token service: how many tokens it issued, by whom they were for."""
+    assert lab.oauth2 is not None
+    return dict(stats(lab.oauth2.url)["subjects"])
 
 
 def nested_folder_on_primary(lab: Lab) -> str:
@@ -72,6 +91,23 @@ def test_primary_is_healthy_and_its_kind_is_the_one_asked_for(kind_lab: Lab) -> 
     assert {probe["probe"] for probe in report["primary"]["last_probes"]} == {
         "delivery", "imap", "imap_login"}
     assert all(probe["ok"] for probe in report["primary"]["last_probes"]), report
+    profile = profile_of(kind_lab)
+    if profile is not None:
+        # The login probe opens the drill's probe mailbox by XOAUTH2: Exchange with the app's
+        # token (for the whole domain), Gmail with the service account's token for the probe.
+        assert kind_lab.oauth2 is not None and kind_lab.running()["oauth2"]
+        assert "probe@example.test" in xoauth2_logins(kind_lab, "imap-login")
+        owner = (f"{LAB_OAUTH2_CLIENT_ID}@example.test" if profile == "exchange"
+                 else "probe@example.test")
+        assert issued_for(kind_lab).get(owner), issued_for(kind_lab)
+        # The drill passes with no password of the probe's on the primary: it reads the probe's
+        # primary mailbox as failback logs in, and sieve-sync's step logs in by XOAUTH2 too.
+        code, drill = run_cli(kind_lab, "drill", "--json")
+        assert code == 0 and all(step["passed"] or step["skipped"] for step in drill["steps"]), \
+            drill
+        log = kind_lab.primary.log_file.read_text(errors="replace")
+        assert not re.search(r"Login: user=<probe@example.test>, method=(?!XOAUTH2)", log)
+        assert "probe@example.test" in xoauth2_logins(kind_lab, "managesieve-login")
 
 
 def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) -> None:
@@ -91,6 +127,14 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
     assert (checked.lost, checked.duplicated, checked.misplaced) == ([], [], [])
     code, audit = run_cli(kind_lab, "verify", "--json")
     assert code == 0 and audit["ok"], audit
+    profile = profile_of(kind_lab)
+    if profile is not None:
+        # Failback and verify logged in as each user by XOAUTH2 (the primary has no master
+        # user); Gmail's tokens are per user (the JWT's subject), Exchange's one app token.
+        users = {user.address for user in kind_lab.users[:3]}
+        assert users <= xoauth2_logins(kind_lab, "imap-login")
+        if profile == "gmail":
+            assert users <= set(issued_for(kind_lab)), issued_for(kind_lab)
 
     # A second failback finds nothing to do and changes nothing on the primary: not even the
     # draft and the Sent copy written on the standby, found by Message-ID and header fields
@@ -106,7 +150,6 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
     # The Sent copy went to the service's own sent folder; nothing was created beside it.
     with imap_login(kind_lab.endpoint("primary", "imap"), alice.login, alice.password) as client:
         names = {name for _, _, name in client.list_folders()}
-    profile = json.loads((kind_lab.dir / "lab.json").read_text()).get("primary_profile")
     if profile == "exchange":
         assert "Sent Items" in names and "Sent" not in names, names
     if profile == "gmail":
@@ -124,7 +167,7 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
 def test_exchange_reports_estimated_sizes_to_mailcontinuity(kind_lab: Lab) -> None:
     """What mailcontinuity reads from the exchange profile (``primary.imap``) is Exchange's
     estimated RFC822.SIZE, not the size of the message: a draft appended, then fetched."""
-    if not isinstance(kind_lab.primary, ProfiledDovecot) or kind_lab.primary.profile != "exchange":
+    if profile_of(kind_lab) != "exchange":
         pytest.skip("the exchange profile estimates sizes")
     alice = kind_lab.users[0]
     draft = make_message(alice.address, ["bob@example.test"], "how big am I")
@@ -156,6 +199,10 @@ def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start
     step = steps["failback credentials on the primary"]
     assert not step["passed"] and not step["skipped"] and step["advice"], step
     assert "login as probe@example.test" in step["detail"], step
+    if profile_of(kind_lab) == "exchange":  # the client secret the token endpoint refuses
+        assert "invalid_client" in step["detail"] and "sync.oauth2_client_id" in step["detail"]
+    if profile_of(kind_lab) == "gmail":  # no service account's key in the file
+        assert "sync.password_file: not a service account" in step["detail"], step
 
     with restored(kind_lab):
         # A loaded machine can make the lab's short health timings fail over by themselves;
@@ -285,9 +332,13 @@ def test_a_throttled_session_waits_as_told_and_a_run_cut_short_is_resumed(
 
 def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
     """sieve-sync logs in to the primary's ManageSieve (Cyrus' timsieved: the admin with the
-    user as authorization identity) and copies the user's active script to the standby."""
+    user as authorization identity; exchange and gmail: the user's token by XOAUTH2) and copies
+    the user's active script to the standby."""
     carol = kind_lab.users[2]
     admin = Credentials(kind_lab.primary.admin.login, kind_lab.primary.admin.password)
+    # The test itself logs in to a profiled primary as the user (no master user there).
+    on_primary = admin if profile_of(kind_lab) is None else Credentials(carol.login,
+                                                                        carol.password)
     text = 'require ["fileinto"];\nif header :contains "subject" "[lists]" { fileinto "INBOX"; }\n'
     name = f"rules-{uuid.uuid4().hex[:6]}"
     send_message(kind_lab.gateway.smtp, make_message("news@remote.test", [carol.address], "hi"),
@@ -295,7 +346,7 @@ def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
     maildir = Path(kind_lab.config.standby.maildir.replace("%d", "example.test")
                    .replace("%n", "carol"))
     eventually(maildir.exists, 30, "Carol's standby Maildir")
-    with session(kind_lab.endpoint("primary", "sieve"), carol.address, admin,
+    with session(kind_lab.endpoint("primary", "sieve"), carol.address, on_primary,
                  kind_lab.tls("primary")) as client:
         client.put(name, text)
         client.activate(name)
@@ -307,9 +358,12 @@ def test_sieve_sync_copies_a_script_from_the_primary(kind_lab: Lab) -> None:
                      kind_lab.tls("standby")) as client:
             scripts = client.scripts()
         assert scripts.active == name and normalise(scripts.texts[name]) == normalise(text)
+        if profile_of(kind_lab) is not None:
+            assert carol.address in xoauth2_logins(kind_lab, "managesieve-login")
     finally:
         for role in ("primary", "standby"):
-            with session(kind_lab.endpoint(role, "sieve"), carol.address, admin,
+            with session(kind_lab.endpoint(role, "sieve"), carol.address,
+                         on_primary if role == "primary" else admin,
                          kind_lab.tls(role)) as client:
                 client.activate(None)
                 for script in client.scripts().texts:

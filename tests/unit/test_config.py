@@ -258,3 +258,15 @@ def test_xoauth2_needs_its_token_endpoint_over_https(tmp_path: Path) -> None:
                               'oauth2_client_id = "a"\n'))
     assert config.sync.oauth2_scope == "https://outlook.office365.com/.default"
     load_config(sync('oauth2_token_url = "http://127.0.0.1:8080/t"\noauth2_client_id = "a"\n'))
+
+
+def test_a_probe_that_logs_in_as_sync_does_takes_no_password_file() -> None:
+    """[health] imap_login_method = "sync": the secret is sync.password_file, one key per fact."""
+    from mailcontinuity.config import HealthSection
+    probe = HealthSection(imap_login="probe@example.org", imap_login_method="sync")
+    assert probe.imap_password_file is None
+    with pytest.raises(ValueError, match="no imap_password_file"):
+        HealthSection(imap_login="probe@example.org", imap_login_method="sync",
+                      imap_password_file=Path("/etc/mailcontinuity/probe"))
+    with pytest.raises(ValueError, match="needs imap_login"):
+        HealthSection(imap_login_method="sync")
