@@ -45,7 +45,7 @@ from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
 from mailcontinuity.lab.netcut import heal
 from mailcontinuity.lab.oauth2 import LAB_OAUTH2_CLIENT_ID, LAB_SERVICE_ACCOUNT, TokenServicePart
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
-from mailcontinuity.lab.profiles import PROFILES, ProfiledDovecot
+from mailcontinuity.lab.profiles import ESTIMATED_SIZES, PROFILES, ProfiledDovecot
 from mailcontinuity.lab.proxy import (
     ProxyDovecot,
     describe_proxy,
@@ -263,11 +263,13 @@ class Lab:
                                            or primary_kind != "dovecot"):
             raise LabError(f"--directory is one of {', '.join(DIRECTORY_KINDS)}, with the"
                            " Dovecot primary only")
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 5))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 6))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
         standby_relay = next(numbers)  # likewise
+        # Exchange's estimated sizes: mailcontinuity reaches that primary through lab.imapsize.
+        sizes_proxy = next(numbers) if primary_profile in ESTIMATED_SIZES else None
         users = [
             {"address": f"{name}@{LAB_DOMAIN}", "login": f"{name}@{LAB_DOMAIN}",
              "password": _password()}
@@ -303,7 +305,7 @@ class Lab:
             oauth2.create()
         (directory / "mailcontinuity.toml").write_text(
             _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay, primary_submission, oauth2)
+                           standby_relay, primary_submission, oauth2, sizes_proxy)
             + (credentials_section(directory, description) if directory_kind else ""))
         _write_lab_json(directory, description)
         if gateways is not None:
@@ -362,8 +364,11 @@ class Lab:
                 assert config.sync.oauth2_token_url is not None, "a profile logs in by XOAUTH2"
                 oauth2 = _token_service(directory, parse_endpoint(
                     config.sync.oauth2_token_url.split("://", 1)[1].split("/", 1)[0]))
-                primary = ProfiledDovecot(**vars(primary), profile=description["primary_profile"],
-                                          oauth2_url=oauth2.url)
+                # primary.imap is the sizes proxy where the profile has one (lab.imapsize).
+                reached = config.primary.imap
+                primary = ProfiledDovecot(
+                    **vars(primary), profile=description["primary_profile"], oauth2_url=oauth2.url,
+                    sizes_proxy=reached if reached != primary.listeners["imap"] else None)
         standby = dovecot("standby", {"imap": "imap", "lmtp": "lmtp", "sieve": "managesieve",
                                       "submission": "submission"})
         standby.journal_lmtp = config.milter.lmtp
@@ -461,7 +466,8 @@ def _token_service(directory: Path, listen: Endpoint) -> TokenServicePart:
 def _render_config(directory: Path, description: dict[str, Any], gateway_submission: int,
                    metrics_port: int, standby_relay: int,
                    primary_submission_port: int | None = None,
-                   oauth2: TokenServicePart | None = None) -> str:
+                   oauth2: TokenServicePart | None = None,
+                   primary_imap_port: int | None = None) -> str:
 
     primary, standby = description["primary"], description["standby"]
     standby_lmtp_port = standby["lmtp"].rpartition(":")[2]
@@ -513,7 +519,7 @@ protected = {json.dumps(description["domains"])}
 
 [primary]
 delivery = "lmtp:{primary["lmtp"]}"
-imap = "{primary["imap"]}"
+imap = "{f"127.0.0.1:{primary_imap_port}" if primary_imap_port else primary["imap"]}"
 managesieve = "{primary["managesieve"]}"
 {primary_submission}tls = "{primary_tls}"
 tls_ca_file = {ca_file}

@@ -18,15 +18,23 @@ lab/oauth2.py), which Dovecot's oauth2 passdb asks to validate (RFC 7662 introsp
 Exchange's app-only token (client-credentials grant) opens every mailbox of the domain; a Gmail
 token (the service account's JWT-bearer grant) opens its subject's mailbox only. Lab users log
 in as before, with LOGIN and their lab.json password (the users' passwd-file passdb, first).
+
+Exchange reports an estimate as RFC822.SIZE: the exchange profile's primary is reached by
+mailcontinuity (``primary.imap``) through ``lab.imapsize``, which rewrites every RFC822.SIZE to
+such an estimate; lab.json's ``primary.imap`` stays Dovecot's own listener (exact sizes), where
+tests read the primary as the users.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailcontinuity.config import Endpoint
 from mailcontinuity.lab.dovecot import DovecotInstance
 from mailcontinuity.lab.oauth2 import dovecot_oauth2_passdb
+from mailcontinuity.lab.process import read_pid, spawn, stop_pid_file, wait_for
 
 # Announced after login (Dovecot announces the pre-login set itself, with STARTTLS and AUTH=).
 CAPABILITIES = {
@@ -49,6 +57,8 @@ PROFILES = tuple(CAPABILITIES)
 # Which part of the login a token's user must match (Dovecot's oauth2 username_format): an
 # Exchange app-only token is good for the whole domain, a Gmail token for its subject alone.
 TOKEN_SCOPE = {"exchange": "%d", "gmail": "%u"}
+# Profiles whose service reports an estimated RFC822.SIZE (lab.imapsize in front of its IMAP).
+ESTIMATED_SIZES = ("exchange",)
 
 
 @dataclass
@@ -58,6 +68,29 @@ class ProfiledDovecot(DovecotInstance):
     profile: str = "exchange"
     oauth2_url: str = ""
     """The lab's token service, which validates the tokens mailcontinuity logs in with."""
+    sizes_proxy: Endpoint | None = None
+    """Where ``lab.imapsize`` listens in front of the IMAP listener (``primary.imap``)."""
+
+    @property
+    def _sizes_pid_file(self) -> Path:
+        return self.root / "imapsize.pid"
+
+    def start(self) -> None:
+        super().start()
+        if self.sizes_proxy is None or read_pid(self._sizes_pid_file) is not None:
+            return
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        spawn([sys.executable, "-m", "mailcontinuity.lab.imapsize", str(self.sizes_proxy),
+               str(self.listeners["imap"]), str(self.certificates.cert_file),
+               str(self.certificates.key_file)],
+              self.root / "logs" / "imapsize.log", self._sizes_pid_file)
+        wait_for([self.sizes_proxy], up=True, what=f"{self.name} IMAP (estimated sizes)")
+
+    def stop(self) -> None:
+        if self.sizes_proxy is not None:
+            stop_pid_file(self._sizes_pid_file)
+            wait_for([self.sizes_proxy], up=False, what=f"{self.name} IMAP (estimated sizes)")
+        super().stop()
 
     @property
     def _all_mail_script(self) -> Path:

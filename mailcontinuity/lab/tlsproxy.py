@@ -16,12 +16,13 @@ import pwd
 import ssl
 import sys
 
-from mailcontinuity.config import parse_endpoint
+from mailcontinuity.config import Endpoint, parse_endpoint
 
 CHUNK = 65536
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Bytes as they come, until either side closes."""
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
@@ -32,21 +33,30 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+async def connect_as_client(writer: asyncio.StreamWriter, backend: Endpoint, limit: int = CHUNK
+                            ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to ``backend`` from the address of the client on ``writer`` (when it
+    is on loopback), so that the backend sees and logs each client; None (the client's
+    connection closed) when the backend does not answer."""
+    peer = writer.get_extra_info("peername")[0]
+    source = (peer, 0) if ipaddress.ip_address(peer).is_loopback else None
+    try:
+        return await asyncio.open_connection(backend.host, backend.port, local_addr=source,
+                                             limit=limit)
+    except OSError:
+        writer.close()
+        return None
+
+
 async def serve(listen: str, backend: str, cert: str, key: str, user: str) -> None:
     front, back = parse_endpoint(listen), parse_endpoint(backend)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")[0]
-        source = (peer, 0) if ipaddress.ip_address(peer).is_loopback else None
-        try:
-            up_reader, up_writer = await asyncio.open_connection(back.host, back.port,
-                                                                 local_addr=source)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        upstream = await connect_as_client(writer, back)
+        if upstream is not None:
+            await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer))
 
     server = await asyncio.start_server(handle, front.host, front.port, ssl=context)
     account = pwd.getpwnam(user)

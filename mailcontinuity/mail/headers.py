@@ -21,12 +21,22 @@ from email.policy import compat32
 from mailcontinuity.config import DEFAULT_ID_HEADER
 
 JOURNAL_HEADER = "X-Mailcontinuity-Journal"
-__all__ = ["DEFAULT_ID_HEADER", "JOURNAL_HEADER", "key_headers", "message_key", "parse_headers"]
+__all__ = ["DEFAULT_ID_HEADER", "FIELD_KEYS", "JOURNAL_HEADER", "SIZED_KEYS", "key_headers",
+           "message_key", "message_keys", "parse_headers"]
+
+SIZED_KEYS = 1
+"""Key scheme of outages recorded before migration 13: Message-ID with RFC822.SIZE."""
+FIELD_KEYS = 2
+"""Key scheme of every outage since: Message-ID with a digest of ``DIGEST_FIELDS``, no size."""
+# Fields an APPEND stores as they are and a client sets anew on each revision of a draft (the
+# date of the save, the recipients): two versions of one Message-ID (a draft, then the copy
+# sent) differ in them, and a server's re-encoding of the body cannot change them.
+DIGEST_FIELDS = ("date", "from", "to", "cc", "subject")
 
 
 def key_headers(id_header: str) -> tuple[str, ...]:
     """The headers a message key is computed from, as IMAP's HEADER.FIELDS names them."""
-    return (id_header, JOURNAL_HEADER, "Message-ID", "Date", "From", "Subject")
+    return (id_header, JOURNAL_HEADER, "Message-ID", "Date", "From", "To", "Cc", "Subject")
 
 
 def parse_headers(block: bytes, id_header: str) -> dict[str, str]:
@@ -44,18 +54,46 @@ def parse_headers(block: bytes, id_header: str) -> dict[str, str]:
         "message-id": value("Message-ID"),
         "date": value("Date"),
         "from": value("From"),
+        "to": value("To"),
+        "cc": value("Cc"),
         "subject": value("Subject"),
     }
 
 
-def message_key(headers: dict[str, str], size: int) -> str:
-    """The key failback finds a message by on the primary: the id header the gateway puts on
-    every message, else Message-ID with size, else a digest of the headers a client sets."""
+def _digest(headers: dict[str, str], names: tuple[str, ...], length: int) -> str:
+    text = "\n".join(headers.get(name, "") for name in names)
+    # 8-bit header bytes come back from the parser as surrogate escapes: hashed as they were.
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:length]
+
+
+def message_key(headers: dict[str, str], size: int, scheme: int = FIELD_KEYS) -> str:
+    """The key failback finds a message by on the primary, and the standby's copy of it.
+
+    The id header the gateway puts on every message (``id:``), else, for what did not come
+    through the gateway (a draft, a sent copy a client wrote on the standby):
+
+    - ``FIELD_KEYS``: Message-ID with a digest of the ``DIGEST_FIELDS`` (``msg:``), else a
+      digest of those fields alone (``fld:``). Never the size: Exchange reports an estimate
+      as RFC822.SIZE (its own store's size), so the size the primary reports for a copy
+      failback appended is not the size of the file it came from, and a re-run would append
+      it again.
+    - ``SIZED_KEYS``: Message-ID with ``size`` (``mid:``), else a digest of Date, From and
+      Subject with ``size`` (``hdr:``): outages recorded before migration 13 keep the keys
+      they were recorded with, on both sides, to the end of their merge.
+    """
     if headers.get("id"):
         return f"id:{headers['id']}"
+    if scheme == SIZED_KEYS:
+        if headers.get("message-id"):
+            return f"mid:{headers['message-id']}:{size}"
+        return f"hdr:{_digest(headers, ('date', 'from', 'subject'), 32)}:{size}"
     if headers.get("message-id"):
-        return f"mid:{headers['message-id']}:{size}"
-    digest = hashlib.sha256(
-        "\n".join(headers.get(name, "") for name in ("date", "from", "subject")).encode()
-    ).hexdigest()[:32]
-    return f"hdr:{digest}:{size}"
+        return f"msg:{headers['message-id']}:{_digest(headers, DIGEST_FIELDS, 16)}"
+    return f"fld:{_digest(headers, DIGEST_FIELDS, 32)}"
+
+
+def message_keys(headers: dict[str, str], size: int) -> tuple[str, ...]:
+    """The message's key in every scheme (one for mail with the id header): to recognise it
+    in the record of an outage recorded under another scheme."""
+    return tuple(dict.fromkeys(message_key(headers, size, scheme)
+                               for scheme in (FIELD_KEYS, SIZED_KEYS)))

@@ -238,13 +238,15 @@ class Mailbox:
         self.selected = folder
         return self.client.select_folder(self.theirs(folder))
 
-    def fetch(self, folder: str, items: list[str], saved_since: date | None = None,
-              also: Sequence[list[Any]] = ()) -> dict[int, dict[bytes, Any]]:
-        """``items`` of every message in ``folder`` (saved since a day, with SAVEDATE, and
+    def fetch(self, folder: str, items: list[str], since: date | None = None,
+              also: Sequence[list[Any]] = (), by: str = "SAVEDSINCE"
+              ) -> dict[int, dict[bytes, Any]]:
+        """``items`` of every message in ``folder`` (with ``since``: only those the ``by``
+        search finds from that day, SAVEDSINCE with SAVEDATE or SINCE (INTERNALDATE), and
         those each of the ``also`` SEARCH criteria finds), in bounded chunks."""
         self.select(folder)
-        found = set(self.client.search(["SAVEDSINCE", saved_since] if saved_since else ["ALL"]))
-        for criteria in also if saved_since else ():
+        found = set(self.client.search([by, since] if since else ["ALL"]))
+        for criteria in also if since else ():
             found.update(self.client.search(criteria))
         uids = sorted(found)
         fetched: dict[int, dict[bytes, Any]] = {}

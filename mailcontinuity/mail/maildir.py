@@ -30,7 +30,13 @@ from pathlib import Path
 
 from imapclient import imap_utf7
 
-from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
+from mailcontinuity.mail.headers import (
+    FIELD_KEYS,
+    key_headers,
+    message_key,
+    message_keys,
+    parse_headers,
+)
 
 INBOX = "INBOX"
 # The separator IMAP clients see (the namespace's ``separator = /``); on disk it is ".".
@@ -256,12 +262,15 @@ class MessageFile:
     size: int
     mtime: float
     message_id: str
+    keys: tuple[str, ...] = ()
+    """Its key in every scheme (``headers.message_keys``): to recognise it in older
+    outages' records."""
 
 
 def read_message(folder: str, path: Path, keywords: dict[str, str],
-                 id_header: str) -> MessageFile | None:
-    """Describe one message file, keyed by the configured ``id_header``; None if it vanished
-    meanwhile (expunged, renamed)."""
+                 id_header: str, scheme: int = FIELD_KEYS) -> MessageFile | None:
+    """Describe one message file, keyed by the configured ``id_header`` in the outage's key
+    ``scheme`` (``headers.message_key``); None if it vanished meanwhile (expunged, renamed)."""
     try:
         stat = path.stat()
         headers = parse_headers(read_header_fields(path, key_headers(id_header)), id_header)
@@ -271,9 +280,9 @@ def read_message(folder: str, path: Path, keywords: dict[str, str],
     base, info = split_filename(path.name)
     return MessageFile(
         folder=folder, basename=base, filename=path.name, path=path,
-        flags=flags_of(info, keywords), key=message_key(headers, size),
+        flags=flags_of(info, keywords), key=message_key(headers, size, scheme),
         journal=bool(headers["is_journal"]), size=size, mtime=stat.st_mtime,
-        message_id=headers["message-id"],
+        message_id=headers["message-id"], keys=message_keys(headers, size),
     )
 
 

@@ -133,7 +133,8 @@ class Merger:
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox, record: UserRecord,
              dry_run: bool) -> list[Action]:
         # Read only what can matter (verify reads the same way).
-        index = outage_index(mailbox, record.messages, self.outage.started_at)
+        index = outage_index(mailbox, record.messages, self.outage.started_at,
+                             self.outage.key_scheme)
         actions = plan_user(record.messages, record.folders, index, mailbox.folders,
                             self.config.sync.propagate_deletions, self.repair)
         if not dry_run:

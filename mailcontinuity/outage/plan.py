@@ -78,7 +78,8 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
     return [Action("create_folder", folder) for folder in missing] + actions
 
 
-def older_copies_needed(rows: list[RecordedMessage]) -> tuple[set[str], set[str]]:
+def older_copies_needed(rows: list[RecordedMessage], dated_before: float | None = None
+                        ) -> tuple[set[str], set[str]]:
     """Keys whose copies on the primary may predate the outage, and folders to read in full.
 
     History the user changed during the outage (flags, moves, copies, deletions) is read in
@@ -87,6 +88,10 @@ def older_copies_needed(rows: list[RecordedMessage]) -> tuple[set[str], set[str]
     mail the standby already held when the outage began (a failback without the agent's
     record) may have been on the primary all along. Every other key can only have copies saved
     on the primary since the outage began.
+
+    ``dated_before`` (a primary without SAVEDATE, read by INTERNALDATE): outage mail whose
+    standby file is dated before it is found by its key too, since failback APPENDs it with
+    that date (a client may have set any date on its APPEND to the standby).
     """
     groups: dict[str, list[RecordedMessage]] = defaultdict(list)
     for row in rows:
@@ -95,7 +100,8 @@ def older_copies_needed(rows: list[RecordedMessage]) -> tuple[set[str], set[str]
     folders: set[str] = set()
     for key, group in groups.items():
         if any(row.kind == "outage" for row in group):
-            if any(row.in_baseline for row in group):
+            if any(row.in_baseline or (dated_before is not None and row.kind == "outage"
+                                       and row.mtime < dated_before) for row in group):
                 keys.add(key)
         elif any(row.present != row.in_baseline
                  or (row.in_baseline and row.flags != row.base_flags) for row in group):

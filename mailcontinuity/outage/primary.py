@@ -1,10 +1,10 @@
 """The primary as failback and verify see it: each user's mailbox and an index of its messages.
 
 Both look at the primary the same way: every message by the key ``mail.headers.message_key``
-computes for standby files too (the configured id header, else Message-ID with size), so a copy
-that is already
-there (delivered from Postfix's queue, appended by an interrupted run, or renumbered by a
-UIDVALIDITY change) is recognised without trusting any UID kept from before.
+computes for standby files too (the configured id header, else Message-ID with a digest of
+header fields, never the size some servers only estimate), so a copy that is already there
+(delivered from Postfix's queue, appended by an interrupted run, or renumbered by a UIDVALIDITY
+change) is recognised without trusting any UID kept from before.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from mailcontinuity.config import Config, ConfigError, read_secret
-from mailcontinuity.mail.headers import key_headers, message_key, parse_headers
+from mailcontinuity.mail.headers import FIELD_KEYS, key_headers, message_key, parse_headers
 from mailcontinuity.mail.imap import FETCH_CHUNK, Mailbox, login_as, open_imap, str_flags
 from mailcontinuity.mail.oauth2 import TokenError, oauth2_tokens
 from mailcontinuity.mail.tls import TLSError, TLSPolicy
@@ -29,6 +29,9 @@ from mailcontinuity.mail.tls import TLSError, TLSPolicy
 # (per user and pass), ORed this many to a command; more keys: one FETCH per folder instead.
 SEARCH_KEYS_MAX = 500
 SEARCH_KEYS_PER_COMMAND = 50
+# Without SAVEDATE, outage mail dated this long before the outage began is searched by its key,
+# not found by the INTERNALDATE window (``PrimaryMailbox.window``).
+ARRIVAL_MARGIN = 86400.0
 
 
 class PrimaryError(Exception):
@@ -62,42 +65,57 @@ class PrimaryMailbox(Mailbox):
         super().__init__(client)
         self.id_header = id_header
 
-    def index(self, saved_since: date | None = None, whole: Iterable[str] = (),
-              keys: Iterable[str] = ()) -> dict[str, list[PrimaryCopy]]:
-        """key -> copies in any folder.
+    def index(self, since: date | None = None, whole: Iterable[str] = (),
+              keys: Iterable[str] = (), by: str = "SAVEDSINCE",
+              scheme: int = FIELD_KEYS) -> dict[str, list[PrimaryCopy]]:
+        """key -> copies in any folder, keyed in the outage's key ``scheme``.
 
-        With ``saved_since`` (and a server with SAVEDATE, RFC 8514), only messages saved on the
-        primary since that day are looked at, except in the ``whole`` folders: every copy of
-        outage mail (a queued delivery, an earlier run's APPEND, COPY or MOVE) was saved after
-        the outage began, so a primary holding years of history is not read in full. The
-        copies of ``keys`` (history that may be older: the user may have filed it anywhere
-        before the outage) are found in every folder by their id (see ``key_searches``).
+        With ``since``, only messages the ``by`` search finds from that day are looked at,
+        except in the ``whole`` folders: SAVEDSINCE (RFC 8514) where the server has SAVEDATE,
+        else SINCE, the INTERNALDATE (``window``): every copy of outage mail (a queued
+        delivery, an earlier run's APPEND, COPY or MOVE) was saved, or arrived, after the outage
+        began, so a primary holding years of history is not read in full. The copies of
+        ``keys`` (history that may be older: the user may have filed it anywhere before the
+        outage) are found in every folder by their id (see ``key_searches``).
         """
-        if b"SAVEDATE" not in self.capabilities:
-            saved_since = None
-        searches = key_searches(keys, self.id_header) if saved_since else []
+        searches = key_searches(keys, self.id_header) if since else []
         index: dict[str, list[PrimaryCopy]] = defaultdict(list)
         for folder in sorted(self.folders):
             if folder in whole or searches is None:
-                copies = self.scan_folder(folder)
+                copies = self.scan_folder(folder, scheme=scheme)
             else:
-                copies = self.scan_folder(folder, saved_since, searches)
+                copies = self.scan_folder(folder, since, searches, by, scheme)
             for copy in copies:
                 index[copy.key].append(copy)
         return index
 
-    def scan_folder(self, folder: str, saved_since: date | None = None,
-                    searches: Sequence[list[Any]] = ()) -> list[PrimaryCopy]:
+    def window(self, started_at: float) -> tuple[date, str]:
+        """(first day, search) that finds every copy of outage mail on the primary.
+
+        With SAVEDATE: what was saved since the day before the outage began (the server's
+        time zone may be a day off ours). Without it: what arrived (INTERNALDATE) since two
+        days before; queued deliveries arrive after the outage began, failback's APPENDs
+        carry the standby file's date (``merge._append_item``), and outage mail dated more
+        than a day before the outage (a client may set any date on APPEND) is searched by
+        its key instead (``plan.older_copies_needed``'s ``dated_before``)."""
+        if b"SAVEDATE" in self.capabilities:
+            return date.fromtimestamp(started_at) - timedelta(days=1), "SAVEDSINCE"
+        return date.fromtimestamp(started_at - ARRIVAL_MARGIN) - timedelta(days=1), "SINCE"
+
+    def scan_folder(self, folder: str, since: date | None = None,
+                    searches: Sequence[list[Any]] = (), by: str = "SAVEDSINCE",
+                    scheme: int = FIELD_KEYS) -> list[PrimaryCopy]:
         fields = " ".join(key_headers(self.id_header)).upper()
         reply_key = f"BODY[HEADER.FIELDS ({fields})]".encode()
         fetched = self.fetch(folder, ["FLAGS", "RFC822.SIZE",
-                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], saved_since,
-                             searches)
+                                      f"BODY.PEEK[HEADER.FIELDS ({fields})]"], since,
+                             searches, by)
         copies = []
         for uid, data in fetched.items():
             headers = parse_headers(data.get(reply_key) or b"", self.id_header)
             copies.append(PrimaryCopy(folder, int(uid), str_flags(data[b"FLAGS"]),
-                                      message_key(headers, int(data[b"RFC822.SIZE"]))))
+                                      message_key(headers, int(data[b"RFC822.SIZE"]),
+                                                  scheme)))
         return copies
 
     def read_uids(self, folder: str, uids: list[int]) -> list[tuple[PrimaryCopy, str]]:
@@ -137,7 +155,7 @@ def key_searches(keys: Iterable[str], id_header: str) -> list[list[Any]] | None:
         kind, _, rest = key.partition(":")
         if kind == "id":
             header, value = id_header, rest
-        elif kind == "mid":
+        elif kind in ("msg", "mid"):  # Message-ID:digest, Message-ID:size (SIZED_KEYS)
             header, value = "Message-ID", rest.rpartition(":")[0]
         else:
             return None

@@ -279,7 +279,7 @@ class SyncAgent(pyinotify.ProcessEvent):
             self.rescan_users.add(user)
         elif path.parent.name in MESSAGE_DIRS:
             record_file(self.changelog, self.outage.id, user, maildir, path,
-                        self.config.milter.id_header)
+                        self.config.milter.id_header, self.outage.key_scheme)
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -357,7 +357,7 @@ class SyncAgent(pyinotify.ProcessEvent):
             for user in sorted(self.rescan_users):
                 if user in self.maildirs:
                     rescan_user(self.changelog, self.outage.id, user, self.maildirs[user], False,
-                                self.config.milter.id_header)
+                                self.config.milter.id_header, self.outage.key_scheme)
         self.rescan_users.clear()
         if state == "failback" and time.time() >= self.next_merge:
             self.merge()

@@ -37,7 +37,8 @@ def rescan(config: Config, changelog: ChangeLog, outage: Outage) -> Outage:
     baseline = outage.baseline_at is None
     started = time.monotonic()
     for user, maildir in protected_maildirs(config).items():
-        rescan_user(changelog, outage.id, user, maildir, baseline, config.milter.id_header)
+        rescan_user(changelog, outage.id, user, maildir, baseline, config.milter.id_header,
+                    outage.key_scheme)
     if baseline:
         changelog.set_outage(outage.id, baseline_at=time.time())
     log.info("event=rescan outage=%d baseline=%s seconds=%.2f", outage.id, baseline,
@@ -48,9 +49,9 @@ def rescan(config: Config, changelog: ChangeLog, outage: Outage) -> Outage:
 
 
 def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
-                baseline: bool, id_header: str) -> None:
+                baseline: bool, id_header: str, scheme: int) -> None:
     """Record every file of ``user`` as it is now; files no longer there are marked gone.
-    Files are keyed by ``id_header`` (``milter.id_header``)."""
+    Files are keyed by ``id_header`` (``milter.id_header``) in the outage's key ``scheme``."""
     known = changelog.known_files(outage_id, user)
     seen: set[tuple[str, str]] = set()
     with changelog.store.transaction():
@@ -63,7 +64,7 @@ def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
                 recorded = known.get((folder, basename))
                 if recorded == (path.name, True):
                     continue
-                found = read_message(folder, path, keywords, id_header)
+                found = read_message(folder, path, keywords, id_header, scheme)
                 if found is not None:
                     changelog.upsert_file(outage_id, user, found, baseline)
         for (folder, basename), (_, present) in known.items():
@@ -75,14 +76,15 @@ def rescan_user(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
 
 
 def record_file(changelog: ChangeLog, outage_id: int, user: str, maildir: Path,
-                path: Path, id_header: str) -> None:
-    """Update the record for one message path an event named (created, renamed or removed)."""
+                path: Path, id_header: str, scheme: int) -> None:
+    """Update the record for one message path an event named (created, renamed or removed),
+    keyed in the outage's key ``scheme``."""
     folder_dir = path.parent.parent
     folder = INBOX if folder_dir == maildir else folder_name(folder_dir.name)
     basename, _ = split_filename(path.name)
     with changelog.store.transaction():
         if path.exists():
-            found = read_message(folder, path, read_keywords(folder_dir), id_header)
+            found = read_message(folder, path, read_keywords(folder_dir), id_header, scheme)
             if found is not None:
                 changelog.upsert_file(outage_id, user, found, baseline=False)
                 return

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,13 @@ from mailcontinuity.outage.plan import (
     older_copies_needed,
     outage_flags,
 )
-from mailcontinuity.outage.primary import PrimaryCopy, PrimaryMailbox, connect, read_admin_password
+from mailcontinuity.outage.primary import (
+    ARRIVAL_MARGIN,
+    PrimaryCopy,
+    PrimaryMailbox,
+    connect,
+    read_admin_password,
+)
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
 
@@ -54,7 +59,8 @@ def verify(config: Config) -> dict[str, Any]:
             mailbox = connect(config, user, password)
             try:
                 rows = changelog.messages(outage.id, user)
-                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at))
+                found = verify_user(rows, outage_index(mailbox, rows, outage.started_at,
+                                                             outage.key_scheme))
                 found["missing"], found["not_matched"] = look_again(mailbox, found["missing"])
                 users[user] = found
             finally:
@@ -84,15 +90,18 @@ def to_repair(users: dict[str, dict[str, Found]]) -> dict[str, dict[str, list[st
     return repair
 
 
-def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage],
-                 started_at: float) -> dict[str, list[PrimaryCopy]]:
+def outage_index(mailbox: PrimaryMailbox, rows: list[RecordedMessage], started_at: float,
+                 scheme: int) -> dict[str, list[PrimaryCopy]]:
     """The primary's copies that can matter, for failback's plan and verify alike: what was
-    saved since the outage began (a day's margin for the server's time zone), the folders of
-    history users changed, and the copies of each message that may be older (changed history)
-    wherever the user filed them, found by its id in every other folder (see
-    ``PrimaryMailbox.index``)."""
-    keys, folders = older_copies_needed(rows)
-    return mailbox.index(date.fromtimestamp(started_at) - timedelta(days=1), folders, keys)
+    saved (with SAVEDATE), else what arrived (INTERNALDATE), since the outage began, with a
+    margin for the server's time zone (``PrimaryMailbox.window``); the folders of history users
+    changed; and the copies of each message that may be older (changed history, and outage
+    mail dated before the window) wherever the user filed them, found by its id in every
+    other folder (see ``PrimaryMailbox.index``)."""
+    since, by = mailbox.window(started_at)
+    keys, folders = older_copies_needed(
+        rows, None if by == "SAVEDSINCE" else started_at - ARRIVAL_MARGIN)
+    return mailbox.index(since, folders, keys, by, scheme)
 
 
 def verify_user(rows: list[RecordedMessage],

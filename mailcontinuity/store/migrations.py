@@ -192,6 +192,14 @@ def _migration_sieve_synced(store: StateStore) -> None:
                   " digests TEXT NOT NULL, synced_at REAL NOT NULL)")
 
 
+def _migration_key_scheme(store: StateStore) -> None:
+    """The message key scheme an outage is recorded and merged with (mail/headers.py):
+    outages recorded before this keep ``SIZED_KEYS`` (1: Message-ID with the size, which
+    Exchange only estimates) to the end of their merge, so their rows, checkpoints and the
+    primary's index still agree; outages opened since use ``FIELD_KEYS`` (2, no size)."""
+    create(store, "ALTER TABLE sync_outage ADD COLUMN key_scheme {int} NOT NULL DEFAULT 1")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -206,4 +214,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_follow,
     _migration_journal_counts,
     _migration_sieve_synced,
+    _migration_key_scheme,
 ]

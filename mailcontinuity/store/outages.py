@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mailcontinuity.mail.headers import FIELD_KEYS, SIZED_KEYS
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.state import StateName, current_state
@@ -55,6 +56,9 @@ class Outage:
     status: OutageStatus
     merged_at: float | None
     summary: dict[str, Any]
+    key_scheme: int = SIZED_KEYS
+    """How its messages are keyed, on the standby and the primary alike
+    (``headers.message_key``; migration 13): fixed when the outage is opened."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,8 @@ class ChangeLog:
             if while_in is not None and current_state(self.store).name not in while_in:
                 return None
             self.store.execute(
-                "INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
-                [time.time()])
+                "INSERT INTO sync_outage (started_at, status, key_scheme)"
+                " VALUES (?, 'recording', ?)", [time.time(), FIELD_KEYS])
         return self.open_outage()
 
     def set_outage(self, outage_id: int, **fields: Any) -> None:
@@ -145,7 +149,7 @@ class ChangeLog:
     def _outage(row: tuple[Any, ...] | None) -> Outage | None:
         if row is None:
             return None
-        return Outage(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+        return Outage(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
 
     # --- the mirror ----------------------------------------------------------------------
     def messages(self, outage_id: int, user: str | None = None) -> list[RecordedMessage]:
@@ -190,9 +194,11 @@ class ChangeLog:
         """
         if found.journal:
             return "existing"
+        keys = list(dict.fromkeys((found.key, *found.keys)))  # earlier outages' schemes too
         earlier = self.store.one(
-            "SELECT 1 FROM sync_message WHERE \"user\" = ? AND key = ? AND kind = 'outage'"
-            " AND outage_id < ? LIMIT 1", [user, found.key, outage_id],
+            "SELECT 1 FROM sync_message WHERE \"user\" = ? AND key IN"
+            f" ({', '.join('?' * len(keys))}) AND kind = 'outage' AND outage_id < ? LIMIT 1",
+            [user, *keys, outage_id],
         )
         return "existing" if earlier else "outage"
 

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import LabUser
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.scenario import OutageScenario, restored
+from mailcontinuity.mail.headers import SIZED_KEYS
 from mailcontinuity.mail.imap import Append, imap_login
 from mailcontinuity.outage.primary import connect, read_admin_password
 from mailcontinuity.store.audit import audit_log
@@ -85,6 +87,49 @@ def test_scripted_outage_merges_each_message_once_and_verify_is_clean(lab: Lab) 
 
         code, again = invoke(lab, "failback", "--yes", "--json")
         assert code == 0 and again["note"] == "no outage to merge"
+
+
+def test_an_outage_recorded_before_the_key_change_merges_with_the_keys_it_was_recorded_with(
+        lab: Lab) -> None:
+    """An outage the code before migration 13 opened (its ``key_scheme`` is the column's
+    default, ``SIZED_KEYS``), recorded and merged after the upgrade: the draft and the Sent
+    copy written on the standby keep Message-ID-with-size keys on both sides (Dovecot's sizes
+    are exact), merged once, verify clean, the run's last pass finds nothing to do."""
+    agent = lab.part("sync-agent")
+    with restored(lab):
+        scenario = OutageScenario(lab)
+        scenario.before_outage()
+        agent.stop()
+        try:
+            store = open_store(lab.config)
+            try:
+                with store.transaction():  # what the older code's start_outage wrote
+                    store.execute("INSERT INTO sync_outage (started_at, status)"
+                                  " VALUES (?, 'recording')", [time.time()])
+            finally:
+                store.close()
+        finally:
+            agent.start()
+        scenario.force_failover()
+        scenario.during_outage()
+        scenario.activity_on_standby()
+        draft = scenario.activity["draft"]
+        store = open_store(lab.config)
+        try:
+            changelog = ChangeLog(store)
+            outage = changelog.open_outage()
+            assert outage is not None and outage.key_scheme == SIZED_KEYS
+            rows = eventually(lambda: [row for row in changelog.messages(outage.id)
+                                       if row.message_id == draft], 15, "the draft's record")
+            assert rows[0].key.startswith(f"mid:{draft}:"), rows
+        finally:
+            store.close()
+        code, report = invoke(lab, "failback", "--yes", "--json")
+        assert code == 0 and report["refused"] == [], report
+        assert report["passes"] >= 2, report
+        assert_merged_once(scenario)
+        code, audit = invoke(lab, "verify", "--json")
+        assert code == 0 and audit["ok"], audit
 
 
 def imap_uidvalidity(lab: Lab, user: LabUser) -> int:

@@ -31,6 +31,7 @@ from mailcontinuity.lab.scenario import OutageScenario, audit_deliveries, restor
 from mailcontinuity.mail.imap import Mailbox, imap_login
 from mailcontinuity.mail.managesieve import Credentials, normalise, session
 from mailcontinuity.mail.smtp import make_message, send_message
+from mailcontinuity.outage.primary import connect, read_admin_password
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
@@ -135,9 +136,12 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
         if profile == "gmail":
             assert users <= set(issued_for(kind_lab)), issued_for(kind_lab)
 
-    # A second failback finds nothing to do and changes nothing on the primary.
+    # A second failback finds nothing to do and changes nothing on the primary: not even the
+    # draft and the Sent copy written on the standby, found by Message-ID and header fields
+    # where the primary reports estimated sizes (exchange).
     code, again = run_cli(kind_lab, "failback", "--yes", "--json")
     assert code == 0 and again["refused"] == [], again
+    assert not [name for name in again["counts"] if name.startswith("append")], again
     checked = scenario.check_primary()
     assert (checked.lost, checked.duplicated, checked.misplaced) == ([], [], [])
     alice = kind_lab.users[0]
@@ -158,6 +162,28 @@ def test_scripted_outage_merges_once_into_the_primary_twice_over(kind_lab: Lab) 
             client.select_folder(GMAIL_ALL_MAIL, readonly=True)
             assert delivered and all(client.search(["HEADER", "Message-ID", sent.message_id])
                                      for sent in delivered), delivered
+
+
+def test_exchange_reports_estimated_sizes_to_mailcontinuity(kind_lab: Lab) -> None:
+    """What mailcontinuity reads from the exchange profile (``primary.imap``) is Exchange's
+    estimated RFC822.SIZE, not the size of the message: a draft appended, then fetched."""
+    if profile_of(kind_lab) != "exchange":
+        pytest.skip("the exchange profile estimates sizes")
+    alice = kind_lab.users[0]
+    draft = make_message(alice.address, ["bob@example.test"], "how big am I")
+    with imap_login(kind_lab.endpoint("primary", "imap"), alice.login, alice.password) as client:
+        client.append("Drafts", draft.as_bytes())
+        client.select_folder("Drafts", readonly=True)
+        uids = client.search(["HEADER", "Message-ID", str(draft["Message-ID"])])
+        exact = client.fetch(uids, ["RFC822.SIZE", "RFC822"])[uids[0]]
+    mailbox = connect(kind_lab.config, alice.address, read_admin_password(kind_lab.config))
+    try:
+        mailbox.select("Drafts")
+        seen = mailbox.client.fetch(uids, ["RFC822.SIZE", "RFC822"])[uids[0]]
+    finally:
+        mailbox.close()
+    assert exact[b"RFC822.SIZE"] == len(exact[b"RFC822"]) == len(seen[b"RFC822"]), exact
+    assert seen[b"RFC822.SIZE"] != exact[b"RFC822.SIZE"], seen
 
 
 def test_wrong_failback_credentials_fail_the_drill_and_failback_refuses_to_start(

@@ -50,23 +50,27 @@ class ModelPrimary:
             index.setdefault(key, []).append(PrimaryCopy(folder, uid, tuple(sorted(flags)), key))
         return index
 
-    def apply(self, action: Action) -> None:
-        """What failback's IMAP steps do to the mailbox."""
+    def apply(self, action: Action, arrived_since: float | None = None) -> None:
+        """What failback's IMAP steps do to the mailbox. With ``arrived_since``, the model's
+        "recent" is INTERNALDATE's (a primary without SAVEDATE): an APPEND carries the standby
+        file's date, a MOVE or COPY keeps the source's."""
         if action.kind == "create_folder":
             self.folders.add(action.folder)
         elif action.kind == "append":
             assert action.source is not None and action.folder in self.folders
-            self.add(action.folder, action.key, frozenset(action.source.flags), True)
+            recent = arrived_since is None or action.source.mtime >= arrived_since
+            self.add(action.folder, action.key, frozenset(action.source.flags), recent)
         elif action.kind == "flags":
             key, flags, recent = self.messages[(action.folder, action.uid)]
             self.messages[(action.folder, action.uid)] = (
                 key, (flags | set(action.add)) - set(action.remove), recent)
         elif action.kind in ("move", "copy"):
             assert action.folder in self.folders
-            key, flags, _ = self.messages[(action.from_folder, action.uid)]
+            key, flags, recent = self.messages[(action.from_folder, action.uid)]
             if action.kind == "move":
                 del self.messages[(action.from_folder, action.uid)]
-            self.add(action.folder, key, (flags | set(action.add)) - set(action.remove), True)
+            self.add(action.folder, key, (flags | set(action.add)) - set(action.remove),
+                     recent if arrived_since is not None else True)
         elif action.kind == "delete":
             del self.messages[(action.folder, action.uid)]
 
@@ -199,10 +203,41 @@ def test_reading_only_recent_mail_changed_folders_and_changed_keys_plans_the_sam
     the copies of changed history wherever they are filed (found by id): the plan is the one
     the whole primary gives."""
     rows, folders, primary = outage
-    keys, whole = older_copies_needed(rows)
+    keys, whole = older_copies_needed(rows, OUTAGE_BEGAN)
     partial = primary.index(saved_since_outage_only=True, whole=whole, keys=keys)
     assert (plan_user(rows, folders, partial, set(primary.folders), False)
             == plan_user(rows, folders, primary.index(), set(primary.folders), False))
+
+
+OUTAGE_BEGAN = 1_000_000.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(outages(), st.booleans(), st.data())
+def test_reading_by_arrival_date_without_savedate_plans_the_same_on_every_pass(
+        outage: tuple[list[RecordedMessage], dict[str, tuple[bool, bool]], ModelPrimary],
+        propagate: bool, data: st.DataObject) -> None:
+    """Without SAVEDATE failback reads what arrived (INTERNALDATE) since the outage began: a
+    queued delivery is new, history keeps its old date wherever it is moved or copied, and an
+    APPEND carries the standby file's date, which a client may have set long before the
+    outage (``older_copies_needed``'s ``dated_before``). The plan from that partial read is the
+    one the whole primary gives, on the first pass and on a re-run after it was applied."""
+    rows, folders, primary = outage
+    dated = {r.key: data.draw(st.sampled_from([OUTAGE_BEGAN - 90 * 86400.0,
+                                               OUTAGE_BEGAN + 3600.0]), label=r.key)
+             for r in rows if r.kind == "outage"}
+    rows = [replace(r, mtime=dated[r.key]) if r.kind == "outage" else r for r in rows]
+    outage_keys = set(dated)
+    primary.messages = {where: (key, flags, key in outage_keys and recent)
+                        for where, (key, flags, recent) in primary.messages.items()}
+    for _ in range(2):
+        keys, whole = older_copies_needed(rows, OUTAGE_BEGAN)
+        partial = primary.index(saved_since_outage_only=True, whole=whole, keys=keys)
+        full = plan_user(rows, folders, primary.index(), set(primary.folders), propagate)
+        assert plan_user(rows, folders, partial, set(primary.folders), propagate) == full
+        for action in full:
+            primary.apply(action, arrived_since=OUTAGE_BEGAN)
+    assert [a for a in plan(rows, folders, primary, propagate) if a.kind != "report"] == []
 
 
 @settings(max_examples=300, deadline=None)
