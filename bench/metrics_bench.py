@@ -92,11 +92,12 @@ def record_outage(store: StateStore, outage_id: int, baseline: int, touched: int
         store.executemany(
             "INSERT INTO sync_message (outage_id, \"user\", folder, basename, filename, path, key,"
             " kind, flags, size, mtime, message_id, present, in_baseline, base_flags,"
-            " updated_at, first_flags) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, 1000, ?, '', ?, ?, ?,"
-            " ?, ?)",
+            " updated_at, first_flags, touched) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, 1000, ?, '',"
+            " ?, ?, ?, ?, ?, ?)",
             ((outage_id, user, folder, name, f"{name}:2,{flags}", key, kind, flags, now, present,
-              in_baseline, base, now, flags) for user, folder, name, key, kind, flags, present,
-             in_baseline, base in rows))
+              in_baseline, base, now, flags,
+              int((kind, present, in_baseline, flags) != ("existing", 1, 1, base)))
+             for user, folder, name, key, kind, flags, present, in_baseline, base in rows))
 
 
 def activity_times(store: StateStore, outage_id: int, runs: int = 5) -> tuple[float, float]:

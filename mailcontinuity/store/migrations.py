@@ -192,31 +192,26 @@ def _migration_sieve_synced(store: StateStore) -> None:
                   " digests TEXT NOT NULL, synced_at REAL NOT NULL)")
 
 
-SYNC_MESSAGE_TOUCHED = ("(kind != 'existing' OR in_baseline = 0 OR present = 0"
-                        " OR flags != base_flags OR base_differs = 1)")
-"""The rows of the outage record that show something happened during the outage (migration
-13's partial index ``sync_message_touched``): mail that exists because of the outage, files new
-since the baseline, files gone, flags changed since the baseline, and baseline files of a message
-the baseline also held with other flags. The rest, the bulk of a baseline (every message every
-user held, untouched), counts in no activity figure. A query reaches the index by repeating this
-expression verbatim as one of its AND terms (SQLite matches a partial index's WHERE by its
-terms)."""
-
-
 def _migration_activity_index(store: StateStore) -> None:
     """The outage activity summary (``status``, each scrape, ``report``) reads only the rows
-    where something happened (``SYNC_MESSAGE_TOUCHED``) and the messages they belong to, not
-    the whole baseline (millions of rows at 10,000 users); new folders likewise. ``base_differs``
-    marks a baseline file whose message the baseline already held in another file with other
-    flags (the summary counts such a message as flagged history, untouched or not)."""
-    create(store, "ALTER TABLE sync_message ADD COLUMN base_differs {int} NOT NULL DEFAULT 0")
+    where something happened during the outage and the messages they belong to, not the whole
+    baseline (millions of rows at 10,000 users); new folders likewise.
+
+    ``touched`` (kept by store/outages.py as it writes, never reset) is 1 for a row that has
+    at any time been: mail that exists because of the outage, a file new since the baseline, a
+    file gone, flags other than the baseline's, or a baseline file of a message the baseline
+    already held with other flags (the summary counts that as flagged history). A plain column
+    rather than that expression as the index's condition: PostgreSQL can estimate how few rows
+    ``touched = 1`` selects (it cannot for ``flags != base_flags``, and would scan the table)."""
+    create(store, "ALTER TABLE sync_message ADD COLUMN touched {int} NOT NULL DEFAULT 0")
     store.execute(
-        "UPDATE sync_message SET base_differs = 1 WHERE in_baseline = 1 AND EXISTS (SELECT 1"
+        "UPDATE sync_message SET touched = 1 WHERE kind != 'existing' OR in_baseline = 0"
+        " OR present = 0 OR flags != base_flags OR (in_baseline = 1 AND EXISTS (SELECT 1"
         " FROM sync_message twin WHERE twin.outage_id = sync_message.outage_id"
         ' AND twin."user" = sync_message."user" AND twin.key = sync_message.key'
-        " AND twin.in_baseline = 1 AND twin.base_flags != sync_message.base_flags)")
+        " AND twin.in_baseline = 1 AND twin.base_flags != sync_message.base_flags))")
     store.execute('CREATE INDEX sync_message_touched ON sync_message (outage_id, "user", key)'
-                  f" WHERE {SYNC_MESSAGE_TOUCHED}")
+                  " WHERE touched = 1")
     store.execute("CREATE INDEX sync_folder_new ON sync_folder (outage_id)"
                   " WHERE in_baseline = 0 AND present = 1")
 

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.store.db import StateStore
-from mailcontinuity.store.migrations import SYNC_MESSAGE_TOUCHED
 from mailcontinuity.store.state import StateName, current_state
 
 OutageStatus = Literal["recording", "merging", "merged"]
@@ -225,37 +224,39 @@ class ChangeLog:
                     found: MessageFile, baseline: bool) -> None:
         """Record a file seen on disk (new, or renamed by a flag change)."""
         flags = " ".join(found.flags)
+        # ``touched`` (migration 13): the row shows activity, and the summary reads it.
         updated = self.store.execute(
             "UPDATE sync_message SET filename = ?, path = ?, flags = ?, present = 1,"
-            ' updated_at = ? WHERE outage_id = ? AND "user" = ? AND folder = ? AND basename = ?',
-            [found.filename, str(found.path), flags, time.time(), outage_id, user, found.folder,
-             found.basename],
+            " updated_at = ?, touched = CASE WHEN base_flags != ? THEN 1 ELSE touched END"
+            ' WHERE outage_id = ? AND "user" = ? AND folder = ? AND basename = ?',
+            [found.filename, str(found.path), flags, time.time(), flags, outage_id, user,
+             found.folder, found.basename],
         )
         if updated:
             return
-        # A copy of the message with other flags already in the baseline: the activity
-        # summary counts it as flagged history, so the row must be one it reads (migration 13).
-        differs = baseline and self.store.one(
+        kind = self.kind_of(outage_id, user, found)
+        # Every file new since the baseline is activity; a baseline file only if it is outage
+        # mail or the baseline holds its message with other flags too (counted as flagged).
+        touched = not baseline or kind != "existing" or self.store.one(
             'SELECT 1 FROM sync_message WHERE "user" = ? AND key = ? AND outage_id = ?'
             " AND in_baseline = 1 AND base_flags != ? LIMIT 1",
             [user, found.key, outage_id, flags]) is not None
         self.store.execute(
             'INSERT INTO sync_message (outage_id, "user", folder, basename, filename, path, key,'
             " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at,"
-            " first_flags, base_differs)"
+            " first_flags, touched)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
             [outage_id, user, found.folder, found.basename, found.filename, str(found.path),
-             found.key, self.kind_of(outage_id, user, found), flags, found.size, found.mtime,
-             found.message_id, int(baseline), flags if baseline else None, time.time(), flags,
-             int(differs)],
+             found.key, kind, flags, found.size, found.mtime, found.message_id, int(baseline),
+             flags if baseline else None, time.time(), flags, int(touched)],
         )
 
     def mark_gone(self, outage_id: int, user: str, folder: str,
                   basename: str, filename: str | None = None) -> None:
         """A file left the folder; with ``filename``, only if that is still its recorded name
         (a flag-change rename's MOVED_FROM may arrive after its MOVED_TO)."""
-        sql = ("UPDATE sync_message SET present = 0, updated_at = ? WHERE outage_id = ?"
-               ' AND "user" = ? AND folder = ? AND basename = ?')
+        sql = ("UPDATE sync_message SET present = 0, touched = 1, updated_at = ?"
+               ' WHERE outage_id = ? AND "user" = ? AND folder = ? AND basename = ?')
         args: list[Any] = [time.time(), outage_id, user, folder, basename]
         if filename is not None:
             sql += " AND filename = ?"
@@ -290,18 +291,18 @@ class ChangeLog:
         a file had when first recorded (the baseline's for history), so mail that arrived
         flagged (a Sent copy) is not "flagged".
         Read through migration 13's partial index: only the messages that have a row where
-        something happened (``SYNC_MESSAGE_TOUCHED``), all their rows, so the cost grows with
-        what users did and the mail the outage brought, not with the baseline (every message
-        every user held). A message none of whose files changed counts in no figure, so the
+        something happened (``touched``), all their rows, so the cost grows with what users
+        did and the mail the outage brought, not with the baseline (every message every user
+        held). A message none of whose files was ever touched counts in no figure, so the
         result is ``activity_full_read``'s, which a property test checks.
         """
         one = self.store.one(
             f"{_COUNTS} FROM ({_PER_MESSAGE}"
-            ' FROM (SELECT DISTINCT "user" AS touched_user, key AS touched_key FROM sync_message'
-            f" WHERE outage_id = ? AND {SYNC_MESSAGE_TOUCHED}) AS touched"
-            ' CROSS JOIN sync_message WHERE sync_message."user" = touched.touched_user'
-            " AND sync_message.key = touched.touched_key AND sync_message.outage_id = ?"
-            " GROUP BY touched.touched_user, touched.touched_key) AS per_message",
+            ' FROM (SELECT DISTINCT "user" AS changed_user, key AS changed_key FROM sync_message'
+            " WHERE outage_id = ? AND touched = 1) AS changed"
+            ' CROSS JOIN sync_message WHERE sync_message."user" = changed.changed_user'
+            " AND sync_message.key = changed.changed_key AND sync_message.outage_id = ?"
+            " GROUP BY changed.changed_user, changed.changed_key) AS per_message",
             [outage_id, outage_id, outage_id],
         )
         assert one is not None, "an aggregate query returns one row"
@@ -325,7 +326,7 @@ class ChangeLog:
         saved copy has none)."""
         row = self.store.one(
             "SELECT MIN(mtime), COUNT(DISTINCT key), COUNT(DISTINCT \"user\" || ' ' || key)"
-            f" FROM sync_message WHERE outage_id = ? AND {SYNC_MESSAGE_TOUCHED}"
+            " FROM sync_message WHERE outage_id = ? AND touched = 1"
             " AND kind = 'outage' AND key LIKE 'id:%'",
             [outage_id])
         assert row is not None, "an aggregate query returns one row"
@@ -337,7 +338,7 @@ class ChangeLog:
         # Every row it takes is a touched one: read through the index, not the baseline.
         row = self.store.one(
             "SELECT MIN(updated_at), MAX(updated_at) FROM sync_message m"
-            f" WHERE outage_id = ? AND {SYNC_MESSAGE_TOUCHED} AND ("
+            " WHERE outage_id = ? AND touched = 1 AND ("
             "(m.in_baseline = 1 AND (m.present = 0 OR m.flags != m.base_flags))"
             " OR (m.kind = 'existing' AND m.in_baseline = 0 AND EXISTS (SELECT 1 FROM"
             " sync_message b WHERE b.outage_id = m.outage_id AND b.user = m.user"
