@@ -33,11 +33,10 @@ from pathlib import Path
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import DovecotInstance
-from mailcontinuity.lab.outagemail import Tally, write_outage_mail
+from mailcontinuity.lab.outagemail import Tally, record_outage
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.tools import run_command
 from mailcontinuity.outage.merge import run_failback
-from mailcontinuity.outage.scan import rescan
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.transitions import change_state
@@ -156,14 +155,8 @@ def main() -> None:
         # The agent records during the outage; the bench records in its place (untimed) so
         # that it does not race the timed failback for the merge.
         lab.part("sync-agent").stop()
+        outage, written = record_outage(lab, args.messages, random.Random(1), actor="bench")
         store = open_store(lab.config)
-        change_state(lab.config, store, "failover", "benchmark", "bench")
-        changelog = ChangeLog(store)
-        opened = changelog.start_outage()
-        assert opened is not None
-        outage = rescan(lab.config, changelog, opened)  # the baseline
-        written = write_outage_mail(lab, args.messages, random.Random(1))
-        rescan(lab.config, changelog, outage)
         total = sum(written[0].values())
         megabytes = sum(written[1].values()) / 1e6
 

@@ -33,7 +33,7 @@ from mailcontinuity.reports.metrics import StoreCollector
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.store.accepted import add_accepted
 from mailcontinuity.store.checks import Check, record_checks
-from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.db import SQLiteStore, StateStore, open_store
 from mailcontinuity.store.heartbeats import policyd_beat, sync_agent_beat
 from mailcontinuity.store.journal import recount
 from mailcontinuity.store.outages import ChangeLog
@@ -59,12 +59,7 @@ def fill(store: StateStore, copies: int) -> None:
             ((now - n, ("delivery", "imap")[n % 2]) for n in range(PROBE_ROWS)))
         store.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
                       [now])
-        store.executemany(
-            "INSERT INTO sync_message (outage_id, \"user\", folder, basename, filename, path, key,"
-            " kind, flags, size, mtime, message_id, present, in_baseline, updated_at)"
-            " VALUES (1, ?, 'INBOX', ?, ?, '', ?, 'outage', '', 1000, ?, '', 1, 0, ?)",
-            ((f"user{n % 500}", f"b{n}", f"b{n}:2,", f"k{n}", now, now)
-             for n in range(copies // 10)))
+    record_outage(store, 1, copies // 10, copies // 1000, now)
     recount(store)  # the rows were written by hand: the counts the code keeps, rebuilt
     policyd_beat(store, LOCAL_HOST, now - 3600, now, 1e9)  # fresh for the whole run: no live checks
     sync_agent_beat(store, LOCAL_HOST, now - 3600)
@@ -75,6 +70,68 @@ def fill(store: StateStore, copies: int) -> None:
                                       ("milter", "socket"))])
     for minute in range(1440):
         add_accepted(store, now - minute * 60, 10)
+
+
+def record_outage(store: StateStore, outage_id: int, baseline: int, touched: int,
+                  now: float) -> None:
+    """An outage's record as the recorder leaves it: a baseline of ``baseline`` history
+    messages (500 users), ``touched`` of them changed by users (flags, deletions, moves to
+    another folder, in turns), and ``touched`` messages of outage mail in INBOX."""
+    changed = {n * (baseline // touched): n % 3 for n in range(touched)} if touched else {}
+    rows: list[tuple[str, str, str, str, str, str, int, int, str | None]] = []
+    for n in range(baseline):
+        change = changed.get(n)
+        rows.append((f"user{n % 500}", "INBOX", f"h{n}", f"mid:<{n}@bench>:1000", "existing",
+                     "FS" if change == 0 else "S", 0 if change in (1, 2) else 1, 1, "S"))
+        if change == 2:  # moved: gone from INBOX, new in Archive
+            rows.append((f"user{n % 500}", "Archive", f"h{n}b", f"mid:<{n}@bench>:1000",
+                         "existing", "S", 1, 0, None))
+    rows.extend((f"user{n % 500}", "INBOX", f"o{n}", f"id:{n}", "outage", "", 1, 0, None)
+                for n in range(touched))
+    with store.transaction():
+        store.executemany(
+            "INSERT INTO sync_message (outage_id, \"user\", folder, basename, filename, path, key,"
+            " kind, flags, size, mtime, message_id, present, in_baseline, base_flags,"
+            " updated_at, first_flags, touched) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, 1000, ?, '',"
+            " ?, ?, ?, ?, ?, ?)",
+            ((outage_id, user, folder, name, f"{name}:2,{flags}", key, kind, flags, now, present,
+              in_baseline, base, now, flags,
+              int((kind, present, in_baseline, flags) != ("existing", 1, 1, base)))
+             for user, folder, name, key, kind, flags, present, in_baseline, base in rows))
+
+
+def activity_times(store: StateStore, outage_id: int, runs: int = 5) -> tuple[float, float]:
+    """Median seconds of the outage activity summary as read now (the touched rows, through
+    migration 13's index) and as read before (every row of the record), after checking that
+    both give the same counts."""
+    changelog = ChangeLog(store)
+    assert changelog.activity(outage_id) == changelog.activity_full_read(outage_id)
+    medians = []
+    for read in (changelog.activity, changelog.activity_full_read):
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            read(outage_id)
+            times.append(time.perf_counter() - started)
+        medians.append(statistics.median(times))
+    return medians[0], medians[1]
+
+
+def activity_curve(directory: Path, baselines: list[int], touched: int) -> None:
+    """The summary's cost as the baseline grows and what users did stays the same."""
+    print(f"\noutage activity summary, {touched:,} history messages changed and {touched:,}"
+          " outage messages, baseline growing")
+    print(f"{'baseline messages':>18} {'now (touched rows) ms':>22} {'before (every row) ms':>22}")
+    for baseline in baselines:
+        store = SQLiteStore(directory / f"activity-{baseline}.db")
+        try:
+            store.execute("INSERT INTO sync_outage (started_at, status)"
+                          " VALUES (?, 'recording')", [time.time()])
+            record_outage(store, 1, baseline, touched, time.time())
+            now, before = activity_times(store, 1)
+        finally:
+            store.close()
+        print(f"{baseline:>18,} {now * 1000:>22.1f} {before * 1000:>22.1f}")
 
 
 def spool(directory: Path) -> None:
@@ -110,16 +167,17 @@ def scrape_times(directory: Path, copies: int, scrapes: int = SCRAPES
             report = collect_status(config, store, live=False)
             statuses.append(time.perf_counter() - started)
         assert report["checked_by"] == "policyd", report["checks"]
-        # Two parts side by side: the journal's counts as kept (journal_count) and as counted
-        # from the whole index before; and the outage record's activity summary.
+        # Parts side by side: the journal's counts as kept (journal_count) and as counted
+        # from the whole index before; the outage record's activity summary as read now and
+        # before (every row).
         parts: dict[str, float] = {}
         outage = ChangeLog(store).open_outage()
         assert outage is not None
+        parts["activity"], parts["activity_before"] = activity_times(store, outage.id)
         for name, read in (
                 ("kept", lambda: store.query("SELECT status, count FROM journal_count")),
                 ("counted", lambda: store.query(
-                    "SELECT status, count(*) FROM journal GROUP BY status")),
-                ("activity", lambda: ChangeLog(store).activity(outage.id))):
+                    "SELECT status, count(*) FROM journal GROUP BY status"))):
             runs = []
             for _ in range(5):
                 started = time.perf_counter()
@@ -145,6 +203,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--scrapes", type=int, default=SCRAPES)
+    parser.add_argument("--baselines", default="",
+                        help="also time the outage activity summary alone at these baseline"
+                             " sizes (messages), e.g. 100000,1000000,3000000")
+    parser.add_argument("--touched", type=int, default=10_000,
+                        help="history messages changed and outage messages, for --baselines")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     scrapes = args.scrapes
@@ -157,8 +220,14 @@ def main() -> None:
         print(f"{copies:>15,} {statistics.median(times) * 1000:>10.1f}"
               f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}"
               f"   counts kept {parts['kept'] * 1000:.2f} ms, counted from the index"
-              f" {parts['counted'] * 1000:.1f} ms; outage activity ({copies // 10:,} rows)"
-              f" {parts['activity'] * 1000:.1f} ms")
+              f" {parts['counted'] * 1000:.1f} ms; outage activity ({copies // 10:,} baseline"
+              f" messages, {copies // 1000:,} changed, {copies // 1000:,} outage mail)"
+              f" {parts['activity'] * 1000:.1f} ms, read in full (before)"
+              f" {parts['activity_before'] * 1000:.1f} ms")
+    if args.baselines:
+        with tempfile.TemporaryDirectory(prefix="mcactivity-") as directory:
+            activity_curve(Path(directory), [int(n) for n in args.baselines.split(",")],
+                           args.touched)
     cost = counting_cost()
     print("\nper policy request")
     print(f"  counting the answer: {cost * 1e6:.2f} µs"

@@ -32,14 +32,12 @@ from pathlib import Path
 
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.dovecot import MAIL_USER, DovecotInstance
-from mailcontinuity.lab.outagemail import write_outage_mail
+from mailcontinuity.lab.outagemail import record_outage
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.tools import run_command
 from mailcontinuity.outage.merge import run_failback
-from mailcontinuity.outage.scan import rescan
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog
-from mailcontinuity.transitions import change_state
 
 OUTAGE_AHEAD = timedelta(days=3)
 
@@ -90,18 +88,12 @@ def without_savedate(lab: Lab) -> None:
 def failback_seconds(lab: Lab, outage_messages: int) -> tuple[float, int, int]:
     """(seconds, appended, refused) for one recorded outage merged by failback."""
     lab.part("sync-agent").stop()
+    outage, _ = record_outage(lab, outage_messages, random.Random(1), actor="bench")
     store = open_store(lab.config)
     try:
-        change_state(lab.config, store, "failover", "benchmark", "bench")
-        changelog = ChangeLog(store)
-        opened = changelog.start_outage()
-        assert opened is not None
-        outage = rescan(lab.config, changelog, opened)
-        write_outage_mail(lab, outage_messages, random.Random(1))
         began = time.time() + OUTAGE_AHEAD.total_seconds()
         arrived_during_outage(lab, began)
-        rescan(lab.config, changelog, outage)
-        changelog.set_outage(outage.id, started_at=began)
+        ChangeLog(store).set_outage(outage.id, started_at=began)
     finally:
         store.close()
     started = time.monotonic()

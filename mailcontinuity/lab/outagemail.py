@@ -17,6 +17,10 @@ from mailcontinuity.lab.dovecot import MAIL_USER
 from mailcontinuity.lab.lab import Lab
 from mailcontinuity.mail.headers import DEFAULT_ID_HEADER
 from mailcontinuity.mail.maildir import folder_dirname
+from mailcontinuity.outage.scan import rescan
+from mailcontinuity.store.db import open_store
+from mailcontinuity.store.outages import ChangeLog, Outage
+from mailcontinuity.transitions import change_state
 
 # (weight, low, high) in bytes: mostly small text mail, some attachments, a few big ones.
 SIZE_MIX = [(70, 2_000, 20_000), (25, 20_000, 200_000), (5, 200_000, 2_000_000)]
@@ -74,3 +78,24 @@ def write_outage_mail(lab: Lab, count: int, rng: random.Random,
         messages[user.address, folder] += 1
         octets[user.address, folder] += len(data) + data.count(b"\n")  # RFC822.SIZE: CRLF
     return messages, octets
+
+
+def record_outage(lab: Lab, count: int, rng: random.Random,
+                  sizes: list[tuple[int, int, int]] = SIZE_MIX,
+                  actor: str = "lab") -> tuple[Outage, tuple[Tally, Tally]]:
+    """An outage recorded as the sync agent would, with ``count`` messages of outage mail
+    written straight into the standby's Maildirs: failover, the record opened, the baseline
+    (the standby before any outage mail), the mail written, the record rescanned. Returns the
+    recorded outage and ``write_outage_mail``'s tallies. The caller stops the lab's sync agent
+    first where it must not race this recording (a benchmark's timed failback)."""
+    store = open_store(lab.config)
+    try:
+        change_state(lab.config, store, "failover", f"{actor}: outage mail written", actor)
+        changelog = ChangeLog(store)
+        opened = changelog.start_outage()
+        assert opened is not None, "the state is failover: the record opens"
+        baseline = rescan(lab.config, changelog, opened)
+        written = write_outage_mail(lab, count, rng, sizes)
+        return rescan(lab.config, changelog, baseline), written
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from mailcontinuity.outage.primary import PrimaryError, PrimaryMailbox, connect,
 from mailcontinuity.outage.scan import protected_maildirs
 from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.follow import FolderSeen, save_folders, seen_folders
-from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
+from mailcontinuity.store.leases import acquire_lease, holding_lease
 from mailcontinuity.store.state import current_state
 
 log = logging.getLogger(__name__)
@@ -229,13 +230,8 @@ def follow_all(config: Config, users: list[str] | None = None,
     session of ours at a time), under the ``follow`` lease so that two passes never race."""
     store = open_store(config)
     holder = f"{actor}-{time.time():.0f}"
-    try:
-        acquire_lease(store, LEASE, holder)
-    except LeaseHeld:
-        store.close()
-        raise
     results = []
-    try:
+    with closing(store), holding_lease(store, LEASE, holder):
         password = read_admin_password(config)
         doveadm = Doveadm(config.milter.doveadm_config)
         for user in users if users is not None else sorted(protected_maildirs(config)):
@@ -257,8 +253,5 @@ def follow_all(config: Config, users: list[str] | None = None,
                          time.monotonic() - started)
             results.append(result)
             acquire_lease(store, LEASE, holder)  # renew while working
-    finally:
-        release_lease(store, LEASE, holder)
-        store.close()
     return results
 

@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import open_store
-from mailcontinuity.store.leases import LeaseHeld, acquire_lease, release_lease
+from mailcontinuity.store.leases import acquire_lease, holding_lease
 from mailcontinuity.store.outages import ChangeLog, Outage, RecordedMessage
 from mailcontinuity.store.state import current_state
 from mailcontinuity.transitions import change_state
@@ -493,12 +494,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     store = open_store(config)
     changelog = ChangeLog(store)
     holder = f"{actor}-{uuid.uuid4().hex[:8]}"
-    try:
-        acquire_lease(store, LEASE, holder)
-    except LeaseHeld:
-        store.close()
-        raise
-    try:
+    with closing(store), holding_lease(store, LEASE, holder):
         state = current_state(store).name
         if state == "failover":
             _preflight_or_refuse(config, changelog)
@@ -547,7 +543,4 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                                          "refused": len(report.refused)}, event="merge")
         report.state = "normal"
         return report
-    finally:
-        release_lease(store, LEASE, holder)
-        store.close()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from mailcontinuity.store.db import StateStore
 from mailcontinuity.store.heartbeats import pid_alive
@@ -40,6 +42,19 @@ def acquire_lease(store: StateStore, name: str, holder: str) -> None:
             " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, pid = excluded.pid,"
             " host = excluded.host, expires_at = excluded.expires_at",
             [name, holder, pid, host, now + LEASE_SECONDS])
+
+
+@contextmanager
+def holding_lease(store: StateStore, name: str, holder: str) -> Iterator[None]:
+    """Hold the lease for the ``with`` block: taken on entry (LeaseHeld, naming the live
+    holder, if another has it: the block does not run), released on the way out however the
+    block ends, so a failed merge or follow pass never keeps others waiting for the expiry.
+    Long work renews it with ``acquire_lease`` under the same holder name."""
+    acquire_lease(store, name, holder)
+    try:
+        yield
+    finally:
+        release_lease(store, name, holder)
 
 
 def release_lease(store: StateStore, name: str, holder: str) -> None:

@@ -19,16 +19,14 @@ from imapclient.exceptions import IMAPClientError
 from pytest_mock import MockerFixture
 
 from mailcontinuity.lab import Lab
-from mailcontinuity.lab.outagemail import write_outage_mail
+from mailcontinuity.lab.outagemail import record_outage
 from mailcontinuity.mail.imap import Append, Mailbox
 from mailcontinuity.outage.merge import run_failback
 from mailcontinuity.outage.primary import PrimaryError, connect, read_admin_password
-from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import verify
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, Outage
 from mailcontinuity.store.state import current_state
-from mailcontinuity.transitions import change_state
 
 MESSAGES = int(os.environ.get("MC_FAULT_MESSAGES", "800"))
 SMALL = [(1, 300, 3_000)]
@@ -51,17 +49,7 @@ def fault_lab() -> Iterator[Lab]:
 
 def outage_of(lab: Lab, count: int, seed: int) -> Outage:
     """Failover, the baseline, then ``count`` messages of outage mail recorded."""
-    store = open_store(lab.config)
-    try:
-        change_state(lab.config, store, "failover", "test: outage", "test")
-        changelog = ChangeLog(store)
-        opened = changelog.start_outage()
-        assert opened is not None
-        outage = rescan(lab.config, changelog, opened)
-        write_outage_mail(lab, count, random.Random(seed), SMALL)
-        return rescan(lab.config, changelog, outage)
-    finally:
-        store.close()
+    return record_outage(lab, count, random.Random(seed), SMALL, actor="test")[0]
 
 
 def refused_rows(lab: Lab, outage: Outage) -> dict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailcontinuity.config import Config
 from mailcontinuity.mail.maildir import MessageFile
-from mailcontinuity.store.db import SQLiteStore
+from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ACTIVITY_FIELDS, ChangeLog
 
 
@@ -21,8 +22,8 @@ def gone(log: ChangeLog, outage: int, folder: str, name: str) -> None:
     log.mark_gone(outage, "alice@example.test", folder, name)
 
 
-def test_counts_follow_what_the_user_did(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "state.db")
+def test_counts_follow_what_the_user_did(store_config: Config) -> None:
+    store = open_store(store_config)
     log = ChangeLog(store)
     outage = log.start_outage()
     assert outage is not None
@@ -55,6 +56,7 @@ def test_counts_follow_what_the_user_did(tmp_path: Path) -> None:
 
     counts = log.activity(o)
     assert list(counts) == list(ACTIVITY_FIELDS)
+    assert log.activity_full_read(o) == counts
     assert counts == {
         "new_messages": 7, "outage_received": 5, "outage_written": 2,
         "outage_moved": 2, "outage_deleted": 2, "outage_flagged": 2,
