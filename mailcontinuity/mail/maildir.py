@@ -210,6 +210,14 @@ def flags_of(info: str, keywords: dict[str, str]) -> tuple[str, ...]:
     return tuple(sorted(flags))
 
 
+def keywords_known(filename: str, keywords: dict[str, str]) -> bool:
+    """Whether every keyword letter of ``filename`` is in ``keywords``. Dovecot renames a file
+    to its new letters first and writes a new keyword into ``dovecot-keywords`` after, in the
+    same sync: a file read in between shows a letter that means nothing yet."""
+    return all(letter in keywords for letter in split_filename(filename)[1]
+               if "a" <= letter <= "z")
+
+
 def rfc822_size(path: Path, filename: str) -> int:
     """RFC822.SIZE (size with CRLF line ends): Dovecot's ``W=`` when present, else counted."""
     match = _SIZE_FIELD.search(filename)
