@@ -104,13 +104,23 @@ class StandbyUsers:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[str | None, float]] = {}
 
-    def mailbox_user(self, address: str) -> str | None:
-        user, expires = self._cache.get(address, (None, 0.0))
-        if time.monotonic() < expires:
-            return user
-        user = self._doveadm.mailbox_user(address)
-        self._cache[address] = (user, time.monotonic() + self._cache_seconds)
-        return user
+    def mailbox_users(self, addresses: list[str]) -> dict[str, str | None]:
+        """Address -> user (None: the standby has none), the ones not cached asked together
+        (a message's recipients: one doveadm run, not one per recipient)."""
+        now = time.monotonic()
+        found: dict[str, str | None] = {}
+        for address in addresses:
+            user, expires = self._cache.get(address, (None, 0.0))
+            if now < expires:
+                found[address] = user
+        unknown = [address for address in addresses if address not in found]
+        if unknown:
+            asked = self._doveadm.mailbox_users(unknown)
+            expires = time.monotonic() + self._cache_seconds
+            for address, user in asked.items():
+                self._cache[address] = (user, expires)
+            found.update(asked)
+        return found
 
 
 class MaildirSink:
@@ -133,10 +143,15 @@ class MaildirSink:
 
     def ship(self, source: int, offset: int, envelope: Envelope, targets: list[Target],
              recovered: bool) -> dict[Target, Result]:
+        try:
+            users = self._users.mailbox_users([target.address for target in targets])
+        except StandbyUnreachable as exc:
+            raise TemporaryFailure(str(exc)) from None
         results: dict[Target, Result] = {}
         for target in targets:
             try:
-                results[target] = self._ship_one(source, offset, envelope, target, recovered)
+                results[target] = self._ship_one(source, offset, envelope, target,
+                                                 users[target.address], recovered)
             except TemporaryFailure as exc:
                 results[target] = exc
         return results
@@ -151,11 +166,7 @@ class MaildirSink:
                 raise TemporaryFailure(f"cannot sync {folder}: {exc}") from None
 
     def _ship_one(self, source: int, offset: int, envelope: Envelope, target: Target,
-                  recovered: bool) -> Outcome:
-        try:
-            user = self._users.mailbox_user(target.address)
-        except StandbyUnreachable as exc:
-            raise TemporaryFailure(str(exc)) from None
+                  user: str | None, recovered: bool) -> Outcome:
         if user is None:
             return Outcome("unknown", detail="the standby has no such user")
         # The Maildir Dovecot reads for that user: one per user whatever the address form.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class CommandError(Exception):
@@ -23,8 +24,28 @@ class CommandError(Exception):
         self.returncode = returncode
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A tool's exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def run_command(argv: Sequence[str], timeout: float = 60, missing_hint: str = "") -> str:
     """Run ``argv`` and return its stdout; raise CommandError with its output on failure."""
+    done = run_tool(argv, timeout, missing_hint)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().replace("\n", "; ")
+        raise CommandError(f"{' '.join(argv)} failed (exit {done.returncode}): {said}",
+                           done.returncode)
+    return done.stdout
+
+
+def run_tool(argv: Sequence[str], timeout: float = 60, missing_hint: str = "") -> Completed:
+    """Run ``argv``: its exit status and output, for a caller that reads a tool's output
+    whatever the status (CommandError only when it is missing or hung)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             code = subprocess.run(argv, stdout=out, stderr=err, timeout=timeout, check=False,
@@ -36,9 +57,5 @@ def run_command(argv: Sequence[str], timeout: float = 60, missing_hint: str = ""
             raise CommandError(f"{' '.join(argv)} did not finish within {timeout:.0f}s") from None
         out.seek(0)
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-    if code != 0:
-        said = (stderr or stdout).strip().replace("\n", "; ")
-        raise CommandError(f"{' '.join(argv)} failed (exit {code}): {said}", code)
-    return stdout
+        return Completed(code, out.read().decode(errors="replace"),
+                         err.read().decode(errors="replace"))

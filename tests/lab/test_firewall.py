@@ -25,17 +25,23 @@ SCRIPT = r"""
 set -e
 ip link set lo up
 nft -f "$RULES"
+mkfifo "$READY"
 python3 - <<'PY' &
-import socket, time
+import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("$HOST", $PORT)); s.listen(16); s.settimeout(20)
+s.bind(("$HOST", $PORT)); s.listen(16); s.settimeout(30)
+with open("$READY", "w") as ready:
+    ready.write("listening\n")
 try:
     while True:
         c, _ = s.accept(); c.close()
 except OSError:
     pass
 PY
-sleep 0.5
+# Connect only once the listener listens: a connection before that is refused by the kernel
+# (errno 111), which reads like the firewall's refusal. A listener that dies first ends read.
+read -r state < "$READY"
+test "$state" = listening
 for pair in nobody:nogroup mailcontinuity:mailcontinuity mail:mail; do
   user=${pair%%:*}
   setpriv --reuid=$user --regid=${pair##*:} --clear-groups "$PY" -c "
@@ -55,6 +61,7 @@ def enforce(tmp_path: Path, config: Config, host: str, target: Endpoint) -> str:
     assert rules is not None
     (tmp_path / "rules.nft").write_text(rules)
     script = (SCRIPT.replace("$RULES", str(tmp_path / "rules.nft"))
+              .replace("$READY", str(tmp_path / "listening"))
               .replace("$HOST", target.host).replace("$PORT", str(target.port))
               .replace("$PY", "/usr/bin/python3" if Path("/usr/bin/python3").exists()
                        else sys.executable))

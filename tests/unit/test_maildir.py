@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -215,3 +216,35 @@ def test_delivery_writes_a_copys_own_fields_in_after_the_stamp(
     finally:
         os.close(fd)
     assert stored.read_bytes() == data[:70000] + prefix + data[70000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating files for another user needs root")
+def test_a_new_folder_is_the_mail_owners_from_its_first_moment(mocker: MockerFixture) -> None:
+    """Run as root (the lab's milter), every directory and the marker ensure_folder makes is
+    the mail owner's when it appears: nothing is created as root and given away afterwards
+    (Dovecot reaching a root-owned 0700 directory answers SELECT with [SERVERBUG]). Under a
+    parent the owner may not write, it is created, then given away."""
+    owner = MailOwner.parse("mail")
+    base = Path(tempfile.mkdtemp(prefix="mc-owner-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        (base / "mail").mkdir()
+        os.chown(base / "mail", owner.uid, owner.gid)
+        chown = mocker.spy(os, "chown")
+        folder = base / "mail" / "example.test" / "alice" / "Maildir" / ".Sent"
+        ensure_folder(folder, owner)
+        made = [base / "mail" / "example.test", *folder.parents[:3][::-1], folder,
+                *(folder / sub for sub in ("tmp", "new", "cur", "maildirfolder"))]
+        assert chown.call_count == 0
+        for path in made:
+            status = path.stat()
+            assert (status.st_uid, status.st_gid) == (owner.uid, owner.gid), path
+            assert status.st_mode & 0o777 == (0o600 if path.name == "maildirfolder" else 0o700)
+        (base / "probe").touch()
+        assert (base / "probe").stat().st_uid == 0  # the identity is root's again after
+
+        ensure_folder(base / "root-owned" / "Maildir", owner)  # base is root's, 0755
+        for path in (base / "root-owned", base / "root-owned" / "Maildir" / "new"):
+            assert (path.stat().st_uid, path.stat().st_gid) == (owner.uid, owner.gid), path
+    finally:
+        shutil.rmtree(base)
