@@ -31,22 +31,23 @@ def test_a_letter_dovecot_has_not_written_down_yet_is_left_for_the_rescan(
     log = ChangeLog(SQLiteStore(tmp_path / "state.db"))
     outage = log.start_outage()
     assert outage is not None
-    rescan_user(log, outage.id, USER, maildir, True, "X-Mailcontinuity-Id")
+    rescan_user(log, outage.id, USER, maildir, True, "X-Mailcontinuity-Id", outage.key_scheme)
     assert recorded(log, outage.id) == (f"{BASE}:2,S", "\\Seen")
 
     # STORE +FLAGS ($Important): Dovecot renames the file first, then writes the letter's
     # meaning into dovecot-keywords; the recorder's event comes in between.
     renamed = message.rename(maildir / "cur" / f"{BASE}:2,Sa")
     assert not keywords_known(renamed.name, {})
-    record_file(log, outage.id, USER, maildir, renamed, "X-Mailcontinuity-Id")
+    record_file(log, outage.id, USER, maildir, renamed, "X-Mailcontinuity-Id", outage.key_scheme)
     assert recorded(log, outage.id) == (f"{BASE}:2,S", "\\Seen")  # not "\\Seen" under the new name
 
     (maildir / "dovecot-keywords").write_text("0 $Important\n")
     assert keywords_known(renamed.name, {"a": "$Important"})
-    rescan_user(log, outage.id, USER, maildir, False, "X-Mailcontinuity-Id")  # before a merge
+    # Before a merge:
+    rescan_user(log, outage.id, USER, maildir, False, "X-Mailcontinuity-Id", outage.key_scheme)
     assert recorded(log, outage.id) == (f"{BASE}:2,Sa", "$Important \\Seen")
     # Once written down, the event path records it at once.
     again = renamed.rename(maildir / "cur" / f"{BASE}:2,FSa")
-    record_file(log, outage.id, USER, maildir, again, "X-Mailcontinuity-Id")
+    record_file(log, outage.id, USER, maildir, again, "X-Mailcontinuity-Id", outage.key_scheme)
     assert recorded(log, outage.id) == (f"{BASE}:2,FSa", "$Important \\Flagged \\Seen")
     log.store.close()
