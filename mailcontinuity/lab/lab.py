@@ -188,7 +188,7 @@ class Lab:
                                f" store, not {state}; take it down and use another directory")
         else:
             lab = cls._create(directory, user_count, primary or "dovecot", primary_profile,
-                              directory_kind, gateways, state or "sqlite")
+                              directory_kind, gateways, state)
         if directory_kind is not None and lab.directory is None:
             raise LabError(f"the lab in {directory} has no directory; take it down and use"
                            " another directory with --directory")
@@ -249,13 +249,15 @@ class Lab:
     @classmethod
     def _create(cls, directory: Path, user_count: int, primary_kind: str,
                 primary_profile: str | None = None, directory_kind: str | None = None,
-                gateways: int | None = None, state: str = "sqlite") -> Lab:
+                gateways: int | None = None, state: str | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
         if primary_profile is not None and (primary_kind != "dovecot"
                                             or primary_profile not in PROFILES):
             raise LabError(f"--primary-profile is one of {', '.join(PROFILES)}, for the"
                            " Dovecot primary only")
+        if state is None:
+            state = "sqlite" if gateways is None else "postgresql"
         if state not in STATE_BACKENDS or (gateways is not None and state != "postgresql"):
             raise LabError(f"--state is one of {', '.join(STATE_BACKENDS)}; a multi-host lab"
                            " (--gateways) shares a postgresql store")
