@@ -118,8 +118,13 @@ def lab_start(name: str, directory: Path) -> None:
 @lab_dir_option
 @lab_errors
 def lab_isolate(host: str, other: str, directory: Path) -> None:
-    """Cut all TCP traffic both ways between two hosts of a multi-host lab (a gateway on at
-    least one side), keeping earlier cuts.
+    """Cut the TCP connections between two hosts of a multi-host lab that the packet filter
+    can tell apart (a gateway on at least one side), keeping earlier cuts.
+
+    Dropped, both ways: connections a gateway opens from its own addresses (its Postfix's
+    deliveries, its policyd's probes of the primary) to the other host's listeners. Not
+    dropped: connections from 127.0.0.1 (all of the standby's and the primary's, a gateway's
+    [watch] checks and journal LMTP): see docs/lab.md.
 
     The cut is an nftables table of the lab's own (inet mailcontinuity_lab_<id>) in the
     network namespace this command runs in: run by hand, that is this machine's ruleset.
