@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, Endpoint, read_secret
-from mailcontinuity.mail.oauth2 import TokenError, oauth2_tokens, sasl_response
+from mailcontinuity.mail.oauth2 import AccessTokens, TokenError, oauth2_tokens, sasl_response
 from mailcontinuity.mail.smtp import SmtpSession
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.probes import ProbeResult
@@ -149,7 +151,8 @@ class LoginProbe:
         self.config = config
         self.tls = tls
         self._task: asyncio.Task[None] | None = None
-        self._started = 0.0
+        self._fetch: asyncio.Future[str] | None = None
+        self._started: float | None = None
         self._noted = False
 
     def _start(self) -> bool:
@@ -166,19 +169,24 @@ class LoginProbe:
             # primary: probe without LOGIN rather than fail the primary over.
             _warn_once(str(exc), key)
             return False
-        source = config.health.probe_source_address
+        self._started = None
+        self._noted = False
         if config.health.imap_login_method == "sync":
             self._task = asyncio.create_task(self._as_sync_logs_in(login, password))
         else:
-            self._task = asyncio.create_task(probe_imap(
-                config.primary.imap, self.tls, login, password, source))
-        self._started = time.perf_counter()
-        self._noted = False
+            self._task = asyncio.create_task(self._logs_in(login, password))
         return True
+
+    async def _logs_in(self, login: str, password: str) -> None:
+        self._started = time.perf_counter()
+        await probe_imap(self.config.primary.imap, self.tls, login, password,
+                         self.config.health.probe_source_address)
 
     async def _as_sync_logs_in(self, user: str, secret: str) -> None:
         sync, imap = self.config.sync, self.config.primary.imap
         source = self.config.health.probe_source_address
+        if sync.login_method != "xoauth2":
+            self._started = time.perf_counter()
         if sync.login_method == "master_user":
             await probe_imap(imap, self.tls, f"{user}{sync.master_user_separator}"
                              f"{sync.admin_login}", secret, source)
@@ -187,13 +195,31 @@ class LoginProbe:
                              ("PLAIN", f"{user}\0{sync.admin_login}\0{secret}".encode()))
         else:
             tokens = oauth2_tokens(self.config, secret)
-            token = await asyncio.to_thread(tokens.token, user)
+            token = await self._token(tokens, user)
+            self._started = time.perf_counter()
             try:
                 await probe_imap(imap, self.tls, user, None, source,
                                  ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
             except ProbeError:
                 tokens.forget(user)  # revoked or expired early: the next round asks again
                 raise
+
+    async def _token(self, tokens: AccessTokens, user: str) -> str:
+        """The probe mailbox's token, waited for at most the health timeout: a token endpoint
+        that hangs says nothing about the primary (TokenError: "login not tried"). The fetch
+        runs on in its thread (a thread cannot be cancelled; it holds the cache's lock until
+        ``sync.timeout_seconds``): later rounds wait for that same fetch, not a new thread
+        each queued on the lock. A daemon thread: a one-shot probe's exit does not wait for
+        it, as it would for the event loop's executor."""
+        timeout = self.config.health.timeout_seconds
+        if self._fetch is None or self._fetch.done():
+            self._fetch = _in_daemon_thread(functools.partial(tokens.token, user))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._fetch), timeout)
+        except TimeoutError:
+            raise TokenError(f"OAuth2 token endpoint {tokens.endpoint.url} gave no token"
+                             f" within {timeout:g}s (health.timeout_seconds); check"
+                             " sync.oauth2_token_url and that this host reaches it") from None
 
     async def round(self) -> ProbeResult | None:
         """This round's verdict on the LOGIN (None: no probe account, or its secret is
@@ -204,7 +230,9 @@ class LoginProbe:
         task = self._task
         assert task is not None
         await asyncio.wait({task}, timeout=health.timeout_seconds)
-        waited = time.perf_counter() - self._started
+        # The LOGIN's clock starts once its token is in hand (``_started``): a slow token
+        # endpoint is not the primary being slow to log in.
+        waited = 0.0 if self._started is None else time.perf_counter() - self._started
         limit = health.timeout_seconds + health.login_penalty_seconds
         target = str(self.config.primary.imap)
         source = health.probe_source_address or "this host's address"
@@ -213,6 +241,10 @@ class LoginProbe:
             return ProbeResult("imap_login", target, ok, round(waited * 1000, 3), error,
                                time.time())
 
+        if not task.done() and self._started is None:
+            # The token fetch is at its own bound (health.timeout_seconds) just as this round
+            # ends: the next round has the token or the TokenError.
+            return result(True, "login not tried: waiting for the OAuth2 token")
         if not task.done():
             if waited < limit:
                 if not self._noted:
@@ -243,6 +275,35 @@ class LoginProbe:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _in_daemon_thread(call: Callable[[], str]) -> asyncio.Future[str]:
+    """``call()`` in a daemon thread of its own, its result as a future of the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value or "")
+
+    def run() -> None:
+        value: str | None = None
+        error: BaseException | None = None
+        try:
+            value = call()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    # A failure nobody waits for any more (the round gave up on it) is not an unretrieved one.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    threading.Thread(target=run, name="probe-oauth2-token", daemon=True).start()
+    return future
 
 
 @functools.lru_cache(maxsize=16)
