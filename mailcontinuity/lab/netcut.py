@@ -4,8 +4,9 @@ The lab's hosts share the loopback interface, so a host is known to the packet f
 tells its traffic apart: the ports it listens on (every host: its mail servers' and daemons'
 listeners on 127.0.0.1) and, for a gateway, the loopback addresses its connections come from
 (``GATEWAY_MAIL_SOURCE``: its Postfix binds its SMTP/LMTP deliveries there; and
-``GATEWAY_PROBE_SOURCE``: its policyd's probes of the primary, ``[health]
-probe_source_address``). A cut between X and Y drops every TCP packet that comes from X (one of
+``GATEWAY_PROBE_SOURCE``: its policyd's IMAP probes of the primary, ``[health]
+probe_source_address``; its delivery probe follows Postfix's bind address). A cut between X
+and Y drops every TCP packet that comes from X (one of
 its addresses, or one of its listening ports) and goes to Y (likewise), both ways: X's new
 connections to Y hang, Y's replies never arrive, exactly as on a cable pulled between them.
 

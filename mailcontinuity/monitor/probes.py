@@ -15,9 +15,11 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, Endpoint, read_secret
 from mailcontinuity.mail.oauth2 import AccessTokens, TokenError, oauth2_tokens, sasl_response
+from mailcontinuity.mail.postfix import PostfixError, delivery_bind_address
 from mailcontinuity.mail.smtp import SmtpSession
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.probes import ProbeResult
@@ -100,20 +102,23 @@ async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 async def probe_primary(config: Config, tls: TLSPolicy,
                         login: LoginProbe | None = None) -> list[ProbeResult]:
-    """The primary's probes at once, each bounded by the health timeout, every one from
-    ``[health] probe_source_address`` when set: delivery, IMAP without a login (the greeting
-    and TLS, which no login penalty delays), and, with a probe account, the LOGIN
-    (``LoginProbe``: slow is not down). The monitor keeps one ``login`` across rounds;
-    without one, a LOGIN is tried for this call only."""
+    """The primary's probes at once, each bounded by the health timeout: delivery, from the
+    address this gateway's Postfix delivers from (``delivery_source_address``), and, from
+    ``[health] probe_source_address`` when set, IMAP without a login (the greeting and TLS,
+    which no login penalty delays) and, with a probe account, the LOGIN (``LoginProbe``: slow
+    is not down). The monitor keeps one ``login`` across rounds; without one, a LOGIN is tried
+    for this call only."""
     health = config.health
     timeout = health.timeout_seconds
     one_shot = login is None
     login = LoginProbe(config, tls) if login is None else login
+    delivery_source = await asyncio.to_thread(
+        delivery_source_address, config.gateway.postfix_config_dir,
+        config.primary.delivery.protocol)
     try:
         results = await asyncio.gather(
             _timed("delivery", str(config.primary.delivery),
-                   probe_delivery(config.primary.delivery, tls, health.probe_source_address),
-                   timeout),
+                   probe_delivery(config.primary.delivery, tls, delivery_source), timeout),
             _timed("imap", str(config.primary.imap),
                    probe_imap(config.primary.imap, tls, None, None, health.probe_source_address),
                    timeout),
@@ -122,6 +127,34 @@ async def probe_primary(config: Config, tls: TLSPolicy,
         if one_shot:
             login.close()
     return [result for result in results if result is not None]
+
+
+# How long a read of Postfix's bind address is kept (the probe runs every few seconds).
+BIND_ADDRESS_CACHE_SECONDS = 60.0
+_bind_addresses: dict[tuple[Path, str], tuple[str | None, float]] = {}
+
+
+def delivery_source_address(postfix_config_dir: Path, protocol: str) -> str | None:
+    """Where the delivery probe connects from: where this gateway's Postfix delivers from
+    (``smtp_bind_address`` or ``lmtp_bind_address`` in ``gateway.postfix_config_dir``), so the
+    probe takes the mail's own path: a primary whose LMTP/SMTP port admits only the gateway's
+    mail address admits the probe, and a cut of that path fails the probe. Not
+    ``health.probe_source_address``, the monitor's own address for IMAP logins, which such a
+    firewall need not admit. Postfix's own setting, not a key of ours (one place for the fact);
+    None (the system's choice) when unset or unreadable (no Postfix on this host: warned once).
+    Re-read every ``BIND_ADDRESS_CACHE_SECONDS``."""
+    key = (postfix_config_dir, protocol)
+    cached = _bind_addresses.get(key)
+    now = time.monotonic()
+    if cached is not None and now < cached[1]:
+        return cached[0]
+    try:
+        address = delivery_bind_address(postfix_config_dir, protocol)
+    except PostfixError as exc:
+        _warn_unbound_once(str(exc))
+        address = None
+    _bind_addresses[key] = (address, now + BIND_ADDRESS_CACHE_SECONDS)
+    return address
 
 
 class LoginProbe:
@@ -304,6 +337,13 @@ def _in_daemon_thread(call: Callable[[], str]) -> asyncio.Future[str]:
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
     threading.Thread(target=run, name="probe-oauth2-token", daemon=True).start()
     return future
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_unbound_once(reason: str) -> None:
+    log.warning("event=delivery_probe_source_unknown reason=%r action=check"
+                " gateway.postfix_config_dir (the probe connects from the system's choice)",
+                reason)
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,7 +12,7 @@ from pathlib import Path
 from mailcontinuity.config import Config, load_config
 from mailcontinuity.lab.process import free_ports
 from mailcontinuity.mail.tls import TLSPolicy
-from mailcontinuity.monitor.probes import LoginProbe
+from mailcontinuity.monitor.probes import LoginProbe, delivery_source_address
 from mailcontinuity.store.probes import ProbeResult
 
 
@@ -91,3 +91,15 @@ def test_a_hung_token_endpoint_is_never_a_primary_down(tmp_path: Path) -> None:
         assert result.error.startswith("login not tried"), results
         assert "LOGIN" not in result.error, results
     assert any("within 1s (health.timeout_seconds)" in r.error for r in results if r), results
+
+
+def test_the_delivery_probe_comes_from_where_postfix_delivers(tmp_path: Path) -> None:
+    """The delivery probe binds the gateway Postfix's lmtp_bind_address/smtp_bind_address (the
+    mail's own path, which a primary's firewall admits), not health.probe_source_address; with
+    neither set, or no Postfix there, the system chooses (unbound, as before)."""
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    (etc / "main.cf").write_text("lmtp_bind_address = 127.0.1.7\n")
+    assert delivery_source_address(etc, "lmtp") == "127.0.1.7"
+    assert delivery_source_address(etc, "smtp") is None
+    assert delivery_source_address(tmp_path / "absent", "lmtp") is None
