@@ -39,8 +39,8 @@ class VerifiedClient(Client):
         self.endpoint = endpoint
         self.tls = tls
         self.tls_error: TLSError | None = None
-        self.token_sent = False
-        """A bearer token went to the server: a failure after it may be the token's."""
+        self.sent_token: str | None = None
+        """The bearer token sent to the server: a failure after it may be the token's."""
 
 
     def _Client__enable_ssl(self, keyfile: str | None = None,  # noqa: N802 - sievelib's name
@@ -73,7 +73,7 @@ class VerifiedClient(Client):
         here and a challenge is answered with ``""``, then the NO is read."""
         response = base64.b64encode(sasl_response(mechanism, login.decode(), token.decode()))
         args = self._Client__prepare_args([mechanism.encode(), response])
-        self.token_sent = True
+        self.sent_token = token.decode()
         self.sock.sendall(b"AUTHENTICATE " + b" ".join(args) + b"\r\n")
         while True:
             try:
@@ -217,10 +217,10 @@ def session(endpoint: Endpoint, user: str, admin: Credentials | BearerTokens,
     except (Error, OSError) as exc:
         if client.sock is not None:
             client.sock.close()
-        if isinstance(admin, BearerTokens) and client.token_sent:
+        if isinstance(admin, BearerTokens) and client.sent_token is not None:
             # Cut off after the token went (a timeout, a server that hung up on it): it may
             # be the token; the next login asks for a fresh one rather than stall every user.
-            admin.tokens.forget(user)
+            admin.tokens.forget(user, client.sent_token)
         if client.tls_error is not None:
             raise SieveError(f"{where}: {client.tls_error}") from None
         if "STARTTLS not supported" in str(exc):
@@ -230,8 +230,8 @@ def session(endpoint: Endpoint, user: str, admin: Credentials | BearerTokens,
         said = client.errmsg.decode("utf-8", errors="replace").strip()
         client.sock.close()
         if isinstance(admin, BearerTokens):
-            if client.token_sent:
-                admin.tokens.forget(user)
+            if client.sent_token is not None:
+                admin.tokens.forget(user, client.sent_token)
             raise SieveError(f"{where}: login with {via} failed ({said or 'refused'}); check"
                              " the app's permission on the provider, and that the server"
                              " validates the provider's tokens for ManageSieve")

@@ -234,7 +234,7 @@ class LoginProbe:
                 await probe_imap(imap, self.tls, user, None, source,
                                  ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
             except ProbeError:
-                tokens.forget(user)  # revoked or expired early: the next round asks again
+                tokens.forget(user, token)  # revoked or expired early: the next round asks again
                 raise
 
     async def _token(self, tokens: AccessTokens, user: str) -> str:

@@ -75,3 +75,24 @@ def test_a_refused_token_answered_by_a_challenge_fails_at_once_and_is_forgotten(
     assert heard[0].startswith(b'AUTHENTICATE "XOAUTH2" "'), heard
     assert heard[1] == b'""\r\n', heard  # the empty response that ends the exchange
     assert tokens.token("alice@example.org") == "token-2"  # the refused one was dropped
+
+
+class SharedTokens(CountingTokens):
+    """Client credentials: one token for every user."""
+
+    def _slot(self, user: str) -> str:
+        return ""
+
+
+def test_forgetting_a_refused_shared_token_keeps_a_newer_one() -> None:
+    """One mailbox refusing the app's shared token drops that token only if it is still the
+    cached one: a fresh token another thread fetched meanwhile stays."""
+    tokens = SharedTokens(TokenEndpoint("http://127.0.0.1:1/token", "app", lambda: "s", "", 5))
+    old = tokens.token("alice@example.org")
+    tokens.forget("alice@example.org", old)
+    new = tokens.token("bob@example.org")
+    assert new != old and tokens.fetches == 2
+    tokens.forget("alice@example.org", old)  # a late refusal of the old token
+    assert tokens.token("carol@example.org") == new and tokens.fetches == 2
+    tokens.forget("carol@example.org", new)
+    assert tokens.token("carol@example.org") != new and tokens.fetches == 3
