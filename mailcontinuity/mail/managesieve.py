@@ -57,10 +57,13 @@ class VerifiedClient(Client):
         """sievelib's AUTHENTICATE, except that asking for a bearer mechanism takes the first
         of ``BEARER_MECHANISMS`` the server offers (XOAUTH2, else OAUTHBEARER)."""
         if authmech in BEARER_MECHANISMS:
-            offered = self.get_sasl_mechanisms()
+            try:
+                offered = self.get_sasl_mechanisms()
+            except KeyError:  # no SASL capability at all (sievelib indexes it unchecked)
+                offered = []
             authmech = next((name for name in BEARER_MECHANISMS if name in offered), None)
             if authmech is None:
-                listed = " ".join(offered) or "none"
+                listed = " ".join(offered) or "none: no SASL capability"
                 self.errmsg = f"the server offers no OAuth2 mechanism (SASL: {listed})".encode()
                 return False
         return bool(super()._Client__authenticate(login, password, authz_id, authmech))

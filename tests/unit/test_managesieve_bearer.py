@@ -96,3 +96,14 @@ def test_forgetting_a_refused_shared_token_keeps_a_newer_one() -> None:
     assert tokens.token("carol@example.org") == new and tokens.fetches == 2
     tokens.forget("carol@example.org", new)
     assert tokens.token("carol@example.org") != new and tokens.fetches == 3
+
+
+def test_a_server_without_sasl_is_that_users_failure_not_a_crash() -> None:
+    """No SASL capability: sievelib's get_sasl_mechanisms() raised KeyError, which escaped
+    session() and ended the whole sieve-sync run; now it is a SieveError naming the cause."""
+    heard: list[bytes] = []
+    with scripted_server(None, heard) as endpoint, \
+            pytest.raises(SieveError, match="no OAuth2 mechanism.*no SASL capability"), \
+            session(endpoint, "alice@example.org", BearerTokens(_tokens(), "app"),
+                    TLSPolicy("primary", "none", None, None)):
+        pass
