@@ -170,14 +170,14 @@ class LoginProbe:
     really gone is still noticed within the timeout. The probe password is re-read for each
     LOGIN, so a rotated secret needs no restart.
 
-    With ``health.imap_login_method = "sync"`` the probe opens ``health.imap_login``'s mailbox
-    as failback does (``sync.login_method``): ``LOGIN probe*admin`` for a master user,
-    AUTHENTICATE PLAIN with the admin as authentication and the probe as authorization
-    identity, or AUTHENTICATE XOAUTH2 as the probe with the probe mailbox's own token from
-    ``[sync]``'s app (Microsoft 365: the app-only token; Google: the service account's token
-    for the probe as subject), from the token cache failback uses. A token endpoint that
-    refuses or cannot be reached says nothing about the primary: that round's login is not
-    tried (a warning in status), never a failure that could fail the site over.
+    With ``health.imap_login_method = "sync"`` (``sync.login_method = "xoauth2"`` only) the
+    probe opens ``health.imap_login``'s mailbox as failback does: AUTHENTICATE XOAUTH2 as the
+    probe with the probe mailbox's own token from ``[sync]``'s app (Microsoft 365: the
+    app-only token; Google: the service account's token for the probe as subject), from the
+    token cache failback uses. A token endpoint that refuses, cannot be reached or does not
+    answer within the health timeout says nothing about the primary: that round's login is
+    not tried (a warning in status), never a failure that could fail the site over; the
+    LOGIN's clock starts once the token is in hand.
     """
 
     def __init__(self, config: Config, tls: TLSPolicy) -> None:
@@ -216,26 +216,20 @@ class LoginProbe:
                          self.config.health.probe_source_address)
 
     async def _as_sync_logs_in(self, user: str, secret: str) -> None:
-        sync, imap = self.config.sync, self.config.primary.imap
-        source = self.config.health.probe_source_address
-        if sync.login_method != "xoauth2":
-            self._started = time.perf_counter()
-        if sync.login_method == "master_user":
-            await probe_imap(imap, self.tls, f"{user}{sync.master_user_separator}"
-                             f"{sync.admin_login}", secret, source)
-        elif sync.login_method == "sasl_plain":
-            await probe_imap(imap, self.tls, user, None, source,
-                             ("PLAIN", f"{user}\0{sync.admin_login}\0{secret}".encode()))
-        else:
-            tokens = oauth2_tokens(self.config, secret)
-            token = await self._token(tokens, user)
-            self._started = time.perf_counter()
-            try:
-                await probe_imap(imap, self.tls, user, None, source,
-                                 ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
-            except ProbeError:
-                tokens.forget(user, token)  # revoked or expired early: the next round asks again
-                raise
+        """AUTHENTICATE XOAUTH2 as ``user`` with its token from ``[sync]``'s app (config
+        allows ``imap_login_method = "sync"`` with ``sync.login_method = "xoauth2"`` only:
+        with a password method the probe logs in as a mailbox of its own); the response is
+        mail.oauth2's, as failback's and sieve-sync's."""
+        tokens = oauth2_tokens(self.config, secret)
+        token = await self._token(tokens, user)
+        self._started = time.perf_counter()
+        try:
+            await probe_imap(self.config.primary.imap, self.tls, user, None,
+                             self.config.health.probe_source_address,
+                             ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
+        except ProbeError:
+            tokens.forget(user, token)  # revoked or expired early: the next round asks again
+            raise
 
     async def _token(self, tokens: AccessTokens, user: str) -> str:
         """The probe mailbox's token, waited for at most the health timeout: a token endpoint
