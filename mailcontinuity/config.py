@@ -597,11 +597,12 @@ class HealthSection(Section):
     imap_password_file: Path | None = None
     """The password LOGIN sends (``imap_login_method = "login"`` only)."""
     imap_login_method: Literal["login", "sync"] = "login"
-    """``login``: IMAP LOGIN as ``imap_login`` with ``imap_password_file``'s password. ``sync``:
-    open ``imap_login``'s mailbox the way failback does (``sync.login_method`` with
-    ``sync.password_file``): a master user's LOGIN, SASL PLAIN with the admin, or, with
-    ``xoauth2``, AUTHENTICATE XOAUTH2 with that mailbox's own token from the app (Microsoft 365
-    and Google take no passwords)."""
+    """``login``: IMAP LOGIN as ``imap_login`` with ``imap_password_file``'s password. ``sync``
+    (``sync.login_method = "xoauth2"`` only: Microsoft 365 and Google take no passwords):
+    AUTHENTICATE XOAUTH2 as ``imap_login`` with that mailbox's own token from the app, asked
+    with ``sync.password_file``. A key of its own, not inferred from a missing
+    ``imap_password_file``: it is the administrator's consent to every gateway reading the
+    app's secret, which a forgotten line must never give."""
     probe_source_address: str | None = None
     """The local address the IMAP probes connect from. Dovecot slows logins per client address
     after failed ones (up to 15 s); an address of the monitor's own keeps a guesser elsewhere on
@@ -821,6 +822,20 @@ class Config(Section):
             raise ValueError("proxy: primary.tls_ca_file and standby.tls_ca_file differ, but"
                              " Dovecot's proxy verifies both stores against one CA file"
                              " (ssl_ca): put both CAs in one file and name it in both")
+        return self
+
+    @model_validator(mode="after")
+    def _probe_logs_in_as_sync_only_without_passwords(self) -> Config:
+        # The probe runs on every gateway: logging in as sync does puts sync.password_file
+        # (a secret that opens every mailbox) on each of them. Only where the primary takes
+        # no passwords (xoauth2) is there no probe account of its own to log in with instead.
+        if self.health.imap_login_method == "sync" and self.sync.login_method != "xoauth2":
+            raise ValueError(
+                'health.imap_login_method = "sync" needs sync.login_method = "xoauth2";'
+                f' with "{self.sync.login_method}" the primary takes passwords: give the probe'
+                ' a mailbox of its own (imap_login_method = "login", imap_password_file)'
+                " rather than spread sync.password_file, which opens every mailbox, to every"
+                " gateway")
         return self
 
     @model_validator(mode="after")

@@ -13,9 +13,10 @@ single-host lab (``gateway`` is gw1's, ``config`` the standby host's) and adds `
 
 Every host listens on 127.0.0.1, each on its own ports. A gateway also has loopback addresses
 of its own to connect from: its Postfix delivers from ``127.0.1.K`` (``smtp_bind_address``,
-``lmtp_bind_address``) and its policyd probes the primary from ``127.0.2.K`` (``[health]
-probe_source_address``), so that ``lab isolate``/``lab heal`` (``lab.netcut``) can cut a
-gateway off from another host with nftables rules on those addresses and the hosts' ports.
+``lmtp_bind_address``) and its policyd probes the primary's IMAP from ``127.0.2.K`` (``[health]
+probe_source_address``; the delivery probe follows Postfix, from ``127.0.1.K``), so that
+``lab isolate``/``lab heal`` (``lab.netcut``) can cut a gateway off from another host with
+nftables rules on those addresses and the hosts' ports.
 """
 
 from __future__ import annotations

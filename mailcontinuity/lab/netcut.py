@@ -4,7 +4,8 @@ The lab's hosts share the loopback interface and all listen on 127.0.0.1, so a h
 the packet filter by what tells its traffic apart: the ports it listens on (every host: its
 mail servers' and daemons' listeners) and, for a gateway, the loopback addresses its
 connections come from (``GATEWAY_MAIL_SOURCE``: its Postfix binds its SMTP/LMTP deliveries
-there; and ``GATEWAY_PROBE_SOURCE``: its policyd's probes of the primary, ``[health]
+there, and its delivery probe of the primary follows that bind address; and
+``GATEWAY_PROBE_SOURCE``: its policyd's IMAP probes of the primary, ``[health]
 probe_source_address``). Every TCP connection has a listener's port on one side and an
 ephemeral port on the other, so a cut between X and Y drops, on ``lo`` only:
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sievelib.managesieve import Client, Error
+from sievelib.managesieve import Client, Error, Literal, Response
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.mail.oauth2 import BEARER_MECHANISMS, AccessTokens, TokenError, sasl_response
@@ -39,6 +39,8 @@ class VerifiedClient(Client):
         self.endpoint = endpoint
         self.tls = tls
         self.tls_error: TLSError | None = None
+        self.sent_token: str | None = None
+        """The bearer token sent to the server: a failure after it may be the token's."""
 
 
     def _Client__enable_ssl(self, keyfile: str | None = None,  # noqa: N802 - sievelib's name
@@ -55,18 +57,40 @@ class VerifiedClient(Client):
         """sievelib's AUTHENTICATE, except that asking for a bearer mechanism takes the first
         of ``BEARER_MECHANISMS`` the server offers (XOAUTH2, else OAUTHBEARER)."""
         if authmech in BEARER_MECHANISMS:
-            offered = self.get_sasl_mechanisms()
+            try:
+                offered = self.get_sasl_mechanisms()
+            except KeyError:  # no SASL capability at all (sievelib indexes it unchecked)
+                offered = []
             authmech = next((name for name in BEARER_MECHANISMS if name in offered), None)
             if authmech is None:
-                listed = " ".join(offered) or "none"
+                listed = " ".join(offered) or "none: no SASL capability"
                 self.errmsg = f"the server offers no OAuth2 mechanism (SASL: {listed})".encode()
                 return False
         return bool(super()._Client__authenticate(login, password, authz_id, authmech))
 
     def _bearer(self, mechanism: str, login: bytes, token: bytes) -> bool:
+        """AUTHENTICATE with the token as initial response. A server that refuses the token
+        may first send its reason as a challenge (Dovecot's oauth2 mechanism: RFC 7628's
+        error JSON) and wait for the client's empty response (section 3.2.3); sievelib's
+        reader would wait its read_timeout for a final answer instead, so one line is read
+        here and a challenge is answered with ``""``, then the NO is read."""
         response = base64.b64encode(sasl_response(mechanism, login.decode(), token.decode()))
-        code, _ = self._Client__send_command("AUTHENTICATE", [mechanism.encode(), response])
-        return bool(code == "OK")
+        args = self._Client__prepare_args([mechanism.encode(), response])
+        self.sent_token = token.decode()
+        self.sock.sendall(b"AUTHENTICATE " + b" ".join(args) + b"\r\n")
+        while True:
+            try:
+                if self._Client__read_line():
+                    break  # a quoted challenge
+            except Response as answer:
+                return bool(answer.code == b"OK")
+            except Literal as literal:  # a challenge as a literal: skip it and its line end
+                self._Client__read_block(literal.value)
+                self._Client__read_line()
+                break
+        self.sock.sendall(b'""\r\n')
+        code, _, _ = self._Client__read_response()
+        return bool(code == b"OK")
 
     # sievelib's own XOAUTH2 puts a comma after the user (``user=alice,^A``), which servers
     # read as part of the name; both bearer mechanisms are built by mail.oauth2 instead.
@@ -196,6 +220,10 @@ def session(endpoint: Endpoint, user: str, admin: Credentials | BearerTokens,
     except (Error, OSError) as exc:
         if client.sock is not None:
             client.sock.close()
+        if isinstance(admin, BearerTokens) and client.sent_token is not None:
+            # Cut off after the token went (a timeout, a server that hung up on it): it may
+            # be the token; the next login asks for a fresh one rather than stall every user.
+            admin.tokens.forget(user, client.sent_token)
         if client.tls_error is not None:
             raise SieveError(f"{where}: {client.tls_error}") from None
         if "STARTTLS not supported" in str(exc):
@@ -205,7 +233,8 @@ def session(endpoint: Endpoint, user: str, admin: Credentials | BearerTokens,
         said = client.errmsg.decode("utf-8", errors="replace").strip()
         client.sock.close()
         if isinstance(admin, BearerTokens):
-            admin.tokens.forget(user)
+            if client.sent_token is not None:
+                admin.tokens.forget(user, client.sent_token)
             raise SieveError(f"{where}: login with {via} failed ({said or 'refused'}); check"
                              " the app's permission on the provider, and that the server"
                              " validates the provider's tokens for ManageSieve")

@@ -85,10 +85,16 @@ class AccessTokens:
             self._tokens[slot] = (access, renew_at)
             return access
 
-    def forget(self, user: str) -> None:
-        """Drop the cached token (the server refused it: revoked, or the app's rights changed)."""
+    def forget(self, user: str, token: str) -> None:
+        """Drop ``token``, which the server refused for ``user`` (revoked, or the app's rights
+        changed), if it is still the cached one. With client credentials every user shares one
+        token: a mailbox the app may not open (an access policy) must not cost everyone a
+        fetch, and a fresh token another thread fetched meanwhile is kept."""
         with self._lock:
-            self._tokens.pop(self._slot(user), None)
+            slot = self._slot(user)
+            cached = self._tokens.get(slot)
+            if cached is not None and cached[0] == token:
+                del self._tokens[slot]
 
     def _slot(self, user: str) -> str:
         return user

@@ -148,3 +148,11 @@ def grant_postfix_access(path: Path, group: str | None, mode: int, key: str) -> 
                 f" in it; add the daemon's user to group {group} or make {path.parent} a"
                 f" setgid directory of that group (chmod g+s)") from None
     os.chmod(path, mode)
+
+
+def delivery_bind_address(config_dir: Path, protocol: str) -> str | None:
+    """The local address Postfix's ``smtp`` or ``lmtp`` client delivers from
+    (``smtp_bind_address`` / ``lmtp_bind_address``), None when unset (the system's choice)."""
+    value = run_postfix(config_dir, "postconf", "-h", f"{protocol}_bind_address",
+                        timeout=10).strip()
+    return value or None

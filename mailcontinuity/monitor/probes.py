@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from mailcontinuity.config import Config, ConfigError, DeliveryEndpoint, Endpoint, read_secret
-from mailcontinuity.mail.oauth2 import TokenError, oauth2_tokens, sasl_response
+from mailcontinuity.mail.oauth2 import AccessTokens, TokenError, oauth2_tokens, sasl_response
+from mailcontinuity.mail.postfix import PostfixError, delivery_bind_address
 from mailcontinuity.mail.smtp import SmtpSession
 from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.probes import ProbeResult
@@ -98,20 +102,23 @@ async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 async def probe_primary(config: Config, tls: TLSPolicy,
                         login: LoginProbe | None = None) -> list[ProbeResult]:
-    """The primary's probes at once, each bounded by the health timeout, every one from
-    ``[health] probe_source_address`` when set: delivery, IMAP without a login (the greeting
-    and TLS, which no login penalty delays), and, with a probe account, the LOGIN
-    (``LoginProbe``: slow is not down). The monitor keeps one ``login`` across rounds;
-    without one, a LOGIN is tried for this call only."""
+    """The primary's probes at once, each bounded by the health timeout: delivery, from the
+    address this gateway's Postfix delivers from (``delivery_source_address``), and, from
+    ``[health] probe_source_address`` when set, IMAP without a login (the greeting and TLS,
+    which no login penalty delays) and, with a probe account, the LOGIN (``LoginProbe``: slow
+    is not down). The monitor keeps one ``login`` across rounds; without one, a LOGIN is tried
+    for this call only."""
     health = config.health
     timeout = health.timeout_seconds
     one_shot = login is None
     login = LoginProbe(config, tls) if login is None else login
+    delivery_source = await asyncio.to_thread(
+        delivery_source_address, config.gateway.postfix_config_dir,
+        config.primary.delivery.protocol)
     try:
         results = await asyncio.gather(
             _timed("delivery", str(config.primary.delivery),
-                   probe_delivery(config.primary.delivery, tls, health.probe_source_address),
-                   timeout),
+                   probe_delivery(config.primary.delivery, tls, delivery_source), timeout),
             _timed("imap", str(config.primary.imap),
                    probe_imap(config.primary.imap, tls, None, None, health.probe_source_address),
                    timeout),
@@ -120,6 +127,34 @@ async def probe_primary(config: Config, tls: TLSPolicy,
         if one_shot:
             login.close()
     return [result for result in results if result is not None]
+
+
+# How long a read of Postfix's bind address is kept (the probe runs every few seconds).
+BIND_ADDRESS_CACHE_SECONDS = 60.0
+_bind_addresses: dict[tuple[Path, str], tuple[str | None, float]] = {}
+
+
+def delivery_source_address(postfix_config_dir: Path, protocol: str) -> str | None:
+    """Where the delivery probe connects from: where this gateway's Postfix delivers from
+    (``smtp_bind_address`` or ``lmtp_bind_address`` in ``gateway.postfix_config_dir``), so the
+    probe takes the mail's own path: a primary whose LMTP/SMTP port admits only the gateway's
+    mail address admits the probe, and a cut of that path fails the probe. Not
+    ``health.probe_source_address``, the monitor's own address for IMAP logins, which such a
+    firewall need not admit. Postfix's own setting, not a key of ours (one place for the fact);
+    None (the system's choice) when unset or unreadable (no Postfix on this host: warned once).
+    Re-read every ``BIND_ADDRESS_CACHE_SECONDS``."""
+    key = (postfix_config_dir, protocol)
+    cached = _bind_addresses.get(key)
+    now = time.monotonic()
+    if cached is not None and now < cached[1]:
+        return cached[0]
+    try:
+        address = delivery_bind_address(postfix_config_dir, protocol)
+    except PostfixError as exc:
+        _warn_unbound_once(str(exc))
+        address = None
+    _bind_addresses[key] = (address, now + BIND_ADDRESS_CACHE_SECONDS)
+    return address
 
 
 class LoginProbe:
@@ -135,21 +170,22 @@ class LoginProbe:
     really gone is still noticed within the timeout. The probe password is re-read for each
     LOGIN, so a rotated secret needs no restart.
 
-    With ``health.imap_login_method = "sync"`` the probe opens ``health.imap_login``'s mailbox
-    as failback does (``sync.login_method``): ``LOGIN probe*admin`` for a master user,
-    AUTHENTICATE PLAIN with the admin as authentication and the probe as authorization
-    identity, or AUTHENTICATE XOAUTH2 as the probe with the probe mailbox's own token from
-    ``[sync]``'s app (Microsoft 365: the app-only token; Google: the service account's token
-    for the probe as subject), from the token cache failback uses. A token endpoint that
-    refuses or cannot be reached says nothing about the primary: that round's login is not
-    tried (a warning in status), never a failure that could fail the site over.
+    With ``health.imap_login_method = "sync"`` (``sync.login_method = "xoauth2"`` only) the
+    probe opens ``health.imap_login``'s mailbox as failback does: AUTHENTICATE XOAUTH2 as the
+    probe with the probe mailbox's own token from ``[sync]``'s app (Microsoft 365: the
+    app-only token; Google: the service account's token for the probe as subject), from the
+    token cache failback uses. A token endpoint that refuses, cannot be reached or does not
+    answer within the health timeout says nothing about the primary: that round's login is
+    not tried (a warning in status), never a failure that could fail the site over; the
+    LOGIN's clock starts once the token is in hand.
     """
 
     def __init__(self, config: Config, tls: TLSPolicy) -> None:
         self.config = config
         self.tls = tls
         self._task: asyncio.Task[None] | None = None
-        self._started = 0.0
+        self._fetch: asyncio.Future[str] | None = None
+        self._started: float | None = None
         self._noted = False
 
     def _start(self) -> bool:
@@ -166,34 +202,51 @@ class LoginProbe:
             # primary: probe without LOGIN rather than fail the primary over.
             _warn_once(str(exc), key)
             return False
-        source = config.health.probe_source_address
+        self._started = None
+        self._noted = False
         if config.health.imap_login_method == "sync":
             self._task = asyncio.create_task(self._as_sync_logs_in(login, password))
         else:
-            self._task = asyncio.create_task(probe_imap(
-                config.primary.imap, self.tls, login, password, source))
-        self._started = time.perf_counter()
-        self._noted = False
+            self._task = asyncio.create_task(self._logs_in(login, password))
         return True
 
+    async def _logs_in(self, login: str, password: str) -> None:
+        self._started = time.perf_counter()
+        await probe_imap(self.config.primary.imap, self.tls, login, password,
+                         self.config.health.probe_source_address)
+
     async def _as_sync_logs_in(self, user: str, secret: str) -> None:
-        sync, imap = self.config.sync, self.config.primary.imap
-        source = self.config.health.probe_source_address
-        if sync.login_method == "master_user":
-            await probe_imap(imap, self.tls, f"{user}{sync.master_user_separator}"
-                             f"{sync.admin_login}", secret, source)
-        elif sync.login_method == "sasl_plain":
-            await probe_imap(imap, self.tls, user, None, source,
-                             ("PLAIN", f"{user}\0{sync.admin_login}\0{secret}".encode()))
-        else:
-            tokens = oauth2_tokens(self.config, secret)
-            token = await asyncio.to_thread(tokens.token, user)
-            try:
-                await probe_imap(imap, self.tls, user, None, source,
-                                 ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
-            except ProbeError:
-                tokens.forget(user)  # revoked or expired early: the next round asks again
-                raise
+        """AUTHENTICATE XOAUTH2 as ``user`` with its token from ``[sync]``'s app (config
+        allows ``imap_login_method = "sync"`` with ``sync.login_method = "xoauth2"`` only:
+        with a password method the probe logs in as a mailbox of its own); the response is
+        mail.oauth2's, as failback's and sieve-sync's."""
+        tokens = oauth2_tokens(self.config, secret)
+        token = await self._token(tokens, user)
+        self._started = time.perf_counter()
+        try:
+            await probe_imap(self.config.primary.imap, self.tls, user, None,
+                             self.config.health.probe_source_address,
+                             ("XOAUTH2", sasl_response("XOAUTH2", user, token)))
+        except ProbeError:
+            tokens.forget(user, token)  # revoked or expired early: the next round asks again
+            raise
+
+    async def _token(self, tokens: AccessTokens, user: str) -> str:
+        """The probe mailbox's token, waited for at most the health timeout: a token endpoint
+        that hangs says nothing about the primary (TokenError: "login not tried"). The fetch
+        runs on in its thread (a thread cannot be cancelled; it holds the cache's lock until
+        ``sync.timeout_seconds``): later rounds wait for that same fetch, not a new thread
+        each queued on the lock. A daemon thread: a one-shot probe's exit does not wait for
+        it, as it would for the event loop's executor."""
+        timeout = self.config.health.timeout_seconds
+        if self._fetch is None or self._fetch.done():
+            self._fetch = _in_daemon_thread(functools.partial(tokens.token, user))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._fetch), timeout)
+        except TimeoutError:
+            raise TokenError(f"OAuth2 token endpoint {tokens.endpoint.url} gave no token"
+                             f" within {timeout:g}s (health.timeout_seconds); check"
+                             " sync.oauth2_token_url and that this host reaches it") from None
 
     async def round(self) -> ProbeResult | None:
         """This round's verdict on the LOGIN (None: no probe account, or its secret is
@@ -204,7 +257,9 @@ class LoginProbe:
         task = self._task
         assert task is not None
         await asyncio.wait({task}, timeout=health.timeout_seconds)
-        waited = time.perf_counter() - self._started
+        # The LOGIN's clock starts once its token is in hand (``_started``): a slow token
+        # endpoint is not the primary being slow to log in.
+        waited = 0.0 if self._started is None else time.perf_counter() - self._started
         limit = health.timeout_seconds + health.login_penalty_seconds
         target = str(self.config.primary.imap)
         source = health.probe_source_address or "this host's address"
@@ -213,6 +268,10 @@ class LoginProbe:
             return ProbeResult("imap_login", target, ok, round(waited * 1000, 3), error,
                                time.time())
 
+        if not task.done() and self._started is None:
+            # The token fetch is at its own bound (health.timeout_seconds) just as this round
+            # ends: the next round has the token or the TokenError.
+            return result(True, "login not tried: waiting for the OAuth2 token")
         if not task.done():
             if waited < limit:
                 if not self._noted:
@@ -243,6 +302,42 @@ class LoginProbe:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _in_daemon_thread(call: Callable[[], str]) -> asyncio.Future[str]:
+    """``call()`` in a daemon thread of its own, its result as a future of the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value or "")
+
+    def run() -> None:
+        value: str | None = None
+        error: BaseException | None = None
+        try:
+            value = call()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    # A failure nobody waits for any more (the round gave up on it) is not an unretrieved one.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    threading.Thread(target=run, name="probe-oauth2-token", daemon=True).start()
+    return future
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_unbound_once(reason: str) -> None:
+    log.warning("event=delivery_probe_source_unknown reason=%r action=check"
+                " gateway.postfix_config_dir (the probe connects from the system's choice)",
+                reason)
 
 
 @functools.lru_cache(maxsize=16)

@@ -197,7 +197,7 @@ def connect(config: Config, user: str, password: str) -> PrimaryMailbox:
         with contextlib.suppress(OSError):
             client.shutdown()
         if tokens is not None:
-            tokens.forget(user)  # revoked, or the app's rights changed: the next try asks again
+            tokens.forget(user, secret)  # revoked or rights changed: the next try asks again
             raise PrimaryError(f"primary IMAP {endpoint}: XOAUTH2 login as {user} with a token"
                                f" for client {sync.oauth2_client_id} failed ({exc}); check the"
                                " app's IMAP permission on the provider (Microsoft 365:"

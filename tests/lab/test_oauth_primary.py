@@ -35,7 +35,10 @@ def test_tokens_are_cached_until_near_expiry_and_failures_name_the_keys() -> Non
         assert tokens.token("bob@example.test") == first and service.issued == 1
         now[0] += 120 - EXPIRY_MARGIN_SECONDS  # renewed a margin before it expires
         assert tokens.token("alice@example.test") != first and service.issued == 2
-        tokens.forget("alice@example.test")  # refused by the server: the next login asks again
+        second = tokens.token("alice@example.test")
+        tokens.forget("bob@example.test", first)  # an older token: the cached one stays
+        assert tokens.token("alice@example.test") == second and service.issued == 2
+        tokens.forget("alice@example.test", second)  # refused: the next login asks again
         tokens.token("alice@example.test")
         assert service.issued == 3
         wrong = ClientCredentialsTokens(

@@ -270,3 +270,18 @@ def test_a_probe_that_logs_in_as_sync_does_takes_no_password_file() -> None:
                       imap_password_file=Path("/etc/mailcontinuity/probe"))
     with pytest.raises(ValueError, match="needs imap_login"):
         HealthSection(imap_login_method="sync")
+
+
+def test_the_probe_logs_in_as_sync_only_where_the_primary_takes_no_passwords(
+        tmp_path: Path) -> None:
+    """imap_login_method = "sync" with a password method would put sync.password_file (it
+    opens every mailbox) on every gateway: refused, naming the alternative."""
+    probe = '\n[health]\nimap_login = "probe@example.org"\nimap_login_method = "sync"\n'
+    for method in ("master_user", "sasl_plain"):
+        with pytest.raises(ConfigError, match="needs sync.login_method = .xoauth2.*own"):
+            load_config(write(tmp_path, VALID + probe
+                              + f'\n[sync]\nlogin_method = "{method}"\n'))
+    config = load_config(write(tmp_path, VALID + probe + '\n[sync]\nlogin_method = "xoauth2"\n'
+                               'oauth2_token_url = "https://login.example/t"\n'
+                               'oauth2_client_id = "a"\n'))
+    assert config.health.imap_login_method == "sync"
