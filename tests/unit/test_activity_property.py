@@ -1,9 +1,10 @@
-"""The outage activity summary read through migration 13's partial index (``activity``) equals
+"""The outage activity counts kept as the recorder writes (``activity``, migration 15) equal
 its definition over every row of the record (``activity_full_read``) after any sequence of what
 the recorder writes: a baseline (copies of a message in several folders, with other flags too),
 new files, flag-change renames, files gone (a stale MOVED_FROM included), files back, folders,
-and mail merged in an earlier outage. One store per test, a new outage per example (the earlier
-ones merged), on SQLite and, with ``-m postgres``, on PostgreSQL."""
+and mail merged in an earlier outage (whose history retention may have forgotten). One store per
+test, a new outage per example (the earlier ones merged), on SQLite and, with ``-m postgres``, on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -34,10 +35,15 @@ def file_of(folder: str, basename: str, key: str, flags: tuple[str, ...],
                        journal=journal, size=10, mtime=1.0, message_id=f"<{basename}>")
 
 
-def close_earlier(log: ChangeLog) -> None:
+def close_earlier(log: ChangeLog, forget: bool) -> None:
+    """Merge the earlier example's outage; with ``forget``, retention then deletes its history
+    rows (``forget_merged_before``) and its kept counts follow."""
     earlier = log.open_outage()
     if earlier is not None:
         log.set_outage(earlier.id, status="merged", merged_at=1.0)
+        if forget:
+            log.forget_merged_before(2.0)
+        same_counts(log, earlier.id)
 
 
 def same_counts(log: ChangeLog, outage: int) -> None:
@@ -46,7 +52,7 @@ def same_counts(log: ChangeLog, outage: int) -> None:
 
 def run_events(store: StateStore, data: st.DataObject) -> None:
     log = ChangeLog(store)
-    close_earlier(log)
+    close_earlier(log, data.draw(st.booleans(), label="forget the earlier outage"))
     outage = log.start_outage()
     assert outage is not None
     o = outage.id
