@@ -269,7 +269,8 @@ class ChangeLog:
                     found: MessageFile, baseline: bool) -> None:
         """Record a file seen on disk (new, or renamed by a flag change)."""
         flags = " ".join(found.flags)
-        # ``touched`` (migration 13): the row shows activity, and the summary reads it.
+        # ``touched`` (migration 14): the row shows activity; the incident report's
+        # ``routed_mail`` and ``activity_span`` read it.
         updated = self.store.execute(
             "UPDATE sync_message SET filename = ?, path = ?, flags = ?, present = 1,"
             " updated_at = ?, touched = CASE WHEN base_flags != ? THEN 1 ELSE touched END"
@@ -403,8 +404,8 @@ class ChangeLog:
 
     def activity_full_read(self, outage_id: int) -> dict[str, int]:
         """``activity`` as defined, over every row of the outage's record, baseline included
-        (what it cost before migration 13): the benchmark's comparison and the property test's
-        reference."""
+        (how it was read before migrations 14 and 15): the benchmark's comparison, the property
+        test's reference."""
         one = self.store.one(
             f"{_COUNTS} FROM ({_PER_MESSAGE}"
             ' FROM sync_message WHERE outage_id = ? GROUP BY "user", key) AS per_message',
