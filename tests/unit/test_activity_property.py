@@ -111,8 +111,9 @@ def test_indexed_activity_equals_the_full_read(store_config: Config,
 def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store upgraded during an outage: its record, written at the schema before the activity
-    migration, gives the same counts through the index as read in full (a message held twice
-    in the baseline with other flags counts as flagged history either way)."""
+    migrations (14, 15), gives the same counts kept (filled by migration 15) as read in full (a
+    message held twice in the baseline with other flags counts as flagged history either way;
+    a folder new during the outage counts)."""
     before = MIGRATIONS.index(migrations._migration_activity_index)
     monkeypatch.setattr(connection, "MIGRATIONS", MIGRATIONS[:before])
     store = SQLiteStore(tmp_path / "state.db")
@@ -128,6 +129,8 @@ def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_bef
             " updated_at, first_flags) VALUES (?, 'alice', ?, ?, ?, '', ?, 'existing', ?, 10,"
             " 1.0, '', 1, 1, ?, 1.0, ?)",
             [outage.id, folder, basename, f"{basename}:2,{flags}", key, flags, flags, flags])
+    store.execute('INSERT INTO sync_folder (outage_id, "user", folder, in_baseline, present)'
+                  " VALUES (?, 'alice', 'Projects', 0, 1)", [outage.id])
     store.close()
     monkeypatch.setattr(connection, "MIGRATIONS", MIGRATIONS)
     store = SQLiteStore(tmp_path / "state.db")
@@ -135,6 +138,7 @@ def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_bef
         assert store.schema_version == len(MIGRATIONS)
         counts = ChangeLog(store).activity(outage.id)
         assert counts["history_flagged"] == 1
+        assert counts["new_folders"] == 1  # migration 15 filled the kept counts
         assert counts == ChangeLog(store).activity_full_read(outage.id)
     finally:
         store.close()
