@@ -500,13 +500,15 @@ class ChangeLog:
                 "SELECT id FROM sync_outage WHERE status = 'merged' AND merged_at < ?", [before])]
             deleted = 0
             for outage_id in old:
-                deleted += self.store.execute("DELETE FROM sync_message WHERE outage_id = ?"
-                                              " AND kind != 'outage'", [outage_id])
-                deleted += self.store.execute("DELETE FROM sync_folder WHERE outage_id = ?",
-                                              [outage_id])
+                rows = self.store.execute("DELETE FROM sync_message WHERE outage_id = ?"
+                                          " AND kind != 'outage'", [outage_id])
+                rows += self.store.execute("DELETE FROM sync_folder WHERE outage_id = ?",
+                                           [outage_id])
+                deleted += rows
                 deleted += self.store.execute("DELETE FROM sync_progress WHERE outage_id = ?",
                                               [outage_id])
-                rebuild_activity_counts(self.store, outage_id)  # its history rows went
+                if rows:  # its history and folders went: its kept counts, from what is left
+                    rebuild_activity_counts(self.store, outage_id)
         return deleted
 
     def progress_counts(self, outage_id: int) -> dict[str, int]:
