@@ -4,14 +4,16 @@ PostgreSQL backend costs policyd, side by side with SQLite, in one run.
 1. Time from a transition (recorded on the standby host, which routes nothing) to the last of N
    gateways whose Postfix routes to the standby (transport table rewritten, Postfix reloaded),
    for N = 2 and 4, over several trials each way (failover, then back to normal).
-2. policyd requests/s, p50 and p99 at 1 and 10 connections on the single-host lab (SQLite) and
-   on gw1 of a two-gateway lab (PostgreSQL; gw2's parts stopped while measuring, so the same
-   processes share the cores), same load generator as bench/policyd_bench.py.
+2. policyd requests/s, p50 and p99 at 1 and 10 connections on two single-host labs up at the
+   same time, identical but for the store (``lab up --state sqlite|postgresql``), measured in
+   turn over several rounds so the machine's load falls on both alike; same load generator as
+   bench/policyd_bench.py.
 3. RTO with the default [health] settings, two gateways (the quorum of both deciding) beside
    the single-host lab: primary stopped -> every gateway's transport table routes to the
    standby.
 
-    .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3] [--rto-trials 3]
+    .venv/bin/python bench/multihost_bench.py [--trials 5] [--seconds 3] [--rounds 3]
+        [--rto-trials 3] [--only-policyd | --only-rto]
 
 Needs root (the labs).
 """
@@ -19,8 +21,10 @@ Needs root (the labs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -120,10 +124,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rto-trials", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved policyd measurements per store")
     parser.add_argument("--only-rto", action="store_true", help="skip sections 1 and 2")
+    parser.add_argument("--only-policyd", action="store_true", help="section 2 only")
     args = parser.parse_args()
     if args.only_rto:
         rto_section(args.rto_trials)
+        return
+    if args.only_policyd:
+        policyd_section(args.seconds, args.rounds)
         return
 
     print("## Time from the transition to the last gateway routing by it")
@@ -136,26 +146,37 @@ def main() -> None:
               f" {max(times) * 1000:.0f} |")
 
     print()
-    print("## policyd: SQLite (one host) beside PostgreSQL (gw1 of two gateways)")
-    print("| store | connections | requests/s | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- |")
-    with Lab.temporary(prefix="mcbench-one-") as single:
-        endpoint = policyd_tcp(single, single.config_file, "policyd")
-        for connections in CONNECTIONS:
-            figures = measure(endpoint, connections, args.seconds)
-            print(f"| SQLite | {connections} | {figures['rps']:.0f} | {figures['p50']:.2f} |"
-                  f" {figures['p99']:.2f} |")
-    with Lab.temporary(prefix="mcbench-mh-", gateways=2) as site:
-        endpoint = policyd_tcp(site, gateway_configs(site)[0], "gw1/policyd")
-        # The same processes as the single-host lab, plus the PostgreSQL server: gw2's parts
-        # would otherwise share the two cores with the measured policyd.
-        for part in ("gw2/gateway", "gw2/policyd", "gw2/milter"):
-            site.part(part).stop()
-        for connections in CONNECTIONS:
-            figures = measure(endpoint, connections, args.seconds)
-            print(f"| PostgreSQL | {connections} | {figures['rps']:.0f} |"
-                  f" {figures['p50']:.2f} | {figures['p99']:.2f} |")
+    policyd_section(args.seconds, args.rounds)
     rto_section(args.rto_trials)
+
+
+def policyd_section(seconds: float, rounds: int) -> None:
+    """Two single-host labs up at once, identical but for the store (``lab up --state``), each
+    policyd measured in turn, ``rounds`` times: the machine's load falls on both alike."""
+    print(f"## policyd: SQLite beside PostgreSQL (single-host labs, {rounds} interleaved rounds"
+          f" of {seconds:.0f} s; load average {os.getloadavg()[0]:.1f} at the start)")
+    print("| store | connections | requests/s (median) | p50 ms (median) | p99 ms (median) |"
+          " p99 ms (each round) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    with contextlib.ExitStack() as labs:
+        endpoints = {}
+        for backend in ("sqlite", "postgresql"):
+            lab = labs.enter_context(Lab.temporary(prefix="mcbench-one-", state=backend))
+            endpoints[backend] = policyd_tcp(lab, lab.config_file, "policyd")
+        figures: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(rounds):
+            for connections in CONNECTIONS:
+                for backend, endpoint in endpoints.items():
+                    figures.setdefault((backend, connections), []).append(
+                        measure(endpoint, connections, seconds))
+    for (backend, connections), runs in sorted(figures.items(), key=lambda item: item[0][1]):
+        name = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[backend]
+        print(f"| {name} | {connections} |"
+              f" {statistics.median(run['rps'] for run in runs):.0f} |"
+              f" {statistics.median(run['p50'] for run in runs):.2f} |"
+              f" {statistics.median(run['p99'] for run in runs):.2f} |"
+              f" {', '.join(format(run['p99'], '.2f') for run in runs)} |")
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
 
 
 def rto_section(trials: int) -> None:

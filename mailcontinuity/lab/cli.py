@@ -16,7 +16,7 @@ import click
 from mailcontinuity.cli.common import operator_errors
 from mailcontinuity.lab.directory import DIRECTORY_KINDS
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.lab import PRIMARY_KINDS, Lab
+from mailcontinuity.lab.lab import PRIMARY_KINDS, STATE_BACKENDS, Lab
 from mailcontinuity.lab.netcut import heal, isolate, table_name
 from mailcontinuity.lab.profiles import PROFILES
 
@@ -64,14 +64,18 @@ lab_dir_option = click.option(
               help="The users in a directory (a private slapd, part 'directory') that both"
               " Dovecots ask; the standby keeps a copy for when it is away (when the lab is"
               " created).")
+@click.option("--state", "state", type=click.Choice(STATE_BACKENDS), default=None,
+              help="The state store when the lab is created: sqlite (default, one file) or"
+              " postgresql (a private PostgreSQL server, part 'state'; a multi-host lab always"
+              " has one).")
 @lab_errors
 def lab_up(directory: Path, webmail: bool, primary: str | None,
            primary_profile: str | None, gateways: int | None,
-           directory_kind: str | None) -> None:
+           directory_kind: str | None, state: str | None) -> None:
     """Start the lab (creating it on first use) and write lab.json."""
     started = Lab.up(directory, webmail=webmail, primary=primary,
                      primary_profile=primary_profile, gateways=gateways,
-                     directory_kind=directory_kind)
+                     directory_kind=directory_kind, state=state)
     click.echo(f"lab is up: {started.dir / 'lab.json'}")
     click.echo(f"config:    {started.config_file}")
     if started.webmail is not None:
@@ -114,8 +118,13 @@ def lab_start(name: str, directory: Path) -> None:
 @lab_dir_option
 @lab_errors
 def lab_isolate(host: str, other: str, directory: Path) -> None:
-    """Cut all TCP traffic both ways between two hosts of a multi-host lab (a gateway on at
-    least one side), keeping earlier cuts.
+    """Cut the TCP connections between two hosts of a multi-host lab that the packet filter
+    can tell apart (a gateway on at least one side), keeping earlier cuts.
+
+    Dropped, both ways: connections a gateway opens from its own addresses (its Postfix's
+    deliveries, its policyd's probes of the primary) to the other host's listeners. Not
+    dropped: connections from 127.0.0.1 (all of the standby's and the primary's, a gateway's
+    [watch] checks and journal LMTP): see docs/lab.md.
 
     The cut is an nftables table of the lab's own (inet mailcontinuity_lab_<id>) in the
     network namespace this command runs in: run by hand, that is this machine's ruleset.

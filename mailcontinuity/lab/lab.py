@@ -41,9 +41,10 @@ from mailcontinuity.lab.directory import (
 from mailcontinuity.lab.dovecot import MAIL_USER, POSTFIX_AUTH_SOCKET, DovecotInstance, LabUser
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import LAB_OUTAGE_POSTMASTER, PostfixGateway
-from mailcontinuity.lab.hosts import Hosts, create_hosts, sync_agent_ready
+from mailcontinuity.lab.hosts import Hosts, create_hosts, postgres_server, sync_agent_ready
 from mailcontinuity.lab.netcut import heal
 from mailcontinuity.lab.oauth2 import LAB_OAUTH2_CLIENT_ID, LAB_SERVICE_ACCOUNT, TokenServicePart
+from mailcontinuity.lab.postgres import PostgresServer
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.profiles import ESTIMATED_SIZES, PROFILES, ProfiledDovecot
 from mailcontinuity.lab.proxy import (
@@ -69,6 +70,10 @@ REQUIRED_PROGRAMS = {
 }
 # ``lab up --primary``: which mail store plays the primary (lab.json's ``primary_kind``).
 PRIMARY_KINDS = ("dovecot", "cyrus")
+# ``lab up --state``: the state store's backend, chosen at creation. ``postgresql`` gives the
+# single-host lab a PostgreSQL store of its own (part ``state``, as in the multi-host lab), so
+# the lab tests can run on either backend; a multi-host lab always has one.
+STATE_BACKENDS = ("sqlite", "postgresql")
 
 
 # mailcontinuity daemons the lab runs, by CLI command name, each with a builder of its readiness
@@ -133,6 +138,8 @@ class Lab:
     oauth2: TokenServicePart | None = None
     """The OAuth2 token service a profiled primary (``--primary-profile``) validates logins
     with; started first, so that no login of mailcontinuity's finds it missing."""
+    store_server: PostgresServer | None = None
+    """The single-host lab's PostgreSQL store (``lab up --state postgresql``), part ``state``."""
 
     @property
     def parts(self) -> dict[str, LabPart]:
@@ -145,10 +152,12 @@ class Lab:
         directory: dict[str, LabPart] = {"directory": self.directory} if self.directory else {}
         proxy: dict[str, LabPart] = {"proxy": self.proxy} if self.proxy else {}
         oauth2: dict[str, LabPart] = {"oauth2": self.oauth2} if self.oauth2 else {}
+        store: dict[str, LabPart] = {"state": self.store_server} if self.store_server else {}
         if self.hosts is not None:
             return {**oauth2, **directory, **self.hosts.parts(self.primary, self.standby, webmail),
                     **proxy}
-        return {**oauth2, **directory, "primary": self.primary, "standby": self.standby, **daemons,
+        return {**store, **oauth2, **directory, "primary": self.primary, "standby": self.standby,
+                **daemons,
                 "gateway": self.gateway, **webmail, **proxy}
 
     @property
@@ -163,7 +172,8 @@ class Lab:
     @classmethod
     def up(cls, directory: Path, user_count: int = len(LAB_USERS), webmail: bool = False,
            primary: str | None = None, primary_profile: str | None = None,
-           directory_kind: str | None = None, gateways: int | None = None) -> Lab:
+           directory_kind: str | None = None, gateways: int | None = None,
+           state: str | None = None) -> Lab:
         """Create the lab in ``directory`` if needed, then start every part.
 
         ``user_count`` beyond the three named users adds ``user04``... (benchmarks);
@@ -171,7 +181,8 @@ class Lab:
         the primary's kind (one of PRIMARY_KINDS) and ``primary_profile`` the hosted service a
         Dovecot primary plays (lab/profiles.py), both chosen when the lab is created;
         ``directory_kind`` (``ldap``) puts the users in a directory both Dovecots ask;
-        ``gateways`` (2 or more, at creation) makes it a multi-host lab (``lab.hosts``)."""
+        ``gateways`` (2 or more, at creation) makes it a multi-host lab (``lab.hosts``);
+        ``state`` (one of STATE_BACKENDS, at creation) is the state store's backend."""
         _check_programs()
         directory = directory.absolute()
         _prepare_directory(directory)
@@ -180,9 +191,12 @@ class Lab:
             if primary is not None and primary != lab.primary_kind:
                 raise LabError(f"the lab in {directory} has a {lab.primary_kind} primary, not"
                                f" {primary}; take it down and use another directory")
+            if state is not None and state != lab.config.state.backend:
+                raise LabError(f"the lab in {directory} has a {lab.config.state.backend} state"
+                               f" store, not {state}; take it down and use another directory")
         else:
             lab = cls._create(directory, user_count, primary or "dovecot", primary_profile,
-                              directory_kind, gateways)
+                              directory_kind, gateways, state)
         if directory_kind is not None and lab.directory is None:
             raise LabError(f"the lab in {directory} has no directory; take it down and use"
                            " another directory with --directory")
@@ -247,13 +261,18 @@ class Lab:
     @classmethod
     def _create(cls, directory: Path, user_count: int, primary_kind: str,
                 primary_profile: str | None = None, directory_kind: str | None = None,
-                gateways: int | None = None) -> Lab:
+                gateways: int | None = None, state: str | None = None) -> Lab:
         if primary_kind not in PRIMARY_KINDS:
             raise LabError(f"unknown primary {primary_kind!r}; one of {', '.join(PRIMARY_KINDS)}")
         if primary_profile is not None and (primary_kind != "dovecot"
                                             or primary_profile not in PROFILES):
             raise LabError(f"--primary-profile is one of {', '.join(PROFILES)}, for the"
                            " Dovecot primary only")
+        if state is None:
+            state = "sqlite" if gateways is None else "postgresql"
+        if state not in STATE_BACKENDS or (gateways is not None and state != "postgresql"):
+            raise LabError(f"--state is one of {', '.join(STATE_BACKENDS)}; a multi-host lab"
+                           " (--gateways) shares a postgresql store")
         listeners = {
             "gateway": ("smtp",),
             "primary": ("imap", "lmtp", "managesieve"),
@@ -263,7 +282,7 @@ class Lab:
                                            or primary_kind != "dovecot"):
             raise LabError(f"--directory is one of {', '.join(DIRECTORY_KINDS)}, with the"
                            " Dovecot primary only")
-        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 6))
+        numbers = iter(free_ports(sum(len(names) for names in listeners.values()) + 7))
         ports = {role: {name: next(numbers) for name in names} for role, names in listeners.items()}
         gateway_submission = next(numbers)  # in the config only: lab.json keeps its shape
         metrics_port = next(numbers)  # likewise
@@ -303,10 +322,15 @@ class Lab:
         if primary_profile is not None:  # the token service's port: in the config only
             oauth2 = _token_service(directory, parse_endpoint(f"127.0.0.1:{next(numbers)}"))
             oauth2.create()
-        (directory / "mailcontinuity.toml").write_text(
-            _render_config(directory, description, gateway_submission, metrics_port,
-                           standby_relay, primary_submission, oauth2, sizes_proxy)
-            + (credentials_section(directory, description) if directory_kind else ""))
+        text = (_render_config(directory, description, gateway_submission, metrics_port,
+                               standby_relay, primary_submission, oauth2, sizes_proxy)
+                + (credentials_section(directory, description) if directory_kind else ""))
+        if state == "postgresql" and gateways is None:
+            server = postgres_server(directory, Endpoint("127.0.0.1", next(numbers)))
+            server.write_config()  # the role and database are made at its first start
+            text = text.replace(_sqlite_state_section(directory), _postgres_state_section(server))
+            description["state"] = {"url": server.url, "listen": str(server.listen)}
+        (directory / "mailcontinuity.toml").write_text(text)
         _write_lab_json(directory, description)
         if gateways is not None:
             description = create_hosts(directory, description, gateways)
@@ -405,6 +429,9 @@ class Lab:
             proxy=ProxyDovecot.of(directory, config),
             hosts=Hosts(directory, description) if "gateways" in description else None,
             oauth2=oauth2,
+            store_server=(postgres_server(directory, parse_endpoint(description["state"]["listen"]))
+                          if "state" in description and "gateways" not in description
+                          else None),
         )
 
     @classmethod
@@ -511,9 +538,7 @@ def _render_config(directory: Path, description: dict[str, Any], gateway_submiss
 hooks_dir = {json.dumps(str(directory / "hooks"))}
 hooks_timeout_seconds = 3
 
-[state]
-path = {json.dumps(str(directory / "state" / "state.db"))}
-
+{_sqlite_state_section(directory)}
 [domains]
 protected = {json.dumps(description["domains"])}
 
@@ -599,6 +624,22 @@ listen = "127.0.0.1:{metrics_port}"
 status_file = {json.dumps(str(directory / "portal" / "status.json"))}
 contact = "the lab's help desk, help@{LAB_DOMAIN}"
 {LAB_AUDIT_SECTION}{proxy_config_section(directory, description)}"""
+
+
+def _sqlite_state_section(directory: Path) -> str:
+    return f"""[state]
+path = {json.dumps(str(directory / "state" / "state.db"))}
+"""
+
+
+def _postgres_state_section(server: PostgresServer) -> str:
+    """The store as the multi-host lab's hosts reach it (``lab.hosts.host_config``)."""
+    return f"""[state]
+url = {json.dumps(server.url)}
+password_file = {json.dumps(str(server.password_file))}
+tls_ca_file = {json.dumps(str(server.certificates.ca_file))}
+connect_timeout_seconds = 2
+"""
 
 
 def _write_lab_json(directory: Path, description: dict[str, Any]) -> None:

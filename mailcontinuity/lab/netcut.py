@@ -1,27 +1,35 @@
 """Network cuts between the hosts of a multi-host lab (``lab isolate`` / ``lab heal``).
 
-The lab's hosts share the loopback interface, so a host is known to the packet filter by what
-tells its traffic apart: the ports it listens on (every host: its mail servers' and daemons'
-listeners on 127.0.0.1) and, for a gateway, the loopback addresses its connections come from
-(``GATEWAY_MAIL_SOURCE``: its Postfix binds its SMTP/LMTP deliveries there; and
-``GATEWAY_PROBE_SOURCE``: its policyd's probes of the primary, ``[health]
-probe_source_address``). A cut between X and Y drops every TCP packet that comes from X (one of
-its addresses, or one of its listening ports) and goes to Y (likewise), both ways: X's new
-connections to Y hang, Y's replies never arrive, exactly as on a cable pulled between them.
+The lab's hosts share the loopback interface and all listen on 127.0.0.1, so a host is known to
+the packet filter by what tells its traffic apart: the ports it listens on (every host: its
+mail servers' and daemons' listeners) and, for a gateway, the loopback addresses its
+connections come from (``GATEWAY_MAIL_SOURCE``: its Postfix binds its SMTP/LMTP deliveries
+there; and ``GATEWAY_PROBE_SOURCE``: its policyd's probes of the primary, ``[health]
+probe_source_address``). Every TCP connection has a listener's port on one side and an
+ephemeral port on the other, so a cut between X and Y drops, on ``lo`` only:
+
+- connections X opens from one of its addresses to one of Y's ports (the packets out, and the
+  replies from Y's port back to X's address), and the same from Y to X.
+
+That is all the packet filter can tell apart. A connection from 127.0.0.1 (every connection of
+the standby's and the primary's: their Postfix, Dovecot, sync agent; and a gateway's
+``[watch]`` checks and its milter's journal LMTP) looks the same whoever opened it, so it is
+never cut: the standby's submission still relays to a gateway's ``standby_relay`` through a
+gateway|standby cut. Dropping every packet to a gateway's port would cut the outside senders
+and the other hosts too, so the lab does not (docs/lab.md lists what a cut stops).
 
 The rules live in an nftables table of the lab's own, ``inet mailcontinuity_lab_<id>`` (``id``
-from the lab's directory), in the network namespace of the process that runs ``isolate``: by
-hand that is the machine's own ruleset (the table is the lab's alone, and ``heal`` or
-``lab down`` deletes it); the lab tests run the whole lab in a network namespace of their own
-(``own_network_namespace``), so ``make test`` never changes the machine. ``DIR/cuts.json`` lists
-the cuts in force; every change rewrites the whole table in one nft transaction.
+from the lab's resolved directory), in the network namespace of the process that runs
+``isolate``: by hand that is the machine's own ruleset (the table is the lab's alone, and
+``heal`` or ``lab down`` deletes it); the lab tests run the whole lab in a network namespace of
+their own (``own_network_namespace``), so ``make test`` never changes the machine.
+``DIR/cuts.json`` names the table and lists the cuts; it is written before nft is asked, so a
+crash between the two leaves a file that ``heal`` acts on (deleting a table that may not exist
+is fine), never a table that nothing knows of. Every change rewrites the whole table in one nft
+transaction.
 
-The standby and the primary have no source address of their own (the sync agent's and the
-Dovecots' outgoing connections come from 127.0.0.1, like everybody's), so a cut needs a gateway
-on at least one side; ``isolate standby --from primary`` is refused rather than half done. A
-gateway's checks of the standby (``[watch]``) and its milter's journal LMTP also come from
-127.0.0.1: a cut between a gateway and the standby stops its Postfix's deliveries there, not
-those (docs/lab.md).
+The standby and the primary have no source address of their own, so a cut needs a gateway on
+at least one side; ``isolate standby --from primary`` is refused rather than half done.
 """
 
 from __future__ import annotations
@@ -76,29 +84,27 @@ class HostTraffic:
 
 
 def table_name(directory: Path) -> str:
-    digest = hashlib.sha256(str(directory.absolute()).encode()).hexdigest()[:10]
+    """The lab's table: from the directory with ``..`` and symlinks resolved, so that every
+    spelling of one lab's directory names one table."""
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:10]
     return f"mailcontinuity_lab_{digest}"
 
 
-def _matches(host: HostTraffic, side: str) -> list[str]:
-    """nft expressions matching a packet from (``side`` "s") or to ("d") ``host``."""
-    found = []
-    if host.addresses:
-        found.append(f"ip {side}addr {{ {', '.join(host.addresses)} }}")
-    if host.ports:
-        found.append(f"tcp {side}port {{ {', '.join(str(p) for p in sorted(host.ports))} }}")
-    return found
-
-
 def cut_rules(one: HostTraffic, other: HostTraffic) -> list[str]:
-    """The rules (without ``add rule TABLE CHAIN``) dropping every TCP packet between two
-    hosts, both ways. Port matches say ``tcp``; address matches add ``meta l4proto tcp``."""
+    """The rules (without ``add rule TABLE CHAIN``) dropping the loopback TCP connections one
+    host opens from an address of its own to the other's listeners, both ways: the packets
+    out (source address, destination port) and the replies (source port, destination
+    address). Port to port and address to address never match (every connection has one
+    ephemeral port; every listener is on 127.0.0.1), so there are no such rules."""
     rules = []
-    for source, destination in ((one, other), (other, one)):
-        for src in _matches(source, "s"):
-            for dst in _matches(destination, "d"):
-                proto = "" if "tcp " in src or "tcp " in dst else "meta l4proto tcp "
-                rules.append(f"{proto}{src} {dst} drop comment \"{one.name}|{other.name}\"")
+    comment = f'comment "{one.name}|{other.name}"'
+    for client, server in ((one, other), (other, one)):
+        if not client.addresses or not server.ports:
+            continue
+        addresses = f"{{ {', '.join(client.addresses)} }}"
+        ports = f"{{ {', '.join(str(p) for p in sorted(server.ports))} }}"
+        rules.append(f'oif "lo" ip saddr {addresses} tcp dport {ports} drop {comment}')
+        rules.append(f'oif "lo" tcp sport {ports} ip daddr {addresses} drop {comment}')
     return rules
 
 
@@ -151,25 +157,34 @@ def host_traffic(lab: Lab) -> dict[str, HostTraffic]:
     return found
 
 
-def _read_cuts(directory: Path) -> list[list[str]]:
+def _read_cuts(directory: Path) -> tuple[str, list[list[str]]]:
+    """The table and the cuts ``DIR/cuts.json`` records (none: the table the directory names,
+    no cuts). An older file is a bare list of cuts."""
     path = directory / CUTS_FILE
     if not path.exists():
-        return []
+        return table_name(directory), []
     try:
-        return [list(pair) for pair in json.loads(path.read_text())]
-    except (OSError, ValueError) as exc:
-        raise LabError(f"{path}: {exc}; remove it, then 'nft delete table inet"
+        data = json.loads(path.read_text())
+        if isinstance(data, list):
+            return table_name(directory), [list(pair) for pair in data]
+        return str(data["table"]), [list(pair) for pair in data["cuts"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"{path}: {exc!r}; remove it, then 'nft delete table inet"
                        f" {table_name(directory)}' if that table exists") from None
 
 
-def _apply(directory: Path, script: str) -> None:
+def _nft() -> str:
     nft = shutil.which("nft")
     if nft is None:
         raise LabError("nft not found: apt-get install nftables (lab isolate cuts with it)")
-    result = subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True,
+    return nft
+
+
+def _apply(table: str, script: str) -> None:
+    result = subprocess.run([_nft(), "-f", "-"], input=script, capture_output=True, text=True,
                             check=False, timeout=30)
     if result.returncode != 0:
-        raise LabError(f"nft refused the lab's cuts (table inet {table_name(directory)}):"
+        raise LabError(f"nft refused the lab's cuts (table inet {table}):"
                        f" {result.stderr.strip()}")
 
 
@@ -187,26 +202,41 @@ def check_cut(traffic: dict[str, HostTraffic], host: str, other: str) -> None:
 
 def isolate(lab: Lab, host: str, other: str) -> list[list[str]]:
     """Cut ``host`` from ``other`` (both ways), keeping the cuts already made; return every
-    cut in force."""
+    cut in force. ``cuts.json`` is written first (a crash after it leaves a file ``heal``
+    acts on) and put back as it was if nft refuses (nothing was applied: one transaction)."""
     traffic = host_traffic(lab)
     check_cut(traffic, host, other)
-    cuts = _read_cuts(lab.dir)
+    _nft()  # before cuts.json names a cut: a lab without nft never records one
+    path = lab.dir / CUTS_FILE
+    before = path.read_text() if path.exists() else None
+    table, cuts = _read_cuts(lab.dir)
     if sorted([host, other]) not in [sorted(pair) for pair in cuts]:
         cuts.append([host, other])
-    _apply(lab.dir, ruleset(table_name(lab.dir),
-                            [(traffic[a], traffic[b]) for a, b in cuts]))
-    (lab.dir / CUTS_FILE).write_text(json.dumps(cuts) + "\n")
+    unknown = sorted({name for pair in cuts for name in pair} - set(traffic))
+    if unknown:
+        raise LabError(f"{path} names no lab host {', '.join(unknown)}; 'lab heal' first")
+    script = ruleset(table, [(traffic[a], traffic[b]) for a, b in cuts])
+    path.write_text(json.dumps({"table": table, "cuts": cuts}) + "\n")
+    try:
+        _apply(table, script)
+    except (LabError, OSError, subprocess.SubprocessError):
+        if before is None:
+            path.unlink()
+        else:
+            path.write_text(before)
+        raise
     return cuts
 
 
 def heal(directory: Path) -> list[list[str]]:
-    """Delete the lab's table: every cut is gone. Returns the cuts that were in force (none:
-    nothing is asked of nft, so a lab never cut never touches the ruleset)."""
+    """Delete the table ``cuts.json`` names: every cut is gone. Returns the cuts that were
+    recorded (no file: nothing is asked of nft, so a lab never cut never touches the
+    ruleset)."""
     path = directory / CUTS_FILE
     if not path.exists():
         return []
-    cuts = _read_cuts(directory)
-    _apply(directory, ruleset(table_name(directory), []))
+    table, cuts = _read_cuts(directory)
+    _apply(table, ruleset(table, []))
     path.unlink()
     return cuts
 

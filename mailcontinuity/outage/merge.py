@@ -38,10 +38,10 @@ from mailcontinuity.outage.primary import (
 from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
-from mailcontinuity.store.db import open_store
+from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.leases import acquire_lease, holding_lease
 from mailcontinuity.store.outages import ChangeLog, Outage, RecordedMessage
-from mailcontinuity.store.state import current_state
+from mailcontinuity.store.state import State, current_state
 from mailcontinuity.transitions import change_state
 
 log = logging.getLogger(__name__)
@@ -481,6 +481,26 @@ def _preflight_or_refuse(config: Config, changelog: ChangeLog) -> None:
     log.info("event=failback_preflight user=%s result=%r", user, checked.summary())
 
 
+def finish_failback(config: Config, changelog: ChangeLog, outage: Outage | None,
+                    report: FailbackReport, actor: str, hooks: HookQueue | None = None) -> None:
+    """Mark ``outage`` merged and return to ``normal`` in one transaction: ``status``, the
+    metrics and every other host never see the record merged while the state still says
+    ``failback`` (on a shared store, two commits apart, they did). A state already ``normal``
+    (an operator's ``set-state``) still gets its record closed."""
+    def mark_merged(store: StateStore, old: State) -> dict[str, Any]:
+        assert outage is not None
+        changelog.update_outage(outage.id, status="merged", merged_at=time.time(),
+                                summary=report.as_dict())
+        return {}
+
+    moved = change_state(config, changelog.store, "normal", "failback complete", actor,
+                         expect=("failback", "failover"), hooks=hooks,
+                         guard=mark_merged if outage is not None else None)
+    if not moved and outage is not None:
+        changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
+                             summary=report.as_dict())
+
+
 def run_failback(config: Config, actor: str, cause: str = "failback requested",
                  progress: Progress = lambda _: None,
                  on_plan: Callable[[int], None] | None = None,
@@ -534,10 +554,7 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                 if number > 1 and changed == 0:
                     break
             report.refused = still_refused(changelog, outage.id, report.refused)
-            changelog.set_outage(outage.id, status="merged", merged_at=time.time(),
-                                 summary=report.as_dict())
-        change_state(config, store, "normal", "failback complete", actor,
-                     expect=("failback", "failover"), hooks=hooks)
+        finish_failback(config, changelog, outage, report, actor, hooks)
         record_command(store, "failback", actor, {"outage": report.outage,
                                          "counts": dict(report.counts),
                                          "refused": len(report.refused)}, event="merge")

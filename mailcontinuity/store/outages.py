@@ -201,12 +201,18 @@ class ChangeLog:
         return self.open_outage()
 
     def set_outage(self, outage_id: int, **fields: Any) -> None:
+        with self.store.transaction():
+            self.update_outage(outage_id, **fields)
+
+    def update_outage(self, outage_id: int, **fields: Any) -> None:
+        """``set_outage`` inside a write transaction the caller holds: failback marks the
+        record merged in the transaction that returns the state to ``normal``
+        (``outage.merge``), so that nobody reads one without the other."""
         if "summary" in fields:
             fields["summary"] = json.dumps(fields["summary"], sort_keys=True)
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        with self.store.transaction():
-            self.store.execute(f"UPDATE sync_outage SET {assignments} WHERE id = ?",
-                               [*fields.values(), outage_id])
+        self.store.execute(f"UPDATE sync_outage SET {assignments} WHERE id = ?",
+                           [*fields.values(), outage_id])
 
     @staticmethod
     def _outage(row: tuple[Any, ...] | None) -> Outage | None:

@@ -1,5 +1,5 @@
 """Fixtures built on the lab controller: real Postfix and Dovecot on loopback, one lab per
-session."""
+session (and one with a PostgreSQL store for the modules that run on both: see backends.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,21 @@ def make_lab_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
+def sqlite_lab() -> Iterator[Lab]:
     with Lab.temporary() as lab:
         yield lab
+
+
+@pytest.fixture(scope="session")
+def postgres_lab() -> Iterator[Lab]:
+    """The same lab with a PostgreSQL store (``lab up --state postgresql``)."""
+    with Lab.temporary(prefix="mclab-pg-", state="postgresql") as lab:
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def lab(sqlite_lab: Lab) -> Lab:
+    return sqlite_lab
 
 
 @pytest.fixture

@@ -19,8 +19,11 @@ from mailcontinuity.lab import Lab
 from mailcontinuity.lab.scenario import restored
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.kv import parse_kv
 from tests.lab.policyd_helpers import back_to_normal, wait_for_state
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 # As sshd sets it for a session from 192.0.2.7 (TEST-NET-1), under ``sudo`` by alice.
 OPERATOR_ENV = {"SSH_CONNECTION": "192.0.2.7 50022 127.0.0.1 22", "SUDO_USER": "alice"}

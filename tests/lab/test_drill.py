@@ -15,6 +15,9 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.reports.drill import Drill, StepFailed
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 
 def run_drill(lab: Lab) -> tuple[int, dict]:

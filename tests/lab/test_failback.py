@@ -28,7 +28,10 @@ from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.state import current_state
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.outage_helpers import deliver_stored_copy, wait_all
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 
 def invoke(lab: Lab, *args: str) -> tuple[int, dict]:

@@ -27,14 +27,17 @@ from mailcontinuity.outage.verify import verify
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, Outage
 from mailcontinuity.store.state import current_state
+from tests.lab.backends import LAB_BACKENDS
 
 MESSAGES = int(os.environ.get("MC_FAULT_MESSAGES", "800"))
 SMALL = [(1, 300, 3_000)]
 
 
-@pytest.fixture(scope="module")
-def fault_lab() -> Iterator[Lab]:
-    with Lab.temporary(prefix="mcfault-") as lab:
+@pytest.fixture(scope="module", params=LAB_BACKENDS)
+def fault_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A lab of the module's own, on each store backend in turn (the change log, the leases and
+    the merge's progress are written under the faults)."""
+    with Lab.temporary(prefix="mcfault-", state=request.param) as lab:
         # The test runs failback itself, as an operator would; the agent would race it. So
         # would the health monitor (policyd): a primary stopped mid-failback for longer than
         # the failure window ([health] failures = 3 rounds over 1 s in the lab; Dovecot's stop

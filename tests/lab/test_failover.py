@@ -25,6 +25,7 @@ from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.policyd_helpers import (
     ask_policyd,
     back_to_normal,
@@ -34,6 +35,8 @@ from tests.lab.policyd_helpers import (
     refusal,
     wait_for_state,
 )
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 SENDER = "partner@remote.test"
 

@@ -10,9 +10,12 @@ import uuid
 from mailcontinuity.lab import Lab
 from mailcontinuity.outage.follow import follow_all
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.journal_helpers import fetch_by_header, journal_id
 from tests.lab.outage_helpers import forced_outage, run_cli, uid_of
 from tests.lab.test_filed_mail import drop_folders, flag, journaled, mailbox, move
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 
 def on_standby(lab: Lab, user, message_id: str) -> dict[str, set[str]]:  # type: ignore[no-untyped-def]

@@ -12,7 +12,10 @@ from click.testing import CliRunner
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.scenario import OutageScenario, restored
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.policyd_helpers import back_to_normal
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 # The timeline's milestones, in the order an outage goes through them (the sync agent's
 # baseline comes after the failover too, before or after the first mail flushed from the queue).

@@ -34,10 +34,13 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.monitor.protocol import action_kind
 from mailcontinuity.reports.metrics import MetricsEndpoint, StoreCollector
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.journal_helpers import wait_for_empty_spool
 from tests.lab.policyd_helpers import back_to_normal, refusal
 from tests.lab.test_milter_faults import send_batch, stop_standby, wait_for_spooled
 from tests.unit.test_config import VALID, write
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SENDER = "partner@remote.test"

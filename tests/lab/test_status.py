@@ -8,6 +8,9 @@ from click.testing import CliRunner
 
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
+from tests.lab.backends import lab_on_both_stores
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 
 def test_status_json_reports_normal_on_a_fresh_store(lab: Lab) -> None:

@@ -15,12 +15,15 @@ from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.outage.recorder import SyncAgent
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog, RecordedMessage
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.outage_helpers import (
     begin_outage,
     gateway_mail,
     uid_of,
     wait_all,
 )
+
+lab_fixture = lab_on_both_stores()  # these tests touch the store: run on both
 
 
 def recorded(lab: Lab, message_id: str) -> list[RecordedMessage]:
