@@ -24,10 +24,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from mailcontinuity.config import LOCAL_HOST, parse_config
+from mailcontinuity.mail.maildir import MessageFile
 from mailcontinuity.monitor.protocol import action_kind
 from mailcontinuity.reports.metrics import StoreCollector
 from mailcontinuity.reports.status import collect_status
@@ -36,7 +38,7 @@ from mailcontinuity.store.checks import Check, record_checks
 from mailcontinuity.store.db import SQLiteStore, StateStore, open_store
 from mailcontinuity.store.heartbeats import policyd_beat, sync_agent_beat
 from mailcontinuity.store.journal import recount
-from mailcontinuity.store.outages import ChangeLog
+from mailcontinuity.store.outages import ChangeLog, rebuild_activity_counts
 
 SCRAPES = 20
 PROBE_ROWS = 86_400
@@ -98,12 +100,13 @@ def record_outage(store: StateStore, outage_id: int, baseline: int, touched: int
               in_baseline, base, now, flags,
               int((kind, present, in_baseline, flags) != ("existing", 1, 1, base)))
              for user, folder, name, key, kind, flags, present, in_baseline, base in rows))
+        rebuild_activity_counts(store, outage_id)  # rows written by hand: the kept counts
 
 
 def activity_times(store: StateStore, outage_id: int, runs: int = 5) -> tuple[float, float]:
-    """Median seconds of the outage activity summary as read now (the touched rows, through
-    migration 13's index) and as read before (every row of the record), after checking that
-    both give the same counts."""
+    """Median seconds of the outage activity summary as read now (the counts kept as the
+    recorder writes, migration 15) and as defined (every row of the record), after checking
+    that both give the same counts."""
     changelog = ChangeLog(store)
     assert changelog.activity(outage_id) == changelog.activity_full_read(outage_id)
     medians = []
@@ -121,7 +124,7 @@ def activity_curve(directory: Path, baselines: list[int], touched: int) -> None:
     """The summary's cost as the baseline grows and what users did stays the same."""
     print(f"\noutage activity summary, {touched:,} history messages changed and {touched:,}"
           " outage messages, baseline growing")
-    print(f"{'baseline messages':>18} {'now (touched rows) ms':>22} {'before (every row) ms':>22}")
+    print(f"{'baseline messages':>18} {'now (kept counts) ms':>22} {'every row read ms':>22}")
     for baseline in baselines:
         store = SQLiteStore(directory / f"activity-{baseline}.db")
         try:
@@ -132,6 +135,57 @@ def activity_curve(directory: Path, baselines: list[int], touched: int) -> None:
         finally:
             store.close()
         print(f"{baseline:>18,} {now * 1000:>22.1f} {before * 1000:>22.1f}")
+
+
+def recorder_cost(directory: Path, baseline: int, events: int = 2000) -> None:
+    """Seconds per recorder event (a flag change, a file gone, a new file, as scan.py writes
+    them, a transaction each) with the counts kept and with their upkeep switched off, in
+    alternation on the same record of ``baseline`` messages (so load and the disk's fsync
+    weigh on both alike): what keeping the counts adds to each event."""
+    print(f"\nrecorder, per event ({events:,} events of each kind, half with the upkeep off,"
+          f" {baseline:,} baseline messages, one transaction each)")
+    print(f"{'event':>12} {'counts kept us':>15} {'without upkeep us':>18}")
+    store = SQLiteStore(directory / "recorder.db")
+    try:
+        store.execute("INSERT INTO sync_outage (started_at, status) VALUES (?, 'recording')",
+                      [time.time()])
+        record_outage(store, 1, baseline, 0, time.time())
+        log = ChangeLog(store)
+        upkeep = (log._reclassify, log._count)
+
+        def found(n: int, flags: tuple[str, ...], basename: str = "",
+                  key: str = "") -> MessageFile:
+            name = basename or f"h{n}"
+            return MessageFile(folder="INBOX", basename=name,
+                               filename=f"{name}:2,{''.join(flags)}",
+                               path=Path("/nowhere") / name, flags=flags,
+                               key=key or f"mid:<{n}@bench>:1000", journal=False,
+                               size=1000, mtime=1.0, message_id=f"<{n}@bench>")
+
+        kinds: dict[str, Any] = {
+            "flag change": lambda n: log.upsert_file(1, f"user{n % 500}",
+                                                     found(n, ("F", "S")), False),
+            "file gone": lambda n: log.mark_gone(1, f"user{(n + 1) % 500}", "INBOX", f"h{n + 1}"),
+            "new mail": lambda n: log.upsert_file(1, f"user{n % 500}",
+                                                  found(n, (), f"o{n}", f"id:{n}"), False),
+        }
+        step = max(2, baseline // events)
+        for name, event in kinds.items():
+            spent = [0.0, 0.0]
+            for index, n in enumerate(range(0, events * step, step)):
+                keep = index % 2 == 0
+                if keep:
+                    log._reclassify, log._count = upkeep  # type: ignore[method-assign]
+                else:
+                    log._reclassify = log._count = lambda *args: None  # type: ignore[method-assign,assignment]
+                started = time.perf_counter()
+                with store.transaction():
+                    event(n)
+                spent[0 if keep else 1] += time.perf_counter() - started
+            print(f"{name:>12} {spent[0] / (events / 2) * 1e6:>15.0f}"
+                  f" {spent[1] / (events / 2) * 1e6:>18.0f}")
+    finally:
+        store.close()
 
 
 def spool(directory: Path) -> None:
@@ -206,6 +260,9 @@ def main() -> None:
     parser.add_argument("--baselines", default="",
                         help="also time the outage activity summary alone at these baseline"
                              " sizes (messages), e.g. 100000,1000000,3000000")
+    parser.add_argument("--recorder", type=int, default=0,
+                        help="also time recorder events on a record of this many baseline"
+                             " messages, with and without the kept counts' upkeep")
     parser.add_argument("--touched", type=int, default=10_000,
                         help="history messages changed and outage messages, for --baselines")
     args = parser.parse_args()
@@ -228,6 +285,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="mcactivity-") as directory:
             activity_curve(Path(directory), [int(n) for n in args.baselines.split(",")],
                            args.touched)
+    if args.recorder:
+        with tempfile.TemporaryDirectory(prefix="mcrecorder-") as directory:
+            recorder_cost(Path(directory), args.recorder)
     cost = counting_cost()
     print("\nper policy request")
     print(f"  counting the answer: {cost * 1e6:.2f} µs"

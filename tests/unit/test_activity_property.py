@@ -1,9 +1,10 @@
-"""The outage activity summary read through migration 13's partial index (``activity``) equals
+"""The outage activity counts kept as the recorder writes (``activity``, migration 15) equal
 its definition over every row of the record (``activity_full_read``) after any sequence of what
 the recorder writes: a baseline (copies of a message in several folders, with other flags too),
 new files, flag-change renames, files gone (a stale MOVED_FROM included), files back, folders,
-and mail merged in an earlier outage. One store per test, a new outage per example (the earlier
-ones merged), on SQLite and, with ``-m postgres``, on PostgreSQL."""
+and mail merged in an earlier outage (whose history retention may have forgotten). One store per
+test, a new outage per example (the earlier ones merged), on SQLite and, with ``-m postgres``, on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -34,10 +35,15 @@ def file_of(folder: str, basename: str, key: str, flags: tuple[str, ...],
                        journal=journal, size=10, mtime=1.0, message_id=f"<{basename}>")
 
 
-def close_earlier(log: ChangeLog) -> None:
+def close_earlier(log: ChangeLog, forget: bool) -> None:
+    """Merge the earlier example's outage; with ``forget``, retention then deletes its history
+    rows (``forget_merged_before``) and its kept counts follow."""
     earlier = log.open_outage()
     if earlier is not None:
         log.set_outage(earlier.id, status="merged", merged_at=1.0)
+        if forget:
+            log.forget_merged_before(2.0)
+        same_counts(log, earlier.id)
 
 
 def same_counts(log: ChangeLog, outage: int) -> None:
@@ -46,7 +52,7 @@ def same_counts(log: ChangeLog, outage: int) -> None:
 
 def run_events(store: StateStore, data: st.DataObject) -> None:
     log = ChangeLog(store)
-    close_earlier(log)
+    close_earlier(log, data.draw(st.booleans(), label="forget the earlier outage"))
     outage = log.start_outage()
     assert outage is not None
     o = outage.id
@@ -105,8 +111,9 @@ def test_indexed_activity_equals_the_full_read(store_config: Config,
 def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store upgraded during an outage: its record, written at the schema before the activity
-    migration, gives the same counts through the index as read in full (a message held twice
-    in the baseline with other flags counts as flagged history either way)."""
+    migrations (14, 15), gives the same counts kept (filled by migration 15) as read in full (a
+    message held twice in the baseline with other flags counts as flagged history either way;
+    a folder new during the outage counts)."""
     before = MIGRATIONS.index(migrations._migration_activity_index)
     monkeypatch.setattr(connection, "MIGRATIONS", MIGRATIONS[:before])
     store = SQLiteStore(tmp_path / "state.db")
@@ -122,6 +129,8 @@ def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_bef
             " updated_at, first_flags) VALUES (?, 'alice', ?, ?, ?, '', ?, 'existing', ?, 10,"
             " 1.0, '', 1, 1, ?, 1.0, ?)",
             [outage.id, folder, basename, f"{basename}:2,{flags}", key, flags, flags, flags])
+    store.execute('INSERT INTO sync_folder (outage_id, "user", folder, in_baseline, present)'
+                  " VALUES (?, 'alice', 'Projects', 0, 1)", [outage.id])
     store.close()
     monkeypatch.setattr(connection, "MIGRATIONS", MIGRATIONS)
     store = SQLiteStore(tmp_path / "state.db")
@@ -129,6 +138,7 @@ def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_bef
         assert store.schema_version == len(MIGRATIONS)
         counts = ChangeLog(store).activity(outage.id)
         assert counts["history_flagged"] == 1
+        assert counts["new_folders"] == 1  # migration 15 filled the kept counts
         assert counts == ChangeLog(store).activity_full_read(outage.id)
     finally:
         store.close()
