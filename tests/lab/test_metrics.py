@@ -310,7 +310,7 @@ def test_an_unreadable_part_is_a_metric_not_a_crash(lab: Lab, mocker: MockerFixt
     try:
         mocker.patch("mailcontinuity.reports.metrics.spool_usage",
                      side_effect=PermissionError(13, "Permission denied"))
-        with caplog.at_level(logging.DEBUG, logger="mailcontinuity.metrics"):
+        with caplog.at_level(logging.DEBUG, logger="mailcontinuity.reports.metrics"):
             failing = [parse(generate_latest(registry).decode()) for _ in range(2)]
             mocker.stopall()
             recovered = parse(generate_latest(registry).decode())
