@@ -201,23 +201,20 @@ def _migration_key_scheme(store: StateStore) -> None:
 
 
 def _migration_activity_index(store: StateStore) -> None:
-    """The outage activity summary (``status``, each scrape, ``report``) reads only the rows
-    where something happened during the outage and the messages they belong to, not the whole
-    baseline (millions of rows at 10,000 users); new folders likewise.
+    """What the incident report reads of an outage's activity (``routed_mail``,
+    ``activity_span``): only the rows where something happened during the outage, not the
+    whole baseline (millions of rows at 10,000 users); and the folders new during it, which
+    rebuilding the kept counts (migration 15) reads.
 
     ``touched`` (kept by store/outages.py as it writes, never reset) is 1 for a row that has
     at any time been: mail that exists because of the outage, a file new since the baseline, a
-    file gone, flags other than the baseline's, or a baseline file of a message the baseline
-    already held with other flags (the summary counts that as flagged history). A plain column
-    rather than that expression as the index's condition: PostgreSQL can estimate how few rows
-    ``touched = 1`` selects (it cannot for ``flags != base_flags``, and would scan the table)."""
+    file gone, or flags other than the baseline's. A plain column rather than that expression
+    as the index's condition: PostgreSQL can estimate how few rows ``touched = 1`` selects (it
+    cannot for ``flags != base_flags``, and would scan the table)."""
     create(store, "ALTER TABLE sync_message ADD COLUMN touched {int} NOT NULL DEFAULT 0")
     store.execute(
         "UPDATE sync_message SET touched = 1 WHERE kind != 'existing' OR in_baseline = 0"
-        " OR present = 0 OR flags != base_flags OR (in_baseline = 1 AND EXISTS (SELECT 1"
-        " FROM sync_message twin WHERE twin.outage_id = sync_message.outage_id"
-        ' AND twin."user" = sync_message."user" AND twin.key = sync_message.key'
-        " AND twin.in_baseline = 1 AND twin.base_flags != sync_message.base_flags))")
+        " OR present = 0 OR flags != base_flags")
     store.execute('CREATE INDEX sync_message_touched ON sync_message (outage_id, "user", key)'
                   " WHERE touched = 1")
     store.execute("CREATE INDEX sync_folder_new ON sync_folder (outage_id)"

@@ -289,11 +289,8 @@ class ChangeLog:
             return
         kind = self.kind_of(outage_id, user, found)
         # Every file new since the baseline is activity; a baseline file only if it is outage
-        # mail or the baseline holds its message with other flags too (counted as flagged).
-        touched = not baseline or kind != "existing" or self.store.one(
-            'SELECT 1 FROM sync_message WHERE "user" = ? AND key = ? AND outage_id = ?'
-            " AND in_baseline = 1 AND base_flags != ? LIMIT 1",
-            [user, found.key, outage_id, flags]) is not None
+        # mail (the kept counts judge a message from all its rows, touched or not).
+        touched = not baseline or kind != "existing"
         self.store.execute(
             'INSERT INTO sync_message (outage_id, "user", folder, basename, filename, path, key,'
             " kind, flags, size, mtime, message_id, present, in_baseline, base_flags, updated_at,"

@@ -108,7 +108,7 @@ def test_indexed_activity_equals_the_full_read(store_config: Config,
         store.close()
 
 
-def test_the_activity_migration_marks_the_baseline_twins_of_a_store_recorded_before_it(
+def test_the_activity_migrations_count_a_store_recorded_before_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store upgraded during an outage: its record, written at the schema before the activity
     migrations (14, 15), gives the same counts kept (filled by migration 15) as read in full (a
