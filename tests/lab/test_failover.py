@@ -19,6 +19,7 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.config import Endpoint
 from mailcontinuity.deploy.routing import transport_value
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.eventually import NotInTime
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
 from mailcontinuity.lab.process import free_ports, wait_for
 from mailcontinuity.mail.postfix import run_postfix
@@ -96,13 +97,17 @@ def queue_ids(log: str, message_id: str) -> set[str]:
                           re.MULTILINE))
 
 
-def left_the_queue(lab: Lab, log_start: int, message_ids: list[str]) -> bool:
-    """Every one of these messages entered the gateway's queue and was removed from it (each
-    recipient delivered or bounced). Other tests' mail still deferred in the shared lab's
-    queue, waiting for its retry time, does not count."""
+def still_queued(lab: Lab, log_start: int, message_ids: list[str]) -> list[str]:
+    """These messages' log lines while any of them has not entered the gateway's queue or not
+    left it (each recipient delivered or bounced); empty once all have. Other tests' mail still
+    deferred in the shared lab's queue, waiting for its retry time, does not count."""
     log = lab.gateway.log_file.read_text(errors="replace")[log_start:]
     ids = [queue_ids(log, message_id) for message_id in message_ids]
-    return all(ids) and all(f"{queue_id}: removed" in log for found in ids for queue_id in found)
+    if all(ids) and all(f"{queue_id}: removed" in log for found in ids for queue_id in found):
+        return []
+    mine = {queue_id for found in ids for queue_id in found}
+    return [line for line in log.splitlines()
+            if any(f"]: {queue_id}: " in line for queue_id in mine)] or ["not queued yet"]
 
 
 def routed_to(lab: Lab, route: str) -> bool:
@@ -170,8 +175,12 @@ def test_outage_fails_over_without_bounces_and_fails_back_after_hold_down(
         # This test's messages, not the whole queue: the shared lab's queue may hold another
         # test's mail until its retry time (up to maximal_backoff_time, 30 s in the lab).
         sent = [message["Message-ID"] for message in (queued, new, mixed)]
-        eventually(lambda: left_the_queue(lab, log_start, sent), 15,
-                   "this test's messages delivered and out of the gateway's queue")
+        try:
+            eventually(lambda: not still_queued(lab, log_start, sent), 15,
+                       "this test's messages delivered and out of the gateway's queue")
+        except NotInTime as exc:
+            raise AssertionError("\n".join([str(exc), *still_queued(lab, log_start, sent)])
+                                 ) from None
         log = lab.gateway.log_file.read_text(errors="replace")[log_start:]
         assert re.search(rf"to=<someone@{other_domain}>, relay=.*, status=sent", log), log
         assert "status=bounced" not in log and "sender non-delivery notification" not in log
