@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Literal
 
@@ -129,10 +128,6 @@ def write_transport_map(config: Config, route: Route,
     )
 
 
-# Time for Postfix's processes to pick up a reload before the queue is flushed again
-# (switch_route).
-REFLUSH_SECONDS = 2.0
-
 # One switch at a time in a process: policyd's monitor (its own decision) and its follower
 # (another host's decision) may both want the same route at the same moment.
 _switching = threading.RLock()
@@ -144,12 +139,8 @@ def switch_route(config: Config, route: Route,
 
     ``postfix reload`` makes every process re-read the table at once (without it, trivial-rewrite
     notices the change only after tens of seconds); ``postqueue -f`` retries deferred mail
-    immediately, so mail queued for a dead primary moves to the standby too. The reload only
-    asks Postfix's processes to restart when they are idle, so the queue is flushed again
-    ``REFLUSH_SECONDS`` later: a message the first flush handed to a queue manager or
-    trivial-rewrite still on the old table went back to the deferred queue, for the old route,
-    until its next retry (minutes: ``minimal_backoff_time``). The outage alias table
-    (``deploy.aliases``) follows the route: expanded by the gateway on the standby's.
+    immediately, so mail queued for a dead primary moves to the standby too. The outage alias
+    table (``deploy.aliases``) follows the route: expanded by the gateway on the standby's.
     """
     with _switching:
         write_transport_map(config, route, overrides)
@@ -160,8 +151,6 @@ def switch_route(config: Config, route: Route,
             # unexpanded, which defers it (soft_bounce) until failback.
             log.error("event=outage_aliases_not_written route=%s error=%r", route, str(exc))
         reload_postfix(config.gateway.postfix_config_dir)
-        run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
-        time.sleep(REFLUSH_SECONDS)
         run_postfix(config.gateway.postfix_config_dir, "postqueue", "-f")
 
 
