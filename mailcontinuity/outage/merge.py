@@ -26,6 +26,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailcontinuity.config import Config
 from mailcontinuity.hooks.runner import HookQueue
+from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import CONNECTION_LOST, Append, backoff_hint
 from mailcontinuity.outage.plan import Action, plan_user
 from mailcontinuity.outage.preflight import preflight
@@ -105,14 +106,28 @@ def read_receipt_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
     return flags
 
 
-def _append_item(source: Any) -> Append:
+def _append_item(action: Action) -> Append:
+    source = action.source
+    assert source is not None, "the plan gives every append its standby file"
     data = Path(source.path).read_bytes()
     # IMAP literals carry CRLF; Dovecot stores LF, so a file read back has bare LFs.
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     data = data.replace(b"\n", b"\r\n")
+    if source.kind == "existing":
+        data = without_journal_mark(data)
     return Append(data, read_receipt_flags(tuple(source.flags)),
                   datetime.fromtimestamp(source.mtime, UTC))
+
+
+def without_journal_mark(data: bytes) -> bytes:
+    """A journal copy merged as the copy the user kept (``plan.outage_copies``), without the
+    journal's mark: on the primary it is the user's message, and a mark there would make it
+    look like a journal copy to whatever later copies it back to a standby."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    mark = JOURNAL_HEADER.lower().encode("ascii") + b":"
+    kept = [line for line in head.split(b"\r\n") if not line.lower().startswith(mark)]
+    return b"\r\n".join(kept) + separator + body
 
 
 class Merger:
@@ -245,7 +260,7 @@ class Merger:
 
     def _append(self, changelog: ChangeLog, mailbox: PrimaryMailbox, folder: str,
                 chunk: list[Action]) -> None:
-        items = [_append_item(action.source) for action in chunk]
+        items = [_append_item(action) for action in chunk]
         try:
             self._patiently(mailbox.append, folder, items)
             self._finish(changelog, [(action, "done", {}) for action in chunk])

@@ -37,14 +37,15 @@ class Action:
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        # Steps on a copy name its uid: two copies of a message in one folder (filed twice on
-        # the primary) get a checkpoint each, so the second is never skipped as done.
+        # Each step names the copy it acts on (the primary's uid, the standby file appended):
+        # two copies of a message in one folder get a checkpoint each, so that after a crash
+        # the second is never skipped as done.
         detail = {
             "create_folder": "",
-            "append": "",
+            "append": self.source.basename if self.source is not None else "",
             "flags": f"{self.uid}+{' '.join(self.add)}-{' '.join(self.remove)}",
-            "move": self.from_folder,
-            "copy": self.from_folder,
+            "move": f"{self.from_folder}:{self.uid}",
+            "copy": f"{self.from_folder}:{self.uid}",
             "delete": str(self.uid),
             "report": self.reason,
         }[self.kind]
@@ -112,7 +113,7 @@ def older_copies_needed(rows: list[RecordedMessage], dated_before: float | None 
                    or (row.in_baseline and row.flags != row.base_flags) for row in group):
                 keys.add(key)
                 folders.update(row.folder for row in group)
-        elif any(_late_flags_changed(row) for row in group):
+        elif _late_flags_changed(group):
             keys.add(key)  # its flags go to the primary's copy wherever it is filed
     return keys, folders
 
@@ -126,7 +127,8 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
     """Mail that reached the standby during the outage: on the primary once per standby copy.
 
     Only delivered copies count: a message accepted just before the failover has a journal
-    copy too (same id), and merging both would put it on the primary twice.
+    copy too (same id), and merging both would put it on the primary twice; the journal copy
+    stands in when it is the only one the user kept (``outage_copies``).
     """
     current = outage_copies(group)
     message_id = group[0].message_id
@@ -167,28 +169,41 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
 
 
 def outage_copies(group: list[RecordedMessage]) -> list[RecordedMessage]:
-    """The standby's copies of outage mail that count, by folder, each with the flags the user
-    set on the journal copy beside it.
+    """The standby's copies of outage mail that go to the primary, by folder, each with every
+    flag the user set on its journal copy.
 
-    A message accepted just before the failover sits twice in the standby's folder: its
-    journal copy and its delivery from the queue. Only the delivered copy is merged (the plan's
-    rule), but the user sees both and may read or flag either one: a flag set on the journal
-    copy since it arrived (since the baseline, or since the record first saw it) is the user's
-    too, so it goes to the primary with the delivered copy.
+    A message accepted just before the failover sits twice on the standby: its journal copy
+    and its delivery from the queue. The delivered copies are merged (the plan's rule); if the
+    user kept only the journal copy (deleted the delivered one as a duplicate), that one is,
+    so the message still reaches the primary. The user sees both and may read or flag either:
+    a flag set on the journal copy since it arrived (``journal_base``) goes with every merged
+    copy, so a flag set on either copy wins.
     """
-    current = sorted((row for row in group if row.present and row.kind == "outage"),
-                     key=lambda row: row.folder)
-    beside: dict[str, set[str]] = defaultdict(set)
-    for row in group:
-        if row.present and row.kind == "existing":
-            before = row.base_flags if row.in_baseline else row.first_flags
-            beside[row.folder].update(_gained(row.flags, before or ()))
-    return [replace(row, flags=tuple(sorted(set(row.flags) | beside[row.folder])))
-            if beside[row.folder] - set(row.flags) else row for row in current]
+    delivered = [row for row in group if row.present and row.kind == "outage"]
+    journal = [row for row in group if row.present and row.kind == "existing"]
+    base = journal_base(group)
+    gained = {flag for row in journal for flag in row.flags} - base
+    return [replace(row, flags=tuple(sorted(set(row.flags) | gained)))
+            if gained - set(row.flags) else row
+            for row in sorted(delivered or journal, key=lambda row: row.folder)]
 
 
-def _late_flags_changed(row: RecordedMessage) -> bool:
-    return row.present and set(row.flags) != set(row.first_flags or ())
+def journal_base(group: list[RecordedMessage]) -> set[str]:
+    """The flags a message's journal copy had when it arrived on the standby, whatever the
+    user did with it since: its baseline flags when the baseline has it, else those every one
+    of its rows was first seen with (a copy the user read and then filed is first seen in
+    its new folder already read, so its own ``first_flags`` would hide that read)."""
+    rows = [row for row in group if row.kind == "existing"]
+    if any(row.in_baseline for row in rows):
+        starts = [set(row.base_flags or ()) for row in rows if row.in_baseline]
+    else:
+        starts = [set(row.first_flags or ()) for row in rows]
+    return set.intersection(*starts) if starts else set()
+
+
+def _late_flags_changed(group: list[RecordedMessage]) -> bool:
+    base = journal_base(group)
+    return any(row.present and set(row.flags) != base for row in group)
 
 
 def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCopy]
@@ -197,11 +212,11 @@ def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCo
 
     Such a copy (shipped a moment after the baseline was taken, for mail the primary got
     before the failover) has no baseline row to tell what the user changed, only the flags it
-    had when the record first saw it (``first_flags``): its flag changes since then are
-    replayed on the primary's copy in the same folder, else on one filed elsewhere (the
-    primary's copy may be in Archive while the journal copy stays in INBOX). Where it was
-    first put is not recorded, so a move or deletion of it on the standby is not replayed.
-    Shared by the plan and ``verify``.
+    was first seen with (``journal_base``): its flag changes since then are replayed on the
+    primary's copy in the same folder, else on one filed elsewhere (the primary's copy may be
+    in Archive while the journal copy stays in INBOX). A move or deletion of it on the standby
+    is not replayed: where the journal put it is not recorded, so a move cannot be told from
+    the primary's own filing. Shared by the plan and ``verify``.
     """
     present = sorted((row for row in group if row.present), key=lambda row: row.folder)
     spare = sorted(copies, key=lambda copy: (copy.folder, copy.uid))
@@ -221,11 +236,11 @@ def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCo
 def _late_journal_copy(key: str, group: list[RecordedMessage],
                        copies: list[PrimaryCopy]) -> list[Action]:
     """The user's flag changes on a journal copy first seen after the baseline
-    (``match_late_journal_copy``), merged three ways against the flags it was first seen
-    with."""
+    (``match_late_journal_copy``), merged three ways against the flags it arrived with."""
     actions = []
+    base = journal_base(group)
     for row, copy in match_late_journal_copy(group, copies):
-        add, remove = merged_flags(row.first_flags or (), row.flags, copy.flags)
+        add, remove = merged_flags(base, row.flags, copy.flags)
         if add or remove:
             actions.append(Action("flags", copy.folder, key, row.message_id, uid=copy.uid,
                                   add=add, remove=remove))

@@ -22,6 +22,7 @@ from mailcontinuity.mail.headers import parse_headers
 from mailcontinuity.mail.maildir import read_header_fields
 from mailcontinuity.outage.plan import (
     arrival_flags,
+    journal_base,
     match_history,
     match_late_journal_copy,
     merged_flags,
@@ -129,7 +130,8 @@ def _verify_outage_mail(group: list[RecordedMessage], copies: list[PrimaryCopy],
                         duplicated: Found, flag_mismatches: Found) -> None:
     """Outage mail must be on the primary once per standby copy, with the standby's flags.
     Only the delivered copies count: a journal copy of the same message (accepted just before
-    the failover) is not merged, but the flags the user set on it are (``outage_copies``)."""
+    the failover) is not merged unless it is the only one the user kept, and the flags the
+    user set on it are (``outage_copies``)."""
     current = outage_copies(group)
     if not current:
         return
@@ -188,8 +190,9 @@ def _verify_late_journal_copy(group: list[RecordedMessage], copies: list[Primary
                               flag_mismatches: Found) -> None:
     """A journal copy first seen after the baseline: the user's flag changes on it, judged on
     the primary's copy failback pairs it with (``match_late_journal_copy``)."""
+    base = journal_base(group)
     for row, copy in match_late_journal_copy(group, copies):
-        lacking, extra = merged_flags(row.first_flags or (), row.flags, copy.flags)
+        lacking, extra = merged_flags(base, row.flags, copy.flags)
         if lacking or extra:
             flag_mismatches.append({"folder": copy.folder, **name_of(row),
                                     "lacking": list(lacking), "extra": list(extra)})

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.mail.imap import SPECIAL_FOLDERS, FolderNames
-from mailcontinuity.outage.merge import APPEND_BATCH_BYTES, APPEND_BATCH_MESSAGES, _batches
+from mailcontinuity.outage.merge import (
+    APPEND_BATCH_BYTES,
+    APPEND_BATCH_MESSAGES,
+    _append_item,
+    _batches,
+)
 from mailcontinuity.outage.plan import Action, older_copies_needed, plan_user
 from mailcontinuity.outage.primary import SEARCH_KEYS_MAX, PrimaryCopy, key_searches
 from mailcontinuity.outage.verify import to_repair, verify_user
@@ -153,8 +160,15 @@ def late_journal_copy(draw: st.DrawFn, key: str) -> Drawn:
     standby, and the primary's copy may be filed elsewhere and changed there too."""
     first = draw(flag_sets) if draw(st.integers(0, 9)) else None
     now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
-    rows = [row(key, there, "existing", draw(flag_sets), there in now, False, None, first)
-            for there in {"INBOX", *now}]
+
+    def seen_with(there: str) -> tuple[str, ...] | None:
+        # Where the user filed it, first seen with the flags it had by then.
+        if there == "INBOX" or first is None:
+            return first
+        return tuple(sorted(set(first) | set(draw(flag_sets))))
+
+    rows = [row(key, there, "existing", draw(flag_sets), there in now, False, None,
+                seen_with(there)) for there in sorted({"INBOX", *now})]
     copies = [primary_side(draw, "INBOX", first or ()) for _ in range(draw(st.integers(0, 2)))]
     return rows, copies
 
@@ -195,9 +209,12 @@ def test_a_plan_applied_leaves_nothing_to_do_and_verify_agrees(
     assert found == {"missing": [], "duplicated": [], "flag_mismatches": []}
     before = {key: len(copies) for key, copies in outage[2].index().items()}
     for key in {r.key for r in rows if r.kind == "outage"}:
-        on_standby = sum(1 for r in rows if r.key == key and r.kind == "outage" and r.present)
+        kept = [r for r in rows if r.key == key and r.present]
+        on_standby = (sum(1 for r in kept if r.kind == "outage")
+                      or sum(1 for r in kept if r.kind == "existing"))
         on_primary = len(primary.index().get(key, []))
-        # Once per copy the user kept on the standby; one deleted there is not added back.
+        # Once per copy the user kept on the standby (the journal copy if that is all they
+        # kept); one deleted there is not added back.
         assert on_primary == (on_standby or before.get(key, 0)), key
 
 
@@ -369,6 +386,52 @@ def test_a_flag_set_on_the_journal_copy_beside_outage_mail_goes_with_the_deliver
     assert [c.flags for c in primary.index()["id:1"]] == [("\\Flagged",)]
     assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
                                                   "flag_mismatches": []}
+
+
+def test_a_late_journal_copy_read_and_then_filed_is_read_on_the_primary() -> None:
+    """Read in INBOX, then filed in Archive on the standby: the Archive row is first seen
+    already read, and the INBOX row is gone; the read still reaches the primary's copy."""
+    rows = [row("id:1", "INBOX", "existing", ("\\Seen",), False, False, None, ()),
+            row("id:1", "Archive", "existing", ("\\Seen",), True, False, None, ("\\Seen",))]
+    primary = ModelPrimary(folders={"INBOX", "Archive"})
+    primary.add("INBOX", "id:1", frozenset(), False)
+    folders = {"INBOX": (True, False), "Archive": (True, True)}
+    assert older_copies_needed(rows)[0] == {"id:1"}
+    [action] = plan(rows, folders, primary, False)
+    assert (action.kind, action.folder, action.add) == ("flags", "INBOX", ("\\Seen",))
+    primary.apply(action)
+    assert verify_user(rows, primary.index())["flag_mismatches"] == []
+
+
+def test_the_journal_copy_the_user_kept_reaches_the_primary_without_its_mark(
+        tmp_path: Path) -> None:
+    """Accepted just before the failover: the user deleted the delivered copy as a duplicate
+    and kept (and read) the journal copy: that one is appended, without the journal's mark."""
+    journal = tmp_path / "journal-copy"
+    journal.write_bytes(f"X-Mailcontinuity-Id: 1\n{JOURNAL_HEADER}: yes\nSubject: hi\n\n"
+                        f"{JOURNAL_HEADER}: in the body stays\n".encode())
+    rows = [row("id:1", "INBOX", "outage", (), False, False, None, ()),
+            replace(row("id:1", "INBOX", "existing", ("\\Seen",), True, True, ()),
+                    path=str(journal))]
+    [append] = plan(rows, {"INBOX": (True, True)}, ModelPrimary(), False)
+    assert append.kind == "append" and append.source is not None
+    assert append.source.flags == ("\\Seen",)
+    item = _append_item(append)
+    assert item.message == (b"X-Mailcontinuity-Id: 1\r\nSubject: hi\r\n\r\n"
+                            + f"{JOURNAL_HEADER}: in the body stays\r\n".encode())
+    primary = ModelPrimary()
+    primary.apply(append)
+    assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
+                                                  "flag_mismatches": []}
+
+
+def test_a_flag_on_the_journal_copy_goes_with_the_delivered_copy_filed_elsewhere() -> None:
+    rows = [row("id:1", "Archive", "outage", (), True, False, None, ()),
+            row("id:1", "INBOX", "existing", ("\\Flagged",), True, True, ())]
+    [append] = plan(rows, {"INBOX": (True, True), "Archive": (True, True)},
+                    ModelPrimary(folders={"INBOX", "Archive"}), False)
+    assert append.source is not None
+    assert (append.folder, append.source.flags) == ("Archive", ("\\Flagged",))
 
 
 def test_appends_are_batched_by_count_and_size_in_order() -> None:
