@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from stores import NAMES, Backends, StatementTimer, insert_rows, load, settle
 
 from mailcontinuity.config import LOCAL_HOST, Config, parse_config
 from mailcontinuity.mail.maildir import MessageFile
@@ -39,7 +40,6 @@ from mailcontinuity.store.db import StateStore, open_store
 from mailcontinuity.store.heartbeats import policyd_beat, sync_agent_beat
 from mailcontinuity.store.journal import recount
 from mailcontinuity.store.outages import ChangeLog, rebuild_activity_counts
-from stores import NAMES, Backends, StatementTimer, insert_rows, load, settle
 
 SCRAPES = 20
 PROBE_ROWS = 86_400
