@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from stores import NAMES, Backends, StatementTimer, insert_rows, load, settle
+from stores import NAMES, Backends, StatementTimer, explain_all, insert_rows, load, settle
 
 from mailcontinuity.config import LOCAL_HOST, Config, parse_config
 from mailcontinuity.mail.maildir import MessageFile
@@ -215,7 +215,8 @@ def bench_config(directory: Path, state: dict[str, str]) -> Config:
     }, directory / "bench.toml")
 
 
-def scrape_times(directory: Path, state: dict[str, str], copies: int, scrapes: int = SCRAPES
+def scrape_times(directory: Path, state: dict[str, str], copies: int, scrapes: int = SCRAPES,
+                 plans: Path | None = None
                  ) -> tuple[list[float], list[float], dict[str, Any]]:
     """Scrape durations, then ``status`` collection durations (live checks off: fresh); the
     parts, the fill's seconds and the statements that took longest in each."""
@@ -247,6 +248,8 @@ def scrape_times(directory: Path, state: dict[str, str], copies: int, scrapes: i
         # before (every row).
         parts: dict[str, Any] = {"filled": filled, "settled": settled,
                                  "scrape_sql": scrape_sql.top(), "status_sql": status_sql.top()}
+        if plans is not None:
+            plans.write_text("\n".join(explain_all(store, (scrape_sql, status_sql))) + "\n")
         outage = ChangeLog(store).open_outage()
         assert outage is not None
         parts["activity"], parts["activity_before"] = activity_times(store, outage.id)
@@ -292,6 +295,9 @@ def main() -> None:
                         help="history messages changed and outage messages, for --baselines")
     parser.add_argument("--statements", action="store_true",
                         help="print the three statements each scrape and status spent most in")
+    parser.add_argument("--plans", type=Path,
+                        help="write the plan of every read a scrape and status made (EXPLAIN"
+                             " ANALYZE on PostgreSQL) into DIR/plans-BACKEND-SIZE.txt")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",") if size]
     scrapes = args.scrapes
@@ -305,8 +311,12 @@ def main() -> None:
             for backend in backends.names:
                 with tempfile.TemporaryDirectory(prefix="mcmetrics-") as directory, \
                         backends.state(backend, Path(directory)) as state:
+                    plans = None
+                    if args.plans:
+                        args.plans.mkdir(parents=True, exist_ok=True)
+                        plans = args.plans / f"plans-{backend}-{copies}.txt"
                     times, statuses, parts = scrape_times(Path(directory), state, copies,
-                                                          scrapes)
+                                                          scrapes, plans)
                 print(f"{NAMES[backend]:>10} {copies:>15,} {statistics.median(times) * 1000:>10.1f}"
                       f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}"
                       f" {parts['filled'] + parts['settled']:>7.0f} {load():>14}"

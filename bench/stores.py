@@ -109,19 +109,26 @@ class StatementTimer:
         self.store = store
         self.spent: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.params: dict[str, Any] = {}
 
     @contextmanager
     def timing(self) -> Iterator[StatementTimer]:
         originals = {name: getattr(self.store, name) for name in ("query", "one", "execute")}
 
+        depth = [0]  # PostgresStore.one calls query: count the outer call only
+
         def timed(original: Any) -> Any:
             def run(sql: str, params: Any = ()) -> Any:
+                depth[0] += 1
                 started = time.perf_counter()
                 try:
                     return original(sql, params)
                 finally:
-                    self.spent[sql] += time.perf_counter() - started
-                    self.calls[sql] += 1
+                    depth[0] -= 1
+                    if not depth[0]:
+                        self.spent[sql] += time.perf_counter() - started
+                        self.calls[sql] += 1
+                        self.params[sql] = params
             return run
 
         for name, original in originals.items():
@@ -136,6 +143,29 @@ class StatementTimer:
         """The ``count`` statements that took longest: (text, seconds, calls)."""
         ranked = sorted(self.spent.items(), key=lambda item: -item[1])[:count]
         return [(" ".join(sql.split()), spent, self.calls[sql]) for sql, spent in ranked]
+
+
+def explain(store: StateStore, sql: str, params: Any = ()) -> list[str]:
+    """The plan of one read as run with ``params``: ``EXPLAIN (ANALYZE, BUFFERS)`` on
+    PostgreSQL (executed: actual rows and times), ``EXPLAIN QUERY PLAN`` on SQLite."""
+    if store.backend == "postgresql":
+        return [str(row[0]) for row in store.query(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)]
+    return [" ".join(str(part) for part in row[1:])
+            for row in store.query(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def explain_all(store: StateStore, timers: Iterable[StatementTimer]) -> list[str]:
+    """Each distinct read the timers saw (with its last parameters), its plan under it."""
+    lines = []
+    seen: set[str] = set()
+    for timer in timers:
+        for sql, params in timer.params.items():
+            if sql in seen or not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            seen.add(sql)
+            lines.append(f"-- {' '.join(sql.split())}  {list(params)}")
+            lines.extend(f"   {line}" for line in explain(store, sql, params))
+    return lines
 
 
 def load() -> str:
