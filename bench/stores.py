@@ -160,7 +160,7 @@ def explain_all(store: StateStore, timers: Iterable[StatementTimer]) -> list[str
     seen: set[str] = set()
     for timer in timers:
         for sql, params in timer.params.items():
-            if sql in seen or not sql.lstrip().upper().startswith("SELECT"):
+            if sql in seen or not sql.lstrip().upper().startswith(("SELECT", "WITH")):
                 continue
             seen.add(sql)
             lines.append(f"-- {' '.join(sql.split())}  {list(params)}")
