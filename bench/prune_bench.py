@@ -30,13 +30,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from stores import NAMES, Backends, insert_rows, load, settle
+from stores import NAMES, Backends, explain, insert_rows, load, settle
 
 from mailcontinuity.config import parse_config
 from mailcontinuity.journal.prune import prune_journal
 from mailcontinuity.mail.headers import JOURNAL_HEADER
 from mailcontinuity.store.db import StateStore, open_store
-from mailcontinuity.store.journal import recount
+from mailcontinuity.store.journal import PRUNABLE_WINDOW_SECONDS, SETTLED, recount
 from mailcontinuity.store.retention import DAY_SECONDS, forget_old_records
 
 SPAN_DAYS = 121
@@ -78,6 +78,9 @@ def fill(store: StateStore, maildirs: Path, size: int, now: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,300000,1000000")
+    parser.add_argument("--plans", type=Path,
+                        help="write the plans of prune's reads and writes (EXPLAIN ANALYZE of"
+                             " the reads on PostgreSQL) into DIR/prune-plans-BACKEND-SIZE.txt")
     parser.add_argument("--backends", default="sqlite,postgresql",
                         help="state stores to measure side by side, each size on each in turn"
                              " (PostgreSQL: a private cluster in a temporary directory)")
@@ -88,7 +91,12 @@ def main() -> None:
             for backend in backends.names:
                 with tempfile.TemporaryDirectory(prefix="mc-prunebench-") as tmp, \
                         backends.state(backend, Path(tmp)) as state:
-                    rows.append((backend, size, *one_prune(backends, Path(tmp), state, size)))
+                    plans = None
+                    if args.plans:
+                        args.plans.mkdir(parents=True, exist_ok=True)
+                        plans = args.plans / f"prune-plans-{backend}-{size}.txt"
+                    rows.append((backend, size,
+                                 *one_prune(backends, Path(tmp), state, size, plans)))
                 print(f"# {NAMES[backend]} {size:,} copies: filled in {rows[-1][-2]:.0f}s,"
                       f" load {rows[-1][-1]}", flush=True)
     print(f"\nprune of one day, index spanning {SPAN_DAYS} days")
@@ -109,8 +117,44 @@ def main() -> None:
               f" standby phase x{last[3] / first[3]:.1f}, forget phase x{last[5] / first[5]:.1f}")
 
 
-def one_prune(backends: Backends, root: Path, state: dict[str, str], size: int
-              ) -> tuple[int, float, int, float, float, float, str]:
+def prune_plans(store: StateStore, now: float) -> list[str]:
+    """The plans of the statements one prune runs (store/journal.py), with the day's
+    parameters: the reads executed (EXPLAIN ANALYZE on PostgreSQL), the writes explained."""
+    due = now - 30 * DAY_SECONDS
+    forget = now - 90 * DAY_SECONDS
+    shipped = "FROM journal WHERE status = 'shipped' AND received >= ? AND received < ?"
+    oldest = store.one(f"SELECT MIN(received) {shipped}", [float("-inf"), due])
+    start = float(oldest[0]) if oldest and oldest[0] is not None else due
+    statements: list[tuple[str, list[object]]] = [
+        # before: prunable's one read (PostgreSQL scanned the index: see store/journal.py)
+        ("SELECT message_id, address, folder, status, received, location, detail FROM journal"
+         " WHERE status = 'shipped' AND received < ? ORDER BY received", [due]),
+        # now: the oldest shipped copy left, then a day's window from it
+        (f"SELECT MIN(received) {shipped}", [float("-inf"), due]),
+        ("SELECT message_id, address, folder, status, received, location, detail"
+         f" {shipped} ORDER BY received", [start, min(start + PRUNABLE_WINDOW_SECONDS, due)]),
+        ("SELECT 'journal:' || status, count(*) FROM journal WHERE status IN (?, ?, ?)"
+         " AND recorded < ? GROUP BY status", [*SETTLED, forget]),
+    ]
+    lines = []
+    for sql, params in statements:
+        lines.append(f"-- {sql}  {params}")
+        lines.extend(f"   {line}" for line in explain(store, sql, params))
+    for sql, params in (
+            ("UPDATE journal SET status = 'pruned', recorded = ? WHERE message_id = ?"
+             " AND address = ? AND folder = ? AND status = ?",
+             [now, "<1@bench>", "user0001@example.org", "INBOX", "shipped"]),
+            ("DELETE FROM journal WHERE status IN (?, ?, ?) AND recorded < ?",
+             [*SETTLED, forget])):
+        lines.append(f"-- {sql}  {params}")
+        plan = store.query(("EXPLAIN " if store.backend == "postgresql" else
+                            "EXPLAIN QUERY PLAN ") + sql, params)
+        lines.extend(f"   {' '.join(str(part) for part in row)}" for row in plan)
+    return lines
+
+
+def one_prune(backends: Backends, root: Path, state: dict[str, str], size: int,
+              plans: Path | None = None) -> tuple[int, float, int, float, float, float, str]:
     """(day's files, standby s, rows forgotten, forget s, store MB, fill s, load after)."""
     (root / "spool").mkdir()
     config = parse_config({
@@ -128,6 +172,8 @@ def one_prune(backends: Backends, root: Path, state: dict[str, str], size: int
         files = fill(store, root / "mail" / "example.org", size, now)
         settle(store)
         filled = time.perf_counter() - started
+        if plans is not None:
+            plans.write_text("\n".join(prune_plans(store, now)) + "\n")
         started = time.perf_counter()
         report = prune_journal(config, store, now)
         standby = time.perf_counter() - started
