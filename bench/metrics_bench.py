@@ -12,9 +12,11 @@ Prints two tables:
 2. per policy request, classifying the answer and incrementing the counter, side by side with
    policyd's measured p50 request latency (docs/benchmarks.md, issue 4).
 
-    .venv/bin/python bench/metrics_bench.py [--sizes 10000,100000,1000000]
+    .venv/bin/python bench/metrics_bench.py [--sizes 10000,100000,1000000] [--statements]
 
-Needs no lab: a state store and a spool in a temporary directory.
+Each size on SQLite and PostgreSQL in turn (``--backends``; bench/stores.py: a private cluster
+in a temporary directory, a fresh database per size). Needs no lab: a state store and a spool
+in a temporary directory.
 """
 
 from __future__ import annotations
