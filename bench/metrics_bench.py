@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,21 +123,18 @@ def activity_curve(backends: Backends, baselines: list[int], touched: int) -> No
           " outage messages, baseline growing")
     print(f"{'store':>10} {'baseline messages':>18} {'now (kept counts) ms':>22}"
           f" {'every row read ms':>22} {'load':>14}")
-    for baseline in baselines:
-        for backend in backends.names:
-            with tempfile.TemporaryDirectory(prefix="mcactivity-") as tmp, \
-                    backends.state(backend, Path(tmp)) as state:
-                store = open_store(bench_config(Path(tmp), state))
-                try:
-                    store.execute("INSERT INTO sync_outage (started_at, status)"
-                                  " VALUES (?, 'recording')", [time.time()])
-                    record_outage(store, 1, baseline, touched, time.time())
-                    settle(store)
-                    now, before = activity_times(store, 1)
-                finally:
-                    store.close()
-            print(f"{NAMES[backend]:>10} {baseline:>18,} {now * 1000:>22.1f}"
-                  f" {before * 1000:>22.1f} {load():>14}", flush=True)
+    for baseline, backend, tmp, state, _ in backends.each(baselines, "mcactivity-"):
+        store = open_store(bench_config(tmp, state))
+        try:
+            store.execute("INSERT INTO sync_outage (started_at, status)"
+                          " VALUES (?, 'recording')", [time.time()])
+            record_outage(store, 1, baseline, touched, time.time())
+            settle(store)
+            now, before = activity_times(store, 1)
+        finally:
+            store.close()
+        print(f"{NAMES[backend]:>10} {baseline:>18,} {now * 1000:>22.1f}"
+              f" {before * 1000:>22.1f} {load():>14}", flush=True)
 
 
 def recorder_cost(backends: Backends, baseline: int, events: int = 2000) -> None:
@@ -150,10 +146,8 @@ def recorder_cost(backends: Backends, baseline: int, events: int = 2000) -> None
           f" {baseline:,} baseline messages, one transaction each)")
     print(f"{'store':>10} {'event':>12} {'counts kept us':>15} {'without upkeep us':>18}"
           f" {'load':>14}")
-    for backend in backends.names:
-        with tempfile.TemporaryDirectory(prefix="mcrecorder-") as tmp, \
-                backends.state(backend, Path(tmp)) as state:
-            recorder_events(open_store(bench_config(Path(tmp), state)), baseline, events)
+    for _, _, tmp, state, _ in backends.each([baseline], "mcrecorder-"):
+        recorder_events(open_store(bench_config(tmp, state)), baseline, events)
 
 
 def recorder_events(store: StateStore, baseline: int, events: int) -> None:
@@ -309,29 +303,22 @@ def main() -> None:
             print(f"{'store':>10} {'journal copies':>15} {'median ms':>10} {'max ms':>8}"
                   f" {'status median ms':>17} {'fill s':>7} {'load':>14}"
                   "   Prometheus default timeout 10000 ms, interval 60000 ms", flush=True)
-        for copies in sizes:
-            for backend in backends.names:
-                with tempfile.TemporaryDirectory(prefix="mcmetrics-") as directory, \
-                        backends.state(backend, Path(directory)) as state:
-                    plans = None
-                    if args.plans:
-                        args.plans.mkdir(parents=True, exist_ok=True)
-                        plans = args.plans / f"plans-{backend}-{copies}.txt"
-                    times, statuses, parts = scrape_times(Path(directory), state, copies,
-                                                          scrapes, plans)
-                print(f"{NAMES[backend]:>10} {copies:>15,} {statistics.median(times) * 1000:>10.1f}"
-                      f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}"
-                      f" {parts['filled'] + parts['settled']:>7.0f} {load():>14}"
-                      f"   counts kept {parts['kept'] * 1000:.2f} ms, counted from the index"
-                      f" {parts['counted'] * 1000:.1f} ms; outage activity ({copies // 10:,}"
-                      f" baseline messages, {copies // 1000:,} changed, {copies // 1000:,}"
-                      f" outage mail) {parts['activity'] * 1000:.1f} ms, read in full"
-                      f" (before) {parts['activity_before'] * 1000:.1f} ms", flush=True)
-                if args.statements:
-                    for what in ("scrape", "status"):
-                        for sql, spent, calls in parts[f"{what}_sql"]:
-                            print(f"{'':>10} {what} {spent / scrapes * 1000:8.2f} ms"
-                                  f" ({calls // scrapes} calls): {sql[:150]}")
+        for copies, backend, directory, state, plans in backends.each(sizes, "mcmetrics-",
+                                                                      args.plans):
+            times, statuses, parts = scrape_times(directory, state, copies, scrapes, plans)
+            print(f"{NAMES[backend]:>10} {copies:>15,} {statistics.median(times) * 1000:>10.1f}"
+                  f" {max(times) * 1000:>8.1f} {statistics.median(statuses) * 1000:>17.1f}"
+                  f" {parts['filled'] + parts['settled']:>7.0f} {load():>14}"
+                  f"   counts kept {parts['kept'] * 1000:.2f} ms, counted from the index"
+                  f" {parts['counted'] * 1000:.1f} ms; outage activity ({copies // 10:,}"
+                  f" baseline messages, {copies // 1000:,} changed, {copies // 1000:,}"
+                  f" outage mail) {parts['activity'] * 1000:.1f} ms, read in full"
+                  f" (before) {parts['activity_before'] * 1000:.1f} ms", flush=True)
+            if args.statements:
+                for what in ("scrape", "status"):
+                    for sql, spent, calls in parts[f"{what}_sql"]:
+                        print(f"{'':>10} {what} {spent / scrapes * 1000:8.2f} ms"
+                              f" ({calls // scrapes} calls): {sql[:150]}")
         if args.baselines:
             activity_curve(backends, [int(n) for n in args.baselines.split(",")], args.touched)
         if args.recorder:

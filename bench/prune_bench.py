@@ -25,7 +25,6 @@ Needs no lab: a state store and Maildirs in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,18 +86,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with Backends(args.backends.split(",")) as backends:
-        for size in (int(text) for text in args.sizes.split(",")):
-            for backend in backends.names:
-                with tempfile.TemporaryDirectory(prefix="mc-prunebench-") as tmp, \
-                        backends.state(backend, Path(tmp)) as state:
-                    plans = None
-                    if args.plans:
-                        args.plans.mkdir(parents=True, exist_ok=True)
-                        plans = args.plans / f"prune-plans-{backend}-{size}.txt"
-                    rows.append((backend, size,
-                                 *one_prune(backends, Path(tmp), state, size, plans)))
-                print(f"# {NAMES[backend]} {size:,} copies: filled in {rows[-1][-2]:.0f}s,"
-                      f" load {rows[-1][-1]}", flush=True)
+        sizes = [int(text) for text in args.sizes.split(",")]
+        for size, backend, tmp, state, plans in backends.each(sizes, "mc-prunebench-",
+                                                              args.plans, "prune-plans"):
+            rows.append((backend, size, *one_prune(backends, tmp, state, size, plans)))
+            print(f"# {NAMES[backend]} {size:,} copies: filled in {rows[-1][-2]:.0f}s,"
+                  f" load {rows[-1][-1]}", flush=True)
     print(f"\nprune of one day, index spanning {SPAN_DAYS} days")
     print(f"{'store':>10} {'index rows':>11} {'day files':>9} {'standby s':>9} {'ms/file':>8}"
           f" {'rows forgot':>11} {'forget s':>8} {'us/row':>7} {'store MB':>8} {'fill s':>7}"

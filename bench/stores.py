@@ -20,6 +20,7 @@ plans measured are those a site would get, not those of a never-analysed table.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,6 +69,21 @@ class Backends:
         finally:
             with self._server.admin() as admin:
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def each(self, sizes: Iterable[int], prefix: str, plans: Path | None = None,
+             plans_name: str = "plans") -> Iterator[tuple[int, str, Path, dict[str, str],
+                                                          Path | None]]:
+        """For each size, each backend in turn: (size, backend, a temporary directory, a fresh
+        store's ``[state]`` section, where to write its plans or None); cleaned up after each."""
+        for size in sizes:
+            for backend in self.names:
+                with tempfile.TemporaryDirectory(prefix=prefix) as tmp, \
+                        self.state(backend, Path(tmp)) as state:
+                    target = None
+                    if plans is not None:
+                        plans.mkdir(parents=True, exist_ok=True)
+                        target = plans / f"{plans_name}-{backend}-{size}.txt"
+                    yield size, backend, Path(tmp), state, target
 
     def size_mb(self, store: StateStore, directory: Path) -> float:
         """The store's size on disk (the SQLite file, or the PostgreSQL database)."""
