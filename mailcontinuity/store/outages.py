@@ -328,14 +328,14 @@ class ChangeLog:
         outage's counts by the difference from its last classification. Called in the
         recorder's transaction (outage/scan.py), so counts and rows change together; reading
         them (``activity``) is then one row, however large the outage."""
-        # Both reads in one statement: on PostgreSQL each statement is a round trip.
         row = self.store.one(
-            f"SELECT (SELECT {_BITS} FROM ({_PER_MESSAGE} FROM sync_message WHERE outage_id = ?"
-            ' AND "user" = ? AND key = ?) AS per_message), (SELECT bits FROM'
-            ' sync_activity_message WHERE outage_id = ? AND "user" = ? AND key = ?)',
-            [outage_id, user, key, outage_id, user, key])
+            f"SELECT {_BITS} FROM ({_PER_MESSAGE} FROM sync_message WHERE outage_id = ?"
+            ' AND "user" = ? AND key = ?) AS per_message', [outage_id, user, key])
         bits = int(row[0] or 0) if row is not None else 0
-        before = int(row[1] or 0) if row is not None else 0
+        kept = self.store.one(
+            'SELECT bits FROM sync_activity_message WHERE outage_id = ? AND "user" = ?'
+            " AND key = ?", [outage_id, user, key])
+        before = int(kept[0]) if kept is not None else 0
         if bits == before:
             return
         if bits == 0:
