@@ -10,8 +10,6 @@ tier starts no server), ``make lab-tests`` runs them.
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +17,8 @@ from typing import Any
 
 import pytest
 
-from mailcontinuity.config import Config, Endpoint, parse_config
-from mailcontinuity.lab.postgres import PostgresServer
-from mailcontinuity.lab.process import free_ports
-from mailcontinuity.lab.tls import LabCertificates
+from mailcontinuity.config import Config, parse_config
+from mailcontinuity.lab.postgres import PostgresServer, state_section, temporary_server
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -46,25 +42,13 @@ _databases = itertools.count(1)
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL cluster for the whole session, with TLS and a password as in production."""
-    directory = Path(tempfile.mkdtemp(prefix="mcpg-", dir="/tmp"))
-    directory.chmod(0o755)
-    certificates = LabCertificates(directory / "tls").create()
-    server = PostgresServer(directory / "state", Endpoint("127.0.0.1", free_ports(1)[0]),
-                            certificates, directory / "secrets" / "state-password")
-    try:
-        server.write_config()
-        server.start()
+    with temporary_server() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def postgres_state(server: PostgresServer) -> dict[str, Any]:
     """The ``[state]`` section of a fresh database on ``server``."""
-    url = server.create_database(f"test{next(_databases)}")
-    return {"url": url, "password_file": str(server.password_file),
-            "tls_ca_file": str(server.certificates.ca_file)}
+    return state_section(server, f"test{next(_databases)}")
 
 
 def config_with_state(directory: Path, state: dict[str, Any],

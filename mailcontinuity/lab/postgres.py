@@ -15,6 +15,9 @@ import glob
 import pwd
 import secrets
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from psycopg import sql
 
 from mailcontinuity.config import Endpoint
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.process import read_pid, wait_for
+from mailcontinuity.lab.process import free_ports, read_pid, wait_for
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.tools import CommandError, run_command
 
@@ -195,3 +198,30 @@ class PostgresServer:
             sql.Identifier(name), sql.Identifier(ROLE)))
         return self.url.rpartition("/")[0] + f"/{name}"
 
+
+
+@contextmanager
+def temporary_server(prefix: str = "mcpg-") -> Iterator[PostgresServer]:
+    """A private cluster in a new directory under /tmp on a free loopback port, with TLS and a
+    password as in production; stopped and removed on leaving (test sessions, benches). Never
+    the machine's own cluster."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    directory.chmod(0o755)  # the postgres user must reach its data directory
+    try:
+        server = PostgresServer(directory / "state", Endpoint("127.0.0.1", free_ports(1)[0]),
+                                LabCertificates(directory / "tls").create(),
+                                directory / "secrets" / "state-password")
+        try:
+            server.write_config()
+            server.start()
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def state_section(server: PostgresServer, database: str) -> dict[str, str]:
+    """The ``[state]`` section of a new, empty database ``database`` on ``server``."""
+    return {"url": server.create_database(database), "password_file": str(server.password_file),
+            "tls_ca_file": str(server.certificates.ca_file)}

@@ -88,14 +88,31 @@ def record_alarm(store: StateStore, kind: AlarmKind, detail: str) -> None:
                       [time.time(), kind, detail])
 
 
+# prunable reads the expired copies one window of acceptance time at a time.
+PRUNABLE_WINDOW_SECONDS = 86400
+
+
 def prunable(store: StateStore, before: float) -> list[CopyRecord]:
-    """Shipped journal copies accepted before ``before``: candidates for ``prune``."""
-    rows = store.query(
-        "SELECT message_id, address, folder, status, received, location, detail FROM journal"
-        " WHERE status = 'shipped' AND received < ? ORDER BY received",
-        [before],
-    )
-    return [CopyRecord(*row) for row in rows]
+    """Shipped journal copies accepted before ``before``: candidates for ``prune``, oldest
+    first.
+
+    Read a day of acceptance time at a time, each window starting at the oldest shipped copy
+    left (an index seek, so empty stretches cost nothing): ``status = 'shipped' AND received
+    < ?`` alone made PostgreSQL's planner multiply the two conditions' selectivities as if
+    independent (a quarter of the rows shipped, most of them accepted before the cutoff: 16%
+    of the index expected, 0.8% found, the day due) and scan the whole index, 10 M rows at a
+    10,000-user site, for a day's work. A one-day window is estimated as what it is, on
+    either backend, so the read costs what the day's copies cost."""
+    shipped = "FROM journal WHERE status = 'shipped' AND received >= ? AND received < ?"
+    records: list[CopyRecord] = []
+    start = store.one(f"SELECT MIN(received) {shipped}", [float("-inf"), before])
+    while start is not None and start[0] is not None:
+        end = min(float(start[0]) + PRUNABLE_WINDOW_SECONDS, before)
+        records.extend(CopyRecord(*row) for row in store.query(
+            "SELECT message_id, address, folder, status, received, location, detail"
+            f" {shipped} ORDER BY received", [start[0], end]))
+        start = store.one(f"SELECT MIN(received) {shipped}", [end, before])
+    return records
 
 
 def mark_pruned(store: StateStore, records: Iterable[CopyRecord]) -> None:

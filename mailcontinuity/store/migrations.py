@@ -238,6 +238,15 @@ def _migration_activity_counts(store: StateStore) -> None:
     rebuild_activity_counts(store)
 
 
+def _migration_probe_outcome(store: StateStore) -> None:
+    """An index for "when did the current run of failed probes begin" (``status`` and every
+    scrape ask it: store/probes.py ``failing_since``): the last passing probe of a host and
+    the first failure after it are then two seeks, where SQLite read every probe the host
+    kept (a day at the default interval, 20 ms a scrape) and PostgreSQL walked back through
+    the run of failures."""
+    store.execute("CREATE INDEX health_probes_outcome ON health_probes (host, ok, at)")
+
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_1,
@@ -255,4 +264,5 @@ MIGRATIONS: list[Callable[[StateStore], None]] = [
     _migration_key_scheme,
     _migration_activity_index,
     _migration_activity_counts,
+    _migration_probe_outcome,
 ]

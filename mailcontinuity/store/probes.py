@@ -39,11 +39,23 @@ def prune_probes(store: StateStore, before: float) -> None:
 
 
 def latest_probes(store: StateStore, host: str) -> list[ProbeResult]:
-    """The most recent result of each probe (delivery, imap) the policyd on ``host`` ran."""
+    """The most recent result of each probe (delivery, imap) the policyd on ``host`` ran.
+
+    Read as a skip over the ``(host, probe, id)`` index: the next probe name after the last
+    one, then that probe's highest id, a few index seeks per probe (every ``status`` and
+    every scrape reads this). The plain ``MAX(id) ... GROUP BY probe`` read every probe the
+    host kept (a day at the default 2 s interval: 86,400 rows, 17 ms on PostgreSQL, 8 ms on
+    SQLite, twice per scrape), more with a longer ``health.probe_retention_hours``."""
     rows = store.query(
-        "SELECT probe, target, ok, latency_ms, error, at FROM health_probes"
-        " WHERE id IN (SELECT MAX(id) FROM health_probes WHERE host = ? GROUP BY probe)"
-        " ORDER BY probe", [host]
+        "WITH RECURSIVE kinds (probe) AS ("
+        " SELECT MIN(probe) FROM health_probes WHERE host = ?"
+        " UNION ALL SELECT (SELECT MIN(probe) FROM health_probes WHERE host = ?"
+        " AND probe > kinds.probe) FROM kinds WHERE kinds.probe IS NOT NULL)"
+        " SELECT h.probe, h.target, h.ok, h.latency_ms, h.error, h.at FROM kinds"
+        " JOIN health_probes h ON h.id = (SELECT MAX(id) FROM health_probes"
+        " WHERE host = ? AND probe = kinds.probe)"
+        " WHERE kinds.probe IS NOT NULL"  # the recursion's last row: no probe after the last
+        " ORDER BY h.probe", [host, host, host]
     )
     return [ProbeResult(probe, target, bool(ok), latency, error, at)
             for probe, target, ok, latency, error, at in rows]
@@ -51,7 +63,8 @@ def latest_probes(store: StateStore, host: str) -> list[ProbeResult]:
 
 def failing_since(store: StateStore, host: str) -> float | None:
     """When the primary's current run of failed probes (by the policyd on ``host``) began
-    (None: its last probes passed)."""
+    (None: its last probes passed). Two seeks in ``health_probes_outcome`` (host, ok, at),
+    migration 16: the last passing probe, then the first failure after it."""
     row = store.one(
         "SELECT MIN(at) FROM health_probes WHERE host = ? AND ok = 0 AND at > COALESCE("
         "(SELECT MAX(at) FROM health_probes WHERE host = ? AND ok = 1), 0)", [host, host])

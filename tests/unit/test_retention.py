@@ -114,3 +114,30 @@ def test_the_kept_counts_match_the_rows_whatever_happens(tmp_path: Path,
     finally:
         store.close()
         path.unlink()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(copies=st.lists(st.tuples(st.floats(min_value=-400, max_value=10),
+                                 st.sampled_from(["shipped", "pruned", "failed", "unknown"])),
+                       max_size=40),
+       cutoff=st.floats(min_value=-100, max_value=5))
+def test_prunable_is_every_shipped_copy_before_the_cutoff_oldest_first(
+        store_config: Config, copies: list[tuple[float, str]], cutoff: float) -> None:
+    """prunable reads a day of acceptance time at a time, jumping over empty stretches (copies
+    prune refused a year ago, a day nothing arrived); together the windows are exactly the
+    shipped copies accepted before the cutoff, copies of one message (same time) included."""
+    store = open_store(store_config)
+    try:
+        store.execute("DELETE FROM journal")
+        records = [CopyRecord(f"<{n // 3}@x>", f"user{n}@example.org", "INBOX", status,  # type: ignore[arg-type]
+                              NOW + round(days, 1) * DAY_SECONDS)
+                   for n, (days, status) in enumerate(copies)]
+        record_copies(store, records)
+        before = NOW + cutoff * DAY_SECONDS
+        found = prunable(store, before)
+        expected = [r for r in records if r.status == "shipped" and r.received < before]
+        assert sorted(found, key=lambda r: r.address) == sorted(expected, key=lambda r: r.address)
+        assert [r.received for r in found] == sorted(r.received for r in expected)
+    finally:
+        store.close()
