@@ -41,7 +41,9 @@ from mailcontinuity.config import load_config, parse_endpoint
 from mailcontinuity.deploy.routing import installed_route
 from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.cgroups import run_on_host
 from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.hosts import part_host
 from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.netcut import (
     CUTS_FILE,
@@ -114,6 +116,23 @@ def test_lab_json_keeps_its_keys_and_names_every_host(site: Lab) -> None:
         assert config.cluster is not None and config.cluster.host == host
     assert set(site.parts) >= {"state", "primary", "standby", "sync-agent", "gw1/policyd",
                                "gw2/policyd", "gw2/milter", "gw2/gateway"}
+
+
+def test_every_host_runs_in_its_own_cgroup(site: Lab) -> None:
+    """What the cuts match on (lab.cgroups): each running part's processes are in its host's
+    group, and 'lab run' puts a command there too."""
+    assert site.hosts is not None
+    cgroups = site.hosts.cgroups
+    for name, part in site.parts.items():
+        pid = part.pid()
+        host = part_host(name)
+        if pid is None or host not in site.hosts.host_names:
+            continue
+        assert pid in cgroups.processes(host), (name, pid, host)
+    seen = site.hosts.run("gw2", "--help", capture_output=True)
+    assert seen.returncode == 0
+    shown = run_on_host(cgroups, "standby", ["cat", "/proc/self/cgroup"]).stdout
+    assert shown.strip().endswith(f"/{cgroup_name(site.dir)}/standby"), shown
 
 
 def test_outage_and_failback_across_hosts(site: Lab) -> None:
@@ -367,7 +386,10 @@ def test_standby_cut_from_the_primary_during_the_failback(site: Lab) -> None:
             cut = lab.hosts.run("standby", "failback", "--yes")
             assert cut.returncode != 0, cut.stdout + cut.stderr
             error = cut.stderr.strip().splitlines()[-1]
-            assert "primary" in error and "Traceback" not in cut.stderr, cut.stderr
+            # "Error: primary IMAP 127.0.0.1:PORT: timed out; is the primary up ...?"
+            assert error.startswith("Error: primary IMAP ") and "timed out" in error, error
+            assert "Traceback" not in cut.stderr, cut.stderr
+            assert len(fetch_by_id(lab, "standby", message["Message-ID"])) == 1  # kept
             assert len(merges(lab)) == merged and agreed_state(lab) == "failback"
             assert not wait_for_message(lab.endpoint("primary", "imap"), alice.login,
                                         alice.password, message["Message-ID"], timeout=1)
