@@ -16,6 +16,7 @@ import pytest
 from mailcontinuity.lab import netcut
 from mailcontinuity.lab.cgroups import HostCgroups, cgroup2_mount
 from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.hosts import part_host
 from mailcontinuity.lab.netcut import (
     CUTS_FILE,
     MARK_BASE,
@@ -180,3 +181,21 @@ def test_cuts_between_any_two_hosts_are_taken_others_refused() -> None:
         check_cut(HOSTS, "gw9", "primary")
     with pytest.raises(LabError, match="from itself"):
         check_cut(HOSTS, "gw2", "gw2")
+
+
+def test_host_cgroups_are_made_found_and_removed(tmp_path: Path) -> None:
+    """On a plain directory standing in for the cgroup2 mount (no processes in it): what
+    'lab up' makes, what 'lab isolate' checks, what 'lab down' removes."""
+    groups = HostCgroups("mailcontinuity-lab-x", tmp_path)
+    groups.create(["primary", "gw1"])
+    assert groups.missing(["primary", "gw1", "state"]) == ["state"]
+    assert groups.processes("gw1") == []
+    groups.remove()
+    assert not groups.root.exists()
+    groups.remove()  # none there: fine
+
+
+def test_each_part_runs_on_its_host() -> None:
+    assert [part_host(name) for name in ("gw2/milter", "gw1/gateway", "sync-agent", "webmail",
+                                         "standby", "primary", "state")] == [
+        "gw2", "gw1", "standby", "standby", "standby", "primary", "state"]
