@@ -114,17 +114,16 @@ def lab_start(name: str, directory: Path) -> None:
 @lab.command("isolate")
 @click.argument("host")
 @click.option("--from", "other", required=True, metavar="OTHER",
-              help="The host to cut HOST off from (gw1..gwN, standby, primary).")
+              help="The host to cut HOST off from (gw1..gwN, standby, primary, state).")
 @lab_dir_option
 @lab_errors
 def lab_isolate(host: str, other: str, directory: Path) -> None:
-    """Cut the TCP connections between two hosts of a multi-host lab that the packet filter
-    can tell apart (a gateway on at least one side), keeping earlier cuts.
+    """Cut all traffic between two hosts of a multi-host lab, both ways, keeping earlier cuts.
 
-    Dropped, both ways: connections a gateway opens from its own addresses (its Postfix's
-    deliveries, its policyd's probes of the primary) to the other host's listeners. Not
-    dropped: connections from 127.0.0.1 (all of the standby's and the primary's, a gateway's
-    [watch] checks and journal LMTP): see docs/lab.md.
+    Hosts: gw1..gwN, standby (with its sync agent and webmail), primary, state (the shared
+    store). Every TCP packet from one host's processes to the other's is dropped, whoever
+    opened the connection: each host runs in a cgroup of the lab's own and the rules match
+    the sockets' cgroups. Not cut: unix sockets and the shared file system (docs/lab.md).
 
     The cut is an nftables table of the lab's own (inet mailcontinuity_lab_<id>) in the
     network namespace this command runs in: run by hand, that is this machine's ruleset.
@@ -132,6 +131,23 @@ def lab_isolate(host: str, other: str, directory: Path) -> None:
     cuts = isolate(Lab.load(directory.absolute()), host, other)
     click.echo(f"{host} cut from {other} (table inet {table_name(directory)});"
                f" cuts in force: {', '.join(f'{a}|{b}' for a, b in cuts)}")
+
+
+@lab.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@lab_dir_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+@lab_errors
+def lab_run(host: str, directory: Path, args: tuple[str, ...]) -> None:
+    """Run 'mailcontinuity ARGS' as HOST of a multi-host lab: with that host's configuration,
+    in its cgroup, so that the lab's cuts apply to it (e.g. 'lab run standby --dir DIR --
+    failback --yes'). Exits with the command's status, its output passed through."""
+    lab = Lab.load(directory.absolute())
+    if lab.hosts is None:
+        raise LabError(f"the lab in {directory} has one host; 'lab run' is for a multi-host"
+                       " lab (lab up --gateways N)")
+    result = lab.hosts.run(host, *args, capture_output=False, timeout=None)
+    raise SystemExit(result.returncode)
 
 
 @lab.command("heal")

@@ -11,17 +11,20 @@ metrics port. Each gateway runs its milter and policyd (parts ``gwK/milter``, ``
 single-host lab (``gateway`` is gw1's, ``config`` the standby host's) and adds ``gateways`` and
 ``hosts``.
 
-Every host listens on 127.0.0.1, each on its own ports. A gateway also has loopback addresses
-of its own to connect from: its Postfix delivers from ``127.0.1.K`` (``smtp_bind_address``,
-``lmtp_bind_address``) and its policyd probes the primary's IMAP from ``127.0.2.K`` (``[health]
-probe_source_address``; the delivery probe follows Postfix, from ``127.0.1.K``), so that
-``lab isolate``/``lab heal`` (``lab.netcut``) can cut a gateway off from another host with
-nftables rules on those addresses and the hosts' ports.
+Every host listens on 127.0.0.1, each on its own ports, and runs in a cgroup of its own
+(``lab.cgroups``: every part is started in its host's, ``HostPart``), so that ``lab isolate``/
+``lab heal`` (``lab.netcut``) can cut any two hosts apart by whose socket a packet is. A
+gateway also connects from loopback addresses of its own, as a real one would: its Postfix
+delivers from ``127.0.1.K`` (``smtp_bind_address``, ``lmtp_bind_address``) and its policyd
+probes the primary's IMAP from ``127.0.2.K`` (``[health] probe_source_address``; the delivery
+probe follows Postfix, from ``127.0.1.K``).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -31,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from mailcontinuity.config import Config, Endpoint, load_config, parse_endpoint
 from mailcontinuity.journal.listener import accepts_connections as milter_accepts
+from mailcontinuity.lab.cgroups import HostCgroups, HostPart, run_on_host
 from mailcontinuity.lab.daemon import DaemonPart
 from mailcontinuity.lab.dovecot import POSTFIX_AUTH_SOCKET
 from mailcontinuity.lab.errors import LabError
 from mailcontinuity.lab.gateway import PostfixGateway
-from mailcontinuity.lab.netcut import gateway_mail_source, gateway_probe_source
+from mailcontinuity.lab.netcut import cgroup_name, gateway_mail_source, gateway_probe_source
 from mailcontinuity.lab.postgres import PostgresServer
 from mailcontinuity.lab.process import accepts_unix_connections, free_ports
 from mailcontinuity.lab.tls import LabCertificates
@@ -110,6 +114,9 @@ def host_config(base: dict[str, Any], directory: Path, name: str, gateways: list
     data["cluster"] = {"host": name, "gateways": gateways, "standby_host": STANDBY_HOST}
     if name in gateways:  # each gateway probes from an address of its own (lab.netcut)
         data["health"]["probe_source_address"] = gateway_probe_source(name)
+        # A gateway on a host of its own cannot write the standby's Maildirs: its journal
+        # copies go to the standby's journal LMTP listener, as on a real site.
+        data["milter"]["sink"] = "lmtp"
     if name in gateways and name != "gw1":
         etc = gateway_root(directory, name) / "etc"
         run = host_dir(directory, name) / "daemons"
@@ -187,6 +194,25 @@ class Hosts:
     def gateways(self) -> list[dict[str, str]]:
         return list(self.description["gateways"])
 
+    @property
+    def host_names(self) -> list[str]:
+        """Every host: the ones a cut can name, each with a cgroup of its own."""
+        return [PRIMARY_HOST, STANDBY_HOST, STATE_PART, *(g["name"] for g in self.gateways)]
+
+    @property
+    def cgroups(self) -> HostCgroups:
+        return HostCgroups.of(cgroup_name(self.directory))
+
+    def run(self, host: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``mailcontinuity ARGS`` run as ``host``: with its configuration, in its cgroup (a
+        cut applies to it as to the host's daemons); stdout and stderr captured as text."""
+        if host not in self.host_names:
+            raise LabError(f"no lab host {host!r}; choose among {', '.join(self.host_names)}")
+        config = (["--config", str(host_config_file(self.directory, host))]
+                  if host in self.description["hosts"] else [])
+        return run_on_host(self.cgroups, host,
+                           [sys.executable, "-m", "mailcontinuity", *config, *args], **kwargs)
+
     def config(self, name: str) -> Config:
         return load_config(Path(self.description["hosts"][name]["config"]))
 
@@ -221,12 +247,26 @@ class Hosts:
             found[f"{name}/policyd"] = self.daemon(
                 name, "policyd", _socket_ready(socket))
             found[f"{name}/gateway"] = self.gateway(name)
-        return {**found, **webmail}
+        try:
+            cgroups = self.cgroups
+        except LabError:  # no cgroup v2 here: 'lab up' says so; stop and down still work
+            return {**found, **webmail}
+        return {name: HostPart(part, part_host(name), cgroups)
+                for name, part in {**found, **webmail}.items()}
 
     @staticmethod
     def alias(name: str) -> str:
         """The single-host names (``milter``, ``policyd``, ``gateway``) are gw1's parts."""
         return f"gw1/{name}" if name in GATEWAY_PARTS else name
+
+
+def part_host(name: str) -> str:
+    """The host a part runs on: ``gwK/...`` on gwK; the sync agent and webmail on the
+    standby; ``state``, ``primary``, ``standby`` their own."""
+    host, _, part = name.partition("/")
+    if part:
+        return host
+    return STANDBY_HOST if name in ("sync-agent", "webmail") else name
 
 
 def _milter_ready(config: Config) -> Callable[[], bool]:

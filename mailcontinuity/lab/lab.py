@@ -202,6 +202,8 @@ class Lab:
                            " another directory with --directory")
         if webmail and lab.webmail is None:
             lab = lab._add_webmail()
+        if lab.hosts is not None:  # each host's parts start in its cgroup (lab.cgroups)
+            lab.hosts.cgroups.create(lab.hosts.host_names)
         for part in lab.parts.values():
             part.start()
         if lab.directory is not None:
@@ -225,6 +227,11 @@ class Lab:
             heal(directory.absolute())  # the lab's nft table, if 'lab isolate' made one
         except LabError as exc:
             failures.append(f"cuts: {exc}")
+        if lab.hosts is not None:
+            try:
+                lab.hosts.cgroups.remove()  # the hosts' cgroups, and anything left in them
+            except LabError as exc:
+                failures.append(f"cgroups: {exc}")
         if failures:
             raise LabError("; ".join(failures))
         log.info("event=lab_down dir=%s", directory)

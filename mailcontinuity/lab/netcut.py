@@ -1,23 +1,30 @@
 """Network cuts between the hosts of a multi-host lab (``lab isolate`` / ``lab heal``).
 
-The lab's hosts share the loopback interface and all listen on 127.0.0.1, so a host is known to
-the packet filter by what tells its traffic apart: the ports it listens on (every host: its
-mail servers' and daemons' listeners) and, for a gateway, the loopback addresses its
-connections come from (``GATEWAY_MAIL_SOURCE``: its Postfix binds its SMTP/LMTP deliveries
-there, and its delivery probe of the primary follows that bind address; and
-``GATEWAY_PROBE_SOURCE``: its policyd's IMAP probes of the primary, ``[health]
-probe_source_address``). Every TCP connection has a listener's port on one side and an
-ephemeral port on the other, so a cut between X and Y drops, on ``lo`` only:
+The lab's hosts share the loopback interface and all listen on 127.0.0.1, so neither addresses
+nor ports tell whose traffic a packet is. Their processes do: each host's run in a cgroup v2 of
+the lab's own (``lab.cgroups``: ``mailcontinuity-lab-<id>/<host>``), and a socket carries the
+cgroup of the process that made it (an accepted connection: its listener's). A cut between X
+and Y is two rules of an nftables table, on every interface of the namespace:
 
-- connections X opens from one of its addresses to one of Y's ports (the packets out, and the
-  replies from Y's port back to X's address), and the same from Y to X.
+- output: a packet sent from a socket of a host in a cut gets that host's mark
+  (``socket cgroupv2 level 2 "…/X" meta mark set``); the mark stays with the packet across
+  ``lo``;
+- input: a packet with X's mark whose receiving socket is Y's (``socket cgroupv2`` looks the
+  socket up: a listener, or the connection's own) is dropped, and the same from Y to X.
 
-That is all the packet filter can tell apart. A connection from 127.0.0.1 (every connection of
-the standby's and the primary's: their Postfix, Dovecot, sync agent; and a gateway's
-``[watch]`` checks and its milter's journal LMTP) looks the same whoever opened it, so it is
-never cut: the standby's submission still relays to a gateway's ``standby_relay`` through a
-gateway|standby cut. Dropping every packet to a gateway's port would cut the outside senders
-and the other hosts too, so the lab does not (docs/lab.md lists what a cut stops).
+So every packet between the two hosts is dropped, both ways, whoever opened the connection and
+whatever address it came from: the standby's and the primary's connections (sync agent,
+failback merge, submission relay), a gateway's Postfix and probes, its milter's journal LMTP
+to the standby, its ``[watch]`` checks, every host's store connections (``state`` is a host),
+and connections open before the cut (their next packet is dropped). What a cut does not stop:
+unix sockets (a gateway's Postfix asks the standby's Dovecot for SASL auth over one in the lab)
+and the shared file system; processes outside the hosts (the tests' own clients, the outside
+senders, the directory and the client proxy) are never cut.
+
+The hosts are ``primary``, ``standby`` (with its sync agent and webmail), ``state`` (the
+PostgreSQL store) and ``gw1``..``gwN``. Gateways still send from loopback addresses of their own
+(``GATEWAY_MAIL_SOURCE`` for Postfix and the delivery probe, ``GATEWAY_PROBE_SOURCE`` for the
+IMAP probes, as on a real gateway), but the cuts no longer rely on them.
 
 The rules live in an nftables table of the lab's own, ``inet mailcontinuity_lab_<id>`` (``id``
 from the lab's resolved directory), in the network namespace of the process that runs
@@ -28,9 +35,6 @@ their own (``own_network_namespace``), so ``make test`` never changes the machin
 crash between the two leaves a file that ``heal`` acts on (deleting a table that may not exist
 is fine), never a table that nothing knows of. Every change rewrites the whole table in one nft
 transaction.
-
-The standby and the primary have no source address of their own, so a cut needs a gateway on
-at least one side; ``isolate standby --from primary`` is refused rather than half done.
 """
 
 from __future__ import annotations
@@ -43,17 +47,18 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailcontinuity.config import Config, Endpoint
+from mailcontinuity.lab.cgroups import HOST_LEVEL, HostCgroups
 from mailcontinuity.lab.errors import LabError
 
 if TYPE_CHECKING:
     from mailcontinuity.lab.lab import Lab
 
 CUTS_FILE = "cuts.json"
+# A host's packet mark: this base plus its place in the lab's host list (see ``marks``).
+MARK_BASE = 0x6D630000
 
 
 def gateway_mail_source(name: str) -> str:
@@ -75,87 +80,58 @@ def _gateway_number(name: str) -> int:
     return number
 
 
-@dataclass(frozen=True)
-class HostTraffic:
-    """What tells one lab host's packets apart: its own source addresses and its ports."""
-
-    name: str
-    addresses: tuple[str, ...] = ()
-    ports: tuple[int, ...] = field(default_factory=tuple)
-
-
 def table_name(directory: Path) -> str:
     """The lab's table: from the directory with ``..`` and symlinks resolved, so that every
     spelling of one lab's directory names one table."""
-    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:10]
-    return f"mailcontinuity_lab_{digest}"
+    return f"mailcontinuity_lab_{lab_id(directory)}"
 
 
-def cut_rules(one: HostTraffic, other: HostTraffic) -> list[str]:
-    """The rules (without ``add rule TABLE CHAIN``) dropping the loopback TCP connections one
-    host opens from an address of its own to the other's listeners, both ways: the packets
-    out (source address, destination port) and the replies (source port, destination
-    address). Port to port and address to address never match (every connection has one
-    ephemeral port; every listener is on 127.0.0.1), so there are no such rules."""
-    rules = []
-    comment = f'comment "{one.name}|{other.name}"'
-    for client, server in ((one, other), (other, one)):
-        if not client.addresses or not server.ports:
-            continue
-        addresses = f"{{ {', '.join(client.addresses)} }}"
-        ports = f"{{ {', '.join(str(p) for p in sorted(server.ports))} }}"
-        rules.append(f'oif "lo" ip saddr {addresses} tcp dport {ports} drop {comment}')
-        rules.append(f'oif "lo" tcp sport {ports} ip daddr {addresses} drop {comment}')
-    return rules
+def lab_id(directory: Path) -> str:
+    return hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:10]
 
 
-def ruleset(table: str, cuts: list[tuple[HostTraffic, HostTraffic]]) -> str:
+def cgroup_name(directory: Path) -> str:
+    """The lab's cgroup, parent of its hosts' (``lab.cgroups``)."""
+    return f"mailcontinuity-lab-{lab_id(directory)}"
+
+
+def marks(hosts: list[str]) -> dict[str, int]:
+    return {host: MARK_BASE + number for number, host in enumerate(hosts, start=1)}
+
+
+def ruleset(table: str, cuts: list[tuple[str, str]], cgroups: dict[str, str],
+            hosts: list[str]) -> str:
     """The whole table as one nft transaction: created if missing, deleted, then written
-    afresh (no cuts: just deleted)."""
+    afresh (no cuts: just deleted). ``cgroups`` maps a host to its ``socket cgroupv2`` path;
+    ``hosts`` is every host of the lab, in order (their marks)."""
     lines = [f"table inet {table} {{}}", f"delete table inet {table}"]
-    if cuts:
-        lines += [f"table inet {table} {{",
-                  "  chain cuts {",
-                  "    type filter hook output priority filter; policy accept;"]
-        for one, other in cuts:
-            lines += [f"    {rule}" for rule in cut_rules(one, other)]
-        lines += ["  }", "}"]
+    if not cuts:
+        return "\n".join(lines) + "\n"
+    mark = marks(hosts)
+    level = f"socket cgroupv2 level {HOST_LEVEL}"
+    cut_hosts = [host for host in hosts if any(host in pair for pair in cuts)]
+    lines += [f"table inet {table} {{",
+              "  chain marks {",
+              "    type filter hook output priority filter; policy accept;"]
+    lines += [f'    {level} "{cgroups[host]}" meta mark set {mark[host]:#x}'
+              f' comment "{host}"' for host in cut_hosts]
+    lines += ["  }",
+              "  chain cuts {",
+              "    type filter hook input priority filter; policy accept;"]
+    for one, other in cuts:
+        for sender, receiver in ((one, other), (other, one)):
+            lines.append(f'    meta mark {mark[sender]:#x} {level} "{cgroups[receiver]}" drop'
+                         f' comment "{sender}->{receiver}"')
+    lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
 
-def _endpoint_port(endpoint: Endpoint | None) -> list[int]:
-    return [endpoint.port] if endpoint is not None and endpoint.port else []
-
-
-def _gateway_ports(config: Config) -> list[int]:
-    gateway = config.gateway
-    ports = [*_endpoint_port(gateway.smtp), *_endpoint_port(gateway.submission),
-             *_endpoint_port(gateway.standby_relay)]
-    if config.metrics.enabled:
-        ports += _endpoint_port(config.metrics.listen)
-    return ports
-
-
-def host_traffic(lab: Lab) -> dict[str, HostTraffic]:
-    """Every host of a multi-host lab and what tells its traffic apart."""
-    hosts = lab.hosts
-    if hosts is None:
+def lab_hosts(lab: Lab) -> list[str]:
+    """Every host of a multi-host lab that a cut can name."""
+    if lab.hosts is None:
         raise LabError(f"the lab in {lab.dir} has one host; 'lab isolate' needs a multi-host"
                        " lab (lab up --gateways N in a new directory)")
-    found = {
-        "primary": HostTraffic("primary", (), tuple(
-            sorted({e.port for e in lab.primary.listeners.values()}))),
-        "standby": HostTraffic("standby", (), tuple(sorted(
-            {e.port for e in lab.standby.listeners.values()}
-            | set(_endpoint_port(lab.standby.journal_lmtp))
-            | set(_endpoint_port(lab.webmail.endpoint if lab.webmail else None))))),
-    }
-    for entry in hosts.gateways:
-        name = entry["name"]
-        found[name] = HostTraffic(
-            name, (gateway_mail_source(name), gateway_probe_source(name)),
-            tuple(sorted(set(_gateway_ports(hosts.config(name))))))
-    return found
+    return lab.hosts.host_names
 
 
 def _read_cuts(directory: Path) -> tuple[str, list[list[str]]]:
@@ -185,38 +161,54 @@ def _apply(table: str, script: str) -> None:
     result = subprocess.run([_nft(), "-f", "-"], input=script, capture_output=True, text=True,
                             check=False, timeout=30)
     if result.returncode != 0:
+        hint = ""
+        if "cgroupv2" in script:
+            hint = ("; the cuts need nftables >= 1.0 with 'socket cgroupv2' and a kernel with"
+                    " nf_tables' socket match (CONFIG_NFT_SOCKET, module nft_socket:"
+                    " modprobe nft_socket) and cgroup v2 socket data (CONFIG_SOCK_CGROUP_DATA)")
         raise LabError(f"nft refused the lab's cuts (table inet {table}):"
-                       f" {result.stderr.strip()}")
+                       f" {result.stderr.strip()}{hint}")
 
 
-def check_cut(traffic: dict[str, HostTraffic], host: str, other: str) -> None:
-    """Refuse a cut the lab cannot make whole, naming what to do instead."""
+def check_cut(hosts: list[str], host: str, other: str) -> None:
+    """Refuse a cut the lab cannot make, naming what to do instead."""
     for name in (host, other):
-        if name not in traffic:
-            raise LabError(f"no lab host {name!r}; choose among {', '.join(sorted(traffic))}")
+        if name not in hosts:
+            raise LabError(f"no lab host {name!r}; choose among {', '.join(hosts)}")
     if host == other:
         raise LabError(f"cannot cut {host} from itself")
-    if not traffic[host].addresses and not traffic[other].addresses:
-        raise LabError(f"{host} and {other} both connect out from 127.0.0.1 in this lab, so"
-                       " their traffic cannot be told apart; cut a gateway instead")
+
+
+def host_cgroups(lab: Lab, hosts: list[str]) -> tuple[HostCgroups, dict[str, str]]:
+    """The lab's hosts' cgroups and their nft paths; refused when ``lab up`` made none (a lab
+    started before the cuts used cgroups: its processes are in none, a cut would do
+    nothing)."""
+    assert lab.hosts is not None
+    cgroups = lab.hosts.cgroups
+    missing = cgroups.missing(hosts)
+    if missing:
+        raise LabError(f"the lab's hosts {', '.join(missing)} have no cgroup"
+                       f" ({cgroups.root}); 'lab down' then 'lab up' starts them in theirs")
+    return cgroups, {host: cgroups.nft_path(host) for host in hosts}
 
 
 def isolate(lab: Lab, host: str, other: str) -> list[list[str]]:
     """Cut ``host`` from ``other`` (both ways), keeping the cuts already made; return every
     cut in force. ``cuts.json`` is written first (a crash after it leaves a file ``heal``
     acts on) and put back as it was if nft refuses (nothing was applied: one transaction)."""
-    traffic = host_traffic(lab)
-    check_cut(traffic, host, other)
+    hosts = lab_hosts(lab)
+    check_cut(hosts, host, other)
     _nft()  # before cuts.json names a cut: a lab without nft never records one
+    _, paths = host_cgroups(lab, hosts)
     path = lab.dir / CUTS_FILE
     before = path.read_text() if path.exists() else None
     table, cuts = _read_cuts(lab.dir)
     if sorted([host, other]) not in [sorted(pair) for pair in cuts]:
         cuts.append([host, other])
-    unknown = sorted({name for pair in cuts for name in pair} - set(traffic))
+    unknown = sorted({name for pair in cuts for name in pair} - set(hosts))
     if unknown:
         raise LabError(f"{path} names no lab host {', '.join(unknown)}; 'lab heal' first")
-    script = ruleset(table, [(traffic[a], traffic[b]) for a, b in cuts])
+    script = ruleset(table, [(a, b) for a, b in cuts], paths, hosts)
     path.write_text(json.dumps({"table": table, "cuts": cuts}) + "\n")
     try:
         _apply(table, script)
@@ -237,7 +229,7 @@ def heal(directory: Path) -> list[list[str]]:
     if not path.exists():
         return []
     table, cuts = _read_cuts(directory)
-    _apply(table, ruleset(table, []))
+    _apply(table, ruleset(table, [], {}, []))
     path.unlink()
     return cuts
 

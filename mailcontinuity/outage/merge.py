@@ -559,7 +559,8 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
     changelog = ChangeLog(store)
     holder = f"{actor}-{uuid.uuid4().hex[:8]}"
     with closing(store), holding_lease(store, LEASE, holder):
-        state = current_state(store).name
+        current = current_state(store)
+        state = current.name
         if state == "failover":
             _preflight_or_refuse(config, changelog)
             # Routing first: new mail goes to the primary before the merge starts.
@@ -574,7 +575,12 @@ def run_failback(config: Config, actor: str, cause: str = "failback requested",
                                      or last.summary.get("to_repair")):
                 return _merge_again(config, changelog, last, actor, progress, holder)
             return FailbackReport(None, state, note="no outage to merge")
-        if outage is None and changelog.last_outage() is None:
+        last = changelog.last_outage()
+        # No record of this outage: every earlier one was merged before the site left
+        # normal (``current.since`` is when it entered failover, or failback after it), so
+        # the sync agent was down or cut off for all of it. Going normal without a merge
+        # would strand the outage mail on the standby.
+        if outage is None and (last is None or (last.merged_at or 0.0) < current.since):
             log.warning("event=no_outage_record note=%r", "the sync agent recorded nothing;"
                         " merging what the standby holds now (flag changes and moves of older"
                         " mail cannot be known)")

@@ -12,6 +12,13 @@ status says gw2 cannot see the primary, mail through gw2 waits in its queue and 
 
 The deciding policyd killed with SIGKILL inside its transition: exactly one transition.
 
+Cuts that no source address could tell apart (each host runs in a cgroup of its own,
+``lab.cgroups``): the standby cut from the primary during an outage's failback (``failback``
+run on the standby host fails naming the primary, loses nothing, merges exactly once after the
+heal); gw2 cut from the standby (its milter's journal LMTP waits in gw2's spool and arrives
+after the heal); gw2 cut from the store (``status`` run on gw2 says the store is unreachable,
+other hosts read it).
+
 The whole lab runs in a network namespace of the module's own (``own_network_namespace``), so
 the cuts' nftables table never touches the machine's ruleset.
 """
@@ -32,11 +39,20 @@ from click.testing import CliRunner
 from mailcontinuity.cli.main import main
 from mailcontinuity.config import load_config, parse_endpoint
 from mailcontinuity.deploy.routing import installed_route
+from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.cgroups import run_on_host
 from mailcontinuity.lab.eventually import eventually
+from mailcontinuity.lab.hosts import part_host
 from mailcontinuity.lab.mailbox import wait_for_message
-from mailcontinuity.lab.netcut import CUTS_FILE, own_network_namespace, table_name
+from mailcontinuity.lab.netcut import (
+    CUTS_FILE,
+    cgroup_name,
+    own_network_namespace,
+    table_name,
+)
 from mailcontinuity.lab.postgres import DATABASE
+from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.audit import audit_log
@@ -100,6 +116,25 @@ def test_lab_json_keeps_its_keys_and_names_every_host(site: Lab) -> None:
         assert config.cluster is not None and config.cluster.host == host
     assert set(site.parts) >= {"state", "primary", "standby", "sync-agent", "gw1/policyd",
                                "gw2/policyd", "gw2/milter", "gw2/gateway"}
+
+
+def test_every_host_runs_in_its_own_cgroup(site: Lab) -> None:
+    """What the cuts match on (lab.cgroups): each running part's processes are in its host's
+    group, and 'lab run' puts a command there too."""
+    assert site.hosts is not None
+    cgroups = site.hosts.cgroups
+    for name, part in site.parts.items():
+        pid = part.pid()
+        host = part_host(name)
+        if pid is None or host not in site.hosts.host_names:
+            continue
+        assert pid in cgroups.processes(host), (name, pid, host)
+    # 'lab run HOST' exits with the command's status: status --json on gw2 reads the store.
+    ran = CliRunner().invoke(main, ["lab", "run", "gw2", "--dir", str(site.dir), "--",
+                                    "status", "--json"])
+    assert ran.exit_code == 0, ran.output
+    shown = run_on_host(cgroups, "standby", ["cat", "/proc/self/cgroup"]).stdout
+    assert shown.strip().endswith(f"/{cgroup_name(site.dir)}/standby"), shown
 
 
 def test_outage_and_failback_across_hosts(site: Lab) -> None:
@@ -261,7 +296,8 @@ def test_gateway_cut_off_from_the_primary_alone(site: Lab) -> None:
     try:
         rules = subprocess.run(["nft", "list", "table", "inet", table_name(lab.dir)],
                                capture_output=True, text=True, check=True).stdout
-        assert "127.0.1.2" in rules and "127.0.2.2" in rules, rules
+        group = cgroup_name(lab.dir)
+        assert f"{group}/gw2" in rules and f"{group}/primary" in rules, rules
         eventually(lambda: gateway_sees_primary(lab, "gw2") is False, 30,
                    "gw2's probes of the primary fail")
         status = host_status(lab, "gw2")
@@ -314,3 +350,116 @@ def test_drill_passes_on_every_gateway(site: Lab) -> None:
         skipped = [step["name"] for step in report["steps"] if step["skipped"]
                    and step["name"] != "credentials copy on the standby"]
         assert (code, report["passed"], failed, skipped) == (0, True, [], []), (host, report)
+
+
+def merges(lab: Lab) -> list[str]:
+    store = open_store(lab.config)
+    try:
+        return [e.actor for e in audit_log(store) if e.event == "merge"]
+    finally:
+        store.close()
+
+
+def test_standby_cut_from_the_primary_during_the_failback(site: Lab) -> None:
+    """Neither side a gateway, every connection from 127.0.0.1: the standby host's failback
+    cannot reach the primary, says so naming it, loses nothing; after the heal a re-run merges
+    exactly once."""
+    lab = site
+    assert lab.hosts is not None
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    alice = lab.users[0]
+    before, merged = len(transitions(lab)), len(merges(lab))
+    lab.part("sync-agent").stop()  # the failback is the operator's, run on the standby host
+    try:
+        lab.part("primary").stop()
+        try:
+            eventually(lambda: agreed_state(lab) == "failover", 30, "every host says failover")
+            eventually(lambda: routes(lab) == {"standby"}, 20, "both gateways route to standby")
+            message = make_message(OUTSIDER, [alice.address], "outage mail, failback cut off")
+            send_message(lab.gateway.smtp, message, OUTSIDER, [alice.address])
+            assert wait_for_message(lab.endpoint("standby", "imap"), alice.login,
+                                    alice.password, message["Message-ID"], timeout=30)
+            lab_command(lab, "isolate", "standby", "--from", "primary")
+        finally:
+            lab.part("primary").start()
+        try:
+            # The gateways see the primary again (they are not cut): the quorum fails back.
+            eventually(lambda: agreed_state(lab) == "failback", 60, "every host says failback")
+            cut = lab.hosts.run("standby", "failback", "--yes")
+            assert cut.returncode != 0, cut.stdout + cut.stderr
+            error = cut.stderr.strip().splitlines()[-1]
+            # "Error: primary IMAP 127.0.0.1:PORT: timed out; is the primary up ...?"
+            assert error.startswith("Error: primary IMAP ") and "timed out" in error, error
+            assert "Traceback" not in cut.stderr, cut.stderr
+            assert len(fetch_by_id(lab, "standby", message["Message-ID"])) == 1  # kept
+            assert len(merges(lab)) == merged and agreed_state(lab) == "failback"
+            assert not wait_for_message(lab.endpoint("primary", "imap"), alice.login,
+                                        alice.password, message["Message-ID"], timeout=1)
+        finally:
+            lab_command(lab, "heal")
+        healed = lab.hosts.run("standby", "failback", "--yes", "--json")
+        assert healed.returncode == 0, healed.stdout + healed.stderr
+    finally:
+        lab.part("sync-agent").start()
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    assert len(merges(lab)) == merged + 1
+    assert transitions(lab)[before:] == [("normal", "failover"), ("failover", "failback"),
+                                         ("failback", "normal")]
+    assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
+                            message["Message-ID"], timeout=30)
+    assert len(fetch_by_id(lab, "primary", message["Message-ID"])) == 1  # merged once
+
+
+def fetch_by_id(lab: Lab, role: str, message_id: str) -> list[int]:
+    alice = lab.users[0]
+    with imap_login(lab.endpoint(role, "imap"), alice.login, alice.password) as client:
+        client.select_folder("INBOX", readonly=True)
+        return list(client.search(["HEADER", "Message-ID", message_id]))
+
+
+def test_gateway_cut_from_the_standby_keeps_its_journal_copies(site: Lab) -> None:
+    """gw2's milter ships its journal copies to the standby's LMTP from 127.0.0.1: cut, they
+    wait in gw2's spool (the mail itself reaches the primary); healed, each arrives once."""
+    lab = site
+    assert lab.hosts is not None
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    alice = lab.users[0]
+    gw2 = lab.hosts.gateway("gw2")
+    spool = lab.hosts.config("gw2").milter.spool_dir
+    eventually(lambda: spool_usage(spool).entries == 0, 20, "gw2's spool empty")
+    lab_command(lab, "isolate", "gw2", "--from", "standby")
+    try:
+        message = make_message(OUTSIDER, [alice.address], "journal copy through a cut")
+        send_message(gw2.smtp, message, OUTSIDER, [alice.address])
+        assert wait_for_message(lab.endpoint("primary", "imap"), alice.login, alice.password,
+                                message["Message-ID"], timeout=30)
+        # Several retries (0.5 s to 5 s apart) later: the copy is still in gw2's spool.
+        assert not wait_for_message(lab.endpoint("standby", "imap"), alice.login,
+                                    alice.password, message["Message-ID"], timeout=6)
+        assert spool_usage(spool).entries >= 1
+    finally:
+        lab_command(lab, "heal")
+    assert wait_for_message(lab.endpoint("standby", "imap"), alice.login, alice.password,
+                            message["Message-ID"], timeout=30)
+    eventually(lambda: spool_usage(spool).entries == 0, 30, "gw2's spool drained")
+    assert len(fetch_by_id(lab, "standby", message["Message-ID"])) == 1
+
+
+def test_gateway_cut_from_the_store(site: Lab) -> None:
+    """Store connections (psycopg, from 127.0.0.1) are cut too: ``status`` run on gw2 says
+    the store is unreachable while gw1 reads it; healed, gw2 reads it again."""
+    lab = site
+    assert lab.hosts is not None
+    eventually(lambda: agreed_state(lab) == "normal", 30, "every host says normal")
+    lab_command(lab, "isolate", "gw2", "--from", "state")
+    try:
+        cut = lab.hosts.run("gw2", "status", "--json")
+        status = json.loads(cut.stdout[: cut.stdout.rindex("}") + 1])
+        assert status["state"] is None and status["store"]["reachable"] is False, status
+        assert any(p["part"] == "store" for p in status["problems"])
+        other = lab.hosts.run("gw1", "status", "--json")
+        assert json.loads(other.stdout[: other.stdout.rindex("}") + 1])["state"] == "normal"
+    finally:
+        lab_command(lab, "heal")
+    healed = lab.hosts.run("gw2", "status", "--json")
+    assert json.loads(healed.stdout[: healed.stdout.rindex("}") + 1])["state"] == "normal"

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from mailcontinuity.lab import netcut
+from mailcontinuity.lab.cgroups import HostCgroups, cgroup2_mount
 from mailcontinuity.lab.errors import LabError
+from mailcontinuity.lab.hosts import part_host
 from mailcontinuity.lab.netcut import (
     CUTS_FILE,
-    HostTraffic,
+    MARK_BASE,
+    cgroup_name,
     check_cut,
-    cut_rules,
     gateway_mail_source,
     gateway_probe_source,
     heal,
@@ -28,47 +30,58 @@ from mailcontinuity.lab.netcut import (
     table_name,
 )
 
-GW2 = HostTraffic("gw2", ("127.0.1.2", "127.0.2.2"), (2525, 9470))
-PRIMARY = HostTraffic("primary", (), (1143, 1024))
+HOSTS = ["primary", "standby", "state", "gw1", "gw2"]
+PATHS = {host: f"unified/mailcontinuity-lab-x/{host}" for host in HOSTS}
 
 
-def test_a_cut_drops_a_gateways_connections_to_the_other_host_and_the_replies() -> None:
-    rules = cut_rules(GW2, PRIMARY)
-    # gw2 -> primary: from gw2's addresses to the primary's ports, and the replies back.
-    assert rules == [
-        'oif "lo" ip saddr { 127.0.1.2, 127.0.2.2 } tcp dport { 1024, 1143 } drop'
-        ' comment "gw2|primary"',
-        'oif "lo" tcp sport { 1024, 1143 } ip daddr { 127.0.1.2, 127.0.2.2 } drop'
-        ' comment "gw2|primary"',
-    ]
-    # The primary has no address of its own: nothing it opens can be told apart, and no
-    # rule pretends otherwise (no listener-port-to-listener-port rule: it never matches).
-    assert not any("tcp sport { 2525, 9470 }" in rule or "tcp dport { 2525, 9470 }" in rule
-                   for rule in rules)
+def test_a_cut_marks_each_sides_packets_and_drops_them_at_the_other_sides_sockets() -> None:
+    """Sender by its socket's cgroup (output, a mark), receiver by its socket's cgroup
+    (input): every packet between the two, both ways, whoever opened the connection."""
+    script = ruleset("mailcontinuity_lab_x", [("standby", "primary")], PATHS, HOSTS)
+    primary, standby = f"{MARK_BASE + 1:#x}", f"{MARK_BASE + 2:#x}"
+    assert (f'socket cgroupv2 level 2 "unified/mailcontinuity-lab-x/primary" meta mark set'
+            f' {primary} comment "primary"') in script
+    assert (f'socket cgroupv2 level 2 "unified/mailcontinuity-lab-x/standby" meta mark set'
+            f' {standby} comment "standby"') in script
+    assert (f'meta mark {standby} socket cgroupv2 level 2 "unified/mailcontinuity-lab-x/'
+            f'primary" drop comment "standby->primary"') in script
+    assert (f'meta mark {primary} socket cgroupv2 level 2 "unified/mailcontinuity-lab-x/'
+            f'standby" drop comment "primary->standby"') in script
+    assert script.count(" drop ") == 2
+    # Only the hosts in a cut are marked; no address or port in sight.
+    assert "gw1" not in script and "127.0." not in script and "dport" not in script
 
 
-def test_two_gateways_are_cut_each_way_from_address_to_port() -> None:
-    gw1 = HostTraffic("gw1", ("127.0.1.1",), (25,))
-    rules = cut_rules(gw1, GW2)
-    assert 'oif "lo" ip saddr { 127.0.1.1 } tcp dport { 2525, 9470 } drop comment "gw1|gw2"' \
-        in rules
-    assert 'oif "lo" ip saddr { 127.0.1.2, 127.0.2.2 } tcp dport { 25 } drop comment' \
-        ' "gw1|gw2"' in rules
-    assert len(rules) == 4
-    assert all(rule.startswith('oif "lo" ') for rule in rules)
-    # Address to address never matches (every listener is on 127.0.0.1): no such rule.
-    assert not any("saddr" in rule and "daddr" in rule for rule in rules)
+def test_two_cuts_sharing_a_host_mark_it_once() -> None:
+    script = ruleset("t", [("gw2", "primary"), ("gw2", "state")], PATHS, HOSTS)
+    assert script.count("meta mark set") == 3 and script.count(" drop ") == 4
+    assert 'comment "gw2->state"' in script and 'comment "state->gw2"' in script
 
 
 def test_the_table_is_rewritten_in_one_transaction_and_deleted_on_heal() -> None:
-    script = ruleset("mailcontinuity_lab_x", [(GW2, PRIMARY)])
+    script = ruleset("mailcontinuity_lab_x", [("gw2", "primary")], PATHS, HOSTS)
     lines = script.splitlines()
     # Created if missing, then deleted: the script works whether the table exists or not.
     assert lines[:2] == ["table inet mailcontinuity_lab_x {}",
                          "delete table inet mailcontinuity_lab_x"]
     assert "type filter hook output priority filter; policy accept;" in script
-    assert script.count(" drop ") == 2
-    assert ruleset("mailcontinuity_lab_x", []).splitlines() == lines[:2]
+    assert "type filter hook input priority filter; policy accept;" in script
+    assert ruleset("mailcontinuity_lab_x", [], {}, []).splitlines() == lines[:2]
+
+
+def test_the_cgroup2_mount_is_found_on_unified_and_hybrid_systems() -> None:
+    hybrid = ("35 25 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+              "36 25 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
+    assert cgroup2_mount(hybrid) == Path("/sys/fs/cgroup/unified")
+    unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert cgroup2_mount(unified) == Path("/sys/fs/cgroup")
+    with pytest.raises(LabError, match="no cgroup v2 hierarchy is mounted.*mount -t cgroup2"):
+        cgroup2_mount("35 25 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    groups = HostCgroups("mailcontinuity-lab-x", Path("/sys/fs/cgroup/unified"))
+    assert groups.nft_path("gw1") == "unified/mailcontinuity-lab-x/gw1"
+    assert HostCgroups("l", Path("/sys/fs/cgroup")).nft_path("gw1") == "l/gw1"
+    with pytest.raises(LabError, match="outside /sys/fs/cgroup where nft looks"):
+        HostCgroups("l", Path("/mnt/cg")).nft_path("gw1")
 
 
 def test_addresses_and_table_names() -> None:
@@ -77,6 +90,7 @@ def test_addresses_and_table_names() -> None:
         gateway_mail_source("gw255")
     one, other = table_name(Path("/tmp/a")), table_name(Path("/tmp/b"))
     assert one != other and one.startswith("mailcontinuity_lab_") and len(one) < 64
+    assert cgroup_name(Path("/tmp/a")) == "mailcontinuity-lab-" + one.rpartition("_")[2]
 
 
 def test_every_spelling_of_a_lab_directory_names_one_table(tmp_path: Path) -> None:
@@ -105,8 +119,8 @@ class FakeNft:
 
 def _cut_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse: bool = False
              ) -> tuple[Any, FakeNft]:
-    traffic = {"gw1": HostTraffic("gw1", ("127.0.1.1",), (25,)), "gw2": GW2, "primary": PRIMARY}
-    monkeypatch.setattr(netcut, "host_traffic", lambda lab: traffic)
+    monkeypatch.setattr(netcut, "lab_hosts", lambda lab: HOSTS)
+    monkeypatch.setattr(netcut, "host_cgroups", lambda lab, hosts: (None, PATHS))
     monkeypatch.setattr(netcut.shutil, "which", lambda name: "/usr/sbin/nft")
     nft = FakeNft(tmp_path / CUTS_FILE, refuse)
     monkeypatch.setattr(netcut.subprocess, "run", nft)
@@ -160,12 +174,28 @@ def test_heal_without_cuts_never_runs_nft(tmp_path: Path, monkeypatch: pytest.Mo
     assert heal(tmp_path) == []
 
 
-def test_cuts_the_lab_cannot_make_whole_are_refused() -> None:
-    traffic = {"gw2": GW2, "primary": PRIMARY, "standby": HostTraffic("standby", (), (1025,))}
-    check_cut(traffic, "gw2", "primary")
-    with pytest.raises(LabError, match="cannot be told apart; cut a gateway"):
-        check_cut(traffic, "standby", "primary")
-    with pytest.raises(LabError, match="no lab host 'gw9'; choose among gw2, primary, standby"):
-        check_cut(traffic, "gw9", "primary")
+def test_cuts_between_any_two_hosts_are_taken_others_refused() -> None:
+    check_cut(HOSTS, "standby", "primary")  # neither a gateway: cut all the same
+    check_cut(HOSTS, "gw1", "state")
+    with pytest.raises(LabError, match="no lab host 'gw9'; choose among primary, standby,"):
+        check_cut(HOSTS, "gw9", "primary")
     with pytest.raises(LabError, match="from itself"):
-        check_cut(traffic, "gw2", "gw2")
+        check_cut(HOSTS, "gw2", "gw2")
+
+
+def test_host_cgroups_are_made_found_and_removed(tmp_path: Path) -> None:
+    """On a plain directory standing in for the cgroup2 mount (no processes in it): what
+    'lab up' makes, what 'lab isolate' checks, what 'lab down' removes."""
+    groups = HostCgroups("mailcontinuity-lab-x", tmp_path)
+    groups.create(["primary", "gw1"])
+    assert groups.missing(["primary", "gw1", "state"]) == ["state"]
+    assert groups.processes("gw1") == []
+    groups.remove()
+    assert not groups.root.exists()
+    groups.remove()  # none there: fine
+
+
+def test_each_part_runs_on_its_host() -> None:
+    assert [part_host(name) for name in ("gw2/milter", "gw1/gateway", "sync-agent", "webmail",
+                                         "standby", "primary", "state")] == [
+        "gw2", "gw1", "standby", "standby", "standby", "primary", "state"]
