@@ -17,6 +17,9 @@ from mailcontinuity.reports.metrics import outage_metrics
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ACTIVITY_FIELDS
+from tests.lab.backends import lab_on_both_stores
+
+lab_fixture = lab_on_both_stores()  # the counts are kept in the store: run on both
 
 
 def folders(lab: Lab) -> set[tuple[str, str]]:
@@ -116,8 +119,8 @@ def counted(lab: Lab, scenario: OutageScenario) -> None:
                                  if value != expected[name]} for where, counts in got.items()}
             store = open_store(lab.config)
             try:
-                recorded = store.query("SELECT user, folder, in_baseline, present FROM sync_folder"
-                                       " WHERE in_baseline = 0")
+                recorded = store.query('SELECT "user", folder, in_baseline, present'
+                                       " FROM sync_folder WHERE in_baseline = 0")
             finally:
                 store.close()
             raise AssertionError(f"(reported, expected): {differing}; new folders recorded"

@@ -21,10 +21,13 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.monitor.guard import HELD, HOLD_ENDED
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.outage_helpers import on_primary_once
 from tests.lab.policyd_helpers import back_to_normal, lab_state, wait_for_state
 
 SENDER = "partner@remote.test"
+
+lab_fixture = lab_on_both_stores()  # the hold and the transitions are in the store: both
 
 
 @dataclass(frozen=True)
