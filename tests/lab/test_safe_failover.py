@@ -132,7 +132,10 @@ def test_failover_proceeds_when_the_standby_comes_back_first(lab: Lab,
     assert on_primary_once(lab, bob, message_id) == ["INBOX"]
 
 
-def test_an_operators_failover_to_a_dead_standby_needs_force(lab: Lab) -> None:
+def test_an_operators_failover_to_a_dead_standby_needs_force(sqlite_lab: Lab) -> None:
+    """On the SQLite lab only: the refusal is decided by live checks of the standby, and the
+    forced failover is the operator's transition test_failover runs on both stores."""
+    lab = sqlite_lab
     back_to_normal(lab)
     lab.part("standby").stop()
     try:
