@@ -85,6 +85,12 @@ def counted(lab: Lab, scenario: OutageScenario) -> None:
         touched = set(scenario.activity.values())
         spare = scenario.send([alice], "spare outage message", "outage")
         eventually(lambda: scenario.arrived("standby", spare), 30, "the spare on the standby")
+        # As above: deleted after it is recorded (a message gone before the sync agent's next
+        # look was never seen on the standby; under load that look can be seconds away).
+        received = sum(len(s.recipients) for s in scenario.report.sent
+                       if s.phase in ("outage", "sent-on-standby"))
+        eventually(lambda: reported(lab)["status"]["outage_received"] >= received, 30,
+                   "the spare recorded before it is deleted")
         old = next(sent for sent in scenario.report.sent if sent.phase == "before"
                    and sent.recipients == [alice] and sent.message_id not in touched)
         delete(lab, alice, spare.message_id)
