@@ -9,6 +9,7 @@ checkpointed) is found on the primary and not appended twice. Only one process m
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ from mailcontinuity.outage.scan import rescan
 from mailcontinuity.outage.verify import outage_index
 from mailcontinuity.store.audit import record_command
 from mailcontinuity.store.db import StateStore, open_store
-from mailcontinuity.store.leases import acquire_lease, holding_lease
+from mailcontinuity.store.leases import LEASE_SECONDS, acquire_lease, holding_lease
 from mailcontinuity.store.outages import ChangeLog, Outage, RecordedMessage
 from mailcontinuity.store.state import State, current_state
 from mailcontinuity.transitions import change_state
@@ -56,6 +57,9 @@ FINISHED = ("done", "reported")
 # A throttled command is tried again this many times (waiting as the server suggests) before
 # this run gives up; the next run resumes from the checkpoints.
 THROTTLE_RETRIES = 5
+# Finished actions are checkpointed together, this many or after this long (Merger._finish).
+CHECKPOINT_ACTIONS = 100
+CHECKPOINT_SECONDS = 2.0
 # Marked on what was merged as read: the primary's clients must not ask for a read receipt
 # the user already sent (or declined) on the standby (RFC 3503).
 MDN_SENT = "$MDNSent"
@@ -130,6 +134,9 @@ class Merger:
         self.repair = repair or set()
         """Keys verify found duplicated: their extra copies are removed (``plan_user``)."""
         self.result = UserMerge(user)
+        self._unwritten: list[tuple[str, str, dict[str, Any]]] = []
+        self._written_at = time.monotonic()
+        self._renewed_at = -math.inf  # renewed at the first write: a short user's last one
 
     def plan(self, changelog: ChangeLog, mailbox: PrimaryMailbox, record: UserRecord,
              dry_run: bool) -> list[Action]:
@@ -177,7 +184,10 @@ class Merger:
                     self.result.plan = [_summary(action) for action in actions]
                     self.result.counts.update(action.kind for action in actions)
                     return self.result
-                self._execute(changelog, mailbox, actions)
+                try:
+                    self._execute(changelog, mailbox, actions)
+                finally:
+                    self._write_checkpoints(changelog)
             except CONNECTION_LOST as exc:
                 # Whatever was in flight may or may not be on the primary: the next run plans
                 # from what the primary holds, so it is retried, or found there, never doubled.
@@ -308,13 +318,32 @@ class Merger:
 
     def _finish(self, changelog: ChangeLog,
                 results: list[tuple[Action, str, dict[str, Any]]]) -> None:
-        changelog.checkpoint(self.outage.id, self.user,
-                             [(action.id, status, detail) for action, status, detail in results])
-        if self.lease_holder is not None:
-            acquire_lease(changelog.store, LEASE, self.lease_holder)  # renew while working
-        for action, status, _ in results:
+        """Count finished actions; their checkpoints are written in batches
+        (``CHECKPOINT_ACTIONS``, ``CHECKPOINT_SECONDS``), a refusal at once (status and its
+        alert show it). Not one transaction per action: a commit each (and a lease renewal
+        each) was most of failback's own time (docs/benchmarks.md). Nothing is lost by the
+        wait: a step done on the primary but not yet checkpointed is seen there by the next
+        pass's plan (each step's effect is in the primary's index), never done twice."""
+        for action, status, detail in results:
             self.result.counts[f"{action.kind}:{status}"] += 1
+            self._unwritten.append((action.id, status, detail))
         self.progress(len(results))
+        if (len(self._unwritten) >= CHECKPOINT_ACTIONS
+                or time.monotonic() - self._written_at >= CHECKPOINT_SECONDS
+                or any(status == "refused" for _, status, _ in results)):
+            self._write_checkpoints(changelog)
+
+    def _write_checkpoints(self, changelog: ChangeLog) -> None:
+        """The checkpoints not yet written, in one transaction; the lease renewed while
+        working, at most every quarter of its term."""
+        now = time.monotonic()
+        if self._unwritten:
+            changelog.checkpoint(self.outage.id, self.user, self._unwritten)
+            self._unwritten = []
+        self._written_at = now
+        if self.lease_holder is not None and now - self._renewed_at >= LEASE_SECONDS / 4:
+            acquire_lease(changelog.store, LEASE, self.lease_holder)
+            self._renewed_at = now
 
 
 def _batches(actions: list[Action]) -> list[list[Action]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mailcontinuity.outage.primary import PrimaryCopy
@@ -37,13 +37,15 @@ class Action:
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        # Steps on a copy name its uid: two copies of a message in one folder (filed twice on
+        # the primary) get a checkpoint each, so the second is never skipped as done.
         detail = {
             "create_folder": "",
             "append": "",
-            "flags": f"+{' '.join(self.add)}-{' '.join(self.remove)}",
+            "flags": f"{self.uid}+{' '.join(self.add)}-{' '.join(self.remove)}",
             "move": self.from_folder,
             "copy": self.from_folder,
-            "delete": "",
+            "delete": str(self.uid),
             "report": self.reason,
         }[self.kind]
         object.__setattr__(self, "id", f"{self.kind}|{self.folder}|{self.key}|{detail}")
@@ -72,6 +74,8 @@ def plan_user(rows: list[RecordedMessage], folders: dict[str, tuple[bool, bool]]
         elif any(row.in_baseline for row in group):
             actions += _existing_message(key, group, copies, propagate_deletions,
                                          key in repair)
+        else:
+            actions += _late_journal_copy(key, group, copies)
     needed = {a.folder for a in actions if a.kind in ("append", "move", "copy")}
     created = {a.folder for a in actions if a.kind == "create_folder"}
     missing = sorted(needed - primary_folders - created)
@@ -103,10 +107,13 @@ def older_copies_needed(rows: list[RecordedMessage], dated_before: float | None 
             if any(row.in_baseline or (dated_before is not None and row.kind == "outage"
                                        and row.mtime < dated_before) for row in group):
                 keys.add(key)
-        elif any(row.present != row.in_baseline
-                 or (row.in_baseline and row.flags != row.base_flags) for row in group):
-            keys.add(key)
-            folders.update(row.folder for row in group)
+        elif any(row.in_baseline for row in group):
+            if any(row.present != row.in_baseline
+                   or (row.in_baseline and row.flags != row.base_flags) for row in group):
+                keys.add(key)
+                folders.update(row.folder for row in group)
+        elif any(_late_flags_changed(row) for row in group):
+            keys.add(key)  # its flags go to the primary's copy wherever it is filed
     return keys, folders
 
 
@@ -121,8 +128,7 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
     Only delivered copies count: a message accepted just before the failover has a journal
     copy too (same id), and merging both would put it on the primary twice.
     """
-    current = sorted((row for row in group if row.present and row.kind == "outage"),
-                     key=lambda row: row.folder)
+    current = outage_copies(group)
     message_id = group[0].message_id
     if not current:
         if copies:
@@ -157,6 +163,72 @@ def _outage_message(key: str, group: list[RecordedMessage], copies: list[Primary
     if repair:
         actions += [Action("delete", copy.folder, key, message_id, uid=copy.uid)
                     for copy in spare]
+    return actions
+
+
+def outage_copies(group: list[RecordedMessage]) -> list[RecordedMessage]:
+    """The standby's copies of outage mail that count, by folder, each with the flags the user
+    set on the journal copy beside it.
+
+    A message accepted just before the failover sits twice in the standby's folder: its
+    journal copy and its delivery from the queue. Only the delivered copy is merged (the plan's
+    rule), but the user sees both and may read or flag either one: a flag set on the journal
+    copy since it arrived (since the baseline, or since the record first saw it) is the user's
+    too, so it goes to the primary with the delivered copy.
+    """
+    current = sorted((row for row in group if row.present and row.kind == "outage"),
+                     key=lambda row: row.folder)
+    beside: dict[str, set[str]] = defaultdict(set)
+    for row in group:
+        if row.present and row.kind == "existing":
+            before = row.base_flags if row.in_baseline else row.first_flags
+            beside[row.folder].update(_gained(row.flags, before or ()))
+    return [replace(row, flags=tuple(sorted(set(row.flags) | beside[row.folder])))
+            if beside[row.folder] - set(row.flags) else row for row in current]
+
+
+def _late_flags_changed(row: RecordedMessage) -> bool:
+    return row.present and set(row.flags) != set(row.first_flags or ())
+
+
+def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCopy]
+                            ) -> list[tuple[RecordedMessage, PrimaryCopy]]:
+    """Pair a journal copy the record first saw after the baseline with the primary's copies.
+
+    Such a copy (shipped a moment after the baseline was taken, for mail the primary got
+    before the failover) has no baseline row to tell what the user changed, only the flags it
+    had when the record first saw it (``first_flags``): its flag changes since then are
+    replayed on the primary's copy in the same folder, else on one filed elsewhere (the
+    primary's copy may be in Archive while the journal copy stays in INBOX). Where it was
+    first put is not recorded, so a move or deletion of it on the standby is not replayed.
+    Shared by the plan and ``verify``.
+    """
+    present = sorted((row for row in group if row.present), key=lambda row: row.folder)
+    spare = sorted(copies, key=lambda copy: (copy.folder, copy.uid))
+    pairs: list[tuple[RecordedMessage, PrimaryCopy]] = []
+    unpaired = []
+    for row in present:
+        copy = next((copy for copy in spare if copy.folder == row.folder), None)
+        if copy is None:
+            unpaired.append(row)
+        else:
+            spare.remove(copy)
+            pairs.append((row, copy))
+    pairs += zip(unpaired, spare, strict=False)
+    return pairs
+
+
+def _late_journal_copy(key: str, group: list[RecordedMessage],
+                       copies: list[PrimaryCopy]) -> list[Action]:
+    """The user's flag changes on a journal copy first seen after the baseline
+    (``match_late_journal_copy``), merged three ways against the flags it was first seen
+    with."""
+    actions = []
+    for row, copy in match_late_journal_copy(group, copies):
+        add, remove = merged_flags(row.first_flags or (), row.flags, copy.flags)
+        if add or remove:
+            actions.append(Action("flags", copy.folder, key, row.message_id, uid=copy.uid,
+                                  add=add, remove=remove))
     return actions
 
 

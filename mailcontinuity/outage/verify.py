@@ -23,8 +23,10 @@ from mailcontinuity.mail.maildir import read_header_fields
 from mailcontinuity.outage.plan import (
     arrival_flags,
     match_history,
+    match_late_journal_copy,
     merged_flags,
     older_copies_needed,
+    outage_copies,
     outage_flags,
 )
 from mailcontinuity.outage.primary import (
@@ -118,6 +120,8 @@ def verify_user(rows: list[RecordedMessage],
             _verify_outage_mail(group, copies, missing, duplicated, flag_mismatches)
         elif any(row.in_baseline for row in group):
             _verify_history(group, copies, missing, duplicated, flag_mismatches)
+        else:
+            _verify_late_journal_copy(group, copies, flag_mismatches)
     return {"missing": missing, "duplicated": duplicated, "flag_mismatches": flag_mismatches}
 
 
@@ -125,8 +129,8 @@ def _verify_outage_mail(group: list[RecordedMessage], copies: list[PrimaryCopy],
                         duplicated: Found, flag_mismatches: Found) -> None:
     """Outage mail must be on the primary once per standby copy, with the standby's flags.
     Only the delivered copies count: a journal copy of the same message (accepted just before
-    the failover) is not merged, as the plan says."""
-    current = [row for row in group if row.present and row.kind == "outage"]
+    the failover) is not merged, but the flags the user set on it are (``outage_copies``)."""
+    current = outage_copies(group)
     if not current:
         return
     wanted = Counter(row.folder for row in current)
@@ -177,6 +181,17 @@ def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], mis
         lacking, extra = merged_flags(base, row.flags, maybe.flags)
         if lacking or extra:
             flag_mismatches.append({"folder": maybe.folder, **name_of(row),
+                                    "lacking": list(lacking), "extra": list(extra)})
+
+
+def _verify_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCopy],
+                              flag_mismatches: Found) -> None:
+    """A journal copy first seen after the baseline: the user's flag changes on it, judged on
+    the primary's copy failback pairs it with (``match_late_journal_copy``)."""
+    for row, copy in match_late_journal_copy(group, copies):
+        lacking, extra = merged_flags(row.first_flags or (), row.flags, copy.flags)
+        if lacking or extra:
+            flag_mismatches.append({"folder": copy.folder, **name_of(row),
                                     "lacking": list(lacking), "extra": list(extra)})
 
 

@@ -1,10 +1,12 @@
-"""Run ``mailcontinuity failback`` and SIGKILL it from inside right after it has done its Nth
-action but before that action's checkpoint is written: the worst moment for a crash.
+"""Run ``mailcontinuity failback`` and SIGKILL it from inside when its checkpoints are about to
+record more than N finished actions: the first N are written, the rest were done on the
+primary but never checkpointed (checkpoints are written in batches: the worst moment for a
+crash).
 
 Usage: python crash_failback.py CONFIG N [MIN_BATCH]
 
-With MIN_BATCH, only checkpoints of at least that many actions at once count (an APPEND batch
-the primary has just stored).
+With MIN_BATCH, N checkpoint writes of at least MIN_BATCH actions each go through and the next
+one dies before it is written (an APPEND batch the primary has just stored).
 """
 
 import os
@@ -15,15 +17,23 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.store.outages import ChangeLog
 
 config, limit = sys.argv[1], int(sys.argv[2])
-min_batch = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+min_batch = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 real_checkpoint = ChangeLog.checkpoint
-calls = 0
+counted = 0
 
 
 def checkpoint_then_die(self, outage_id, user, results):  # type: ignore[no-untyped-def]
-    global calls
-    calls += len(results) >= min_batch
-    if calls > limit:
+    global counted
+    if min_batch:
+        counted += len(results) >= min_batch
+        if counted > limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_checkpoint(self, outage_id, user, results)
+        return
+    room = limit - counted
+    counted += len(results)
+    if counted > limit:
+        real_checkpoint(self, outage_id, user, results[:room])
         os.kill(os.getpid(), signal.SIGKILL)
     real_checkpoint(self, outage_id, user, results)
 

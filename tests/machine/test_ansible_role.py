@@ -49,9 +49,11 @@ def run(*argv: str | Path, cwd: Path = ANSIBLE,
                           timeout=timeout, check=False)
 
 
-def play(wheel_dir: Path, inventory: str | Path = "localhost,") -> subprocess.CompletedProcess:
+def play(wheel_dir: Path, inventory: str | Path = "localhost,",
+         *extra_vars: str) -> subprocess.CompletedProcess:
     return run(VENV_BIN / "ansible-playbook", "-c", "local", "-i", inventory,
-               "tests/localhost.yml", "-e", f"wheel_dir={wheel_dir}", "-e", "primary_port=12525")
+               "tests/localhost.yml", "-e", f"wheel_dir={wheel_dir}", "-e", "primary_port=12525",
+               *(option for value in extra_vars for option in ("-e", value)))
 
 
 def recap(result: subprocess.CompletedProcess) -> str:
@@ -438,3 +440,42 @@ def test_daemons_share_the_store_and_transition_through_it(store_applied: list[s
         assert conn.execute("SELECT name FROM state").fetchone() == ("normal",)
     assert ("normal", "failover") in moves, moves
     assert moves[-1][1] == "normal", moves
+
+
+EXISTING_STORE_INVENTORY = """\
+[mailcontinuity_gateway]
+localhost
+[mailcontinuity_standby]
+localhost
+"""
+
+
+def test_an_existing_store_is_taken_as_named(store_applied: list[str], wheel_dir: Path,
+                                             tmp_path: Path) -> None:
+    """The other way to a shared store: no host in mailcontinuity_state, the server named by
+    mailcontinuity_state_url with its password and CA from the controller's files (here the
+    server the role set up above, as a site's own DBA would hand it over). The hosts get the
+    same [state], the daemons reach it over verified TLS, and the server is left alone."""
+    password, ca = tmp_path / "state-password", tmp_path / "state-ca.pem"
+    shutil.copy(STORE_PASSWORD, password)
+    shutil.copy(STORE_CA, ca)
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(EXISTING_STORE_INVENTORY)
+    server_files = {path: path.stat().st_mtime_ns
+                    for path in Path("/etc/postgresql", *PG_CLUSTER).iterdir()}
+    result = play(wheel_dir, inventory, f"mailcontinuity_state_url={STORE_URL}",
+                  f"mailcontinuity_state_password_src={password}",
+                  f"mailcontinuity_state_tls_ca_src={ca}")
+    assert result.returncode == 0, f"the run failed:\n{result.stdout[-4000:]}"
+    output = result.stdout + result.stderr
+    assert password.read_text().strip() not in output
+    config = tomllib.loads(Path(CONFIG).read_text())
+    assert config["state"] == {"url": STORE_URL, "password_file": str(STORE_PASSWORD),
+                               "tls_ca_file": str(STORE_CA)}
+    assert STORE_PASSWORD.read_text() == password.read_text()
+    assert STORE_CA.read_bytes() == ca.read_bytes()
+    assert {path: path.stat().st_mtime_ns
+            for path in Path("/etc/postgresql", *PG_CLUSTER).iterdir()} == server_files
+    report = json.loads(run(COMMAND, "--config", CONFIG, "status", "--json").stdout)
+    assert report["store"] == {"backend": "postgresql", "location": STORE_URL,
+                               "reachable": True}

@@ -136,10 +136,27 @@ def outage_mail(draw: st.DrawFn, key: str) -> Drawn:
     rows = [row(key, there, "outage", draw(flag_sets), True, False, None, first())
             for there in now]
     if draw(st.booleans()):
-        rows.append(row(key, "INBOX", "existing", (), draw(st.booleans()), True, ()))
+        # Its journal copy, in the baseline or shipped a moment after it, which the user may
+        # have flagged (or deleted) too.
+        late = draw(st.booleans())
+        rows.append(row(key, "INBOX", "existing", draw(flag_sets), draw(st.booleans()),
+                        not late, None if late else (), () if late else None))
     # The queued copy the primary got, changed there too (split brain).
     queued = [("INBOX", draw(flag_sets), True)] if now and draw(st.booleans()) else []
     return rows, queued
+
+
+@st.composite
+def late_journal_copy(draw: st.DrawFn, key: str) -> Drawn:
+    """Mail the primary got before the failover whose journal copy the record first saw after
+    the baseline (shipped a moment late): the user may flag it (and copy it elsewhere) on the
+    standby, and the primary's copy may be filed elsewhere and changed there too."""
+    first = draw(flag_sets) if draw(st.integers(0, 9)) else None
+    now = draw(st.lists(st.sampled_from(FOLDERS), unique=True, max_size=2))
+    rows = [row(key, there, "existing", draw(flag_sets), there in now, False, None, first)
+            for there in {"INBOX", *now}]
+    copies = [primary_side(draw, "INBOX", first or ()) for _ in range(draw(st.integers(0, 2)))]
+    return rows, copies
 
 
 @st.composite
@@ -149,7 +166,7 @@ def outages(draw: st.DrawFn) -> tuple[list[RecordedMessage], dict[str, tuple[boo
     rows: list[RecordedMessage] = []
     for number in range(draw(st.integers(1, 8))):
         key = f"id:{number}"
-        made, copies = draw(outage_mail(key) if draw(st.booleans()) else history(key))
+        made, copies = draw(draw(st.sampled_from((outage_mail, history, late_journal_copy)))(key))
         rows += made
         for folder, flags, recent in copies:
             primary.folders.add(folder)
@@ -315,6 +332,43 @@ def test_outage_mail_on_both_sides_merges_flags_against_what_it_arrived_with() -
         primary.apply(action)
     assert [c.flags for c in primary.index()["id:1"]] == [("\\Seen",)]
     assert verify_user(rows, primary.index())["flag_mismatches"] == []
+
+
+def test_a_flag_set_on_a_journal_copy_first_seen_after_the_baseline_reaches_the_primary(
+) -> None:
+    """Mail the primary got before the failover, whose journal copy was shipped a moment
+    after the baseline: read and flagged on the standby, it is read and flagged on the
+    primary's copy, wherever it is filed; a flag set on the primary meanwhile stays."""
+    rows = [row("id:1", "INBOX", "existing", ("\\Flagged", "\\Seen"), True, False, None, ())]
+    primary = ModelPrimary(folders={"INBOX", "Archive"})
+    primary.add("Archive", "id:1", frozenset({"$Important"}), False)
+    assert [item["lacking"] for item in verify_user(rows, primary.index())["flag_mismatches"]
+            ] == [["\\Flagged", "\\Seen"]]
+    keys, whole = older_copies_needed(rows)
+    assert (keys, whole) == ({"id:1"}, set())
+    [action] = plan(rows, {"INBOX": (True, True)}, primary, False)
+    assert (action.kind, action.folder, action.add) == ("flags", "Archive", ("\\Flagged", "\\Seen"))
+    primary.apply(action)
+    assert [c.flags for c in primary.index()["id:1"]] == [("$Important", "\\Flagged", "\\Seen")]
+    assert verify_user(rows, primary.index())["flag_mismatches"] == []
+    assert plan(rows, {"INBOX": (True, True)}, primary, False) == []
+
+
+def test_a_flag_set_on_the_journal_copy_beside_outage_mail_goes_with_the_delivered_copy(
+) -> None:
+    """Accepted just before the failover: its journal copy and its delivery from the queue sit
+    side by side in the standby's INBOX; the user flagged the journal copy. Only the delivered
+    copy is merged, with that flag."""
+    rows = [row("id:1", "INBOX", "outage", (), True, False, None, ()),
+            row("id:1", "INBOX", "existing", ("\\Flagged",), True, False, None, ())]
+    primary = ModelPrimary()
+    [append] = plan(rows, {"INBOX": (True, True)}, primary, False)
+    assert append.kind == "append" and append.source is not None
+    assert append.source.flags == ("\\Flagged",)
+    primary.apply(append)
+    assert [c.flags for c in primary.index()["id:1"]] == [("\\Flagged",)]
+    assert verify_user(rows, primary.index()) == {"missing": [], "duplicated": [],
+                                                  "flag_mismatches": []}
 
 
 def test_appends_are_batched_by_count_and_size_in_order() -> None:
