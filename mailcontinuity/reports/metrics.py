@@ -28,12 +28,14 @@ from mailcontinuity.config import Config
 from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.reports.problems import (
     EMPTY_SPOOL,
+    Watch,
     journal_pace,
     readable_spool,
+    store_unavailable,
     watch,
     watched_disks,
 )
-from mailcontinuity.store.db import StateStore, open_store
+from mailcontinuity.store.db import StateStore, StateStoreError, open_store
 from mailcontinuity.store.heartbeats import sync_agent_heartbeat
 from mailcontinuity.store.journal import alarm_summary, journal_summary
 from mailcontinuity.store.outages import ChangeLog
@@ -140,14 +142,8 @@ def outage_metrics(store: StateStore) -> Iterator[Metric]:
                     {status: float(progress.get(status, 0)) for status in FAILBACK_STATUSES})
 
 
-def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
-    """The verdict ``status`` opens with, per part, and the checks behind it (the monitor's
-    latest, not run again at scrape time), the disks and the journal's pace."""
-    now = time.time()
-    usage = readable_spool(config, now)
-    # Of the journal, the verdict needs only the spool errors (the journal section has the rest).
-    watched = watch(config, store, current_state(store), alarm_summary(store, "spool_error"),
-                    usage, now, live=False)
+def verdict_metrics(watched: Watch) -> Iterator[Metric]:
+    """The verdict ``status`` opens with, per part."""
     yield _gauge("protected", "1 if every watched part answers (status: PROTECTED), 0 if"
                  " status lists a problem.", float(watched.protected))
     since = {problem.part: problem.since for problem in watched.problems}
@@ -156,6 +152,38 @@ def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
     yield _labelled("part_problem_since_timestamp_seconds", "Since when the part has had its"
                     " problem (0: none).", "part",
                     {part: since.get(part, 0.0) for part in watched.parts})
+
+
+def disk_metrics(config: Config) -> Metric:
+    free = GaugeMetricFamily(PREFIX + "disk_free_ratio", "Free share (0 to 1) of the file system"
+                             " holding the standby's mail, the milter's spool or the state"
+                             " store (the lesser of space and inodes).", labels=["part", "path"])
+    for disk in watched_disks(config):
+        free.add_metric([disk.part, str(disk.path)], min(disk.free_ratio, disk.free_inodes_ratio))
+    return free
+
+
+def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
+    """The verdict ``status`` opens with, per part, and the checks behind it (the monitor's
+    latest, not run again at scrape time), the disks and the journal's pace.
+
+    A store that cannot be read (a PostgreSQL server stopped or cut off) is the verdict itself,
+    as ``status`` gives it: ``part_ok{part="store"} 0`` and ``protected 0``, so that the alerts
+    on them fire. (A SQLite store moved away is seen by ``store_problem``'s own connection, as
+    the collector's open one still reads the old file; a PostgreSQL connection just fails.)
+    The checks and the pace are in the store: not served until it answers."""
+    now = time.time()
+    usage = readable_spool(config, now)
+    try:
+        # Of the journal, the verdict needs only the spool errors (the journal section has
+        # the rest).
+        watched = watch(config, store, current_state(store), alarm_summary(store, "spool_error"),
+                        usage, now, live=False)
+    except StateStoreError as exc:
+        yield from verdict_metrics(store_unavailable(config, str(exc), now))
+        yield disk_metrics(config)
+        return
+    yield from verdict_metrics(watched)
     labels = ["part", "check", "target"]
     up = GaugeMetricFamily(PREFIX + "check_up", "1 if the monitor's last check of the part"
                            " succeeded (standby lmtp/imap/submission, milter socket, webmail"
@@ -168,12 +196,7 @@ def watch_metrics(config: Config, store: StateStore) -> Iterator[Metric]:
         if record.check.latency_ms is not None:
             latency.add_metric(key, record.check.latency_ms / 1000)
     yield from (up, latency)
-    free = GaugeMetricFamily(PREFIX + "disk_free_ratio", "Free share (0 to 1) of the file system"
-                             " holding the standby's mail, the milter's spool or the state"
-                             " store (the lesser of space and inodes).", labels=["part", "path"])
-    for disk in watched_disks(config):
-        free.add_metric([disk.part, str(disk.path)], min(disk.free_ratio, disk.free_inodes_ratio))
-    yield free
+    yield disk_metrics(config)
     pace = journal_pace(config, store, usage or EMPTY_SPOOL, now)
     yield _gauge("pace_accepted_messages", "Messages the gateway accepted for protected domains"
                  " in the last [watch] journal_pace_seconds (policyd's count).", pace.accepted)

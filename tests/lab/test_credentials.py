@@ -28,11 +28,25 @@ from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import LAB_BACKENDS
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with Lab.temporary(prefix="mclab-cred-", directory_kind="ldap") as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module", params=LAB_BACKENDS)
+def store_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The module's lab, and the same with a PostgreSQL store: for the tests that read the
+    refresh's outcome back from the store (status, drill). The logins themselves read no store
+    (Dovecot asks the directory or the copy): those tests run on the SQLite lab only."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("lab")
+        return
+    with Lab.temporary(prefix="mclab-cred-pg-", directory_kind="ldap",
+                       state="postgresql") as lab:
         yield lab
 
 
@@ -139,7 +153,8 @@ def test_directory_and_primary_down_every_user_logs_in_to_the_standby(lab: Lab) 
     assert logs_in(lab, "standby", carol)
 
 
-def test_refresh_with_the_directory_down_keeps_the_last_copy_and_says_so(lab: Lab) -> None:
+def test_refresh_with_the_directory_down_keeps_the_last_copy_and_says_so(store_lab: Lab) -> None:
+    lab = store_lab
     assert cli(lab, "credentials-sync").returncode == 0
     path = copy_file(lab)
     before, written = path.read_bytes(), path.stat().st_mtime
@@ -163,7 +178,8 @@ def test_refresh_with_the_directory_down_keeps_the_last_copy_and_says_so(lab: La
     assert credentials_problems(lab) == []
 
 
-def test_an_old_copy_is_a_problem_and_fails_the_drill(lab: Lab) -> None:
+def test_an_old_copy_is_a_problem_and_fails_the_drill(store_lab: Lab) -> None:
+    lab = store_lab
     assert cli(lab, "credentials-sync").returncode == 0
     assert lab.config.credentials is not None
     old = time.time() - lab.config.credentials.max_age_seconds - 60

@@ -20,8 +20,13 @@ from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.policyd_helpers import back_to_normal
 from tests.unit.test_hook_runner import TRANSITION, install
+
+# The transitions and the hooks' audit are in the store: those tests run on both backends; the
+# example hook's test runs a hook by hand (no store) on the SQLite lab only.
+lab_fixture = lab_on_both_stores()
 
 
 @pytest.fixture
@@ -49,7 +54,8 @@ def test_transition_runs_hooks_after_routing_switched(lab: Lab, lab_hooks: Path)
     assert f"failover {lab.config_file}" in text
 
 
-def test_example_hook_mails_the_administrators(lab: Lab, tmp_path: Path) -> None:
+def test_example_hook_mails_the_administrators(sqlite_lab: Lab, tmp_path: Path) -> None:
+    lab = sqlite_lab
     admin = lab.users[2]
     directory = tmp_path / "on-failover.d"
     directory.mkdir()

@@ -24,11 +24,14 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.outages import ChangeLog
 from mailcontinuity.store.state import current_state
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.outage_helpers import run_cli
 
 SENDER = "lists@remote.test"
 BATCH = 30
 FILLER_FIELDS = 300  # about 1 KB each: a 300 KB header block, past any fixed read of 256 KB
+
+lab_fixture = lab_on_both_stores()  # the merge's checkpoints and its lease are in the store
 
 
 def huge(recipient: str, subject: str) -> EmailMessage:

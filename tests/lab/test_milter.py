@@ -20,6 +20,7 @@ from mailcontinuity.mail.postfix import postfix_milter_name
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.journal import settled_copies
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.journal_helpers import (
     fetch_by_header,
     journal_id,
@@ -30,8 +31,13 @@ from tests.lab.outage_helpers import forced_outage
 
 SENDER = "sender@remote.test"
 
+# The tests that read the journal index (the location, the failover, status, prune) run on both
+# stores; those that look only at mail and settings run on the SQLite lab.
+lab_fixture = lab_on_both_stores()
 
-def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(lab: Lab) -> None:
+
+def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(sqlite_lab: Lab) -> None:
+    lab = sqlite_lab
     alice, bob = lab.users[0], lab.users[1]
     message = make_message(SENDER, [alice.address, bob.address], "journal basic")
     message[DEFAULT_ID_HEADER] = "forged-by-sender"
@@ -50,7 +56,8 @@ def test_every_recipient_gets_a_journal_copy_with_the_primarys_id(lab: Lab) -> N
             without_trace(primary)
 
 
-def test_authenticated_sender_gets_a_sent_copy_through_the_real_gateway(lab: Lab) -> None:
+def test_authenticated_sender_gets_a_sent_copy_through_the_real_gateway(sqlite_lab: Lab) -> None:
+    lab = sqlite_lab
     alice, bob = lab.users[0], lab.users[1]
     message = make_message(alice.address, [bob.address], "sent with SMTP AUTH")
     submission = lab.config.gateway.submission
@@ -121,7 +128,8 @@ def test_status_json_reports_the_journal(lab: Lab) -> None:
     assert "unknown recipients: " in result.stdout and "nobody@example.test" in result.stdout
 
 
-def test_check_config_prints_the_milter_settings_the_lab_applies(lab: Lab) -> None:
+def test_check_config_prints_the_milter_settings_the_lab_applies(sqlite_lab: Lab) -> None:
+    lab = sqlite_lab
     result = CliRunner().invoke(main, ["--config", str(lab.config_file), "check-config"])
     assert result.exit_code == 0, result.output
     listen = lab.config.milter.listen
@@ -165,7 +173,8 @@ def test_prune_deletes_only_expired_journal_copies(lab: Lab) -> None:
     assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
 
 
-def test_milter_listen_takes_a_unix_socket_or_a_tcp_endpoint(lab: Lab) -> None:
+def test_milter_listen_takes_a_unix_socket_or_a_tcp_endpoint(sqlite_lab: Lab) -> None:
+    lab = sqlite_lab
     base = lab.config.model_dump(mode="json")
 
     def listen(value: str) -> Endpoint | UnixSocket:

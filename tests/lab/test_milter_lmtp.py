@@ -31,9 +31,12 @@ from mailcontinuity.mail.tls import TLSPolicy
 from mailcontinuity.store.db import open_store
 from mailcontinuity.store.journal import journal_summary, settled_copies
 from mailcontinuity.transitions import change_state
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.journal_helpers import fetch_by_header, wait_for_empty_spool
 
 SENDER = "sender@remote.test"
+
+lab_fixture = lab_on_both_stores()  # the shipper writes the journal index: run on both
 
 
 def lmtp_settings(lab: Lab, **changes: object) -> MilterSection:
@@ -232,7 +235,11 @@ def test_prune_expunges_lmtp_copies_and_nothing_else(lab: Lab, spool: Spool) -> 
     assert not fetch_by_header(lab, "standby", bob, "Message-ID", old["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", fresh["Message-ID"], timeout=0)
     assert fetch_by_header(lab, "standby", bob, "Message-ID", outage["Message-ID"], timeout=0)
-    assert settled_copies(open_store(lab.config), fresh_env.id)
+    store = open_store(lab.config)
+    try:
+        assert settled_copies(store, fresh_env.id)
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,13 @@ from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.monitor.guard import HELD, HOLD_ENDED
 from mailcontinuity.store.audit import audit_log
 from mailcontinuity.store.db import open_store
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.outage_helpers import on_primary_once
 from tests.lab.policyd_helpers import back_to_normal, lab_state, wait_for_state
 
 SENDER = "partner@remote.test"
+
+lab_fixture = lab_on_both_stores()  # the hold and the transitions are in the store: both
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,10 @@ def test_failover_proceeds_when_the_standby_comes_back_first(lab: Lab,
     assert on_primary_once(lab, bob, message_id) == ["INBOX"]
 
 
-def test_an_operators_failover_to_a_dead_standby_needs_force(lab: Lab) -> None:
+def test_an_operators_failover_to_a_dead_standby_needs_force(sqlite_lab: Lab) -> None:
+    """On the SQLite lab only: the refusal is decided by live checks of the standby, and the
+    forced failover is the operator's transition test_failover runs on both stores."""
+    lab = sqlite_lab
     back_to_normal(lab)
     lab.part("standby").stop()
     try:

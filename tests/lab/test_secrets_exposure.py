@@ -9,9 +9,12 @@ import stat
 import subprocess
 
 from click.testing import CliRunner
+from psycopg import sql
 
 from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
+from mailcontinuity.lab.postgres import DATABASE
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.kv import parse_kv
 from tests.lab.outage_helpers import forced_outage, gateway_mail, wait_all
 
@@ -20,12 +23,17 @@ from tests.lab.outage_helpers import forced_outage, gateway_mail, wait_all
 CREDENTIAL_STORES = ("lab.json", "secrets/", "primary/users", "primary/masters", "standby/users",
                      "standby/masters")
 
+# The store's content and, on PostgreSQL, its server's files and log and the store's password.
+lab_fixture = lab_on_both_stores()
+
 
 def lab_secrets(lab: Lab) -> dict[str, str]:
     description = json.loads((lab.dir / "lab.json").read_text())
     found = {f"password of {user['login']}": user["password"] for user in description["users"]}
     for name in ("admin-password", "drill-probe-password"):
         found[f"secrets/{name}"] = (lab.dir / "secrets" / name).read_text().strip()
+    if lab.config.state.password_file is not None:  # the PostgreSQL store's
+        found["state.password_file"] = lab.config.state.password_file.read_text().strip()
     assert all(len(secret) >= 12 for secret in found.values())
     return found
 
@@ -57,11 +65,24 @@ def lab_files(lab: Lab) -> dict[str, bytes]:
         relative = path.relative_to(lab.dir).as_posix()
         if path.is_file() and not path.is_symlink() and not relative.startswith(
                 CREDENTIAL_STORES):
-            files[relative] = path.read_bytes()
+            try:
+                files[relative] = path.read_bytes()
+            except FileNotFoundError:  # a PostgreSQL server's temporary file, gone since
+                continue
     return files
 
 
 def state_dump(lab: Lab) -> str:
+    """Every row of the store as text (SQLite's dump; every table of PostgreSQL's)."""
+    if lab.store_server is not None:
+        with lab.store_server.admin(DATABASE) as connection:
+            tables = [row[0] for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+            assert "state" in tables, tables
+            return "\n".join(
+                f"{table}: {row}" for table in tables
+                for row in connection.execute(sql.SQL("SELECT * FROM {}").format(
+                    sql.Identifier(str(table)))).fetchall())
     connection = sqlite3.connect(lab.config.state.path)
     try:
         return "\n".join(connection.iterdump())
@@ -74,7 +95,7 @@ def test_no_secret_in_outputs_logs_processes_or_state(lab: Lab) -> None:
     texts = command_outputs(lab)
     texts["ps -eo args"] = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
                                           check=True).stdout
-    texts["state.db dump"] = state_dump(lab)
+    texts["state store dump"] = state_dump(lab)
     texts["mailcontinuity.toml"] = lab.config_file.read_text()
     files = lab_files(lab)
     assert any(name.startswith("daemons/") and name.endswith(".log") for name in files)

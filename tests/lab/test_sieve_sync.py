@@ -24,10 +24,13 @@ from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
 from mailcontinuity.mail.imap import imap_login
 from mailcontinuity.mail.managesieve import Credentials, SieveSession, normalise, session
 from mailcontinuity.mail.smtp import make_message, send_message
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.policyd_helpers import back_to_normal, wait_for_state
 
 GOOD = 'require ["fileinto"];\nif header :contains "subject" "[lists]" { fileinto "INBOX"; }\n'
 BROKEN = 'require ["vacation"];\nif true { vacation "no closing brace";\n'
+
+lab_fixture = lab_on_both_stores()  # what sieve-sync last left is kept in the store
 
 
 def sieve(lab: Lab, role: str, user: LabUser) -> AbstractContextManager[SieveSession]:

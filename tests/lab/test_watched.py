@@ -22,6 +22,7 @@ from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
+from tests.lab.backends import lab_on_both_stores
 from tests.lab.policyd_helpers import back_to_normal
 from tests.lab.promql import fires
 from tests.lab.test_metrics import scrape
@@ -37,6 +38,8 @@ ALERT_FOR_PART = {
     "store": "MailcontinuityStoreUnavailable",
     "webmail": "MailcontinuityWebmailDown",
 }
+
+lab_fixture = lab_on_both_stores()  # every verdict is read from the store: run on both
 
 
 def alert_expr(name: str) -> str:
@@ -92,8 +95,17 @@ def watched_lab(lab: Lab) -> Iterator[Lab]:
 
 @contextmanager
 def store_unavailable(lab: Lab) -> Iterator[None]:
-    """The state store gone from its path (a directory where the file was): every new
-    connection fails; the daemons' open ones keep the file, which comes back afterwards."""
+    """The state store gone. SQLite: a directory where the file was, so every new connection
+    fails; the daemons' open ones keep the file, which comes back afterwards. PostgreSQL: the
+    lab's server (part ``state``) stopped, every connection gone; the daemons reconnect when it
+    is started again."""
+    if lab.config.state.url is not None:
+        lab.part("state").stop()
+        try:
+            yield
+        finally:
+            lab.part("state").start()
+        return
     path = lab.config.state.path
     aside = path.with_name(path.name + ".aside")
     path.rename(aside)

@@ -19,14 +19,16 @@ from pytest_mock import MockerFixture
 from mailcontinuity.cli.main import main
 from mailcontinuity.config import LOCAL_HOST, Config, parse_config
 from mailcontinuity.journal.spool import SpoolUsage
+from mailcontinuity.lab.process import free_ports
 from mailcontinuity.mail.postfix import postfix_access_problem
 from mailcontinuity.monitor.accepted import AcceptedMessages
 from mailcontinuity.monitor.watch import standby_ready
+from mailcontinuity.reports.metrics import StoreCollector
 from mailcontinuity.reports.problems import Problem, merge_by_part, watch
 from mailcontinuity.reports.status import check_result, collect_status, render_status
 from mailcontinuity.store.accepted import accepted_since, add_accepted
 from mailcontinuity.store.checks import Check, record_checks
-from mailcontinuity.store.db import SQLiteStore, StateStore
+from mailcontinuity.store.db import SQLiteStore, StateStore, open_store
 from mailcontinuity.store.heartbeats import policyd_beat, policyd_stopped, sync_agent_beat
 from mailcontinuity.store.journal import CopyRecord, record_copies
 from mailcontinuity.store.probes import ProbeResult, record_probes
@@ -217,6 +219,38 @@ def test_an_unreadable_store_is_a_problem(config: Config, store: StateStore) -> 
     finally:
         state.rmdir()
         state.with_suffix(".moved").rename(state)
+
+
+def test_a_shared_store_that_does_not_answer_is_served_as_the_store_problem(
+        tmp_path: Path) -> None:
+    """A PostgreSQL store stopped: the endpoint's collector cannot read it at all. The verdict
+    is served as ``status`` gives it (part ``store`` not ok, not protected), so that the
+    example alerts on ``part_ok{part="store"}`` and ``protected`` fire; the sections that need
+    the store say they could not be read."""
+    closed = free_ports(1)[0]  # nothing listens there: every connection is refused at once
+    (tmp_path / "spool").mkdir()
+    shared = parse_config({
+        "state": {"url": f"postgresql://mc@127.0.0.1:{closed}/mc", "tls": "none",
+                  "connect_timeout_seconds": 2},
+        "domains": {"protected": ["example.org"]},
+        "primary": {"delivery": "smtp:192.0.2.1:25", "imap": "192.0.2.1:143"},
+        "standby": {"imap": "127.0.0.1:143", "lmtp": "127.0.0.1:24"},
+        "milter": {"spool_dir": str(tmp_path / "spool")},
+    }, tmp_path / "mailcontinuity.toml")
+    store = open_store(shared, connect=False)
+    try:
+        served = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                  for family in StoreCollector(shared, store).collect()
+                  for sample in family.samples}
+    finally:
+        store.close()
+    assert served[("mailcontinuity_part_ok", (("part", "store"),))] == 0
+    assert served[("mailcontinuity_protected", ())] == 0
+    assert served[("mailcontinuity_part_problem_since_timestamp_seconds",
+                   (("part", "store"),))] > 0
+    assert served[("mailcontinuity_scrape_error", (("section", "watch"),))] == 0
+    for section in ("state", "journal", "probes", "outage"):
+        assert served[("mailcontinuity_scrape_error", (("section", section),))] == 1
 
 
 def test_problems_of_one_part_are_merged_in_part_order() -> None:
