@@ -117,6 +117,10 @@ def host_config(base: dict[str, Any], directory: Path, name: str, gateways: list
         # A gateway on a host of its own cannot write the standby's Maildirs: its journal
         # copies go to the standby's journal LMTP listener, as on a real site.
         data["milter"]["sink"] = "lmtp"
+    if name == STANDBY_HOST:
+        # Failback's IMAP timeout: on loopback the primary answers in milliseconds, so a cut
+        # (lab isolate standby --from primary) is told in 15 s rather than the default minute.
+        data.setdefault("sync", {})["timeout_seconds"] = 15.0
     if name in gateways and name != "gw1":
         etc = gateway_root(directory, name) / "etc"
         run = host_dir(directory, name) / "daemons"

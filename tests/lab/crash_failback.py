@@ -12,6 +12,7 @@ one dies before it is written (an APPEND batch the primary has just stored).
 import os
 import signal
 import sys
+import threading
 
 from mailcontinuity.cli.main import main
 from mailcontinuity.store.outages import ChangeLog
@@ -22,20 +23,24 @@ real_checkpoint = ChangeLog.checkpoint
 counted = 0
 
 
+lock = threading.Lock()  # users merge in parallel: one count, and no write during the kill
+
+
 def checkpoint_then_die(self, outage_id, user, results):  # type: ignore[no-untyped-def]
     global counted
-    if min_batch:
-        counted += len(results) >= min_batch
+    with lock:
+        if min_batch:
+            counted += len(results) >= min_batch
+            if counted > limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_checkpoint(self, outage_id, user, results)
+            return
+        room = limit - counted
+        counted += len(results)
         if counted > limit:
+            real_checkpoint(self, outage_id, user, results[:room])
             os.kill(os.getpid(), signal.SIGKILL)
         real_checkpoint(self, outage_id, user, results)
-        return
-    room = limit - counted
-    counted += len(results)
-    if counted > limit:
-        real_checkpoint(self, outage_id, user, results[:room])
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_checkpoint(self, outage_id, user, results)
 
 
 ChangeLog.checkpoint = checkpoint_then_die  # type: ignore[method-assign]
