@@ -248,7 +248,9 @@ def test_deciding_policyd_killed_during_the_transition(site: Lab) -> None:
     try:
         with lab.hosts.store_server().admin(DATABASE) as holder, holder.transaction():
             holder.execute("SELECT name FROM state WHERE id = 1 FOR UPDATE")
-            decider = eventually(lambda: policyd_blocked_in_the_transition(lab, pids), 30,
+            # Detection (probes failing over the window, on both gateways for the quorum)
+            # takes 10-20 s; CI's loaded run once needed more than 30.
+            decider = eventually(lambda: policyd_blocked_in_the_transition(lab, pids), 60,
                                  "a gateway's policyd inside its transition")
             os.kill(lab.part(f"{decider}/policyd").pid() or 0, signal.SIGKILL)
             eventually(lambda: lab.part(f"{decider}/policyd").pid() is None, 10,
