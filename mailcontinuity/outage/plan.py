@@ -216,7 +216,7 @@ def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCo
     primary's copy in the same folder, else on one filed elsewhere (the primary's copy may be
     in Archive while the journal copy stays in INBOX). A move or deletion of it on the standby
     is not replayed: where the journal put it is not recorded, so a move cannot be told from
-    the primary's own filing. Shared by the plan and ``verify``.
+    the primary's own filing.
     """
     present = sorted((row for row in group if row.present), key=lambda row: row.folder)
     spare = sorted(copies, key=lambda copy: (copy.folder, copy.uid))
@@ -233,18 +233,27 @@ def match_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCo
     return pairs
 
 
-def _late_journal_copy(key: str, group: list[RecordedMessage],
-                       copies: list[PrimaryCopy]) -> list[Action]:
-    """The user's flag changes on a journal copy first seen after the baseline
-    (``match_late_journal_copy``), merged three ways against the flags it arrived with."""
-    actions = []
+def late_journal_flag_changes(group: list[RecordedMessage], copies: list[PrimaryCopy]
+                              ) -> list[tuple[RecordedMessage, PrimaryCopy, tuple[str, ...],
+                                              tuple[str, ...]]]:
+    """(standby row, primary copy, add, remove) for each pairing of a late journal copy
+    (``match_late_journal_copy``) whose flags differ, merged three ways against the flags it
+    arrived with: what the plan does and ``verify`` expects done."""
     base = journal_base(group)
+    changes = []
     for row, copy in match_late_journal_copy(group, copies):
         add, remove = merged_flags(base, row.flags, copy.flags)
         if add or remove:
-            actions.append(Action("flags", copy.folder, key, row.message_id, uid=copy.uid,
-                                  add=add, remove=remove))
-    return actions
+            changes.append((row, copy, add, remove))
+    return changes
+
+
+def _late_journal_copy(key: str, group: list[RecordedMessage],
+                       copies: list[PrimaryCopy]) -> list[Action]:
+    """The user's flag changes on a journal copy first seen after the baseline."""
+    return [Action("flags", copy.folder, key, row.message_id, uid=copy.uid, add=add,
+                   remove=remove)
+            for row, copy, add, remove in late_journal_flag_changes(group, copies)]
 
 
 @dataclass

@@ -22,9 +22,8 @@ from mailcontinuity.mail.headers import parse_headers
 from mailcontinuity.mail.maildir import read_header_fields
 from mailcontinuity.outage.plan import (
     arrival_flags,
-    journal_base,
+    late_journal_flag_changes,
     match_history,
-    match_late_journal_copy,
     merged_flags,
     older_copies_needed,
     outage_copies,
@@ -189,13 +188,10 @@ def _verify_history(group: list[RecordedMessage], copies: list[PrimaryCopy], mis
 def _verify_late_journal_copy(group: list[RecordedMessage], copies: list[PrimaryCopy],
                               flag_mismatches: Found) -> None:
     """A journal copy first seen after the baseline: the user's flag changes on it, judged on
-    the primary's copy failback pairs it with (``match_late_journal_copy``)."""
-    base = journal_base(group)
-    for row, copy in match_late_journal_copy(group, copies):
-        lacking, extra = merged_flags(base, row.flags, copy.flags)
-        if lacking or extra:
-            flag_mismatches.append({"folder": copy.folder, **name_of(row),
-                                    "lacking": list(lacking), "extra": list(extra)})
+    the primary's copy failback pairs it with (``late_journal_flag_changes``)."""
+    for row, copy, lacking, extra in late_journal_flag_changes(group, copies):
+        flag_mismatches.append({"folder": copy.folder, **name_of(row),
+                                "lacking": list(lacking), "extra": list(extra)})
 
 
 def name_of(row: RecordedMessage) -> dict[str, Any]:
