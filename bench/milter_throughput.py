@@ -16,6 +16,10 @@ process, the Postfix gateway, policyd, the standby Dovecot, the load generator (
 smtp-sink, this script), kernel threads, and the whole machine; user and kernel time apart.
 
     .venv/bin/python bench/milter_throughput.py --messages 5000 --sessions 20 --size 10240
+
+``--lab-parent DIR`` runs the lab (Postfix's queue, the journal spool, the standby's Maildirs)
+on the file system holding DIR: every mode creates and deletes files there, so the file
+system's inode allocator is part of what is measured (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -113,6 +117,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10240, help="payload bytes per message")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--modes", default="none,milter,bcc")
+    parser.add_argument("--lab-parent", type=Path, default=Path("/tmp"),
+                        help="where the lab lives, with its queue, spool and Maildirs: a"
+                             " directory on the file system to measure on")
     args = parser.parse_args()
     [sink_port] = free_ports(1)
     sink = Endpoint("127.0.0.1", sink_port)
@@ -128,7 +135,7 @@ def main() -> None:
         )
         try:
             wait_for([sink], up=True, what="smtp-sink")
-            with Lab.temporary(prefix="mcbench-") as lab:
+            with Lab.temporary(prefix="mcbench-", parent=args.lab_parent) as lab:
                 for part in ("milter", "policyd", "sync-agent", "standby"):
                     pid = lab.part(part).pid()
                     if pid is not None:

@@ -443,10 +443,13 @@ class Lab:
 
     @classmethod
     @contextmanager
-    def temporary(cls, prefix: str = "mclab-", **up: Any) -> Iterator[Lab]:
-        """A lab in a fresh directory under /tmp, brought down and removed afterwards even if
-        it failed half-way up: the test session's lab and the benchmarks' labs."""
-        directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    def temporary(cls, prefix: str = "mclab-", parent: Path = Path("/tmp"),
+                  **up: Any) -> Iterator[Lab]:
+        """A lab in a fresh directory under ``parent``, brought down and removed afterwards even
+        if it failed half-way up: the test session's lab and the benchmarks' labs. A benchmark
+        passes another ``parent`` to measure on another file system (the lab's queues, spool
+        and Maildirs all live in its directory)."""
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         try:
             yield cls.up(directory, **up)
         finally:
