@@ -35,6 +35,7 @@ from pathlib import Path
 from cpu_accounting import CpuGroups, CpuTime
 
 from mailcontinuity.config import Endpoint
+from mailcontinuity.deploy.routing import ROUTE_HEADER
 from mailcontinuity.deploy.settings import postfix_main_settings
 from mailcontinuity.journal.spool import spool_usage
 from mailcontinuity.lab import Lab
@@ -62,7 +63,10 @@ def configure(lab: Lab, mode: str, sink: Endpoint) -> None:
     }
     run_postfix(lab.gateway.config_dir, "postconf", "-e",
                 *[f"{key}={value}" for key, value in settings.items()])
+    # The header says "routed to the primary": the lab's policyd follows the state and puts
+    # back any table without it (the primary's LMTP instead of smtp-sink, and a reload).
     write_indexed_map(lab.gateway.config_dir, lab.config.gateway.transport_map, [
+        f"{ROUTE_HEADER}primary",
         f"{BCC} {journal_lmtp}",
         *[f"{domain} smtp:[{sink.host}]:{sink.port}" for domain in lab.config.domains.protected],
     ])
