@@ -193,7 +193,10 @@ def listening_tcp_ports(pid: int) -> set[int]:
     """TCP ports a process listens on: its socket inodes matched against /proc/net/tcp*."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since the listing (the daemon opens and closes files)
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = set()
