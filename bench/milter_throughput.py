@@ -109,8 +109,6 @@ def measure(lab: Lab, args: argparse.Namespace, groups: CpuGroups,
     """(seconds until smtp-source finished, seconds until delivered and journaled, the CPU
     each part had used when smtp-source finished)."""
     gateway = lab.gateway.smtp
-    queue_directory = Path(run_postfix(lab.gateway.config_dir, "postconf", "-h",
-                                       "queue_directory").strip())
     started = time.monotonic()
     subprocess.run(
         ["smtp-source", "-4", "-s", str(args.sessions), "-m", str(args.messages),
@@ -122,7 +120,7 @@ def measure(lab: Lab, args: argparse.Namespace, groups: CpuGroups,
     at_acceptance = groups.read()
     deadline = started + args.timeout
     spool = lab.config.milter.spool_dir
-    while not (queue_empty(queue_directory) and spool_usage(spool).entries == 0):
+    while not (queue_empty(lab.gateway.queue_dir) and spool_usage(spool).entries == 0):
         if time.monotonic() > deadline:
             raise SystemExit("queue or journal spool did not drain in time")
         time.sleep(0.1)
@@ -153,7 +151,7 @@ def main() -> None:
     accepting: dict[str, dict[str, CpuTime]] = {}
     empties: list[subprocess.Popen[bytes]] = []
     with CpuGroups(GROUPS) as groups:
-        groups.add("load", [os.getpid()])  # smtp-source, smtp-sink and postqueue follow
+        groups.add("load", [os.getpid()])  # smtp-source and smtp-sink follow
         sink_process = subprocess.Popen(
             ["smtp-sink", "-u", "nobody", f"{sink.host}:{sink.port}", "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
