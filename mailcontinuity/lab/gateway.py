@@ -26,7 +26,7 @@ from mailcontinuity.deploy.settings import (
     postfix_submission_service,
 )
 from mailcontinuity.lab.errors import LabError
-from mailcontinuity.lab.process import read_pid, stop_process_tree, wait_for
+from mailcontinuity.lab.process import log_tail, read_pid, stop_process_tree, wait_for
 from mailcontinuity.lab.tls import LabCertificates
 from mailcontinuity.mail.postfix import PostfixError, run_postfix
 
@@ -184,7 +184,8 @@ class PostfixGateway:
         try:
             run_postfix(self.config_dir, "postfix", "start")
         except PostfixError as exc:
-            raise LabError(f"gateway postfix did not start: {exc} (log: {self.log_file})") from None
+            raise LabError(f"gateway postfix did not start: {exc}: {log_tail(self.log_file)}"
+                           f" (log: {self.log_file})") from None
         wait_for(self.listeners, up=True, what="gateway postfix")
 
     def stop(self) -> None:

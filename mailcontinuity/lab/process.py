@@ -26,19 +26,31 @@ from mailcontinuity.store.heartbeats import pid_alive
 LAB_PORT_RANGE = range(20000, 32768)
 
 
+# Ports this process has handed out. A lab asks for ports in several calls before any of its
+# parts listens (the multi-host lab's gw2 after gw1's), and a port free at the second call may be
+# the first call's: CI saw gw2's Postfix fail to bind. Forgotten only when most of the range is.
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports nothing listens on now, picked at random so parallel labs
-    rarely meet; each stays bound until all are chosen, so none is handed out twice."""
+    """``count`` distinct TCP ports nothing listens on now and this process has not handed out
+    before, picked at random so parallel labs rarely meet."""
+    if len(_HANDED_OUT) + count > len(LAB_PORT_RANGE) // 2:
+        _HANDED_OUT.clear()
     held: list[socket.socket] = []
     try:
         while len(held) < count:
+            port = random.choice(LAB_PORT_RANGE)
+            if port in _HANDED_OUT:
+                continue
             probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                probe.bind((host, random.choice(LAB_PORT_RANGE)))
+                probe.bind((host, port))
             except OSError:
                 probe.close()
                 continue
             held.append(probe)
+            _HANDED_OUT.add(port)
         return [int(probe.getsockname()[1]) for probe in held]
     finally:
         for probe in held:
@@ -151,4 +163,8 @@ def spawn(argv: list[str], log_file: Path, pid_file: Path) -> subprocess.Popen[b
 
 def log_tail(log_file: Path, lines: int = 5) -> str:
     """The last lines of a part's log, joined for a one-line error."""
-    return " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-lines:])
+    try:
+        text = log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {log_file})"
+    return " | ".join(text.strip().splitlines()[-lines:])

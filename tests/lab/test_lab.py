@@ -132,3 +132,7 @@ def test_ports_of_one_lab_are_distinct_and_outside_the_ephemeral_range() -> None
     ports = free_ports(60)
     assert len(set(ports)) == 60
     assert all(port in LAB_PORT_RANGE for port in ports)
+    # A later call, before any of these listens (gw2's ports after the lab's), never repeats one.
+    later = [port for _ in range(100) for port in free_ports(20)]
+    assert not set(later) & set(ports)
+    assert len(set(later)) == len(later)
