@@ -7,6 +7,9 @@ Postfix gateway, the milter, the load generator...) goes into its own group, and
 user and system (kernel) times are read before and after a run. Kernel threads (the file
 system's journal commits, writeback, softirqs) belong to no group: they are read per thread from
 ``/proc`` and reported together as "kernel threads"; they include other work on the machine.
+Kernel workers come and go during a run, and an exited one's time leaves the sum: the readings
+add up each thread's growth since the previous reading, so they never go backwards (a worker's
+time between the last reading and its exit is not counted).
 
 Works with the cgroup v1 ``cpuacct`` controller (Debian 12 in this VM) and with cgroup v2's
 ``cpu.stat``; ``CpuGroups`` removes its groups on exit, moving any live member back to the root.
@@ -57,6 +60,7 @@ class CpuGroups:
         self.names = list(names)
         for name in self.names:
             (self.base / name).mkdir()
+        self._kernel_threads = KernelThreads()
 
     def add(self, name: str, pids: Iterable[int]) -> None:
         """Move processes (with all their threads; later children follow) into a group."""
@@ -67,7 +71,7 @@ class CpuGroups:
     def read(self) -> dict[str, CpuTime]:
         """Each group's CPU so far, plus ``kernel threads`` and the whole ``machine``."""
         times = {name: self._group_time(self.base / name) for name in self.names}
-        times["kernel threads"] = kernel_threads_time()
+        times["kernel threads"] = self._kernel_threads.read()
         times["machine"] = machine_time()
         return times
 
@@ -108,13 +112,26 @@ def _find_root() -> tuple[Path, bool]:
     raise SystemExit("no cgroup cpuacct (v1) or cgroup v2 hierarchy found for CPU accounting")
 
 
-def kernel_threads_time() -> CpuTime:
-    """CPU of every kernel thread (children of kthreadd, pid 2): jbd2, kworkers, ksoftirqd."""
-    system = 0.0
-    for stat in _proc_stats():
-        if stat[1] == "2":  # ppid
-            system += (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
-    return CpuTime(0.0, system)
+class KernelThreads:
+    """CPU of the kernel threads (children of kthreadd, pid 2: jbd2, kworkers, ksoftirqd) since
+    this object was made, summed from each thread's growth between readings."""
+
+    def __init__(self) -> None:
+        self._seen = _kernel_thread_seconds()
+        self._total = 0.0
+
+    def read(self) -> CpuTime:
+        now = _kernel_thread_seconds()
+        for pid, seconds in now.items():
+            before = self._seen.get(pid, 0.0)
+            self._total += seconds - before if seconds >= before else seconds  # pid reused
+        self._seen = now
+        return CpuTime(0.0, self._total)
+
+
+def _kernel_thread_seconds() -> dict[str, float]:
+    return {stat[-1]: (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+            for stat in _proc_stats() if stat[1] == "2"}  # ppid
 
 
 def machine_time() -> CpuTime:
@@ -125,8 +142,10 @@ def machine_time() -> CpuTime:
 
 
 def _proc_stats() -> Iterator[list[str]]:
-    """``/proc/PID/stat`` fields after the command name: state, ppid, ... (utime is [11])."""
+    """``/proc/PID/stat`` fields after the command name: state, ppid, ... (utime is [11]),
+    with the pid appended last."""
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                yield Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+                yield [*fields, entry.name]
