@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from mailcontinuity.config import Endpoint
-from mailcontinuity.deploy.routing import STANDBY_TRANSPORT
+from mailcontinuity.deploy.routing import ROUTE_HEADER, STANDBY_TRANSPORT
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import wait_for_message
 from mailcontinuity.lab.process import accepts_unix_connections
@@ -93,6 +93,10 @@ def applied(wheel_dir: Path) -> Iterator[list[str]]:
     if inotify_watches() <= INOTIFY_HIGHER:
         set_inotify_watches(INOTIFY_WANTED - 1)
     watches_before = inotify_watches()
+    # An earlier install's tables in /etc/postfix: the role carries them over, then removes them.
+    FORMER_TABLES.mkdir(exist_ok=True)
+    (FORMER_TABLES / "transport").write_text(
+        f"{ROUTE_HEADER}primary\n{CARRIED_OVER}\nci.test smtp:[127.0.0.1]:12525\n")
     result = play(wheel_dir)
     assert result.returncode == 0, f"the run failed:\n{result.stdout[-4000:]}"
     recaps += [recap(result), str(watches_before), str(inotify_watches())]
@@ -109,9 +113,24 @@ def test_postfix_has_the_settings(applied: list[str]) -> None:
     assert "smtpd_milters = unix:mailcontinuity/milter/milter.sock" in settings
     assert "check_policy_service { unix:mailcontinuity/policyd/policyd.sock," in settings
     assert "ci.test smtp:[127.0.0.1]:12525" in TRANSPORT.read_text()
+    assert CARRIED_OVER in TRANSPORT.read_text()
+    assert not FORMER_TABLES.exists()
+    tables = TRANSPORT.parent.stat()
+    assert (pwd.getpwuid(tables.st_uid).pw_name, oct(tables.st_mode & 0o7777)) == (
+        "mailcontinuity", "0o2770")
+    config = tomllib.loads(Path(CONFIG).read_text())
+    assert config["gateway"]["outage_alias_map"] == str(TRANSPORT.parent / "outage_aliases")
     # The standby's delivery service: its refusals defer mail for the primary, never bounce it.
     standby = run("postconf", "-M", "mailcontinuity-standby/unix").stdout.split()
     assert standby[-3:] == ["lmtp", "-o", "soft_bounce=yes"], standby
+
+
+def test_postfix_check_warns_about_nothing(applied: list[str]) -> None:
+    """``postfix check`` warns about anything in /etc/postfix not owned by root or writable by
+    a group; it says so on a terminal only (script gives it one)."""
+    result = run("script", "-qec", "postfix check", "/dev/null")
+    assert result.returncode == 0, result.stdout
+    assert "warning" not in result.stdout, result.stdout
 
 
 def test_dovecot_has_the_standby_settings(applied: list[str]) -> None:
@@ -169,7 +188,9 @@ def test_config_is_validated_and_private(applied: list[str]) -> None:
 
 CONFIG = "/etc/mailcontinuity/mailcontinuity.toml"
 COMMAND = "/opt/mailcontinuity/bin/mailcontinuity"
-TRANSPORT = Path("/etc/postfix/mailcontinuity/transport")
+TRANSPORT = Path("/var/lib/mailcontinuity/postfix/transport")
+FORMER_TABLES = Path("/etc/postfix/mailcontinuity")
+CARRIED_OVER = "# the table of an earlier install"
 SUDOERS = Path("/etc/sudoers.d/mailcontinuity")
 SOCKET_DIR = Path("/var/spool/postfix/mailcontinuity")
 NNP_FORCING = {"DynamicUser", "LockPersonality", "MemoryDenyWriteExecute", "PrivateDevices",
