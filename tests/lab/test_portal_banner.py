@@ -169,11 +169,11 @@ def wait_until_answered(lab: Lab, dumps: Path, sender: str, original_id: str | N
                    and queued_from_or_to(lab, sender, OUTSIDE_DOMAIN) == 0, 150,
                    f"{sender}'s mail delivered, its replies at the outside domain")
     except NotInTime as exc:
-        replies = len(replies_in(dumps, original_id)) if original_id else None
+        arrived = (f"{len(replies_in(dumps, original_id))} replies to {original_id} arrived, "
+                   if original_id else "")
         raise AssertionError(
-            f"{exc}: {replies} replies to {original_id} arrived,"
-            f" {queued_from_or_to(lab, sender, OUTSIDE_DOMAIN)} queued from {sender} or for"
-            f" {OUTSIDE_DOMAIN}:\n"
+            f"{exc}: {arrived}{queued_from_or_to(lab, sender, OUTSIDE_DOMAIN)} queued from"
+            f" {sender} or for {OUTSIDE_DOMAIN}:\n"
             + run_postfix(lab.gateway.config_dir, "postqueue", "-p")) from None
 
 
