@@ -93,7 +93,9 @@ def applied(wheel_dir: Path) -> Iterator[list[str]]:
     if inotify_watches() <= INOTIFY_HIGHER:
         set_inotify_watches(INOTIFY_WANTED - 1)
     watches_before = inotify_watches()
-    # An earlier install's tables in /etc/postfix: the role carries them over, then removes them.
+    # An install from before the tables moved out of /etc/postfix (none where they are now): the
+    # role carries them over, then removes them.
+    shutil.rmtree(TRANSPORT.parent, ignore_errors=True)
     FORMER_TABLES.mkdir(exist_ok=True)
     (FORMER_TABLES / "transport").write_text(
         f"{ROUTE_HEADER}primary\n{CARRIED_OVER}\nci.test smtp:[127.0.0.1]:12525\n")
