@@ -23,7 +23,6 @@ from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.lab import Lab
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT
 from mailcontinuity.lab.scenario import appended_since, audit_deliveries
-from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.reports.status import collect_status
 from mailcontinuity.store.db import open_store
@@ -158,9 +157,9 @@ class ChaosRun:
         deadline = time.monotonic() + self.settle_timeout
         try:
             while True:
-                run_postfix(self.lab.gateway.config_dir, "postqueue", "-f")
+                self.lab.gateway.flush()
                 status = collect_status(self.lab.config, store)
-                queue = run_postfix(self.lab.gateway.config_dir, "postqueue", "-j").strip()
+                queue = self.lab.gateway.queued()
                 journal = status.get("journal") or {}
                 if status["state"] == "normal" and not queue and not journal.get("spooled"):
                     self._note("settled: state normal, queue empty, journal shipped")
@@ -168,7 +167,7 @@ class ChaosRun:
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"chaos run did not settle within {self.settle_timeout:.0f}s:"
-                        f" state {status['state']}, queue {len(queue.splitlines())} messages,"
+                        f" state {status['state']}, queue {len(queue)} messages,"
                         f" journal {journal.get('spooled')} spooled")
                 time.sleep(1.0)
             self.report.journaled = int((collect_status(self.lab.config, store)

@@ -7,10 +7,12 @@ Its main.cf is the lab's plumbing plus exactly the settings ``check-config`` pri
 
 from __future__ import annotations
 
+import json
 import pwd
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mailcontinuity.config import Config, Endpoint
 from mailcontinuity.deploy.aliases import write_outage_alias_map
@@ -201,3 +203,9 @@ class PostfixGateway:
     def flush(self) -> None:
         """Retry deferred mail now instead of at the next queue run."""
         run_postfix(self.config_dir, "postqueue", "-f")
+
+    def queued(self) -> list[dict[str, Any]]:
+        """The messages in the queue, as ``postqueue -j`` describes each (sender, recipients,
+        queue name...)."""
+        text = run_postfix(self.config_dir, "postqueue", "-j")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]

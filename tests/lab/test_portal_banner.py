@@ -154,9 +154,7 @@ def replies_in(dumps: Path, original_id: str) -> list[str]:
 
 def queued_from_or_to(lab: Lab, sender: str, domain: str) -> int:
     """Messages in the gateway's queue from ``sender`` or with a recipient in ``domain``."""
-    out = run_postfix(lab.gateway.config_dir, "postqueue", "-j")
-    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
-    return sum(1 for entry in entries if entry["sender"] == sender
+    return sum(1 for entry in lab.gateway.queued() if entry["sender"] == sender
                or any(r["address"].endswith("@" + domain) for r in entry["recipients"]))
 
 

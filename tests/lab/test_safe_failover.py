@@ -16,7 +16,6 @@ from mailcontinuity.cli.main import main
 from mailcontinuity.lab import Lab
 from mailcontinuity.lab.eventually import eventually
 from mailcontinuity.lab.mailbox import INTERNET_CLIENT, wait_for_message
-from mailcontinuity.mail.postfix import run_postfix
 from mailcontinuity.mail.smtp import make_message, send_message
 from mailcontinuity.monitor.guard import HELD, HOLD_ENDED
 from mailcontinuity.store.audit import audit_log
@@ -84,11 +83,6 @@ def no_bounces(lab: Lab, outage: Outage) -> bool:
     return "status=bounced" not in text and " reject: " not in text
 
 
-def queued(lab: Lab) -> list[dict]:
-    text = run_postfix(lab.gateway.config_dir, "postqueue", "-j")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def test_no_failover_to_a_dead_standby_and_mail_waits_for_the_primary(
         lab: Lab, both_down: Outage) -> None:
     alice = lab.users[0]
@@ -98,7 +92,7 @@ def test_no_failover_to_a_dead_standby_and_mail_waits_for_the_primary(
                  + lab.config.health.failure_window_seconds)
     time.sleep(3 * detection)  # a failover would have happened by now
     assert lab_state(lab).name == "normal"
-    assert any(recipient["address"] == alice.address for entry in queued(lab)
+    assert any(recipient["address"] == alice.address for entry in lab.gateway.queued()
                for recipient in entry["recipients"]), "the message waits in Postfix's queue"
     report = status_json(lab)
     problems = {problem["part"]: problem for problem in report["problems"]}
